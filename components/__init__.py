@@ -1,0 +1,1 @@
+"""SceneRec components: the pure pipeline steps (no orchestration imports here)."""

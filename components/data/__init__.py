@@ -1,0 +1,1 @@
+"""Raw data: the contract, the synthetic generator, validation and ingestion."""
