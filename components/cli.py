@@ -1,0 +1,139 @@
+"""`scenerec`: one command with a subcommand per pipeline step.
+
+`dvc.yaml` runs these same subcommands, and the Prefect flows call the same step functions
+(components/steps.py), so a step behaves the same however it is started.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+# Offline, no-telemetry defaults; every one can be overridden from the environment.
+_DEFAULT_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "FEAST_USAGE": "False",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    print(f"{title}:")
+    for k, v in metrics.items():
+        print(f"  {k:<40} {v}")
+
+
+def _tracked(params, name: str, fn, *args) -> dict:
+    """Run a step inside an MLflow run of its own and log its metrics there."""
+    from components import tracking
+
+    section = getattr(params, name, None)
+    logged = {"seed": params.seed, **({name: section.model_dump(mode="json")} if section is not None else {})}
+    with tracking.tracked_run(params, name, tags={"scenerec.step": name, "scenerec.source": "cli"}) as run_id:
+        tracking.log_params(params, run_id, logged)
+        metrics = fn(params, *args)
+        tracking.log_metrics(params, run_id, metrics)
+    return metrics
+
+
+def cmd_generate(args, params) -> int:
+    from components.steps import generate_step
+
+    metrics = _tracked(params, "generate", generate_step, Path(args.out) if args.out else None)
+    _print_metrics(f"generated batch in {args.out or params.path('raw_batch')}", metrics)
+    return 0
+
+
+def cmd_ingest(args, params) -> int:
+    from components.steps import ingest_step
+
+    batch = Path(args.batch_dir) if args.batch_dir else params.path("raw_batch")
+    metrics = _tracked(params, "ingest", ingest_step, batch)
+    _print_metrics(f"batch {batch} accepted and curated in {params.path('curated_dir')}", metrics)
+    return 0
+
+
+def cmd_features(args, params) -> int:
+    from components.steps import features_step
+
+    metrics = _tracked(params, "features", features_step)
+    _print_metrics("features built, Feast repo applied, online store materialised", metrics)
+    return 0
+
+
+def cmd_online(args, params) -> int:
+    from components.features.store import online_features
+
+    values = online_features(params, args.user_id, args.poi_id, args.context_id)
+    print(json.dumps(values, indent=2, default=str))
+    return 0
+
+
+def cmd_pipeline(args, params) -> int:
+    from flows.pipeline import pipeline
+
+    result = pipeline(batch_dir=args.batch, params_file=str(params.root / "params.yaml")
+                      if args.params is None else args.params)
+    print(result["summary"] if isinstance(result, dict) and "summary" in result else result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scenerec",
+        description="SceneRec: validated ingestion, feature store and LLM-aided CTR models, step by step.",
+    )
+    p.add_argument("--params", default=None, help="parameters file (default: ./params.yaml or $SCENEREC_PARAMS)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="write a synthetic batch in the raw data contract (with the truth file)")
+    g.add_argument("--out", default=None, help="batch folder to write (default: paths.raw_batch)")
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("ingest", help="validate a batch against the contract (Great Expectations) and curate it")
+    i.add_argument("batch_dir", nargs="?", default=None, help="batch folder (default: paths.raw_batch)")
+    i.set_defaults(func=cmd_ingest)
+
+    f = sub.add_parser("features", help="build feature tables, `feast apply`, materialise, write the training set")
+    f.set_defaults(func=cmd_features)
+
+    o = sub.add_parser("online", help="read online features for a user, a PoI and a context from Feast")
+    o.add_argument("--user-id", required=True)
+    o.add_argument("--poi-id", required=True)
+    o.add_argument("--context-id", default=None, help='e.g. "office|lunch|rainy"')
+    o.set_defaults(func=cmd_online)
+
+    pl = sub.add_parser("pipeline", help="run the whole pipeline as a Prefect flow (no server needed)")
+    pl.add_argument("--batch", default=None, help="your own batch folder (default: generate a synthetic one)")
+    pl.set_defaults(func=cmd_pipeline)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    for k, v in _DEFAULT_ENV.items():
+        os.environ.setdefault(k, v)
+    args = build_parser().parse_args(argv)
+    from components.config import ParamsError, load_params
+
+    try:
+        params = load_params(args.params)
+        return args.func(args, params)
+    except ParamsError as e:
+        print(f"scenerec: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # the rejection path: a clear message, no traceback
+        if type(e).__name__ == "BatchRejected":
+            print(f"scenerec {args.command}: batch rejected\n{e}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The pipeline's steps as plain functions: each runs one component, writes its report files
+(what `dvc metrics show` / `dvc plots show` read) and returns its metrics.
+
+The CLI (and so `dvc repro`) and the Prefect tasks both call these, so every step has exactly
+one implementation; the callers only decide where the metrics are logged.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from components.config import Params
+
+
+def write_report(params: Params, name: str, data: dict) -> Path:
+    """Write ``reports/<name>.json`` (flat numbers, so `dvc metrics show` can read it)."""
+    path = params.path("reports_dir") / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
+    return path
+
+
+def generate_step(params: Params, out_dir: Path | None = None) -> dict:
+    """Write a synthetic batch in the raw contract (default: paths.raw_batch)."""
+    from components.data.generate import generate_batch
+
+    out_dir = Path(out_dir) if out_dir else params.path("raw_batch")
+    t0 = time.perf_counter()
+    counts = generate_batch(params.generate, params.seed, out_dir)
+    seconds = time.perf_counter() - t0
+    return {**{f"rows.{k}": v for k, v in counts.items()}, "seconds": round(seconds, 2)}
+
+
+def ingest_step(params: Params, batch_dir: Path | None = None) -> dict:
+    """Validate a batch against the contract and curate it; raises BatchRejected otherwise."""
+    from components.data.ingest import ingest_batch
+
+    batch_dir = Path(batch_dir) if batch_dir else params.path("raw_batch")
+    t0 = time.perf_counter()
+    result = ingest_batch(batch_dir, params)
+    metrics = _numbers(result)
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    return metrics
+
+
+def features_step(params: Params) -> dict:
+    """Build the timestamped feature tables, apply the Feast repo, materialise the online
+    store and write the point-in-time training set; also writes data plots for DVC."""
+    from components.features.engineering import build_feature_tables
+    from components.features.store import apply_definitions, build_training_set, materialize
+
+    t0 = time.perf_counter()
+    rows = build_feature_tables(params.path("curated_dir"), params.features, params.path("features_dir"))
+    apply_definitions(params)
+    mat = materialize(params)
+    training = build_training_set(params)
+    train_rows = len(pd.read_parquet(training, columns=["user_id"]))
+    metrics = {
+        **{f"rows.{k}": v for k, v in _numbers(rows).items()},
+        **{f"materialize.{k}": v for k, v in _numbers(mat).items()},
+        "rows.training_set": train_rows,
+    }
+    metrics.update(data_plots(params))
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    write_report(params, "features", metrics)
+    return metrics
+
+
+def data_plots(params: Params) -> dict:
+    """CTR by position and by scene slice of the curated impressions, as CSV plots for DVC."""
+    imp = pd.read_parquet(params.path("curated_dir") / "impressions.parquet")
+    out = params.path("reports_dir") / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    by_pos = imp.groupby("position").agg(ctr=("click", "mean"), cvr=("order", "mean")).reset_index()
+    by_pos.to_csv(out / "ctr_by_position.csv", index=False)
+    hour = imp["ts"].dt.hour
+    by_scene = (
+        imp.assign(hour=hour).groupby(["location_type", "weather"]).agg(ctr=("click", "mean"), n=("click", "size"))
+        .reset_index()
+    )
+    by_scene.to_csv(out / "ctr_by_scene.csv", index=False)
+    by_hour = imp.assign(hour=hour).groupby("hour").agg(ctr=("click", "mean")).reset_index()
+    by_hour.to_csv(out / "ctr_by_hour.csv", index=False)
+    return {"data.ctr": float(imp["click"].mean()), "data.order_rate": float(imp["order"].mean())}
+
+
+def _numbers(obj) -> dict:
+    """The numeric fields of a dict or dataclass, flattened with dots."""
+    if hasattr(obj, "__dataclass_fields__"):
+        obj = {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+    if not isinstance(obj, dict):
+        return {}
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in _numbers(v).items()})
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[str(k)] = v
+        elif isinstance(v, bool):
+            out[str(k)] = int(v)
+    return out
+
+
+def example_keys(params: Params) -> dict:
+    """A real user and PoI from the curated data, for the closing hint of a run."""
+    imp = pd.read_parquet(params.path("curated_dir") / "impressions.parquet", columns=["user_id", "poi_id", "click"])
+    row = imp[imp["click"] == 1].iloc[0] if imp["click"].any() else imp.iloc[0]
+    return {"example_user": str(row["user_id"]), "example_poi": str(row["poi_id"])}

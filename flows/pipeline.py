@@ -1,0 +1,82 @@
+"""Prefect flow `pipeline`: the whole platform end to end.
+
+generate (unless a batch is given) → ingest → features; later stages (LLM, CTR, news,
+instruction tuning) are added here as they land. Runs with or without a Prefect server.
+"""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from components import tracking
+from components.config import FeaturesConfig, GenerateConfig, IngestConfig, Params
+from components.versioning import record_outputs
+from flows.features import features as features_flow
+from flows.ingest import generate as generate_flow
+from flows.ingest import ingest as ingest_flow
+from flows.settings import flow_params
+
+DVC_STAGES = ["generate", "ingest", "features"]
+
+
+@task(name="record-in-dvc", cache_policy=NO_CACHE)
+def record_task(params: Params) -> str:
+    return record_outputs(params.root, DVC_STAGES)
+
+
+def where_to_look(params: Params, metrics: dict) -> str:
+    """The closing message of a pipeline run: where its results can be seen."""
+    uri = tracking.tracking_uri(params)
+    lines = [
+        "SceneRec pipeline finished.",
+        f"  data:       curated {params.path('curated_dir')}, features {params.path('features_dir')}",
+        f"  metrics:    {params.path('reports_dir')} (also: dvc metrics show; dvc plots show)",
+        f"  MLflow:     {uri}   (UI: make ui, then http://127.0.0.1:5000)",
+        "  Prefect:    make ui, then http://127.0.0.1:4200 (flow runs, artifacts)",
+        "  online features, e.g.: scenerec online --user-id " + str(metrics.get("example_user", "<user_id>"))
+        + " --poi-id " + str(metrics.get("example_poi", "<poi_id>")),
+    ]
+    try:
+        import mlflow
+
+        models = [m.name for m in mlflow.MlflowClient(uri).search_registered_models()]
+        lines.append("  registered models: " + (", ".join(models) if models else "none yet"))
+    except Exception as e:  # noqa: BLE001 - the summary must not fail the run
+        lines.append(f"  registered models: could not list ({e})")
+    return "\n".join(lines)
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: GenerateConfig | None = None,
+             ingest: IngestConfig | None = None, features: FeaturesConfig | None = None,
+             params_file: str | None = None) -> dict:
+    """Run the platform end to end on a synthetic batch (default) or on your own batch folder."""
+    params, overridden = flow_params(params_file, seed=seed, generate=generate, ingest=ingest, features=features)
+    logger = get_run_logger()
+    params_path = str(params.root / "params.yaml") if params_file is None else params_file
+    sections = dict(generate=generate, ingest=ingest, features=features)
+    with tracking.tracked_run(params, "pipeline", tags={"scenerec.flow": "pipeline"}) as run_id:
+        if batch_dir is None:
+            generate_flow(generate=sections["generate"], seed=seed, params_file=params_path, parent_run_id=run_id)
+            batch = str(params.path("raw_batch"))
+        else:
+            batch = batch_dir
+        ingested = ingest_flow(batch_dir=batch, ingest=sections["ingest"], params_file=params_path,
+                               parent_run_id=run_id)
+        feats = features_flow(features=sections["features"], params_file=params_path, parent_run_id=run_id)
+        if batch_dir is None and not overridden:
+            logger.info(record_task(params))
+        else:
+            logger.info("custom batch or overridden parameters: outputs not recorded in dvc.lock")
+        metrics = {"ingest": ingested, "features": feats}
+        try:
+            from components.steps import example_keys
+
+            metrics.update(example_keys(params))
+        except Exception:  # noqa: BLE001 - only for the closing hint
+            pass
+        summary = where_to_look(params, metrics)
+        create_markdown_artifact(key="pipeline-summary", markdown="```\n" + summary + "\n```")
+        tracking.log_dict(params, run_id, metrics, "pipeline_metrics.json")
+    return {"summary": summary, **metrics}

@@ -1,0 +1,20 @@
+"""How a flow run turns its UI form / call arguments into one validated ``Params``."""
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from components.config import Params, load_params
+
+
+def flow_params(params_file: str | None, **sections: BaseModel | dict | int | None) -> tuple[Params, bool]:
+    """Load params.yaml and lay the sections given to the flow over it.
+
+    Returns the params and whether anything was overridden (an overridden run does not match
+    params.yaml, so its outputs must not be recorded in dvc.lock).
+    """
+    overrides = {}
+    for name, value in sections.items():
+        if value is None:
+            continue
+        overrides[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return load_params(params_file, overrides=overrides), bool(overrides)
