@@ -66,7 +66,9 @@ ui-stop:
 	@echo "stopped"
 
 deploy: install
-	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} prefect --no-prompt deploy --all
+	@export PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api}; \
+	prefect work-pool inspect scenerec-local >/dev/null 2>&1 || prefect work-pool create scenerec-local --type process; \
+	prefect --no-prompt deploy --all
 
 worker: install
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} prefect worker start --pool scenerec-local --type process

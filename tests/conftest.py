@@ -1,0 +1,88 @@
+"""Shared fixtures: a throw-away SceneRec project (params, DVC, Feast repo, git) on tiny data."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds per stage, large enough that every table has cold-start rows,
+# clicks and orders.
+TINY = {
+    "generate": {
+        "n_users": 60,
+        "n_pois": 40,
+        "n_requests": 300,
+        "impressions_per_request": 5,
+        "mean_behaviors_per_user": 30,
+        "days": 20,
+    },
+}
+
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "FEAST_USAGE": "False",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}.items():
+    os.environ.setdefault(_k, _v)
+# Tests never write to a developer's real MLflow store.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_project(dest: Path, overrides: dict | None = None, git: bool = False) -> Path:
+    """Copy what a pipeline run needs into ``dest`` and write a tiny params.yaml there."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "feature_repo", "components"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "data", "*.db"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = _merge(_merge(params, TINY), overrides or {})
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if git:
+        run = lambda *a: subprocess.run(a, cwd=dest, check=True, capture_output=True, text=True)  # noqa: E731
+        run("git", "init", "-q")
+        run("git", "config", "user.email", "test@scenerec.invalid")
+        run("git", "config", "user.name", "test")
+        run("dvc", "init", "-q")
+        (dest / ".gitignore").write_text("data/\n")
+        run("git", "add", "-A")
+        run("git", "commit", "-qm", "project")
+    return dest
+
+
+@pytest.fixture
+def tiny_project(tmp_path) -> Path:
+    """A tiny project folder (no git); chdir into it for the test."""
+    root = make_project(tmp_path / "project")
+    cwd = os.getcwd()
+    os.chdir(root)
+    yield root
+    os.chdir(cwd)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real, temporary Prefect server for the whole session (flows run against it)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,57 @@
+"""params.yaml is validated into typed sections with errors a user can act on."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import ParamsError, load_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repository_params_load():
+    p = load_params(REPO / "params.yaml")
+    assert p.generate.n_users > 0
+    assert p.path("curated_dir") == REPO / "data" / "curated"
+    assert p.generate.start.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    "override, where",
+    [
+        ({"generate": {"n_users": -1}}, "generate.n_users"),
+        ({"generate": {"n_userz": 3}}, "generate.n_userz"),
+        ({"generate": {"format": "xlsx"}}, "generate.format"),
+        ({"generate": {"start": "2026-01-01T00:00:00"}}, "generate.start"),
+        ({"features": {"price_band_edges": [50, 10]}}, "features.price_band_edges"),
+        ({"ingest": {"mode": "merge"}}, "ingest.mode"),
+        ({"seed": "abc"}, "seed"),
+    ],
+)
+def test_bad_values_name_the_knob(override, where):
+    with pytest.raises(ParamsError) as e:
+        load_params(REPO / "params.yaml", overrides=override)
+    assert where in str(e.value)
+    assert "params.yaml" in str(e.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("generate: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_relative_paths_resolve_against_the_params_file(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": {"curated_dir": "x/cur"}}))
+    p = load_params(tmp_path / "params.yaml")
+    assert p.path("curated_dir") == tmp_path / "x" / "cur"
+
+
+def test_overrides_merge_without_dropping_siblings():
+    p = load_params(REPO / "params.yaml", overrides={"generate": {"n_users": 77}})
+    base = load_params(REPO / "params.yaml")
+    assert p.generate.n_users == 77
+    assert p.generate.n_pois == base.generate.n_pois
