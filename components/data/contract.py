@@ -1,4 +1,4 @@
-"""The raw data contract (shared/DATA_CONTRACT.md) as data: one place that the generator,
+"""The raw data contract (docs/data_contract.md) as data: one place that the generator,
 the Great Expectations suites and the plain-pandas benchmark baseline all read.
 """
 from __future__ import annotations
