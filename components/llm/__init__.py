@@ -1,0 +1,1 @@
+"""LLM stages: corpus and tokens, continual pretraining, contrastive fine-tuning, distillation, embeddings."""
