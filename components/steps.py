@@ -31,7 +31,28 @@ def generate_step(params: Params, out_dir: Path | None = None) -> dict:
     t0 = time.perf_counter()
     counts = generate_batch(params.generate, params.seed, out_dir)
     seconds = time.perf_counter() - t0
-    return {**{f"rows.{k}": v for k, v in counts.items()}, "seconds": round(seconds, 2)}
+    metrics = {**{f"rows.{k}": v for k, v in counts.items()}, **oracle_auc(out_dir), "seconds": round(seconds, 2)}
+    write_report(params, "generate", metrics)
+    return metrics
+
+
+def oracle_auc(batch_dir: Path) -> dict:
+    """AUC of the generator's true probabilities: the ceiling any model's AUC is read against."""
+    from sklearn.metrics import roc_auc_score
+
+    truth_path = Path(batch_dir) / "truth" / "impressions.parquet"
+    imp_path = next(iter(sorted(Path(batch_dir).glob("impressions.*"))), None)
+    if not truth_path.exists() or imp_path is None:
+        return {}
+    cols = ["request_id", "poi_id", "click", "order"]
+    imp = pd.read_parquet(imp_path, columns=cols) if imp_path.suffix == ".parquet" else pd.read_csv(imp_path, usecols=cols)
+    merged = imp.merge(pd.read_parquet(truth_path), on=["request_id", "poi_id"], how="inner")
+    out = {}
+    if merged["click"].nunique() == 2:
+        out["oracle_auc.ctr"] = round(float(roc_auc_score(merged["click"], merged["p_click"])), 4)
+    if merged["order"].nunique() == 2:
+        out["oracle_auc.ctcvr"] = round(float(roc_auc_score(merged["order"], merged["p_order"])), 4)
+    return out
 
 
 def ingest_step(params: Params, batch_dir: Path | None = None) -> dict:

@@ -51,7 +51,7 @@ def make_project(dest: Path, overrides: dict | None = None, git: bool = False) -
     for name in ("dvc.yaml", "feature_repo", "components"):
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "data", "*.db"))
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.db"))
         elif src.exists():
             shutil.copy2(src, dest / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -63,7 +63,7 @@ def make_project(dest: Path, overrides: dict | None = None, git: bool = False) -
         run("git", "config", "user.email", "test@scenerec.invalid")
         run("git", "config", "user.name", "test")
         run("dvc", "init", "-q")
-        (dest / ".gitignore").write_text("data/\n")
+        (dest / ".gitignore").write_text("/data/\n/mlflow.db\n/mlartifacts/\n")
         run("git", "add", "-A")
         run("git", "commit", "-qm", "project")
     return dest

@@ -44,3 +44,16 @@ def test_repro_noop_and_partial_rerun(tmp_path):
     shown = json.loads(dvc(root, "metrics", "show", "--json"))
     flat = json.dumps(shown)
     assert "validation.json" in flat and "features.json" in flat
+
+
+def test_pipeline_flow_records_outputs_so_repro_is_a_noop(tmp_path):
+    """`scenerec pipeline` (what `make demo` runs) leaves dvc.lock matching its outputs."""
+    root = make_project(tmp_path / "proj", git=True)
+    env = {**__import__("os").environ, "PREFECT_HOME": str(tmp_path / "prefect_home")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run(["scenerec", "pipeline"], cwd=root, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "SceneRec pipeline finished" in proc.stdout
+    assert (root / "dvc.lock").exists()
+    again = dvc(root, "repro")
+    assert "Running stage" not in again
