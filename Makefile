@@ -52,17 +52,24 @@ test: install
 ui: install
 	@mkdir -p .prefect
 	@setsid nohup prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect/server.log 2>&1 & echo $$! > .prefect/server.pid
-	@setsid nohup mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	@setsid nohup mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 	  --backend-store-uri "$$(python -c 'from components.config import load_params; from components.tracking import tracking_uri; print(tracking_uri(load_params()))')" \
 	  > .prefect/mlflow.log 2>&1 & echo $$! > .prefect/mlflow.pid
-	@for i in $$(seq 60); do curl -fs http://127.0.0.1:$(PREFECT_PORT)/api/health >/dev/null && break; sleep 1; done
+	@for i in $$(seq 90); do curl -fs http://127.0.0.1:$(PREFECT_PORT)/api/health >/dev/null && break; sleep 1; done
+	@for i in $$(seq 90); do curl -fs http://127.0.0.1:$(MLFLOW_PORT)/health >/dev/null && break; sleep 1; done
+	@curl -fs http://127.0.0.1:$(PREFECT_PORT)/api/health >/dev/null || { echo "Prefect server did not start: see .prefect/server.log"; exit 1; }
+	@curl -fs http://127.0.0.1:$(MLFLOW_PORT)/health >/dev/null || { echo "MLflow UI did not start: see .prefect/mlflow.log"; exit 1; }
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)   (export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api to send runs there)"
 	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT)"
 	@echo "Stop both with: make ui-stop"
 
+# Prefect 3.8 servers need a second SIGTERM; give each process group up to 15 s, then SIGKILL.
 ui-stop:
 	@for f in .prefect/server.pid .prefect/mlflow.pid; do \
-	  [ -f $$f ] && { kill -TERM -- -$$(cat $$f) 2>/dev/null; sleep 1; kill -TERM -- -$$(cat $$f) 2>/dev/null; rm -f $$f; } ; true; done
+	  [ -f $$f ] || continue; pg=$$(cat $$f); \
+	  for sig in TERM TERM; do kill -$$sig -- -$$pg 2>/dev/null || true; \
+	    for i in $$(seq 15); do kill -0 -- -$$pg 2>/dev/null || break; sleep 1; done; done; \
+	  kill -KILL -- -$$pg 2>/dev/null || true; rm -f $$f; done
 	@echo "stopped"
 
 deploy: install
