@@ -27,6 +27,7 @@ class PathsConfig(Section):
     curated_dir: str = "data/curated"
     quarantine_dir: str = "data/quarantine"
     features_dir: str = "data/features"
+    llm_dir: str = "data/llm"
     feature_repo: str = "feature_repo"
     reports_dir: str = "reports"
 
@@ -44,6 +45,8 @@ class GenerateConfig(Section):
     cold_start_after: float = Field(0.8, gt=0, lt=1)
     hidden_noise_std: float = Field(0.6, ge=0)
     position_bias: float = Field(0.12, ge=0)
+    ctr: float = Field(0.08, gt=0, lt=1)  # mean P(click) over impressions (the click bias is calibrated to it)
+    cvr: float = Field(0.3, gt=0, lt=1)  # mean P(order | click) over impressions
     format: Literal["parquet", "csv"] = "parquet"
 
     @field_validator("start")
@@ -82,10 +85,203 @@ class FeaturesConfig(Section):
     top_categories: int = Field(16, ge=1, le=256)
     ttl_days: int = Field(120, ge=1)
     popularity_prior: float = Field(20.0, ge=0)
+    # Time-of-day slots by start hour (local time, any key order); the latest one wraps past midnight.
+    time_slots: dict[str, int] = {"breakfast": 5, "lunch": 10, "afternoon": 14, "dinner": 17, "late_night": 21}
+    temperature_band_edges: list[float] = [0.0, 10.0, 20.0, 30.0]
+    timezone: str = "UTC"  # local time for hour / weekday / time slot / active days (timestamps stay UTC)
+    materialize_overlap_hours: int = Field(48, ge=0)  # re-materialise this far back for late data
 
-    _check_edges = field_validator("price_band_edges", "rating_band_edges", "delivery_band_edges")(
-        classmethod(lambda cls, v: _increasing(v))
-    )
+    _check_edges = field_validator(
+        "price_band_edges", "rating_band_edges", "delivery_band_edges", "temperature_band_edges"
+    )(classmethod(lambda cls, v: _increasing(v)))
+
+    @field_validator("time_slots")
+    @classmethod
+    def _slots(cls, v: dict[str, int]) -> dict[str, int]:
+        hours = list(v.values())
+        if len(v) < 2 or any(not 0 <= h <= 23 for h in hours) or len(set(hours)) != len(hours):
+            raise ValueError(f"must map >= 2 slot names to distinct start hours in 0-23, got {v}")
+        return dict(sorted(v.items(), key=lambda kv: kv[1]))  # key order in the YAML does not matter
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(v)
+        except Exception:
+            raise ValueError(f"unknown IANA time zone {v!r} (e.g. UTC, Asia/Shanghai)") from None
+        return v
+
+
+class LLMConfig(Section):
+    """Corpus, tokenizer, model and continual pretraining (LARR stage 1). Owned by components/llm/pretrain.py.
+
+    The defaults pretrain a ~3 M-parameter Llama on the default data in about a minute on 2 CPU cores;
+    it is the teacher that HomoDistil prunes, so it is wide enough for a 30 % student to exist.
+    """
+    # Corpus and tokenizer (components/llm/corpus.py)
+    base_model: str | None = None   # local path of a HF causal LM; None = small Llama built from the fields below
+    vocab_size: int = Field(4000, ge=300)        # byte-level BPE trained on the corpus (ignored with base_model)
+    heldout_fraction: float = Field(0.05, gt=0, lt=0.5)  # PoIs / users held out (by seeded hash) for perplexity
+    max_events_per_user_doc: int = Field(16, ge=1, le=1024)  # behaviours per user document (one window)
+    max_docs_per_user: int = Field(4, ge=1, le=1000)  # a user's most recent windows kept: bounds long histories
+    # Model (components/llm/model.py; ignored with base_model)
+    hidden_size: int = Field(192, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int | None = Field(None, ge=1)  # None = num_heads; fewer = grouped-query attention
+    intermediate_size: int = Field(768, ge=8)    # SwiGLU width (4 x hidden)
+    max_position: int = Field(512, ge=8)         # longest sequence the model accepts (RoPE, no learned positions)
+    rope_theta: float = Field(10000.0, gt=0)
+    tie_embeddings: bool = True                  # input and output embeddings shared: a third fewer parameters
+    rms_norm_eps: float = Field(1e-6, gt=0)
+    init_std: float = Field(0.02, gt=0)
+    # Pretraining (components/llm/pretrain.py)
+    seq_len: int = Field(128, ge=8)              # packed sequence length (documents concatenated, split in blocks)
+    batch_size: int = Field(8, ge=1)             # sequences per optimizer step over ALL processes (global batch)
+    steps: int = Field(150, ge=1)                # optimizer steps
+    lr: float = Field(2e-3, gt=0)                # peak learning rate (AdamW)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = Field(10, ge=0)          # linear warm-up from 0
+    weight_decay: float = Field(0.1, ge=0)       # on matrices only, not on norms
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, ge=0)          # max global gradient norm; 0 = no clipping
+    checkpoint_every: int = Field(50, ge=1)      # steps between checkpoints (resume picks the newest)
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_every: int = Field(50, ge=1)            # steps between held-out perplexity evaluations
+    eval_blocks: int = Field(32, ge=1)           # held-out sequences per evaluation (bounds its cost)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"both betas must be in [0, 1), got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        kv = self.num_kv_heads or self.num_heads
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if self.num_heads % kv:
+            raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({kv})")
+        if self.seq_len > self.max_position:
+            raise ValueError(f"seq_len ({self.seq_len}) exceeds max_position ({self.max_position})")
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be fewer than steps ({self.steps})")
+        return self
+
+
+class ContrastiveConfig(Section):
+    """Pair mining and InfoNCE fine-tuning (LARR stage 2). Owned by components/llm/contrastive.py.
+
+    Mining rules: components/llm/pairs.py. Defaults fine-tune a 4-layer, 128-192 wide model in
+    about a minute on two CPU cores.
+    """
+    # Pair mining
+    pairs_per_strategy: int = Field(600, ge=1)      # training pairs per strategy (at most)
+    heldout_pairs: int = Field(200, ge=1)           # held-out pairs per strategy (at most)
+    heldout_fraction: float = Field(0.2, ge=0, lt=1)  # users (user-user) / last share of time (PoI-PoI, user-PoI)
+    history_window: int = Field(8, ge=1)            # behaviours written in a user text
+    min_history: int = Field(4, ge=1)               # fewest behaviours behind a user text
+    history_gap_minutes: float = Field(30.0, ge=0)  # user-PoI: history ends this long before the order
+    target_behaviors: list[Literal["view", "click", "favorite", "order"]] = ["order"]        # user-PoI positives
+    poi_behaviors: list[Literal["view", "click", "favorite", "order"]] = ["click", "favorite", "order"]  # PoI-PoI
+    poi_context: list[Literal["location_type", "time_slot", "weather", "day_of_week", "is_weekend",
+                              "is_holiday", "temperature_band", "context_id"]] = ["location_type", "time_slot"]
+    min_cooccurrence: int = Field(2, ge=1)          # PoI-PoI: shared (user, context) baskets
+    popularity_exponent: float = Field(0.5, ge=0)   # PoI-PoI score c_ij / (n_i n_j)^exponent
+    poi_topk: int = Field(5, ge=1)                  # PoI-PoI partners kept per anchor PoI
+    # Encoder
+    pooling: Literal["last", "mean"] = "last"       # LARR: the last token's hidden state
+    head_hidden: int = Field(256, ge=1)
+    embed_dim: int = Field(128, ge=2)
+    max_length: int = Field(256, ge=8)              # tokens per text
+    truncation_side: Literal["left", "right"] = "left"  # left keeps the newest behaviours and the closing tag
+    # Training
+    temperature: float = Field(0.05, gt=0)
+    symmetric: bool = True                          # InfoNCE both ways (anchor->positive and back)
+    weights: dict[str, float] = {"user_user": 1.0, "poi_poi": 1.0, "user_poi": 1.0}  # 0 drops a strategy
+    steps: int = Field(60, ge=1)
+    batch_size: int = Field(16, ge=2)               # pairs per strategy per step (in-batch negatives)
+    lr: float = Field(2e-4, gt=0)                   # backbone
+    head_lr: float = Field(1e-3, gt=0)              # MLP head (fresh, so it moves faster)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(5, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(50, ge=1)
+    log_every: int = Field(5, ge=1)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # Evaluation and registry
+    eval_k: int = Field(10, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    registered_name: str = "scene-encoder"
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        known = {"user_user", "poi_poi", "user_poi"}
+        if set(v) - known or any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
+            raise ValueError(f"must map some of {sorted(known)} to weights >= 0, at least one > 0; got {v}")
+        return v
+
+
+class DistillConfig(Section):
+    """HomoDistil: iterative pruning while distilling (METHODS.md §5). Owned by components/llm/distill.py.
+
+    Steps: ``warmup_steps`` of distillation of the full copy, cubic pruning every ``prune_every``
+    steps until ``steps - recovery_steps``, then recovery distillation at the target widths.
+    """
+    # Target widths as fractions of the teacher's; every layer keeps the same FFN width and head count.
+    ffn_keep: float = Field(0.5, gt=0, le=1)          # FFN neurons kept per layer
+    heads_keep: float = Field(0.5, gt=0, le=1)        # attention heads (KV groups under GQA) kept per layer
+    hidden_keep: float | None = Field(None, gt=0, le=1)  # residual channels kept; None = widest meeting target_ratio
+    hidden_multiple: int = Field(8, ge=1)             # solved hidden width is a multiple of this
+    target_ratio: float = Field(0.3, gt=0, le=1)      # max student / teacher parameters, embeddings included
+    # Schedule (steps are optimizer steps)
+    steps: int = Field(300, ge=1)                     # T: all distillation steps, recovery included
+    warmup_steps: int = Field(30, ge=0)               # t_w: no pruning before
+    recovery_steps: int = Field(60, ge=0)             # T - T_end: distillation at the final widths
+    prune_every: int = Field(10, ge=1)                # ΔT
+    # Importance (PLATON EMAs)
+    beta1: float = Field(0.85, ge=0, lt=1)            # sensitivity smoothing
+    beta2: float = Field(0.95, ge=0, lt=1)            # uncertainty smoothing
+    # Losses: alpha_lm * LM + alpha_kl * tau^2 KL(teacher || student) + alpha_hid * relative hidden MSE
+    alpha_lm: float = Field(1.0, ge=0)
+    alpha_kl: float = Field(1.0, ge=0)
+    alpha_hid: float = Field(1.0, ge=0)
+    temperature: float = Field(2.0, gt=0)
+    # Optimisation and data
+    seq_len: int = Field(128, ge=8)                   # packed blocks of the pretraining corpus
+    batch_size: int = Field(8, ge=1)                  # sequences per step over all processes
+    lr: float = Field(1e-3, gt=0)                     # peak AdamW learning rate
+    lr_warmup_steps: int = Field(10, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)      # cosine decay to lr * min_lr_ratio
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)               # 0 = no clipping
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    eval_blocks: int = Field(32, ge=1)                # held-out blocks for the final perplexity
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+
+    @model_validator(mode="after")
+    def _schedule(self):
+        if self.warmup_steps + self.recovery_steps >= self.steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) + recovery_steps ({self.recovery_steps}) must be fewer "
+                f"than steps ({self.steps}): pruning needs steps in between"
+            )
+        return self
+
+
+class EmbedConfig(Section):
+    """Which encoder writes the scene / PoI embeddings into Feast."""
+    encoder: Literal["teacher", "student"] = "student"
+    batch_size: int = Field(64, ge=1)
 
 
 class TrackingConfig(Section):
@@ -99,6 +295,10 @@ class Params(Section):
     generate: GenerateConfig = GenerateConfig()
     ingest: IngestConfig = IngestConfig()
     features: FeaturesConfig = FeaturesConfig()
+    llm: LLMConfig = LLMConfig()
+    contrastive: ContrastiveConfig = ContrastiveConfig()
+    distill: DistillConfig = DistillConfig()
+    embed: EmbedConfig = EmbedConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     # Directory that relative paths are resolved against (the folder holding params.yaml).
