@@ -53,7 +53,10 @@ class BatchRejected(Exception):
     def __str__(self) -> str:
         name = f"batch {self.batch_dir}" if self.batch_dir else "batch"
         lines = [f"{name} rejected: {len(self.failures)} contract rule(s) failed"]
-        lines += [f"  {f}" for f in self.failures]
+        files = {}
+        if self.batch_dir is not None and Path(self.batch_dir).is_dir():
+            files = {p.stem: p.name for p in sorted(Path(self.batch_dir).iterdir()) if p.is_file()}
+        lines += [f"  [{files.get(f.table, f.table)}] {f}" for f in self.failures]
         lines.append(
             f"Quarantined to {self.quarantine_path} (the batch, {REPORT_NAME}, {DOCS_DIR}/index.html); "
             "curated data is unchanged. Fix the data and ingest it again."
