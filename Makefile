@@ -36,7 +36,9 @@ help:
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
+	@echo "installing the pinned set into $(VENV) (log: $(VENV)/install.log) ..."
+	@$(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt -e '.[test]' > $(VENV)/install.log 2>&1 \
+	  || { tail -30 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 install: $(STAMP)
