@@ -11,7 +11,7 @@ from components.steps import features_step
 from flows.settings import flow_params
 
 
-@task(name="build-and-materialise-features", tags=["io"], retries=1, retry_delay_seconds=5,
+@task(name="build-and-materialise-features", tags=["io"], retries=1, retry_delay_seconds=5, log_prints=False,
       cache_policy=NO_CACHE)
 def features_task(params: Params, run_id: str) -> dict:
     metrics = features_step(params)
