@@ -54,17 +54,18 @@ def definition_params(repo_dir: Path) -> Params:
     return load_params(os.environ.get("SCENEREC_PARAMS") or Path(repo_dir).resolve().parent / "params.yaml")
 
 
-def features_dir_for_repo(params: Params, repo_dir: Path) -> str:
-    """Folder of the feature tables as the FileSources should record it.
+def features_dir_for_repo(params: Params, repo_dir: Path, path_name: str = "features_dir") -> str:
+    """Folder of the feature tables (``paths.<path_name>``) as the FileSources should record it.
 
-    ``$SCENEREC_FEATURES_DIR`` wins (a relative value is relative to the feature repo, as Feast
-    resolves it). A folder inside the project is written relative to the feature repo, so the
-    registry stays valid when the project is moved or copied; one outside it stays absolute.
+    ``$SCENEREC_FEATURES_DIR`` / ``$SCENEREC_EMBEDDINGS_DIR`` win (a relative value is relative to
+    the feature repo, as Feast resolves it). A folder inside the project is written relative to the
+    feature repo, so the registry stays valid when the project is moved or copied; one outside it
+    stays absolute.
     """
-    env = os.environ.get("SCENEREC_FEATURES_DIR")
+    env = os.environ.get(f"SCENEREC_{path_name.removesuffix('_dir').upper()}_DIR")
     if env:
         return Path(env).as_posix()
-    target = params.path("features_dir").resolve()
+    target = params.path(path_name).resolve()
     if target.is_relative_to(params.root.resolve()):
         return Path(os.path.relpath(target, Path(repo_dir).resolve())).as_posix()
     return target.as_posix()
@@ -169,7 +170,8 @@ def apply_definitions(params: Params) -> None:
 
 
 def _source_path(params: Params, table: str) -> Path:
-    return params.path("features_dir") / f"{table}.parquet"
+    folder = "embeddings_dir" if table.endswith("_embeddings") else "features_dir"
+    return params.path(folder) / f"{table}.parquet"
 
 
 def latest_feature_time(params: Params) -> datetime:
@@ -188,10 +190,10 @@ def latest_feature_time(params: Params) -> datetime:
     return (latest.tz_localize("UTC") if latest.tzinfo is None else latest).to_pydatetime()
 
 
-def _window_rows(params: Params, table: str, start: datetime, end: datetime) -> tuple[int, int]:
+def _window_rows(params: Params, table: str, start: datetime, end: datetime, key: str | None = None) -> tuple[int, int]:
     """(rows in [start, end], distinct entities among them) of a feature table: what Feast reads
     and what it writes (the latest row per entity) when materialising that window."""
-    key = KEYS[table]
+    key = key or KEYS[table]
     t = pq.read_table(_source_path(params, table), columns=[key, TIMESTAMP])
     ts = t.column(TIMESTAMP)
     mask = pc.and_(pc.greater_equal(ts, pd.Timestamp(start)), pc.less_equal(ts, pd.Timestamp(end)))
@@ -205,7 +207,7 @@ def _fingerprint(fv: FeatureView) -> str:
     return json.dumps([schema, fv.batch_source.path if fv.batch_source else None, str(fv.ttl)])
 
 
-def materialize(params: Params, end: datetime | None = None) -> dict:
+def materialize(params: Params, end: datetime | None = None, views: list[str] | None = None) -> dict:
     """Incremental materialisation of every view up to ``end`` (default: latest feature time + 1 s).
 
     Each view restarts from its last materialised end minus ``materialize_overlap_hours`` (late
@@ -213,6 +215,8 @@ def materialize(params: Params, end: datetime | None = None) -> dict:
     ``end - ttl`` (static views: at the epoch). Feast's ``materialize_incremental`` would start a
     first run at *now* - ttl, which skips all data of a replayed or historical batch, and keeps
     its old intervals across a schema change, hence the explicit windows.
+    ``views`` restricts the run to those views; a view whose table has not been written yet
+    (e.g. the LLM embeddings before the LLM stages ran) is skipped.
     Returns entity rows written, rows read, seconds per view and overall rows/s.
     """
     end = end or latest_feature_time(params) + timedelta(seconds=1)
@@ -221,7 +225,9 @@ def materialize(params: Params, end: datetime | None = None) -> dict:
     overlap = timedelta(hours=params.features.materialize_overlap_hours)
     state_file = feast_dir(params) / "materialized.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    only = views
     views = sorted(store.list_feature_views(), key=lambda v: v.name)
+    views = [v for v in views if (only is None or v.name in only) and _source_path(params, v.name).exists()]
     if not views:
         raise RuntimeError(f"no feature views in the registry under {feast_dir(params)}: run apply_definitions first")
     written, read, seconds = {}, {}, {}
@@ -233,7 +239,7 @@ def materialize(params: Params, end: datetime | None = None) -> dict:
             start = end - fv.ttl
         else:
             start = _EPOCH
-        table = fv.name if fv.name in TABLES else None
+        table = fv.name
         if start >= end:
             written[fv.name], read[fv.name], seconds[fv.name] = 0, 0, 0.0
             continue
@@ -241,7 +247,7 @@ def materialize(params: Params, end: datetime | None = None) -> dict:
         with contextlib.redirect_stdout(io.StringIO()):  # progress bars and banners
             store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
         seconds[fv.name] = round(time.perf_counter() - t0, 3)
-        read[fv.name], written[fv.name] = _window_rows(params, table, start, end) if table else (0, 0)
+        read[fv.name], written[fv.name] = _window_rows(params, table, start, end, fv.entity_columns[0].name)
         state[fv.name] = _fingerprint(fv)
         state_file.write_text(json.dumps(state, indent=1) + "\n")
     total_s = sum(seconds.values())

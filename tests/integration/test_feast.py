@@ -110,7 +110,8 @@ def test_apply_and_materialize_under_the_data_folder(project):
     assert mat["rows"] == {"context_stats": 3, "poi_profile": 3, "poi_stats": 3, "user_stats": 2}
     assert mat["rows_per_s"] > 0
     store = get_store(params)
-    assert {v.name for v in store.list_feature_views()} == {"user_stats", "poi_profile", "poi_stats", "context_stats"}
+    assert {v.name for v in store.list_feature_views()} == {
+        "user_stats", "poi_profile", "poi_stats", "context_stats", "scene_embeddings", "poi_embeddings"}
     assert {p.name for p in store.get_feature_service("ctr_training").feature_view_projections} == \
         {"user_stats", "poi_profile", "poi_stats", "context_stats"}
     # Sources are recorded relative to the feature repo, so the registry survives a move.
