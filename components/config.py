@@ -28,6 +28,7 @@ class PathsConfig(Section):
     quarantine_dir: str = "data/quarantine"
     features_dir: str = "data/features"
     llm_dir: str = "data/llm"
+    embeddings_dir: str = "data/embeddings"
     feature_repo: str = "feature_repo"
     reports_dir: str = "reports"
 
@@ -123,7 +124,7 @@ class LLMConfig(Section):
     """
     # Corpus and tokenizer (components/llm/corpus.py)
     base_model: str | None = None   # local path of a HF causal LM; None = small Llama built from the fields below
-    vocab_size: int = Field(4000, ge=300)        # byte-level BPE trained on the corpus (ignored with base_model)
+    vocab_size: int = Field(4000, ge=300)  # byte-level BPE (>= 256 bytes + special tokens); ignored with base_model
     heldout_fraction: float = Field(0.05, gt=0, lt=0.5)  # PoIs / users held out (by seeded hash) for perplexity
     max_events_per_user_doc: int = Field(16, ge=1, le=1024)  # behaviours per user document (one window)
     max_docs_per_user: int = Field(4, ge=1, le=1000)  # a user's most recent windows kept: bounds long histories
@@ -153,6 +154,9 @@ class LLMConfig(Section):
     eval_every: int = Field(50, ge=1)            # steps between held-out perplexity evaluations
     eval_blocks: int = Field(32, ge=1)           # held-out sequences per evaluation (bounds its cost)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    # CPU threads per process; 0 = torch's default (all cores). 1 is fastest on shared cores: OpenMP
+    # threads spin-wait for each other, and a busy neighbour made 2 threads 4x slower than 1 here.
+    cpu_threads: int = Field(1, ge=0)
 
     @field_validator("adam_betas")
     @classmethod
@@ -182,10 +186,10 @@ class ContrastiveConfig(Section):
     about a minute on two CPU cores.
     """
     # Pair mining
-    pairs_per_strategy: int = Field(600, ge=1)      # training pairs per strategy (at most)
-    heldout_pairs: int = Field(200, ge=1)           # held-out pairs per strategy (at most)
+    pairs_per_strategy: int = Field(400, ge=1)      # training pairs per strategy (at most)
+    heldout_pairs: int = Field(100, ge=1)           # held-out pairs per strategy (at most)
     heldout_fraction: float = Field(0.2, ge=0, lt=1)  # users (user-user) / last share of time (PoI-PoI, user-PoI)
-    history_window: int = Field(8, ge=1)            # behaviours written in a user text
+    history_window: int = Field(6, ge=1)            # behaviours written in a user text
     min_history: int = Field(4, ge=1)               # fewest behaviours behind a user text
     history_gap_minutes: float = Field(30.0, ge=0)  # user-PoI: history ends this long before the order
     target_behaviors: list[Literal["view", "click", "favorite", "order"]] = ["order"]        # user-PoI positives
@@ -199,22 +203,23 @@ class ContrastiveConfig(Section):
     pooling: Literal["last", "mean"] = "last"       # LARR: the last token's hidden state
     head_hidden: int = Field(256, ge=1)
     embed_dim: int = Field(128, ge=2)
-    max_length: int = Field(256, ge=8)              # tokens per text
+    max_length: int = Field(192, ge=8)              # tokens per text
     truncation_side: Literal["left", "right"] = "left"  # left keeps the newest behaviours and the closing tag
     # Training
     temperature: float = Field(0.05, gt=0)
     symmetric: bool = True                          # InfoNCE both ways (anchor->positive and back)
     weights: dict[str, float] = {"user_user": 1.0, "poi_poi": 1.0, "user_poi": 1.0}  # 0 drops a strategy
-    steps: int = Field(60, ge=1)
-    batch_size: int = Field(16, ge=2)               # pairs per strategy per step (in-batch negatives)
+    steps: int = Field(40, ge=1)
+    batch_size: int = Field(8, ge=2)                # pairs per strategy per step (in-batch negatives)
     lr: float = Field(2e-4, gt=0)                   # backbone
     head_lr: float = Field(1e-3, gt=0)              # MLP head (fresh, so it moves faster)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(5, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    checkpoint_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(20, ge=1)
     log_every: int = Field(5, ge=1)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    cpu_threads: int | None = Field(None, ge=1)     # torch threads on a CPU; null = torch's default (all cores)
     # Evaluation and registry
     eval_k: int = Field(10, ge=1)
     eval_batch_size: int = Field(64, ge=1)
