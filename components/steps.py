@@ -130,3 +130,68 @@ def example_keys(params: Params) -> dict:
     imp = pd.read_parquet(params.path("curated_dir") / "impressions.parquet", columns=["user_id", "poi_id", "click"])
     row = imp[imp["click"] == 1].iloc[0] if imp["click"].any() else imp.iloc[0]
     return {"example_user": str(row["user_id"]), "example_poi": str(row["poi_id"])}
+
+
+# ----------------------------------------------------------------------------------------------
+# LLM stages (LARR stages 1-2, HomoDistil). Folders under paths.llm_dir:
+#   corpus/ tokenizer/ -> pretrained/ -> encoder_teacher/ ; pretrained/ -> student/ -> encoder_student/
+LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher", "scene-encoder"),
+                "student": ("student", "encoder_student", "scene-encoder-student")}
+
+
+def corpus_step(params: Params, run_id: str | None = None) -> dict:
+    """Corpus documents with field special tokens, and the tokenizer."""
+    from components.llm.corpus import build_corpus
+
+    metrics = _numbers(build_corpus(params))
+    write_report(params, "corpus", metrics)
+    return metrics
+
+
+def pretrain_step(params: Params, run_id: str | None = None) -> dict:
+    """Continual pretraining of the causal LM on the corpus (resumes from the last checkpoint)."""
+    from components.llm.pretrain import pretrain
+
+    metrics = _numbers(pretrain(params, run_id))
+    write_report(params, "pretrain", metrics)
+    return metrics
+
+
+def pairs_step(params: Params, run_id: str | None = None) -> dict:
+    """Mine the three kinds of positive pairs (user-user, PoI-PoI, user-PoI) from the logs."""
+    from components.llm.pairs import mine_pairs
+
+    pairs = mine_pairs(params)
+    metrics = {f"pairs.{k}": len(v) for k, v in pairs.items()}
+    write_report(params, "pairs", metrics)
+    return metrics
+
+
+def contrastive_step(params: Params, model: str = "teacher", run_id: str | None = None) -> dict:
+    """Contrastive fine-tuning of the teacher or the student into a text encoder; registers it."""
+    from components.llm.contrastive import contrastive_step as finetune
+
+    backbone, encoder, registered = LLM_ENCODERS[model]
+    llm = params.path("llm_dir")
+    metrics = _numbers(finetune(params, llm / backbone, llm / encoder, run_id=run_id, register_as=registered))
+    write_report(params, f"contrastive_{model}", metrics)
+    return metrics
+
+
+def distill_step(params: Params, run_id: str | None = None) -> dict:
+    """HomoDistil: prune a copy of the pretrained teacher while distilling it."""
+    from components.llm.distill import homodistil
+
+    llm = params.path("llm_dir")
+    metrics = _numbers(homodistil(params, llm / "pretrained", llm / "student", run_id=run_id))
+    write_report(params, "distill", metrics)
+    return metrics
+
+
+def embed_step(params: Params, run_id: str | None = None) -> dict:
+    """Scene-value and PoI embeddings from the chosen encoder into Feast (offline and online)."""
+    from components.llm.embed import embed_step as embed
+
+    metrics = _numbers(embed(params))
+    write_report(params, "embed", metrics)
+    return metrics

@@ -1,0 +1,82 @@
+"""Prefect flow `llm`: corpus → continual pretraining → pairs → contrastive fine-tuning (teacher)
+→ HomoDistil → contrastive fine-tuning (student) → scene / PoI embeddings into Feast.
+
+Training tasks carry the tag `gpu`. On a cluster, give them a GPU work pool and cap how many
+run at once with a tag concurrency limit (README, "GPU work pool"); on one machine they run on
+the CUDA device when there is one and on the CPU otherwise.
+"""
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from components import steps, tracking
+from components.config import ContrastiveConfig, DistillConfig, EmbedConfig, LLMConfig, Params
+from flows.settings import flow_params
+
+
+def _logged(params: Params, run_id: str, prefix: str, metrics: dict) -> dict:
+    tracking.log_metrics(params, run_id, {f"{prefix}.{k}": v for k, v in metrics.items()})
+    return metrics
+
+
+@task(name="build-corpus", tags=["io"], cache_policy=NO_CACHE)
+def corpus_task(params: Params, run_id: str) -> dict:
+    return _logged(params, run_id, "corpus", steps.corpus_step(params))
+
+
+@task(name="continual-pretraining", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def pretrain_task(params: Params, run_id: str) -> dict:
+    # A retry resumes from the last checkpoint instead of starting over.
+    return steps.pretrain_step(params, run_id=run_id)
+
+
+@task(name="mine-pairs", tags=["io"], cache_policy=NO_CACHE)
+def pairs_task(params: Params, run_id: str) -> dict:
+    return _logged(params, run_id, "pairs", steps.pairs_step(params))
+
+
+@task(name="contrastive-fine-tuning", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def contrastive_task(params: Params, run_id: str, model: str) -> dict:
+    return steps.contrastive_step(params, model, run_id=run_id)
+
+
+@task(name="homodistil", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def distill_task(params: Params, run_id: str) -> dict:
+    return steps.distill_step(params, run_id=run_id)
+
+
+@task(name="embed-scenes-and-pois", tags=["gpu"], cache_policy=NO_CACHE, log_prints=False)
+def embed_task(params: Params, run_id: str) -> dict:
+    return _logged(params, run_id, "embed", steps.embed_step(params))
+
+
+@flow(name="llm", log_prints=True)
+def llm(llm: LLMConfig | None = None, contrastive: ContrastiveConfig | None = None,
+        distill: DistillConfig | None = None, embed: EmbedConfig | None = None,
+        params_file: str | None = None, parent_run_id: str | None = None) -> dict:
+    """Turn the curated data into a pretrained LM, a scene encoder, its distilled student and
+    cached scene / PoI embeddings in the feature store."""
+    params, _ = flow_params(params_file, llm=llm, contrastive=contrastive, distill=distill, embed=embed)
+    results: dict = {}
+
+    def stage(name: str, fn, *args):
+        with tracking.tracked_run(params, name, parent_run_id, tags={"scenerec.flow": "llm"}) as run_id:
+            section = {"corpus": "llm", "pretrain": "llm", "pairs": "contrastive", "distill": "distill",
+                       "embed": "embed"}.get(name, "contrastive")
+            tracking.log_params(params, run_id, {section: getattr(params, section).model_dump(mode="json")})
+            results[name] = fn(params, run_id, *args)
+        return results[name]
+
+    stage("corpus", corpus_task)
+    stage("pretrain", pretrain_task)
+    stage("pairs", pairs_task)
+    stage("contrastive_teacher", contrastive_task, "teacher")
+    stage("distill", distill_task)
+    stage("contrastive_student", contrastive_task, "student")
+    stage("embed", embed_task)
+    table = [{"stage": s, "metric": k, "value": v} for s, m in results.items() for k, v in m.items()
+             if any(w in k for w in ("loss", "ppl", "recall", "mrr", "params", "tokens_per_s", "texts_per_s"))]
+    create_table_artifact(key="llm-summary", table=table, description="LLM stages: losses, perplexity, retrieval")
+    return results
