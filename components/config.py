@@ -219,7 +219,7 @@ class ContrastiveConfig(Section):
     checkpoint_every: int = Field(20, ge=1)
     log_every: int = Field(5, ge=1)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    cpu_threads: int | None = Field(None, ge=1)     # torch threads on a CPU; null = torch's default (all cores)
+    cpu_threads: int = Field(1, ge=0)               # torch CPU threads; 0 = all cores (1 is fastest on shared cores)
     # Evaluation and registry
     eval_k: int = Field(10, ge=1)
     eval_batch_size: int = Field(64, ge=1)

@@ -94,6 +94,35 @@ def scene_text(values) -> str:
     return f"<scene> {body} </scene>"
 
 
+def user_head(user) -> str:
+    """The opening of a user document: who they are, before any behaviour."""
+    return (f"<user> <age> {_fmt(user.get('age_group'))} <gender> {_fmt(user.get('gender'))}"
+            f" <home> {str(user.get('home_geohash') or 'unknown')[:5]}")
+
+
+def behavior_texts(events: pd.DataFrame, pois: pd.DataFrame | None = None,
+                   cfg: FeaturesConfig | None = None) -> pd.Series:
+    """Each behaviour row (ts, behavior, poi_id, query + scene columns) as its text fragment.
+
+    Vectorised, because the corpus renders every behaviour of every user at once; ``user_text``
+    joins the same fragments, so both produce the same text. ``pois``: indexed by poi_id.
+    """
+    sv = scene_values(events, cfg)
+    act = events["behavior"].astype(str)
+    what = pd.Series("", index=events.index, dtype=object)
+    search = (act == "search").to_numpy()
+    if search.any():
+        what[search] = " <query> " + events.loc[search, "query"].map(_fmt)
+    if pois is not None:
+        known = ~search & events["poi_id"].isin(pois.index).to_numpy()
+        if known.any():
+            ids = events.loc[known, "poi_id"]
+            what[known] = (" <cate> " + ids.map(pois["category"]).astype(str)
+                           + " <name> " + ids.map(pois["name"]).astype(str))
+    return ("<scene> <loctype> " + sv["location_type"] + " <slot> " + sv["time_slot"]
+            + " <weather> " + sv["weather"] + " <act> " + act + what)
+
+
 def user_text(user, events: pd.DataFrame, pois: pd.DataFrame | None = None, max_events: int = 32,
               cfg: FeaturesConfig | None = None) -> str:
     """A user and their most recent behaviours in their scenes.
@@ -102,20 +131,9 @@ def user_text(user, events: pd.DataFrame, pois: pd.DataFrame | None = None, max_
     ``pois``: curated pois indexed by poi_id, to name the PoIs. Only the last ``max_events`` are
     written, so users with thousands of behaviours stay bounded.
     """
-    head = (f"<user> <age> {_fmt(user.get('age_group'))} <gender> {_fmt(user.get('gender'))}"
-            f" <home> {str(user.get('home_geohash') or 'unknown')[:5]}")
+    head = user_head(user)
     if events is None or len(events) == 0:
         return head + " </user>"
-    ev = events.sort_values("ts").tail(max_events)
-    sv = scene_values(ev, cfg)
-    parts = [head]
-    for (_, e), (_, s) in zip(ev.iterrows(), sv.iterrows()):
-        what = ""
-        if e["behavior"] == "search":
-            what = f" <query> {_fmt(e.get('query'))}"
-        elif pois is not None and e.get("poi_id") in pois.index:
-            p = pois.loc[e["poi_id"]]
-            what = f" <cate> {p['category']} <name> {p['name']}"
-        parts.append(f"<scene> <loctype> {s['location_type']} <slot> {s['time_slot']} <weather> {s['weather']}"
-                     f" <act> {e['behavior']}{what}")
-    return " ".join(parts) + " </user>"
+    # Stable sort: behaviours in the same second keep their logged order (click before order).
+    ev = events.sort_values("ts", kind="stable").tail(max_events)
+    return " ".join([head, *behavior_texts(ev, pois, cfg)]) + " </user>"

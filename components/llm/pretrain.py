@@ -1,0 +1,365 @@
+"""Continual pretraining of the causal LM on the SceneRec corpus (LARR stage 1, METHODS.md §1).
+
+The loop, nanoGPT-style, in one function:
+
+- data: every document is ``<s> ... </s>``; the documents are concatenated and cut into blocks of
+  ``seq_len`` tokens (packing: no padding, every token is trained on). Attention runs across
+  document boundaries inside a block, as in GPT pretraining; ``</s><s>`` marks them.
+- order: step ``s`` trains on positions ``s*B .. s*B+B-1`` of an endless stream of seeded
+  per-epoch permutations of the blocks. The batch is a pure function of the step, so the data
+  position needs no state of its own: resuming at step k reads exactly what an uninterrupted
+  run would have read.
+- DDP: ``batch_size`` is the global batch; rank r of W takes the r-th slice of B/W sequences of
+  the same global batch, and DDP averages the gradients, so 1 process and W processes take the
+  same steps (up to float summation order).
+- AdamW (decay on matrices only) with linear warm-up then cosine decay to ``lr * min_lr_ratio``,
+  global-norm gradient clipping, bf16 autocast on CUDA (training.make_accelerator).
+- checkpoints every ``checkpoint_every`` steps (model, optimizer, scheduler, RNG) in
+  ``llm_dir/pretrain_ckpt``; a new call resumes from the newest one, unless the configuration
+  or the corpus changed since (a fingerprint says), in which case it starts over.
+
+Run it on one process as ``pretrain(params)`` (or ``python -m components.llm.pretrain --corpus``), or
+on several with ``torchrun --nproc_per_node 2 -m components.llm.pretrain --params params.yaml`` (gloo on
+CPU, NCCL on GPU) or, on GPUs, ``accelerate launch --multi_gpu --num_processes N -m components.llm.pretrain``.
+(``accelerate launch --cpu --num_processes 2`` starts ONE process unless accelerate is configured for
+MULTI_CPU with mpirun: use torchrun on CPU.) Only rank 0 logs to MLflow, shows the progress bar and
+writes the final model.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from components.config import Params
+from components.llm import training
+from components.llm.corpus import check_special_tokens, encode_documents, read_lines
+from components.llm.model import build_model, count_parameters
+
+# Knobs that change how often we look or save, not what the model learns: a changed value of
+# one of these still resumes from the existing checkpoints.
+_NOT_IN_FINGERPRINT = {"checkpoint_every", "keep_checkpoints", "eval_every", "eval_blocks"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def pack(ids: np.ndarray, seq_len: int) -> torch.Tensor:
+    """(n_blocks, seq_len) int64 blocks of the token stream; the ragged tail is dropped."""
+    n = len(ids) // seq_len
+    return torch.from_numpy(ids[: n * seq_len].astype(np.int64)).view(n, seq_len)
+
+
+class BlockOrder:
+    """Which blocks form the global batch of a step: an endless stream of seeded per-epoch permutations."""
+
+    def __init__(self, n_blocks: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n_blocks, batch_size, seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:  # steps only move forward: old epochs are never read again
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perms[epoch]
+
+    def batch(self, step: int) -> np.ndarray:
+        """Block indices of the global batch of ``step`` (0-based)."""
+        pos = step * self.batch_size + np.arange(self.batch_size)
+        epoch, within = pos // self.n, pos % self.n
+        return np.concatenate([self._perm(int(e))[within[epoch == e]] for e in np.unique(epoch)])
+
+
+class WarmupCosine:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``steps``.
+
+    A class, not a lambda, so ``LambdaLR.state_dict`` carries it into checkpoints.
+    """
+
+    def __init__(self, warmup: int, steps: int, min_ratio: float):
+        self.warmup, self.steps, self.min_ratio = warmup, steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        progress = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (linear layers, embeddings), none on norms and biases (nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+@torch.no_grad()
+def heldout_perplexity(model, blocks: torch.Tensor, batch_size: int, accelerator) -> float:
+    """exp(mean next-token loss) over ``blocks``; runs on the unwrapped model (no collectives)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        x = blocks[i:i + batch_size].to(accelerator.device)
+        with accelerator.autocast():
+            loss = model(input_ids=x, labels=x).loss
+        total += float(loss) * len(x)
+        count += len(x)
+    model.train(was_training)
+    return math.exp(total / max(count, 1))
+
+
+def _fingerprint(params: Params, train_path: Path, vocab: int) -> str:
+    """What decides the training trajectory: the llm knobs that matter, the seed and the corpus."""
+    knobs = {k: v for k, v in params.llm.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
+    h = hashlib.md5(json.dumps({"llm": knobs, "seed": params.seed, "vocab": vocab}, sort_keys=True).encode())
+    with open(train_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# The step
+
+
+def pretrain(params: Params, run_id: str | None = None, max_steps_this_run: int | None = None,
+             fresh: bool = False) -> dict:
+    """Pretrain (or continue pretraining) on llm_dir/corpus; save llm_dir/pretrained; return metrics.
+
+    ``max_steps_this_run``: stop (with a checkpoint) after this many steps of this call, e.g. to
+    spread training over several jobs; the next call resumes there. ``fresh``: ignore and delete
+    existing checkpoints. Metrics are logged to MLflow ``run_id`` (rank 0 only) when given.
+    """
+    threads = torch.get_num_threads()
+    if params.llm.cpu_threads:
+        torch.set_num_threads(params.llm.cpu_threads)
+    try:
+        return _pretrain(params, run_id, max_steps_this_run, fresh)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None, fresh: bool) -> dict:
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    cfg = params.llm
+    llm_dir = params.path("llm_dir")
+    corpus_dir, ckpt_dir, out_dir = llm_dir / "corpus", llm_dir / "pretrain_ckpt", llm_dir / "pretrained"
+    if not (corpus_dir / "train.txt").exists() or not (llm_dir / "tokenizer").is_dir():
+        raise FileNotFoundError(f"{llm_dir}: no corpus/tokenizer yet; run build_corpus first")
+
+    acc = training.make_accelerator(cfg.mixed_precision, seed=params.seed)
+    main = acc.is_main_process
+    world = acc.num_processes
+    if cfg.batch_size % world:
+        raise ValueError(f"llm.batch_size ({cfg.batch_size}) must be divisible by the number of processes ({world})")
+    per_rank = cfg.batch_size // world
+
+    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir / "tokenizer"), local_files_only=True)
+    check_special_tokens(tokenizer)
+    train_blocks = pack(encode_documents(tokenizer, read_lines(corpus_dir / "train.txt")), cfg.seq_len)
+    eval_blocks = pack(encode_documents(tokenizer, read_lines(corpus_dir / "heldout.txt")), cfg.seq_len)
+    if len(train_blocks) < cfg.batch_size:
+        raise ValueError(f"the corpus holds {len(train_blocks)} blocks of {cfg.seq_len} tokens, fewer than "
+                         f"llm.batch_size ({cfg.batch_size}); lower batch_size or seq_len, or add data")
+    # Evenly spaced held-out blocks: a stable sample across evaluations and runs.
+    pick = np.linspace(0, len(eval_blocks) - 1, min(cfg.eval_blocks, len(eval_blocks))).round().astype(int)
+    eval_blocks = eval_blocks[np.unique(pick)] if len(eval_blocks) else eval_blocks
+
+    model = build_model(cfg, tokenizer, root=params.root)
+    n_params = count_parameters(model)
+    # fused: one kernel for all parameters instead of a Python loop over them (CPU and CUDA alike)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas,
+                                  fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
+    model, optimizer = acc.prepare(model, optimizer)
+    # The scheduler is not prepared: accelerate would step it once per process. It only needs saving.
+    acc.register_for_checkpointing(scheduler)
+    raw_model = acc.unwrap_model(model)
+
+    # Resume only from checkpoints of this very configuration and corpus.
+    fingerprint = _fingerprint(params, corpus_dir / "train.txt", len(tokenizer))
+    state_file = ckpt_dir / "run.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if training.checkpoints(ckpt_dir) and (fresh or state.get("fingerprint") != fingerprint):
+        if main:
+            why = "asked to start fresh" if fresh else "the configuration or corpus changed"
+            print(f"pretrain: {why}; removing old checkpoints in {ckpt_dir}", file=sys.stderr)
+            shutil.rmtree(ckpt_dir)
+        acc.wait_for_everyone()
+        state = {}
+    start = training.resume(acc, ckpt_dir)
+
+    if start == 0:
+        ppl_before = heldout_perplexity(raw_model, eval_blocks, per_rank, acc) if main else float("nan")
+        state = {"fingerprint": fingerprint, "heldout_ppl_before": ppl_before}
+        if main:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            state_file.write_text(json.dumps(state, indent=2))
+    logger = _StepLogger(params, run_id)
+    if start == 0 and main and run_id:
+        logger.add({"heldout_ppl": ppl_before}, 0)
+    stop = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
+
+    order = BlockOrder(len(train_blocks), cfg.batch_size, params.seed)
+    rank = acc.process_index
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    losses: list[float] = []
+    ppl = float("nan")
+    side_seconds = 0.0  # evaluation and checkpoints: not training throughput
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not main, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in range(start, stop):
+        idx = order.batch(step)[rank * per_rank:(rank + 1) * per_rank]
+        x = train_blocks[idx].to(acc.device)
+        loss = model(input_ids=x, labels=x).loss  # labels are shifted inside the model
+        acc.backward(loss)
+        if cfg.grad_clip > 0:
+            acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        step_loss = float(acc.reduce(loss.detach(), reduction="mean"))
+        losses.append(step_loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}")
+        t_side = time.perf_counter()
+        if main and run_id:
+            logger.add({"loss": step_loss, "lr": scheduler.get_last_lr()[0]}, done)
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            if main:
+                ppl = heldout_perplexity(raw_model, eval_blocks, per_rank, acc)
+                if run_id:
+                    logger.add({"heldout_ppl": ppl}, done)
+                    logger.flush()
+        if done % cfg.checkpoint_every == 0 or done == stop:
+            training.save_checkpoint(acc, ckpt_dir, done, keep=cfg.keep_checkpoints)
+            if main and run_id:
+                logger.flush()  # what a resumed run will not log again
+        side_seconds += time.perf_counter() - t_side
+    bar.close()
+    train_seconds = time.perf_counter() - t0 - side_seconds
+    if main and stop == cfg.steps and math.isnan(ppl):  # resumed at the very end: nothing evaluated yet
+        ppl = heldout_perplexity(raw_model, eval_blocks, per_rank, acc)
+    logger.flush()
+    steps_run = stop - start
+    tokens_per_s = steps_run * tokens_per_step / train_seconds if steps_run and train_seconds > 0 else 0.0
+
+    metrics = {
+        "steps": stop,
+        "steps_this_run": steps_run,
+        "resumed_from": start,
+        "loss": losses[-1] if losses else float("nan"),
+        "loss_first": losses[0] if losses else float("nan"),
+        "loss_last10": float(np.mean(losses[-10:])) if losses else float("nan"),
+        "loss_mean": float(np.mean(losses)) if losses else float("nan"),  # over this call's steps
+        "heldout_ppl_before": state.get("heldout_ppl_before", float("nan")),
+        "heldout_ppl_after": ppl,
+        "tokens_per_s": round(tokens_per_s, 1),
+        "tokens_trained": steps_run * tokens_per_step,
+        "train_seconds": round(train_seconds, 2),
+        "params": n_params,
+        "processes": world,
+        "train_blocks": len(train_blocks),
+    }
+    if stop < cfg.steps:  # interrupted on purpose: the checkpoint is the output
+        return metrics
+
+    acc.wait_for_everyone()
+    if main:
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        raw_model.save_pretrained(str(out_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(out_dir))
+        (out_dir / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if run_id:
+            logger.add({"tokens_per_s": tokens_per_s, "params": n_params}, stop)
+            logger.flush()
+            from components import tracking
+
+            for f in sorted(out_dir.iterdir()):  # MLflow's log_artifact takes files, not folders
+                tracking.log_artifact(params, run_id, f, "pretrained")
+    acc.wait_for_everyone()
+    return metrics
+
+
+class _StepLogger:
+    """Per-step metrics for MLflow, sent in batches: one SQLite transaction per step would cost
+    more than a step of the default model on 2 CPU cores."""
+
+    def __init__(self, params: Params, run_id: str | None):
+        self.params, self.run_id, self.rows = params, run_id, []
+
+    def add(self, metrics: dict, step: int) -> None:
+        if self.run_id:
+            self.rows += [(f"pretrain.{k}", float(v), step) for k, v in metrics.items()]
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        import mlflow
+        from mlflow.entities import Metric
+
+        from components import tracking
+
+        now = int(time.time() * 1000)
+        client = mlflow.MlflowClient(tracking.tracking_uri(self.params))
+        for i in range(0, len(self.rows), 1000):  # log_batch takes at most 1000 metrics
+            client.log_batch(self.run_id, metrics=[Metric(k, v, now, st) for k, v, st in self.rows[i:i + 1000]])
+        self.rows = []
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point for launchers (torchrun / accelerate launch start one of these per process)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from components.config import load_params
+    from components.llm.corpus import build_corpus
+
+    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(k, v)
+    ap = argparse.ArgumentParser(prog="python -m components.llm.pretrain", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=None, help="parameters file (default: ./params.yaml or $SCENEREC_PARAMS)")
+    ap.add_argument("--corpus", action="store_true", help="build the corpus and tokenizer first (rank 0)")
+    ap.add_argument("--run-id", default=None, help="MLflow run to log to")
+    ap.add_argument("--max-steps-this-run", type=int, default=None)
+    ap.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
+    ap.add_argument("--metrics-out", default=None, help="write the returned metrics here as JSON (rank 0)")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    rank = int(os.environ.get("RANK", "0"))
+    if args.corpus:
+        if training.world_size() > 1:
+            raise SystemExit("--corpus: build the corpus on one process first, then launch the processes")
+        print(json.dumps(build_corpus(params), indent=2))
+    metrics = pretrain(params, run_id=args.run_id, max_steps_this_run=args.max_steps_this_run, fresh=args.fresh)
+    if rank == 0:
+        print(json.dumps(metrics, indent=2))
+        if args.metrics_out:
+            Path(args.metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
