@@ -1,0 +1,364 @@
+"""LARR stage 2 (METHODS.md §1): contrastive fine-tuning of the pretrained LM into a text encoder.
+
+Each step draws ``batch_size`` pairs from every strategy (user–user, PoI–PoI, user–PoI; mined in
+``pairs.py``), embeds both sides with the one shared ``TextEncoder`` (last token -> MLP -> unit
+vector) and takes InfoNCE over cosine similarities with the other pairs of the batch as negatives;
+the strategies' losses are summed with ``contrastive.weights``.
+
+Choices of ours (LARR gives none): the loss is symmetric by default (anchor->positive and back); two
+pairs of a batch that share an entity (a popular PoI twice, one user twice, PoI pairs i->j and j->i)
+are masked out of each other's negatives instead of being pushed apart; the fresh head
+learns at ``head_lr``, the backbone at ``lr``. Batches are a pure function of (seed, step, rank),
+so a resumed run draws exactly the batches it would have drawn. Under DDP each process draws its
+own batches and the negatives stay within a process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from components.config import Params
+from components.llm.encoder import TextEncoder, register_encoder
+from components.llm.pairs import STRATEGIES, by_strategy, load_pairs
+
+
+@contextmanager
+def cpu_threads(n: int | None):
+    """Run the body with ``n`` torch threads (no-op for 0/None or on a GPU). On cores shared with
+    other jobs, OpenMP workers spin-wait for each other: 2 threads ran ~6x slower than 1 here."""
+    if not n or torch.cuda.is_available():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def default_model_dir(params: Params) -> Path:
+    """Where pretraining saves the causal LM (``llm_dir/pretrained``)."""
+    return params.path("llm_dir") / "pretrained"
+
+
+def default_out_dir(params: Params) -> Path:
+    return params.path("llm_dir") / "encoder"
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    """Training checkpoints of the encoder saved to ``out_dir`` (a sibling, so DVC does not cache them)."""
+    return out_dir.parent / f"{out_dir.name}_ckpt"
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss and batches (pure)
+
+
+def false_negatives(anchor_ids, positive_ids) -> np.ndarray:
+    """(n, n) mask of pairs that are no negatives of each other: pairs i and j share an entity
+    (the same user, the same PoI, or PoI pairs i->j and j->i). The diagonal is never masked."""
+    a = np.asarray(anchor_ids, dtype=object)
+    p = np.asarray(positive_ids, dtype=object)
+    mask = ((a[:, None] == a[None, :]) | (p[:, None] == p[None, :])
+            | (a[:, None] == p[None, :]) | (p[:, None] == a[None, :]))
+    np.fill_diagonal(mask, False)
+    return mask
+
+
+def info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float,
+             anchor_ids=None, positive_ids=None, symmetric: bool = True) -> torch.Tensor:
+    """InfoNCE with in-batch negatives on unit vectors: cross-entropy of ``a_i·p_j / τ`` over j,
+    target j = i (and the same from the positives' side when ``symmetric``). With ids, pairs that
+    share an entity are left out of each other's negatives."""
+    target = torch.arange(len(anchors), device=anchors.device)
+    mask = None
+    if anchor_ids is not None:
+        mask = torch.as_tensor(false_negatives(anchor_ids, positive_ids), device=anchors.device)
+    logits = anchors @ positives.T / temperature
+    if mask is not None:
+        logits = logits.masked_fill(mask, float("-inf"))
+    loss = F.cross_entropy(logits, target)
+    if not symmetric:
+        return loss
+    logits_t = positives @ anchors.T / temperature
+    if mask is not None:
+        logits_t = logits_t.masked_fill(mask, float("-inf"))
+    return (loss + F.cross_entropy(logits_t, target)) / 2
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int, strategy: int, rank: int = 0) -> np.ndarray:
+    """Pairs of one strategy at one step: a seeded draw without replacement (reproducible on resume)."""
+    rng = np.random.default_rng([seed, step, strategy, rank])
+    return rng.choice(n, size=min(batch_size, n), replace=False)
+
+
+def strategy_loss(model, encoder: TextEncoder, pairs: pd.DataFrame, idx: np.ndarray, temperature: float,
+                  symmetric: bool = True) -> torch.Tensor:
+    """InfoNCE of the pairs ``idx`` of one strategy. Anchors and positives go through one forward
+    (``model``: the encoder, or its DDP wrapper; ``encoder``: the unwrapped one, for tokenising)."""
+    rows = pairs.iloc[idx]
+    texts = rows["anchor_text"].tolist() + rows["positive_text"].tolist()
+    z = model(**encoder.tokenize(texts))
+    a, p = z[:len(idx)], z[len(idx):]
+    return info_nce(a, p, temperature, rows["anchor_id"].to_numpy(), rows["positive_id"].to_numpy(), symmetric)
+
+
+def _lr_lambda(warmup: int, steps: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.1, 1.0 - (step - warmup) / max(1, steps - warmup))  # linear decay to 10 %
+    return f
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+
+
+def finetune(params: Params, model_dir: str | Path | None = None, out_dir: str | Path | None = None,
+             run_id: str | None = None, pairs: dict[str, pd.DataFrame] | None = None) -> dict:
+    """Fine-tune the LM in ``model_dir`` on the training pairs; save the encoder to ``out_dir``.
+
+    ``pairs``: ``{strategy: frame}`` (default: the mined training split). Checkpoints go beside
+    ``out_dir`` (``<out_dir>_ckpt``, outside the DVC output) and a rerun resumes from the newest.
+    Returns loss figures and timings.
+    """
+    with cpu_threads(params.contrastive.cpu_threads):
+        return _finetune(params, model_dir, out_dir, run_id, pairs)
+
+
+def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
+    from torch.optim import AdamW
+    from torch.optim.lr_scheduler import LambdaLR
+    from tqdm.auto import tqdm
+
+    from components import tracking
+    from components.llm.training import make_accelerator, resume, save_checkpoint
+
+    cfg = params.contrastive
+    model_dir = Path(model_dir or default_model_dir(params))
+    out_dir = Path(out_dir or default_out_dir(params))
+    train = pairs if pairs is not None else by_strategy(load_pairs(params), "train")
+    train = {s: df.reset_index(drop=True) for s, df in train.items() if cfg.weights.get(s, 0) > 0 and len(df) >= 2}
+    if not train:
+        raise ValueError("no strategy has 2 or more training pairs (see llm_dir/pairs/manifest.json); lower "
+                         "contrastive.min_history / min_cooccurrence or give a strategy a weight > 0")
+
+    t0 = time.perf_counter()
+    acc = make_accelerator(cfg.mixed_precision, seed=params.seed)
+    encoder = TextEncoder.from_backbone(model_dir, cfg, seed=params.seed, device=acc.device)
+    head = list(encoder.head.parameters())
+    head_ids = {id(p) for p in head}
+    body = [p for p in encoder.parameters() if id(p) not in head_ids]
+    opt = AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
+    # Not prepared: Accelerate would step it once per process per step; checkpointed all the same.
+    sched = LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.steps))
+    model, opt = acc.prepare(encoder, opt)
+    acc.register_for_checkpointing(sched)
+    ckpt_dir = checkpoint_dir(out_dir)
+    _reset_stale_checkpoints(ckpt_dir, _run_fingerprint(params, model_dir, train), acc.is_main_process)
+    acc.wait_for_everyone()
+    start = resume(acc, ckpt_dir)
+    enc = acc.unwrap_model(model)
+
+    strategies = [s for s in STRATEGIES if s in train]
+    history: list[dict] = []
+    model.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="contrastive",
+               disable=not acc.is_local_main_process)
+    for step in bar:
+        losses = {}
+        opt.zero_grad(set_to_none=True)
+        for k, s in enumerate(strategies):
+            idx = batch_indices(len(train[s]), cfg.batch_size, params.seed, step, STRATEGIES.index(s),
+                                acc.process_index)
+            # One backward per strategy (gradients add up to those of the weighted sum); DDP syncs on the last.
+            sync = acc.no_sync(model) if k < len(strategies) - 1 else nullcontext()
+            with sync:
+                loss = strategy_loss(model, enc, train[s], idx, cfg.temperature, cfg.symmetric)
+                acc.backward(cfg.weights[s] * loss)
+            losses[s] = loss.item()
+        acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        total = sum(cfg.weights[s] * v for s, v in losses.items())
+        row = {"loss": total, **{f"loss.{s}": v for s, v in losses.items()}, "lr": sched.get_last_lr()[0]}
+        history.append(row)
+        bar.set_postfix(loss=f"{total:.3f}")
+        done = step + 1
+        if run_id and acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
+            window = history[-cfg.log_every:]
+            tracking.log_metrics(params, run_id, {f"contrastive.{k}": np.mean([h[k] for h in window])
+                                                  for k in row}, step=done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(acc, ckpt_dir, done)
+
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        enc.save(out_dir)
+    acc.wait_for_everyone()
+    out = {"steps": cfg.steps, "resumed_from": start, "seconds": round(time.perf_counter() - t0, 2),
+           **{f"pairs.{s}": len(df) for s, df in train.items()}}
+    if history:
+        w = max(1, min(cfg.log_every, len(history) // 2))
+        for k in history[0]:
+            if k == "lr":
+                continue
+            out[f"{k}_first"] = float(np.mean([h[k] for h in history[:w]]))
+            out[k] = float(np.mean([h[k] for h in history[-w:]]))
+    return out
+
+
+# Knobs that change neither the batches nor the updates: a checkpoint stays valid across them.
+_NOT_TRAINING = {"cpu_threads", "log_every", "checkpoint_every", "eval_k", "eval_batch_size", "registered_name"}
+
+
+def _run_fingerprint(params: Params, model_dir: Path, train: dict[str, pd.DataFrame]) -> str:
+    """What a checkpoint is only valid for: the training knobs, the seed, the backbone and the pairs."""
+    knobs = params.contrastive.model_dump(mode="json", exclude=_NOT_TRAINING)
+    h = hashlib.sha256()
+    h.update(json.dumps([knobs, params.seed, str(model_dir.resolve())], sort_keys=True).encode())
+    for s in sorted(train):
+        h.update(s.encode())
+        h.update(pd.util.hash_pandas_object(train[s][["anchor_id", "positive_id", "anchor_text"]], index=False)
+                 .to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _reset_stale_checkpoints(ckpt_dir: Path, fingerprint: str, main: bool) -> None:
+    """Drop checkpoints of another config or other pairs: resuming them would mix two runs."""
+    stamp = ckpt_dir / "fingerprint.txt"
+    if not main:
+        return
+    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def retrieval_metrics(queries: np.ndarray, candidates: np.ndarray, target: np.ndarray, exclude: np.ndarray,
+                      k: int = 10) -> tuple[float, float]:
+    """(recall@k, MRR) of finding candidate ``target[i]`` for query i by dot product; ``exclude``:
+    (n_queries, n_candidates) cells left out of the ranking (other known positives, the query itself).
+    Ties count half, so a constant embedding scores like chance rather than perfectly."""
+    s = queries @ candidates.T
+    s = np.where(exclude, -np.inf, s)
+    hit = s[np.arange(len(s)), target][:, None]
+    rank = (s > hit).sum(1) + 0.5 * ((s == hit).sum(1) - 1)
+    return float(np.mean(rank < k)), float(np.mean(1.0 / (rank + 1)))
+
+
+def retrieval_task(pairs: pd.DataFrame) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """(query texts, candidate texts, target index, exclusion mask) of one strategy's held-out pairs:
+    every distinct held-out positive is a candidate; the other positives of the same anchor and the
+    anchor itself are excluded from its ranking."""
+    cands = pairs.drop_duplicates("positive_id")
+    cand_ids = cands["positive_id"].to_numpy(dtype=object)
+    where = {c: i for i, c in enumerate(cand_ids)}
+    target = pairs["positive_id"].map(where).to_numpy()
+    known = pairs.groupby("anchor_id")["positive_id"].agg(set).to_dict()
+    a_ids = pairs["anchor_id"].to_numpy(dtype=object)
+    exclude = np.array([[c in known[a] or c == a for c in cand_ids] for a in a_ids], dtype=bool).reshape(
+        len(a_ids), len(cand_ids))
+    exclude[np.arange(len(target)), target] = False
+    return pairs["anchor_text"].tolist(), cands["positive_text"].tolist(), target, exclude
+
+
+def evaluate(encoder: TextEncoder, heldout_pairs: dict[str, pd.DataFrame], untuned: TextEncoder | None = None,
+             k: int = 10, batch_size: int = 64, seed: int = 0) -> dict:
+    """Per strategy, recall@k and MRR of retrieving each held-out positive among all held-out positives,
+    for the fine-tuned encoder, the ``untuned`` one (when given: e.g. the pretrained LM's raw pooled
+    state) and random unit vectors. Keys ``{strategy}.{model}.recall_at_{k}`` / ``.mrr``, plus means."""
+    models = {"finetuned": encoder}
+    if untuned is not None:
+        models["untuned"] = untuned
+    rng = np.random.default_rng(seed)
+    out: dict[str, float] = {}
+    for strategy, pairs in heldout_pairs.items():
+        if len(pairs) == 0:
+            continue
+        queries, cands, target, exclude = retrieval_task(pairs.reset_index(drop=True))
+        out[f"{strategy}.queries"] = len(queries)
+        out[f"{strategy}.candidates"] = len(cands)
+        for name, model in models.items():
+            texts = list(dict.fromkeys(queries + cands))  # PoI texts can be both query and candidate
+            emb = model.encode(texts, batch_size=batch_size)
+            pos = {t: i for i, t in enumerate(texts)}
+            q = emb[[pos[t] for t in queries]]
+            c = emb[[pos[t] for t in cands]]
+            out[f"{strategy}.{name}.recall_at_{k}"], out[f"{strategy}.{name}.mrr"] = \
+                retrieval_metrics(q, c, target, exclude, k)
+        q = rng.standard_normal((len(queries), 64))
+        c = rng.standard_normal((len(cands), 64))
+        out[f"{strategy}.random.recall_at_{k}"], out[f"{strategy}.random.mrr"] = \
+            retrieval_metrics(q, c, target, exclude, k)
+    strategies = [s for s in heldout_pairs if f"{s}.queries" in out]
+    for name in [*models, "random"]:
+        for m in (f"recall_at_{k}", "mrr"):
+            vals = [out[f"{s}.{name}.{m}"] for s in strategies]
+            if vals:
+                out[f"mean.{name}.{m}"] = float(np.mean(vals))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline step
+
+
+def contrastive_step(params: Params, model_dir: str | Path | None = None, out_dir: str | Path | None = None,
+                     run_id: str | None = None, register_as: str | None = None) -> dict:
+    """Mine (or reuse) pairs, fine-tune, evaluate on the held-out pairs, save the encoder to
+    ``out_dir`` (default ``llm_dir/encoder``) and, with ``register_as``, register it in the MLflow
+    Model Registry. Writes ``out_dir/metrics.json``; returns the flat metrics."""
+    from accelerate import PartialState
+
+    from components import tracking
+
+    cfg = params.contrastive
+    model_dir = Path(model_dir or default_model_dir(params))
+    out_dir = Path(out_dir or default_out_dir(params))
+    t0 = time.perf_counter()
+    pairs = load_pairs(params)
+    fit = finetune(params, model_dir, out_dir, run_id, pairs=by_strategy(pairs, "train"))
+    if not PartialState().is_main_process:
+        return fit
+
+    t1 = time.perf_counter()
+    with cpu_threads(cfg.cpu_threads):
+        encoder = TextEncoder.load(out_dir)
+        untuned = TextEncoder.from_backbone(model_dir, cfg, head=False)
+        scores = evaluate(encoder, by_strategy(pairs, "heldout"), untuned=untuned, k=cfg.eval_k,
+                          batch_size=cfg.eval_batch_size, seed=params.seed)
+    metrics = {**{f"pairs.{k}": len(v) for k, v in pairs.items()},
+               **{f"train.{k}": v for k, v in fit.items()},
+               **{f"eval.{k}": v for k, v in scores.items()},
+               "eval.seconds": round(time.perf_counter() - t1, 2),
+               "seconds": round(time.perf_counter() - t0, 2)}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if run_id:
+        tracking.log_params(params, run_id, {"contrastive": cfg.model_dump(mode="json")})
+        tracking.log_metrics(params, run_id, metrics)
+    if register_as:
+        example = [df["anchor_text"].iloc[0] for df in by_strategy(pairs, "heldout").values()][:2]
+        if run_id:
+            version = register_encoder(params, run_id, out_dir, register_as, input_texts=example or None)
+        else:
+            with tracking.tracked_run(params, "contrastive") as rid:
+                tracking.log_metrics(params, rid, metrics)
+                version = register_encoder(params, rid, out_dir, register_as, input_texts=example or None)
+        metrics["registered_version"] = int(version.version)
+    return metrics

@@ -1,0 +1,158 @@
+"""Contrastive fine-tuning (LARR stage 2): InfoNCE, a tiny training run, retrieval metrics, the
+encoder's save/load and its MLflow pyfunc registration, on a tiny Llama and a BPE tokenizer built here."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from components.llm.contrastive import (
+    batch_indices, checkpoint_dir, contrastive_step, cpu_threads, evaluate, false_negatives, finetune, info_nce,
+    retrieval_metrics, strategy_loss,
+)
+from components.llm.encoder import TextEncoder
+from components.llm.pairs import STRATEGIES, by_strategy, load_pairs
+from tests.unit.test_pairs import make_tiny_params, tiny_root
+
+TRAINING = dict(steps=24, batch_size=8, max_length=96, lr=1e-3, head_lr=3e-3, warmup_steps=2,
+                checkpoint_every=12, log_every=4, head_hidden=64, embed_dim=32, temperature=0.1, cpu_threads=1)
+
+
+def build_tiny_lm(texts: list[str], out_dir) -> None:
+    """A byte-level BPE on ``texts`` (our special tokens kept whole) and a 2-layer, 64-wide Llama."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from components.llm.text import SPECIAL_TOKENS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["<pad>", "<s>", "</s>", *SPECIAL_TOKENS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                         pad_token_id=hf_tok.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    hf_tok.save_pretrained(out_dir)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on shared cores torch's spinning workers cost a lot."""
+    with cpu_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tiny data, mined pairs, a tiny 'pretrained' LM and one fine-tuning run, shared by the tests."""
+    root = tmp_path_factory.mktemp("contrastive")
+    params = make_tiny_params(tiny_root(tmp_path_factory), **TRAINING)
+    pairs = load_pairs(params)
+    texts = sorted({t for df in pairs.values() for t in pd.concat([df["anchor_text"], df["positive_text"]])})
+    model_dir = root / "pretrained"
+    build_tiny_lm(texts, model_dir)
+    train = by_strategy(pairs, "train")
+    fit = finetune(params, model_dir, root / "encoder", pairs=train)
+    return params, pairs, model_dir, root / "encoder", fit
+
+
+def fixed_batch_loss(encoder: TextEncoder, params, train: dict) -> float:
+    cfg = params.contrastive
+    encoder.eval()
+    with torch.no_grad():
+        return sum(strategy_loss(encoder, encoder, df, batch_indices(len(df), cfg.batch_size, 0, 0, k),
+                                 cfg.temperature).item() for k, df in enumerate(train.values()))
+
+
+def test_info_nce_ignores_duplicate_entities_as_negatives():
+    a = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    p = a.clone()
+    # rows 0 and 1 share their positive PoI: without masking each is pushed from the other's copy
+    ids_a, ids_p = np.array(["u1", "u2", "u3"]), np.array(["p1", "p1", "p2"])
+    plain = info_nce(a, p, 0.1)
+    masked = info_nce(a, p, 0.1, ids_a, ids_p)
+    assert masked < 1e-3 < plain
+    assert false_negatives(ids_a, ids_p).tolist() == [[False, True, False], [True, False, False],
+                                                      [False, False, False]]
+
+
+def test_retrieval_metrics_rank_and_ties():
+    q = np.eye(3)
+    assert retrieval_metrics(q, np.eye(3), np.arange(3), np.zeros((3, 3), bool), k=1) == (1.0, 1.0)
+    # a constant embedding ties everything: scored like chance, not like a perfect model
+    recall, mrr = retrieval_metrics(np.ones((3, 2)), np.ones((3, 2)), np.arange(3), np.zeros((3, 3), bool), k=1)
+    assert recall == 0.0 and mrr == pytest.approx(0.5)
+
+
+def test_infonce_loss_decreases(world):
+    params, pairs, model_dir, enc_dir, fit = world
+    train = by_strategy(pairs, "train")
+    before = fixed_batch_loss(TextEncoder.from_backbone(model_dir, params.contrastive, seed=params.seed),
+                              params, train)
+    after = fixed_batch_loss(TextEncoder.load(enc_dir), params, train)
+    assert after < before
+    assert fit["loss"] < fit["loss_first"]
+    assert set(STRATEGIES) <= {k.split(".")[1] for k in fit if k.startswith("loss.")}
+
+
+def test_finetuned_encoder_beats_random_on_heldout_pairs(world):
+    params, pairs, model_dir, enc_dir, _ = world
+    untuned = TextEncoder.from_backbone(model_dir, params.contrastive, head=False)
+    scores = evaluate(TextEncoder.load(enc_dir), by_strategy(pairs, "heldout"), untuned=untuned, k=10)
+    for model in ("finetuned", "untuned", "random"):
+        for s in STRATEGIES:
+            assert 0.0 <= scores[f"{s}.{model}.recall_at_10"] <= 1.0
+    assert scores["mean.finetuned.recall_at_10"] > scores["mean.random.recall_at_10"]
+    assert scores["mean.finetuned.mrr"] > scores["mean.random.mrr"]
+
+
+def test_encoder_save_load_roundtrip_is_exact(world, tmp_path):
+    params, pairs, _, enc_dir, _ = world
+    texts = pairs["user_poi_heldout"]["anchor_text"].tolist()[:5] + pairs["poi_poi_heldout"]["anchor_text"].tolist()[:5]
+    enc = TextEncoder.load(enc_dir)
+    emb = enc.encode(texts, batch_size=4)
+    assert emb.shape == (10, params.contrastive.embed_dim) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    enc.save(tmp_path / "copy")
+    np.testing.assert_array_equal(TextEncoder.load(tmp_path / "copy").encode(texts, batch_size=4), emb)
+    # batching by length must not change an embedding beyond float noise
+    np.testing.assert_allclose(enc.encode(texts[::-1], batch_size=3)[::-1], emb, atol=1e-5)
+
+
+def test_rerun_resumes_from_the_last_checkpoint(world):
+    params, pairs, model_dir, enc_dir, _ = world
+    again = finetune(params, model_dir, enc_dir, pairs=by_strategy(pairs, "train"))
+    assert again["resumed_from"] == params.contrastive.steps
+    assert (checkpoint_dir(enc_dir) / f"step_{params.contrastive.steps}").is_dir()
+
+
+def test_step_registers_a_pyfunc_that_reproduces_the_embeddings(world, tmp_path, monkeypatch):
+    import mlflow
+
+    from components import tracking
+
+    params, pairs, model_dir, _, _ = world
+    # a tmp SQLite store; artifacts go beside the tmp project (tracking.configure: root/mlartifacts)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    previous = mlflow.get_tracking_uri()
+    try:
+        short = params.model_copy(update={"contrastive": params.contrastive.model_copy(update={"steps": 2})})
+        run_id = tracking.start_run(short, "contrastive-test")
+        metrics = contrastive_step(short, model_dir, tmp_path / "enc", run_id=run_id, register_as="scene-encoder-test")
+        assert metrics["registered_version"] == 1
+        assert "eval.mean.untuned.mrr" in metrics and (tmp_path / "enc" / "metrics.json").exists()
+        client = mlflow.MlflowClient(tracking.tracking_uri(short))
+        assert client.get_run(run_id).info.status == "RUNNING"  # the caller still owns its run
+
+        texts = pairs["user_poi_heldout"]["anchor_text"].tolist()[:4] + ["<scene> <weather> rainy </scene>"]
+        served = mlflow.pyfunc.load_model("models:/scene-encoder-test/1")
+        got = np.asarray(served.predict(pd.DataFrame({"text": texts})))
+        np.testing.assert_allclose(got, TextEncoder.load(tmp_path / "enc").encode(texts), atol=1e-5)
+    finally:
+        mlflow.set_tracking_uri(previous)
