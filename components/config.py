@@ -272,6 +272,7 @@ class DistillConfig(Section):
     log_every: int = Field(10, ge=1)
     eval_blocks: int = Field(32, ge=1)                # held-out blocks for the final perplexity
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    cpu_threads: int = Field(1, ge=0)                 # torch CPU threads; 0 = all cores (1 is fastest on shared cores)
 
     @model_validator(mode="after")
     def _schedule(self):

@@ -1,6 +1,7 @@
 """Prefect flow `pipeline`: the whole platform end to end.
 
-generate (unless a batch is given) → ingest → features; later stages (LLM, CTR, news,
+generate (unless a batch is given) → ingest → features → llm (pretraining, contrastive, HomoDistil,
+embeddings); later stages (CTR, news,
 instruction tuning) are added here as they land. Runs with or without a Prefect server.
 """
 from __future__ import annotations
@@ -10,14 +11,17 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import tracking
-from components.config import FeaturesConfig, GenerateConfig, IngestConfig, Params
+from components.config import (ContrastiveConfig, DistillConfig, EmbedConfig, FeaturesConfig, GenerateConfig,
+                               IngestConfig, LLMConfig, Params)
 from components.versioning import record_outputs
 from flows.features import features as features_flow
 from flows.ingest import generate as generate_flow
 from flows.ingest import ingest as ingest_flow
+from flows.llm import llm as llm_flow
 from flows.settings import flow_params
 
-DVC_STAGES = ["generate", "ingest", "features"]
+DVC_STAGES = ["generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher", "distill",
+              "contrastive_student", "embed"]
 
 
 @task(name="record-in-dvc", cache_policy=NO_CACHE)
@@ -50,9 +54,12 @@ def where_to_look(params: Params, metrics: dict) -> str:
 @flow(name="pipeline", log_prints=True)
 def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: GenerateConfig | None = None,
              ingest: IngestConfig | None = None, features: FeaturesConfig | None = None,
+             llm: LLMConfig | None = None, contrastive: ContrastiveConfig | None = None,
+             distill: DistillConfig | None = None, embed: EmbedConfig | None = None,
              params_file: str | None = None) -> dict:
     """Run the platform end to end on a synthetic batch (default) or on your own batch folder."""
-    params, overridden = flow_params(params_file, seed=seed, generate=generate, ingest=ingest, features=features)
+    params, overridden = flow_params(params_file, seed=seed, generate=generate, ingest=ingest, features=features,
+                                     llm=llm, contrastive=contrastive, distill=distill, embed=embed)
     logger = get_run_logger()
     params_path = str(params.root / "params.yaml") if params_file is None else params_file
     sections = dict(generate=generate, ingest=ingest, features=features)
@@ -65,11 +72,13 @@ def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: Ge
         ingested = ingest_flow(batch_dir=batch, ingest=sections["ingest"], params_file=params_path,
                                parent_run_id=run_id)
         feats = features_flow(features=sections["features"], params_file=params_path, parent_run_id=run_id)
+        llm_results = llm_flow(llm=llm, contrastive=contrastive, distill=distill, embed=embed,
+                               params_file=params_path, parent_run_id=run_id)
         if batch_dir is None and not overridden:
             logger.info(record_task(params))
         else:
             logger.info("custom batch or overridden parameters: outputs not recorded in dvc.lock")
-        metrics = {"ingest": ingested, "features": feats}
+        metrics = {"ingest": ingested, "features": feats, "llm": llm_results}
         try:
             from components.steps import example_keys
 

@@ -22,6 +22,15 @@ TINY = {
         "mean_behaviors_per_user": 30,
         "days": 20,
     },
+    # A 2-layer, 32-wide Llama and a few steps per LLM stage: seconds, not minutes.
+    "llm": {"vocab_size": 400, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
+            "seq_len": 64, "batch_size": 4, "steps": 8, "warmup_steps": 2, "checkpoint_every": 4,
+            "eval_every": 4, "eval_blocks": 4},
+    "contrastive": {"pairs_per_strategy": 40, "heldout_pairs": 20, "head_hidden": 32, "embed_dim": 16,
+                    "max_length": 64, "steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2,
+                    "log_every": 2},
+    "distill": {"steps": 16, "warmup_steps": 2, "recovery_steps": 4, "prune_every": 2, "seq_len": 64,
+                "batch_size": 4, "lr_warmup_steps": 2, "checkpoint_every": 8, "log_every": 4, "eval_blocks": 4},
 }
 
 for _k, _v in {

@@ -207,7 +207,8 @@ def _fingerprint(fv: FeatureView) -> str:
     return json.dumps([schema, fv.batch_source.path if fv.batch_source else None, str(fv.ttl)])
 
 
-def materialize(params: Params, end: datetime | None = None, views: list[str] | None = None) -> dict:
+def materialize(params: Params, end: datetime | None = None, views: list[str] | None = None,
+                full: bool = False) -> dict:
     """Incremental materialisation of every view up to ``end`` (default: latest feature time + 1 s).
 
     Each view restarts from its last materialised end minus ``materialize_overlap_hours`` (late
@@ -216,7 +217,8 @@ def materialize(params: Params, end: datetime | None = None, views: list[str] | 
     first run at *now* - ttl, which skips all data of a replayed or historical batch, and keeps
     its old intervals across a schema change, hence the explicit windows.
     ``views`` restricts the run to those views; a view whose table has not been written yet
-    (e.g. the LLM embeddings before the LLM stages ran) is skipped.
+    (e.g. the LLM embeddings before the LLM stages ran) is skipped. ``full`` reloads the whole
+    table (for tables rewritten in place with unchanged timestamps, like re-computed embeddings).
     Returns entity rows written, rows read, seconds per view and overall rows/s.
     """
     end = end or latest_feature_time(params) + timedelta(seconds=1)
@@ -232,8 +234,10 @@ def materialize(params: Params, end: datetime | None = None, views: list[str] | 
         raise RuntimeError(f"no feature views in the registry under {feast_dir(params)}: run apply_definitions first")
     written, read, seconds = {}, {}, {}
     for fv in views:
-        last = fv.most_recent_end_time if state.get(fv.name) == _fingerprint(fv) else None
-        if last is not None:
+        last = fv.most_recent_end_time if state.get(fv.name) == _fingerprint(fv) and not full else None
+        if full:
+            start = _EPOCH
+        elif last is not None:
             start = (last if last.tzinfo else last.replace(tzinfo=timezone.utc)) - overlap
         elif fv.ttl and fv.ttl.total_seconds() > 0:
             start = end - fv.ttl

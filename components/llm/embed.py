@@ -84,7 +84,8 @@ def embed_step(params: Params) -> dict:
 
     metrics = build_embedding_tables(params)
     apply_definitions(params)
-    mat = materialize(params, views=[SCENE_TABLE, POI_TABLE])
+    # Re-computed embeddings keep their timestamps, so an incremental window would miss them.
+    mat = materialize(params, views=[SCENE_TABLE, POI_TABLE], full=True)
     metrics.update({f"materialize.rows.{k}": v for k, v in mat["rows"].items()})
     return metrics
 

@@ -21,7 +21,8 @@ def test_repro_noop_and_partial_rerun(tmp_path):
     root = make_project(tmp_path / "proj", git=True)
 
     first = dvc(root, "repro")
-    for stage in ("generate", "ingest", "features"):
+    for stage in ("generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher",
+                  "distill", "contrastive_student", "embed"):
         assert f"Running stage '{stage}'" in first
     assert (root / "dvc.lock").exists()
     assert (root / "data" / "curated" / "impressions.parquet").exists()

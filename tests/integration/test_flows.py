@@ -40,10 +40,22 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
     exp = client.get_experiment_by_name(params.tracking.experiment)
     runs = client.search_runs([exp.experiment_id])
     names = {r.info.run_name for r in runs}
-    assert {"pipeline", "generate", "ingest", "features"} <= names
+    steps = {"generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher", "distill",
+             "contrastive_student", "embed"}
+    assert {"pipeline"} | steps <= names
     parent = next(r for r in runs if r.info.run_name == "pipeline")
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 3
+    children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert children == steps
+
+    # both encoders registered; the scene embeddings are in the online store
+    registered = {m.name for m in client.search_registered_models()}
+    assert {"scene-encoder", "scene-encoder-student"} <= registered
+    from components.llm.embed import online_scene_embeddings
+    import pandas as pd
+
+    imp = pd.read_parquet(params.path("curated_dir") / "impressions.parquet").iloc[0].to_dict()
+    emb = online_scene_embeddings(params, imp)
+    assert all(v is not None and v.ndim == 1 and v.size > 0 for v in emb.values())
     for r in runs:
         assert "git_commit" in r.data.tags and "data_version" in r.data.tags
     ingest_run = next(r for r in runs if r.info.run_name == "ingest")
@@ -51,7 +63,7 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
 
     # Prefect artifacts with the validation summary and feature statistics
     keys = _artifact_keys()
-    assert {"validation-summary", "feature-statistics", "pipeline-summary"} <= keys
+    assert {"validation-summary", "feature-statistics", "llm-summary", "pipeline-summary"} <= keys
 
 
 def test_rejected_batch_fails_the_flow_and_changes_nothing(prefect_harness, tiny_project, tmp_path):
