@@ -241,16 +241,16 @@ class DistillConfig(Section):
     steps until ``steps - recovery_steps``, then recovery distillation at the target widths.
     """
     # Target widths as fractions of the teacher's; every layer keeps the same FFN width and head count.
-    ffn_keep: float = Field(0.5, gt=0, le=1)          # FFN neurons kept per layer
+    ffn_keep: float = Field(0.25, gt=0, le=1)         # FFN neurons kept per layer
     heads_keep: float = Field(0.5, gt=0, le=1)        # attention heads (KV groups under GQA) kept per layer
     hidden_keep: float | None = Field(None, gt=0, le=1)  # residual channels kept; None = widest meeting target_ratio
     hidden_multiple: int = Field(8, ge=1)             # solved hidden width is a multiple of this
     target_ratio: float = Field(0.3, gt=0, le=1)      # max student / teacher parameters, embeddings included
     # Schedule (steps are optimizer steps)
-    steps: int = Field(300, ge=1)                     # T: all distillation steps, recovery included
-    warmup_steps: int = Field(30, ge=0)               # t_w: no pruning before
-    recovery_steps: int = Field(60, ge=0)             # T - T_end: distillation at the final widths
-    prune_every: int = Field(10, ge=1)                # ΔT
+    steps: int = Field(600, ge=1)                     # T: all distillation steps, recovery included
+    warmup_steps: int = Field(60, ge=0)               # t_w: no pruning before
+    recovery_steps: int = Field(120, ge=0)            # T - T_end: distillation at the final widths
+    prune_every: int = Field(20, ge=1)                # ΔT
     # Importance (PLATON EMAs)
     beta1: float = Field(0.85, ge=0, lt=1)            # sensitivity smoothing
     beta2: float = Field(0.95, ge=0, lt=1)            # uncertainty smoothing

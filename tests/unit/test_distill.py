@@ -9,7 +9,7 @@ from components.config import DistillConfig, Params
 from components.llm import distill
 from components.llm import training
 from components.llm.pruning import (
-    LlamaPruner, Shape, count_params, model_params, platon_update, shape_of, structure_sums,
+    LlamaPruner, Shape, count_params, model_params, platon_update, resized_config, shape_of, structure_sums,
 )
 
 VOCAB = 300
@@ -137,11 +137,12 @@ def test_scheduled_shape_shrinks_monotonically_to_the_target():
 
 def test_target_shape_meets_the_parameter_ratio():
     config = tiny_llama().config
-    shape = distill.target_shape(config, DistillConfig())
-    from components.llm.pruning import resized_config
-
+    cfg = DistillConfig(ffn_keep=0.5, heads_keep=0.5)
+    shape = distill.target_shape(config, cfg)
     ratio = count_params(resized_config(config, shape))["total"] / count_params(config)["total"]
     assert ratio <= 0.3 and shape.hidden % 8 == 0 and (shape.ffn, shape.heads) == (128, 2)
+    wider = resized_config(config, distill.target_shape(config, cfg.model_copy(update={"hidden_multiple": 1})))
+    assert count_params(wider)["total"] / count_params(config)["total"] <= 0.3 and wider.hidden_size >= shape.hidden
     with pytest.raises(ValueError, match="target_ratio"):
         distill.target_shape(config, DistillConfig(hidden_keep=1.0))
 
