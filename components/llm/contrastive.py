@@ -18,7 +18,7 @@ import hashlib
 import json
 import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,21 +29,7 @@ import torch.nn.functional as F
 from components.config import Params
 from components.llm.encoder import TextEncoder, register_encoder
 from components.llm.pairs import STRATEGIES, by_strategy, load_pairs
-
-
-@contextmanager
-def cpu_threads(n: int | None):
-    """Run the body with ``n`` torch threads (no-op for 0/None or on a GPU). On cores shared with
-    other jobs, OpenMP workers spin-wait for each other: 2 threads ran ~6x slower than 1 here."""
-    if not n or torch.cuda.is_available():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from components.llm.training import cpu_threads
 
 
 def default_model_dir(params: Params) -> Path:

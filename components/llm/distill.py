@@ -23,7 +23,6 @@ steps but no homotopic pruning; its hidden states are compared with the teacher'
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from components.config import DistillConfig, Params
+from components.llm.training import cpu_threads
 from components.llm.pruning import (
     LlamaPruner, Shape, count_params, resized_config, shape_of, truncate,
 )
@@ -230,7 +230,7 @@ def make_student(teacher, init: str, shape: Shape, seed: int = 0):
 
 def homodistil(params: Params, teacher_dir: Path, out_dir: Path, run_id: str | None = None) -> dict:
     """Distil ``teacher_dir`` into a pruned student saved in ``out_dir``; returns sizes, losses and perplexity."""
-    with _cpu_threads(params.distill.cpu_threads):
+    with cpu_threads(params.distill.cpu_threads):
         return _distill(params, Path(teacher_dir), Path(out_dir), "copy", run_id)
 
 
@@ -239,23 +239,8 @@ def plain_distill(params: Params, teacher_dir: Path, out_dir: Path, init: str = 
     """The baseline: a student of HomoDistil's final shape, same losses and steps, no homotopic pruning."""
     if init not in ("truncate", "scratch"):
         raise ValueError(f"init must be 'truncate' or 'scratch', got {init!r}")
-    with _cpu_threads(params.distill.cpu_threads):
+    with cpu_threads(params.distill.cpu_threads):
         return _distill(params, Path(teacher_dir), Path(out_dir), init, run_id)
-
-
-@contextlib.contextmanager
-def _cpu_threads(n: int):
-    # On CPU cores shared with other jobs, OpenMP workers spin-wait for each other: one thread is
-    # several times faster than two there. 0 (or a GPU) leaves torch's setting alone.
-    if not n or torch.cuda.is_available():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # Knobs that change how often we look or save, not what the student learns: changing one still resumes.

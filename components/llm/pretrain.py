@@ -143,13 +143,8 @@ def pretrain(params: Params, run_id: str | None = None, max_steps_this_run: int 
     spread training over several jobs; the next call resumes there. ``fresh``: ignore and delete
     existing checkpoints. Metrics are logged to MLflow ``run_id`` (rank 0 only) when given.
     """
-    threads = torch.get_num_threads()
-    if params.llm.cpu_threads:
-        torch.set_num_threads(params.llm.cpu_threads)
-    try:
+    with training.cpu_threads(params.llm.cpu_threads):
         return _pretrain(params, run_id, max_steps_this_run, fresh)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None, fresh: bool) -> dict:
