@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.cli import _DEFAULT_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Small enough for seconds per stage, large enough that every table has cold-start rows,
@@ -33,15 +35,8 @@ TINY = {
                 "batch_size": 4, "lr_warmup_steps": 2, "checkpoint_every": 8, "log_every": 4, "eval_blocks": 4},
 }
 
-for _k, _v in {
-    "HF_HUB_OFFLINE": "1",
-    "DO_NOT_TRACK": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "FEAST_USAGE": "False",
-    "GX_ANALYTICS_ENABLED": "false",
-    "MLFLOW_ENABLE_TELEMETRY": "false",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}.items():
+# The same offline, no-telemetry defaults as the `scenerec` command.
+for _k, _v in _DEFAULT_ENV.items():
     os.environ.setdefault(_k, _v)
 # Tests never write to a developer's real MLflow store.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
