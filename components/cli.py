@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 # Offline, no-telemetry defaults; every one can be overridden from the environment.
-_DEFAULT_ENV = {
+OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "DO_NOT_TRACK": "1",
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for k, v in _DEFAULT_ENV.items():
+    for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
     args = build_parser().parse_args(argv)
     from components.config import ParamsError, load_params

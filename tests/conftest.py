@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.cli import _DEFAULT_ENV
+from components.cli import OFFLINE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ TINY = {
 }
 
 # The same offline, no-telemetry defaults as the `scenerec` command.
-for _k, _v in _DEFAULT_ENV.items():
+for _k, _v in OFFLINE_ENV.items():
     os.environ.setdefault(_k, _v)
 # Tests never write to a developer's real MLflow store.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
