@@ -19,7 +19,6 @@ Prints a table with ratios against the teacher and the targets met; writes repor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from components.config import ParamsError, load_params  # noqa: E402
+from report import save_report  # noqa: E402  (benchmarks/report.py)
 
 MODELS = ("teacher", "homodistil", "plain_truncate")
 
@@ -242,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()} {platform.python_version()} torch {torch.__version__}",
     }
     out = args.out or params.path("reports_dir") / "benchmarks" / "distill.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_report(report, out)
     return 0
 
 

@@ -12,7 +12,6 @@ Prints rows/s and the GX / pandas time ratio; writes the figures to reports/benc
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import re
 import sys
@@ -33,6 +32,7 @@ from components.data.contract import (  # noqa: E402
 )
 from components.data.ingest import ingest_batch, write_curated  # noqa: E402
 from components.data.validate import read_table, validate_batch  # noqa: E402
+from report import save_report  # noqa: E402  (benchmarks/report.py)
 
 GEOHASH_CHARS = np.array(list("0123456789bcdefghjkmnpqrstuvwxyz"))
 
@@ -278,9 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("x pandas: time of the path / time of the same work checked in plain pandas (1.00 = as fast)")
     print(f"both paths include reading the Parquet files and applying contract types: {read_s:.2f} s")
     print(f"same rules: on a corrupted batch both checkers flag the same {agreed} table.column: rule pairs")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save_report(report, args.out)
     return report
 
 

@@ -20,7 +20,6 @@ on the shape, not on the weights.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -37,6 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from components.config import ParamsError, load_params  # noqa: E402
+from report import save_report  # noqa: E402  (benchmarks/report.py)
 
 
 def bench_params(params, work: Path, steps: int):
@@ -248,9 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
         for k, name in (("a", "teacher"), ("b", "student")):
             print(f"{name:<10}{encode[k]['params']:>12,}{encode[k]['texts_per_s']:>10,.1f}")
         print(f"student / teacher: {encode['param_ratio']:.2f} x the parameters, {encode['ratio']:.2f} x the speed")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save_report(report, args.out)
     return report
 
 

@@ -17,7 +17,6 @@ Prints a table with ratios and writes reports/benchmarks/materialize.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import sqlite3
@@ -37,6 +36,7 @@ from components.config import load_params  # noqa: E402
 from components.data.contract import LOCATION_TYPES, WEATHERS  # noqa: E402
 from components.features.engineering import KEYS, TABLES, TIMESTAMP, build_feature_tables  # noqa: E402
 from components.features.store import apply_definitions, entity_frame, materialize, training_frame  # noqa: E402
+from report import save_report  # noqa: E402  (benchmarks/report.py)
 
 CATEGORIES = ["noodles", "coffee & tea", "pizza", "burgers", "sushi", "hotpot", "dumplings", "bbq",
               "salads", "desserts", "bubble tea", "rice bowls", "korean", "thai", "indian", "mexican",
@@ -49,7 +49,6 @@ def synthetic_curated(out: Path, n_behaviors: int, n_impressions: int, seed: int
     n_users = max(100, n_behaviors // 50)
     n_pois = max(50, n_behaviors // 2500)
     start = pd.Timestamp("2026-01-01", tz="UTC").value
-    span = days * 86_400 * 10**9
     cat_w = 1 / np.arange(1, len(CATEGORIES) + 1)
     pois = pd.DataFrame({
         "poi_id": [f"p{i:06d}" for i in range(n_pois)],
@@ -261,9 +260,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(imp) / t_pandas_pit:>12,.0f}{1:>8.2f}")
     print(f"(ratio = throughput relative to the pandas alternative; same user click counts: {same})")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"wrote {out}")
+    save_report(report, out)
     return 0
 
 

@@ -30,7 +30,7 @@ def _print_metrics(title: str, metrics: dict) -> None:
         print(f"  {k:<40} {v}")
 
 
-def _tracked(params, name: str, fn, *args, section_name: str | None = None) -> dict:
+def _tracked(params, name: str, fn, *args) -> dict:
     """Run a step inside an MLflow run of its own and log its metrics there."""
     from components import tracking
 
@@ -39,7 +39,9 @@ def _tracked(params, name: str, fn, *args, section_name: str | None = None) -> d
     takes_run = "run_id" in inspect.signature(fn).parameters
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 alone tracks
         return fn(params, *args, **({"run_id": None} if takes_run else {}))
-    section = getattr(params, section_name or name, None)
+    from components.steps import STEP_SECTIONS
+
+    section = getattr(params, STEP_SECTIONS.get(name, name), None)
     logged = {"seed": params.seed, **({name: section.model_dump(mode="json")} if section is not None else {})}
     with tracking.tracked_run(params, name, tags={"scenerec.step": name, "scenerec.source": "cli"}) as run_id:
         tracking.log_params(params, run_id, logged)
@@ -73,14 +75,14 @@ def cmd_features(args, params) -> int:
     return 0
 
 
-def _llm_command(step: str, section: str):
+def _llm_command(step: str):
     def run(args, params) -> int:
         import components.steps as steps
 
         fn = getattr(steps, f"{step}_step")
         extra = (args.model,) if step == "contrastive" else ()
         name = f"{step}_{args.model}" if step == "contrastive" else step
-        metrics = _tracked(params, name, fn, *extra, section_name=section)
+        metrics = _tracked(params, name, fn, *extra)
         _print_metrics(f"{name} done", metrics)
         return 0
 
@@ -123,19 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("features", help="build feature tables, `feast apply`, materialise, write the training set")
     f.set_defaults(func=cmd_features)
 
-    for step, section, text in [
-        ("corpus", "llm", "build the LLM corpus (field special tokens) and its tokenizer"),
-        ("pretrain", "llm", "continual pretraining of the causal LM (resumes from the last checkpoint)"),
-        ("pairs", "contrastive", "mine user-user, PoI-PoI and user-PoI positive pairs"),
-        ("contrastive", "contrastive", "contrastive fine-tuning into a text encoder; registers it in MLflow"),
-        ("distill", "distill", "HomoDistil: distil the teacher into a pruned student"),
-        ("embed", "embed", "embed every scene value and PoI once; write them to Feast"),
+    for step, text in [
+        ("corpus", "build the LLM corpus (field special tokens) and its tokenizer"),
+        ("pretrain", "continual pretraining of the causal LM (resumes from the last checkpoint)"),
+        ("pairs", "mine user-user, PoI-PoI and user-PoI positive pairs"),
+        ("contrastive", "contrastive fine-tuning into a text encoder; registers it in MLflow"),
+        ("distill", "HomoDistil: distil the teacher into a pruned student"),
+        ("embed", "embed every scene value and PoI once; write them to Feast"),
     ]:
         sp = sub.add_parser(step, help=text)
         if step == "contrastive":
             sp.add_argument("--model", choices=["teacher", "student"], default="teacher",
                             help="fine-tune the pretrained teacher or the distilled student")
-        sp.set_defaults(func=_llm_command(step, section))
+        sp.set_defaults(func=_llm_command(step))
 
     o = sub.add_parser("online", help="read online features for a user, a PoI and a context from Feast")
     o.add_argument("--user-id", required=True)

@@ -135,6 +135,10 @@ def example_keys(params: Params) -> dict:
 # ----------------------------------------------------------------------------------------------
 # LLM stages (LARR stages 1-2, HomoDistil). Folders under paths.llm_dir:
 #   corpus/ tokenizer/ -> pretrained/ -> encoder_teacher/ ; pretrained/ -> student/ -> encoder_student/
+# The params.yaml section each step reads (what the CLI and the flows log as the run's parameters).
+STEP_SECTIONS = {"generate": "generate", "ingest": "ingest", "features": "features", "corpus": "llm",
+                 "pretrain": "llm", "pairs": "contrastive", "contrastive_teacher": "contrastive",
+                 "contrastive_student": "contrastive", "distill": "distill", "embed": "embed"}
 LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher", "scene-encoder"),
                 "student": ("student", "encoder_student", "scene-encoder-student")}
 
