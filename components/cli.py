@@ -89,6 +89,53 @@ def _llm_command(step: str):
     return run
 
 
+def cmd_ctr(args, params) -> int:
+    from components.steps import ctr_step
+
+    metrics = _tracked(params, "ctr", ctr_step, args.model)
+    print(metrics.get("headline", ""))
+    _print_metrics(f"CTR model {metrics.get('model')} trained and evaluated; saved in {params.path('ctr_dir')}",
+                   {k: v for k, v in metrics.items() if k.startswith(("test.all", "train."))})
+    return 0
+
+
+def cmd_ctr_register(args, params) -> int:
+    from components.steps import ctr_register_step
+
+    result = _tracked(params, "ctr_register", lambda p, run_id=None: ctr_register_step(p, run_id))
+    alias = "champion" if result["promoted"] else "challenger"
+    print(f"{result['name']} version {result['version']} registered as {alias}: {result['reason']}")
+    print(f"  champion now: version {result['champion']} (models:/{result['name']}@champion)")
+    return 0
+
+
+def cmd_promote(args, params) -> int:
+    from components import registry
+
+    name = args.name or params.ctr.registered_name
+    out = registry.promote(params, name, args.version, args.reason, by=args.by)
+    print(f"{name}: champion is version {out['champion']} (was {out['previous']}); reason: {args.reason}")
+    return 0
+
+
+def cmd_rollback(args, params) -> int:
+    from components import registry
+
+    name = args.name or params.ctr.registered_name
+    out = registry.rollback(params, name, args.reason, by=args.by)
+    print(f"{name}: rolled back from version {out['rolled_back']} to version {out['champion']}; reason: {args.reason}")
+    return 0
+
+
+def cmd_audit(args, params) -> int:
+    from components import registry
+
+    name = args.name or params.ctr.registered_name
+    for row in registry.history(params, name):
+        print(f"{row['at']}  v{row['version']:<4} {row['entry']}")
+    return 0
+
+
 def cmd_online(args, params) -> int:
     from components.features.store import online_features
 
@@ -138,6 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--model", choices=["teacher", "student"], default="teacher",
                             help="fine-tune the pretrained teacher or the distilled student")
         sp.set_defaults(func=_llm_command(step))
+
+    from components.config import CTR_MODELS
+
+    c = sub.add_parser("ctr", help="train the CTR/CTCVR model (LARR + CoFARS by default), evaluate it beside the oracle")
+    c.add_argument("--model", choices=CTR_MODELS, default=None, help="model or baseline (default: ctr.model)")
+    c.set_defaults(func=cmd_ctr)
+    cr = sub.add_parser("ctr-register", help="register the trained CTR model; champion only if better by the margin")
+    cr.set_defaults(func=cmd_ctr_register)
+    for cmd, text, fn in [("promote", "give a model version the champion alias (manual path)", cmd_promote),
+                          ("rollback", "give the champion alias back to the previous champion", cmd_rollback),
+                          ("audit", "list the promotion audit trail of a registered model", cmd_audit)]:
+        sp = sub.add_parser(cmd, help=text)
+        sp.add_argument("--name", default=None, help="registered model (default: ctr.registered_name)")
+        if cmd == "promote":
+            sp.add_argument("--version", required=True)
+        if cmd != "audit":
+            sp.add_argument("--reason", required=True, help="why: kept in the version's audit tags")
+            sp.add_argument("--by", default=None, help="who (default: $SCENEREC_USER or the login name)")
+        sp.set_defaults(func=fn)
 
     o = sub.add_parser("online", help="read online features for a user, a PoI and a context from Feast")
     o.add_argument("--user-id", required=True)

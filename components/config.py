@@ -29,6 +29,7 @@ class PathsConfig(Section):
     features_dir: str = "data/features"
     llm_dir: str = "data/llm"
     embeddings_dir: str = "data/embeddings"
+    ctr_dir: str = "data/ctr"
     feature_repo: str = "feature_repo"
     reports_dir: str = "reports"
 
@@ -290,6 +291,69 @@ class EmbedConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
+CTR_MODELS = ("id_only", "avg_pool", "din_full", "sim_hard", "cofars", "larr_din", "larr_cofars")
+
+
+class CTRConfig(Section):
+    """CTR / CTCVR training (LARR stage 3 + CoFARS), evaluation and promotion."""
+    model: Literal[CTR_MODELS] = "larr_cofars"
+    valid_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    history_behaviors: list[Literal["view", "click", "favorite", "order"]] = ["view", "click", "favorite", "order"]
+    max_history: int = Field(256, ge=1)
+    short_term: int = Field(8, ge=1)
+    embed_dim: int = Field(16, ge=2)
+    mlp_hidden: list[int] = [128, 64]
+    tower_hidden: list[int] = [32]
+    attention_hidden: list[int] = [32]
+    dropout: float = Field(0.1, ge=0, lt=1)
+    id_dropout: float = Field(0.1, ge=0, lt=1)
+    larr_d_model: int = Field(32, ge=4)
+    larr_heads: int = Field(2, ge=1)
+    larr_layers: int = Field(1, ge=1)
+    collab_dim: int = Field(16, ge=2)
+    alignment_weight: float = Field(0.1, ge=0)
+    alignment_temperature: float = Field(0.1, gt=0)
+    n_prototypes: int = Field(40, ge=1)
+    max_contexts: int = Field(32, ge=2)
+    max_subsequence: int = Field(64, ge=1)
+    sim_max: int = Field(64, ge=1)
+    gat_layers: int = Field(1, ge=0)
+    gat_heads: int = Field(2, ge=1)
+    attach_temperature: float = Field(1.0, gt=0)
+    select_temperature: float = Field(1.0, gt=0)
+    distribution_alpha: float = Field(1.0, gt=0)
+    gamma_mse: float = Field(0.05, ge=0)
+    lambda_ind: float = Field(0.001, ge=0)
+    ctcvr_weight: float = Field(1.0, ge=0)
+    batch_requests: int = Field(256, ge=1)
+    epochs: int = Field(8, ge=1)
+    patience: int = Field(2, ge=1)
+    lr: float = Field(0.002, gt=0)
+    weight_decay: float = Field(1.0e-5, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    cpu_threads: int = Field(1, ge=0)
+    eval_batch_requests: int = Field(512, ge=1)
+    calibration_bins: int = Field(10, ge=2)
+    registered_name: str = "scenerec-ctr"
+    promotion_metric: Literal["auc.ctr", "auc.ctcvr", "gauc.ctr", "gauc.ctcvr"] = "auc.ctr"
+    promotion_margin: float = Field(0.002, ge=0)
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.valid_fraction + self.test_fraction >= 0.8:
+            raise ValueError(f"valid_fraction + test_fraction ({self.valid_fraction + self.test_fraction}) "
+                             "must leave at least 20% of the requests for training")
+        if self.larr_d_model % self.larr_heads:
+            raise ValueError(f"larr_d_model ({self.larr_d_model}) must be divisible by larr_heads ({self.larr_heads})")
+        if self.short_term > self.max_history:
+            raise ValueError(f"short_term ({self.short_term}) must not exceed max_history ({self.max_history})")
+        if not self.history_behaviors:
+            raise ValueError("history_behaviors must name at least one behaviour")
+        return self
+
+
 class TrackingConfig(Section):
     experiment: str = "scenerec"
     tracking_uri: str = "sqlite:///mlflow.db"
@@ -305,6 +369,7 @@ class Params(Section):
     contrastive: ContrastiveConfig = ContrastiveConfig()
     distill: DistillConfig = DistillConfig()
     embed: EmbedConfig = EmbedConfig()
+    ctr: CTRConfig = CTRConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     # Directory that relative paths are resolved against (the folder holding params.yaml).

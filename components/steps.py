@@ -138,7 +138,8 @@ def example_keys(params: Params) -> dict:
 # The params.yaml section each step reads (what the CLI and the flows log as the run's parameters).
 STEP_SECTIONS = {"generate": "generate", "ingest": "ingest", "features": "features", "corpus": "llm",
                  "pretrain": "llm", "pairs": "contrastive", "contrastive_teacher": "contrastive",
-                 "contrastive_student": "contrastive", "distill": "distill", "embed": "embed"}
+                 "contrastive_student": "contrastive", "distill": "distill", "embed": "embed", "ctr": "ctr",
+                 "ctr_register": "ctr"}
 LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher", "scene-encoder"),
                 "student": ("student", "encoder_student", "scene-encoder-student")}
 
@@ -199,3 +200,103 @@ def embed_step(params: Params, run_id: str | None = None) -> dict:
     metrics = _numbers(embed(params))
     write_report(params, "embed", metrics)
     return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# CTR stage (LARR stage 3 + CoFARS): model under paths.ctr_dir/model, reports/ctr*.json
+
+
+def ctr_step(params: Params, model: str | None = None, run_id: str | None = None) -> dict:
+    """Train the CTR/CTCVR model, evaluate it on the test split beside the oracle, save it."""
+    from components.ctr.stage import train_and_evaluate
+
+    summary, plots = train_and_evaluate(params, run_id, model_name=model)
+    files = write_ctr_plots(params, plots)
+    write_report(params, "ctr", {k: v for k, v in summary.items() if k not in ("model", "headline")})
+    if run_id:
+        from components import tracking
+
+        for path in files + ctr_figures(params, plots):
+            tracking.log_artifact(params, run_id, path, "plots")
+    return summary
+
+
+def write_ctr_plots(params: Params, plots: dict) -> list[Path]:
+    """reports/plots/ctr_{roc,calibration,training}.csv, one column per task (DVC plots)."""
+    out = params.path("reports_dir") / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    frames = {}
+    roc = pd.DataFrame(plots["roc"])
+    if len(roc):
+        frames["roc"] = roc.pivot_table(index="fpr", columns="task", values="tpr").reset_index()
+    cal = pd.DataFrame(plots["calibration"])
+    if len(cal):
+        cal["bin"] = cal.groupby("task").cumcount()
+        wide = cal.pivot_table(index="bin", columns="task", values=["predicted", "observed"])
+        wide.columns = [f"{a}_{b}" for a, b in wide.columns]
+        frames["calibration"] = wide.reset_index()
+    frames["training"] = pd.DataFrame(plots["training"])
+    paths = []
+    for name, df in frames.items():
+        path = out / f"ctr_{name}.csv"
+        df.to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def ctr_figures(params: Params, plots: dict) -> list[Path]:
+    """ROC, calibration and training-curve PNGs (for MLflow) from the plot rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = params.path("reports_dir") / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for task in ("ctr", "ctcvr"):
+        roc = [r for r in plots.get("roc", []) if r["task"] == task]
+        axes[0].plot([r["fpr"] for r in roc], [r["tpr"] for r in roc], label=task)
+        cal = [r for r in plots.get("calibration", []) if r["task"] == task]
+        axes[1].plot([r["predicted"] for r in cal], [r["observed"] for r in cal], "o-", label=task)
+    axes[0].plot([0, 1], [0, 1], "k:", lw=0.8)
+    axes[0].set(title="ROC (test)", xlabel="false positive rate", ylabel="true positive rate")
+    hi = max([r["predicted"] for r in plots.get("calibration", [])] + [r["observed"] for r in plots.get("calibration", [])]
+             + [0.01])
+    axes[1].plot([0, hi], [0, hi], "k:", lw=0.8)
+    axes[1].set(title="calibration (test)", xlabel="mean predicted", ylabel="observed rate")
+    tr = plots.get("training", [])
+    axes[2].plot([r["epoch"] for r in tr], [r["valid_auc_ctr"] for r in tr], "o-", label="valid AUC ctr")
+    axes[2].plot([r["epoch"] for r in tr], [r["valid_auc_ctcvr"] for r in tr], "o-", label="valid AUC ctcvr")
+    axes[2].set(title="training", xlabel="epoch")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    path = out_dir / "ctr_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+def ctr_register_step(params: Params, run_id: str | None = None) -> dict:
+    """Register the trained CTR model; champion only if it beats the current one by the margin."""
+    from components import tracking
+    from components.ctr.stage import register_and_promote
+
+    own = run_id is None
+    if own:
+        run_id = tracking.start_run(params, "ctr_register", tags={"scenerec.step": "ctr_register"})
+    try:
+        result = register_and_promote(params, run_id)
+    finally:
+        if own:
+            tracking.end_run(params, run_id)
+    report = {"version": int(result["version"]), "promoted": int(result["promoted"]),
+              "champion": int(result["champion"]) if result["champion"] else 0, "margin": result["margin"]}
+    for who in ("challenger", "champion"):
+        m = result.get(f"{who}_metrics") or {}
+        report.update({f"{who}.{k}": v for k, v in m.items() if k.startswith("all.") and "oracle" not in k})
+    write_report(params, "ctr_promotion", report)
+    return result

@@ -1,8 +1,8 @@
 """Prefect flow `pipeline`: the whole platform end to end.
 
 generate (unless a batch is given) → ingest → features → llm (pretraining, contrastive, HomoDistil,
-embeddings); later stages (CTR, news,
-instruction tuning) are added here as they land. Runs with or without a Prefect server.
+embeddings) → ctr (training, evaluation beside the oracle, registration, promotion).
+Runs with or without a Prefect server.
 """
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import tracking
-from components.config import (ContrastiveConfig, DistillConfig, EmbedConfig, FeaturesConfig, GenerateConfig,
-                               IngestConfig, LLMConfig, Params)
+from components.config import (ContrastiveConfig, CTRConfig, DistillConfig, EmbedConfig, FeaturesConfig,
+                               GenerateConfig, IngestConfig, LLMConfig, Params)
 from components.versioning import record_outputs
+from flows.ctr import ctr as ctr_flow
 from flows.features import features as features_flow
 from flows.ingest import generate as generate_flow
 from flows.ingest import ingest as ingest_flow
@@ -21,12 +22,23 @@ from flows.llm import llm as llm_flow
 from flows.settings import flow_params
 
 DVC_STAGES = ["generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher", "distill",
-              "contrastive_student", "embed"]
+              "contrastive_student", "embed", "ctr", "ctr_register"]
 
 
 @task(name="record-in-dvc", cache_policy=NO_CACHE)
 def record_task(params: Params) -> str:
     return record_outputs(params.root, DVC_STAGES)
+
+
+def ctr_lines(ctr: dict | None) -> list[str]:
+    """The CTR part of the closing message: model vs oracle, and who holds `champion`."""
+    if not ctr:
+        return []
+    s, r = ctr["summary"], ctr["registry"]
+    alias = "champion" if r["promoted"] else "challenger"
+    return [f"  CTR model:  {s['model']}: {s['headline']}",
+            f"  registry:   {r['name']} v{r['version']} -> {alias} ({r['reason']}); champion = v{r['champion']}",
+            "              promote / roll back: scenerec promote --version N --reason ...; scenerec rollback --reason ..."]
 
 
 def where_to_look(params: Params, metrics: dict) -> str:
@@ -38,6 +50,7 @@ def where_to_look(params: Params, metrics: dict) -> str:
         f"  metrics:    {params.path('reports_dir')} (also: dvc metrics show; dvc plots show)",
         f"  MLflow:     {uri}   (UI: make ui, then http://127.0.0.1:5000)",
         "  Prefect:    make ui, then http://127.0.0.1:4200 (flow runs, artifacts)",
+        *ctr_lines(metrics.get("ctr")),
         "  online features, e.g.: scenerec online --user-id " + str(metrics.get("example_user", "<user_id>"))
         + " --poi-id " + str(metrics.get("example_poi", "<poi_id>")),
     ]
@@ -56,10 +69,10 @@ def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: Ge
              ingest: IngestConfig | None = None, features: FeaturesConfig | None = None,
              llm: LLMConfig | None = None, contrastive: ContrastiveConfig | None = None,
              distill: DistillConfig | None = None, embed: EmbedConfig | None = None,
-             params_file: str | None = None) -> dict:
+             ctr: CTRConfig | None = None, params_file: str | None = None) -> dict:
     """Run the platform end to end on a synthetic batch (default) or on your own batch folder."""
     params, overridden = flow_params(params_file, seed=seed, generate=generate, ingest=ingest, features=features,
-                                     llm=llm, contrastive=contrastive, distill=distill, embed=embed)
+                                     llm=llm, contrastive=contrastive, distill=distill, embed=embed, ctr=ctr)
     logger = get_run_logger()
     params_path = str(params.root / "params.yaml") if params_file is None else params_file
     sections = dict(generate=generate, ingest=ingest, features=features)
@@ -74,11 +87,12 @@ def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: Ge
         feats = features_flow(features=sections["features"], params_file=params_path, parent_run_id=run_id)
         llm_results = llm_flow(llm=llm, contrastive=contrastive, distill=distill, embed=embed,
                                params_file=params_path, parent_run_id=run_id)
+        ctr_results = ctr_flow(ctr=ctr, params_file=params_path, parent_run_id=run_id)
         if batch_dir is None and not overridden:
             logger.info(record_task(params))
         else:
             logger.info("custom batch or overridden parameters: outputs not recorded in dvc.lock")
-        metrics = {"ingest": ingested, "features": feats, "llm": llm_results}
+        metrics = {"ingest": ingested, "features": feats, "llm": llm_results, "ctr": ctr_results}
         try:
             from components.steps import example_keys
 

@@ -33,6 +33,9 @@ TINY = {
                     "log_every": 2},
     "distill": {"steps": 16, "warmup_steps": 2, "recovery_steps": 4, "prune_every": 2, "seq_len": 64,
                 "batch_size": 4, "lr_warmup_steps": 2, "checkpoint_every": 8, "log_every": 4, "eval_blocks": 4},
+    "ctr": {"epochs": 2, "batch_requests": 32, "max_history": 32, "embed_dim": 8, "mlp_hidden": [16, 8],
+            "tower_hidden": [8], "attention_hidden": [8], "larr_d_model": 8, "collab_dim": 8, "n_prototypes": 4,
+            "max_contexts": 8, "max_subsequence": 8, "sim_max": 8, "short_term": 4},
 }
 
 # The same offline, no-telemetry defaults as the `scenerec` command.

@@ -52,24 +52,43 @@ class TargetAttention(nn.Module):
         self.score = MLP(4 * embed_dim, hidden, 1, dropout=dropout, activation=activation)
         self.normalize = normalize
 
+    def _scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """MLP([q, k, q-k, q*k]) without materialising the concatenation: the first linear layer
+        is W·[q, k, q−k, q·k] = (W₁+W₃)q + (W₂−W₃)k + W₄(q·k), so only q·k has the (…, n, d) shape
+        of every (query, key) pair. query (…, 1, d) broadcasts against keys (…, n, d)."""
+        first = self.score.net[0]
+        w1, w2, w3, w4 = first.weight.split(query.shape[-1], dim=1)
+        h = (query @ (w1 + w3).T) + (keys @ (w2 - w3).T) + ((query * keys) @ w4.T) + first.bias
+        return self.score.net[1:](h).squeeze(-1)
+
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 values: torch.Tensor | None = None, return_weights: bool = False):
-        """query (B, d), keys (B, n, d), mask (B, n) bool with True = real behaviour;
-        values (B, n, d_v) default keys. Returns (B, d_v) (and the (B, n) weights)."""
+        """query (B, d) or (B, K, d) — K candidates sharing one sequence; keys (B, n, d) or
+        (B, K, n, d); mask (B, n) or (B, K, n) bool with True = real behaviour; values default keys.
+        Returns (B, d_v) or (B, K, d_v) (and the weights)."""
         values = keys if values is None else values
-        q = query.unsqueeze(1).expand_as(keys)
-        scores = self.score(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # (B, n)
-        mask = mask.bool()
+        many = query.dim() == 3
+        q = query.unsqueeze(-2)  # (B, 1, d) or (B, K, 1, d)
+        k, v, m = keys, values, mask.bool()
+        if many and keys.dim() == 3:  # one sequence shared by the K candidates
+            k, v = keys.unsqueeze(1), values.unsqueeze(1)
+        if many and m.dim() == 2:
+            m = m.unsqueeze(1)
+        scores = self._scores(q, k)  # (B, n) or (B, K, n)
+        m = m.expand_as(scores)
         if self.normalize:
             # Fully masked rows would be softmax(-inf, …) = NaN: give them finite scores, then zero them.
-            has_any = mask.any(dim=-1, keepdim=True)
-            scores = scores.masked_fill(~mask, float("-inf")).masked_fill(~has_any, 0.0)
-            weights = torch.softmax(scores, dim=-1) * mask
+            has_any = m.any(dim=-1, keepdim=True)
+            scores = scores.masked_fill(~m, float("-inf")).masked_fill(~has_any, 0.0)
+            weights = torch.softmax(scores, dim=-1) * m
         else:
-            weights = scores.masked_fill(~mask, 0.0)
+            weights = scores.masked_fill(~m, 0.0)
         # where(), not multiply: garbage (even inf/NaN) in padded values must not leak into the sum.
-        values = values.masked_fill(~mask.unsqueeze(-1), 0.0)
-        out = torch.einsum("bn,bnd->bd", weights, values)
+        if v.dim() == weights.dim() + 1 and v.shape[-2] == weights.shape[-1] and v.shape[:-2] == weights.shape[:-1]:
+            out = torch.einsum("...n,...nd->...d", weights, v.masked_fill(~m.unsqueeze(-1), 0.0))
+        else:  # values shared by the K candidates: (B, 1, n, d_v)
+            used = m.any(dim=1)  # (B, n): positions any candidate may attend to
+            out = torch.einsum("bkn,bnd->bkd", weights, v.squeeze(1).masked_fill(~used.unsqueeze(-1), 0.0))
         return (out, weights) if return_weights else out
 
 

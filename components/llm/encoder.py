@@ -16,7 +16,7 @@ embeddings out) and ``register_encoder`` logs it under a run and registers it in
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -221,51 +221,18 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         return self.encoder.encode(texts, batch_size=batch_size)
 
 
-def _requirements() -> list[str]:
-    """Pinned pip requirements of the pyfunc (explicit, so MLflow does not load the model to infer them)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for pkg in ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "mlflow"):
-        try:
-            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
-        except PackageNotFoundError:
-            reqs.append(pkg)
-    return reqs
-
-
 def register_encoder(params, run_id: str, encoder_dir: str | Path, name: str | None = None,
                      input_texts: list[str] | None = None):
     """Log the encoder in ``encoder_dir`` as a pyfunc model of run ``run_id`` and register it as
     ``name`` (default ``contrastive.registered_name``); returns the ``ModelVersion``."""
-    import mlflow
-    from mlflow.models import infer_signature
+    from components.registry import log_pyfunc, requirements
 
-    from components import tracking
-
-    name = name or params.contrastive.registered_name
-    tracking.configure(params)
-    client = mlflow.MlflowClient(tracking.tracking_uri(params))
-    status = client.get_run(run_id).info.status
     example = pd.DataFrame({"text": input_texts or ["<scene> <weather> rainy </scene>",
                                                     "<poi> <name> Noodle Bar <cate> noodles </poi>"]})
     output = TextEncoder.load(encoder_dir, device="cpu").encode(example["text"].tolist())
-    # The fluent API's active run is thread-local: open this run here, in this thread, for log_model only.
-    active = mlflow.active_run()
-    ours = not (active and active.info.run_id == run_id)
-    with mlflow.start_run(run_id=run_id, nested=active is not None) if ours else nullcontext():
-        info = mlflow.pyfunc.log_model(
-            name="encoder",
-            python_model=EncoderModel(),
-            artifacts={"encoder": str(encoder_dir)},
-            signature=infer_signature(example, output),
-            input_example=example,
-            pip_requirements=_requirements(),
-            registered_model_name=name,
-        )
-    if ours and status == "RUNNING":  # leaving the `with` ended the run; the caller still owns it
-        client.update_run(run_id, status="RUNNING")
-    return client.get_model_version(name, str(info.registered_model_version))
+    return log_pyfunc(params, run_id, "encoder", EncoderModel(), {"encoder": str(encoder_dir)}, example, output,
+                      name or params.contrastive.registered_name,
+                      requirements(("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "mlflow")))
 
 
 def load_registered(name: str, version: str | int | None = None, alias: str | None = None):

@@ -41,7 +41,7 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
     runs = client.search_runs([exp.experiment_id])
     names = {r.info.run_name for r in runs}
     steps = {"generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher", "distill",
-             "contrastive_student", "embed"}
+             "contrastive_student", "embed", "ctr"}
     assert {"pipeline"} | steps <= names
     parent = next(r for r in runs if r.info.run_name == "pipeline")
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
@@ -49,7 +49,13 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
 
     # both encoders registered; the scene embeddings are in the online store
     registered = {m.name for m in client.search_registered_models()}
-    assert {"scene-encoder", "scene-encoder-student"} <= registered
+    assert {"scene-encoder", "scene-encoder-student", params.ctr.registered_name} <= registered
+    # the default model (LARR + CoFARS) was trained, evaluated beside the oracle and promoted
+    assert result["ctr"]["summary"]["model"] == "larr_cofars"
+    assert "oracle" in result["ctr"]["summary"]["headline"]
+    champ = client.get_model_version_by_alias(params.ctr.registered_name, "champion")
+    assert str(champ.version) == str(result["ctr"]["registry"]["version"])
+    assert "CTR model:" in result["summary"] and "champion" in result["summary"]
     from components.llm.embed import online_scene_embeddings
     import pandas as pd
 
@@ -63,7 +69,8 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
 
     # Prefect artifacts with the validation summary and feature statistics
     keys = _artifact_keys()
-    assert {"validation-summary", "feature-statistics", "llm-summary", "pipeline-summary"} <= keys
+    assert {"validation-summary", "feature-statistics", "llm-summary", "pipeline-summary",
+            "ctr-champion-vs-challenger", "ctr-summary"} <= keys
 
 
 def test_rejected_batch_fails_the_flow_and_changes_nothing(prefect_harness, tiny_project, tmp_path):

@@ -1,0 +1,350 @@
+"""The CTR / CTCVR model and its baselines, in one code path so they differ only where they should.
+
+Every model shares the same embeddings (user, PoI, category and bands, position, scene IDs), the
+same numeric Feast features, distance, the same MLP and the same ESMM heads (ctcvr = ctr × cvr).
+They differ in two switches (``MODEL_SPECS``):
+
+- ``scene``: ``ids`` — scene features as ID embeddings only; ``larr`` — plus LARR's aggregated
+  vector of the cached per-feature LLM embeddings (with the PoI text embedding in the item
+  representation), aligned with the ID ("collaborative") scene embedding by InfoNCE.
+- ``sequence``: ``none`` (ID-only), ``avg`` (average pooling), ``din`` (DIN over the whole history),
+  ``sim_hard`` (DIN over the candidate's own-category behaviours: a search per candidate) or
+  ``cofars`` (one context-selected sub-sequence per request, then DIN).
+
+A batch is a set of requests with K candidates each (components/ctr/data.py): history, scene and
+CoFARS selection are computed once per request.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from components.config import CTRConfig
+from components.ctr.cofars import (ContextPrototypes, GATLayer, ProbabilityEncoder, attribute_distribution,
+                                   gumbel_binarize, pairwise_symmetric_kl)
+from components.ctr.larr import SceneAggregator, alignment_loss
+from components.ctr.layers import MLP, ESMMHeads, TargetAttention
+
+MODEL_SPECS = {
+    "id_only": dict(scene="ids", sequence="none"),
+    "avg_pool": dict(scene="ids", sequence="avg"),
+    "din_full": dict(scene="ids", sequence="din"),
+    "sim_hard": dict(scene="ids", sequence="sim_hard"),
+    "cofars": dict(scene="ids", sequence="cofars"),
+    "larr_din": dict(scene="larr", sequence="din"),
+    "larr_cofars": dict(scene="larr", sequence="cofars"),
+}
+MAX_POSITION = 64
+
+
+@dataclass
+class ModelShapes:
+    """Vocabulary sizes and input widths the model is built for (from the fitted FeatureEncoder)."""
+
+    n_users: int
+    n_pois: int
+    n_contexts: int
+    scene: dict
+    n_numeric: int
+    n_categories: int
+    n_bands: dict
+    text_dim: int = 0  # width of the LLM embeddings (0 = none available)
+
+    @classmethod
+    def from_sizes(cls, sizes: dict, text_dim: int) -> "ModelShapes":
+        keep = {k: v for k, v in sizes.items() if k in cls.__dataclass_fields__}
+        return cls(**keep, text_dim=text_dim)
+
+
+def last_positions(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """(…, n) bool -> (…, n) bool keeping only the last ``k`` True entries of each row."""
+    from_end = mask.flip(-1).cumsum(-1).flip(-1)  # 1 at the last True, counting up to the left
+    return mask & (from_end <= k)
+
+
+def gather_selected(mask: torch.Tensor, k: int, *tensors: torch.Tensor):
+    """Compact the (up to) last ``k`` True positions of ``mask`` (…, n) into (…, k') tensors,
+    k' = min(k, n), oldest first; returns the new mask and each tensor (…, n, …) gathered."""
+    n = mask.shape[-1]
+    k = min(k, n)
+    pos = torch.arange(n, device=mask.device).expand_as(mask)
+    score = torch.where(mask, pos + 1, torch.zeros_like(pos))  # later = larger, unselected = 0
+    top, idx = score.topk(k, dim=-1, sorted=True)
+    idx = idx.flip(-1)
+    new_mask = top.flip(-1) > 0
+    out = []
+    for t in tensors:
+        if t.dim() == mask.dim():
+            out.append(t.gather(-1, idx))
+        else:
+            out.append(t.gather(mask.dim() - 1, idx.unsqueeze(-1).expand(*idx.shape, t.shape[-1])))
+    return (new_mask, *out)
+
+
+class CoFARS(nn.Module):
+    """Phase 1 of CoFARS (METHODS.md §2) over the contexts of each request's history.
+
+    Nodes per request: the ``max_contexts`` most frequent contexts of the history (D(C) counted
+    from those behaviours — point-in-time by construction), the target context and ``n_prototypes``
+    prototypes. Context–context edges join contexts adjacent in time (and the target to the latest
+    context); each context attaches to one prototype by a Gumbel-softmax over sim(o, c).
+    """
+
+    def __init__(self, cfg: CTRConfig, shapes: ModelShapes, dim: int, group_sizes: list[int]):
+        super().__init__()
+        self.cfg = cfg
+        self.group_sizes = group_sizes
+        self.context_emb = nn.Embedding(shapes.n_contexts, dim)
+        self.prob = ProbabilityEncoder(dim, group_sizes, hidden=(2 * dim,))
+        self.prototypes = ContextPrototypes(dim, cfg.n_prototypes)
+        heads = cfg.gat_heads if dim % cfg.gat_heads == 0 else 1
+        self.gat = nn.ModuleList(GATLayer(dim, dim // heads, heads=heads) for _ in range(cfg.gat_layers))
+        self.gru = nn.GRU(dim, dim, batch_first=True)
+
+    def _nodes(self, hist_context, hist_mask):
+        """Top-M contexts of each history, and each behaviour's node slot (-1 = none)."""
+        n_ctx = self.context_emb.num_embeddings
+        counts = torch.zeros(hist_context.shape[0], n_ctx, device=hist_context.device)
+        counts.scatter_add_(1, hist_context, hist_mask.float())
+        counts[:, 0] = 0  # unknown context is no node
+        m = min(self.cfg.max_contexts, n_ctx)
+        top, node_ctx = counts.topk(m, dim=1)
+        node_ok = top > 0
+        eq = (hist_context.unsqueeze(-1) == node_ctx.unsqueeze(1)) & node_ok.unsqueeze(1) & hist_mask.unsqueeze(-1)
+        slot = torch.where(eq.any(-1), eq.float().argmax(-1), torch.full_like(hist_context, -1))
+        return node_ctx, node_ok, eq, slot
+
+    def _adjacency(self, slot, node_ok, n_nodes):
+        """Context–context edges between consecutive behaviours in different contexts (symmetric)."""
+        r, m = node_ok.shape
+        a, b = slot[:, :-1], slot[:, 1:]
+        ok = (a >= 0) & (b >= 0) & (a != b)
+        adj = torch.zeros(r, n_nodes * n_nodes, device=slot.device)
+        flat = torch.where(ok, a * n_nodes + b, torch.zeros_like(a))
+        adj.scatter_add_(1, flat, ok.float())
+        flat_t = torch.where(ok, b * n_nodes + a, torch.zeros_like(a))
+        adj.scatter_add_(1, flat_t, ok.float())
+        return adj.view(r, n_nodes, n_nodes) > 0
+
+    def forward(self, user, context, hist_emb, hist_context, hist_mask, hist_attr_onehot, short_term):
+        """Returns the (R, n) selection mask over the history, the refined prototypes (R, P, d),
+        the selection z (R, P) and the auxiliary losses. Candidates are no input."""
+        cfg = self.cfg
+        node_ctx, node_ok, eq, slot = self._nodes(hist_context, hist_mask)
+        r, m = node_ctx.shape
+        # True D(C) per node context from this history (CoFARS precomputes it offline from logs).
+        counts = torch.einsum("rlm,rlv->rmv", eq.float(), hist_attr_onehot)
+        d_true = attribute_distribution(counts, self.group_sizes, cfg.distribution_alpha).float()
+        js_true = pairwise_symmetric_kl(d_true, d_true)
+        c = user.unsqueeze(1) + self.context_emb(node_ctx)  # c_i = u + ĉ_i
+        p_c = self.prob(torch.zeros_like(c), c)
+        js_est = pairwise_symmetric_kl(p_c, p_c)
+        pair_ok = node_ok.unsqueeze(2) & node_ok.unsqueeze(1) & ~torch.eye(m, dtype=torch.bool, device=c.device)
+        l_mse = ((js_est - js_true) ** 2 * pair_ok).sum() / pair_ok.sum().clamp(min=1)
+
+        o = self.prototypes(user)  # o_i = ô_i + u
+        p_o = self.prob(torch.zeros_like(o), o)
+        l_ind = ContextPrototypes.independence_loss(p_o)
+        c_t = user + self.context_emb(context)
+        p_t = self.prob(torch.zeros_like(c_t), c_t)
+        # Prototype–context edges: each context (and the target) attaches to one prototype.
+        sim_oc = 1 - pairwise_symmetric_kl(p_o, torch.cat([p_c, p_t.unsqueeze(1)], 1))  # (R, P, M+1)
+        if self.training:
+            attach = F.gumbel_softmax(sim_oc.transpose(1, 2), tau=cfg.attach_temperature, hard=True, dim=-1)
+        else:
+            attach = F.one_hot(sim_oc.transpose(1, 2).argmax(-1), sim_oc.shape[1]).float()
+        attach = attach.transpose(1, 2) > 0.5  # (R, P, M+1)
+        attach = attach & torch.cat([node_ok, torch.ones_like(node_ok[:, :1])], 1).unsqueeze(1)
+
+        # Temporal graph: [contexts (M), target (1), prototypes (P)].
+        n_p = o.shape[1]
+        n_nodes = m + 1 + n_p
+        adj = torch.zeros(r, n_nodes, n_nodes, dtype=torch.bool, device=c.device)
+        adj[:, :m, :m] = self._adjacency(slot, node_ok, m)
+        last_slot = slot.gather(1, (hist_mask.sum(1, keepdim=True) - 1).clamp(min=0)).squeeze(1)
+        has_last = last_slot >= 0
+        rows = torch.arange(r, device=c.device)
+        adj[rows[has_last], m, last_slot[has_last]] = True
+        adj[rows[has_last], last_slot[has_last], m] = True
+        adj[:, m + 1:, : m + 1] = attach
+        adj[:, : m + 1, m + 1:] = attach.transpose(1, 2)
+        x = torch.cat([c, c_t.unsqueeze(1), o], 1)
+        for layer in self.gat:
+            x = x + F.elu(layer(x, adj))
+        t_ref, o_ref = x[:, m], x[:, m + 1:]  # refined target context and prototypes
+
+        # Selection: z_i = GumbelBinarize(sim(õ_i, c̃_t) · (õ_i · l)).
+        p_oref = self.prob(torch.zeros_like(o_ref), o_ref)
+        p_tref = self.prob(torch.zeros_like(t_ref), t_ref)
+        sim_t = 1 - pairwise_symmetric_kl(p_oref, p_tref.unsqueeze(1)).squeeze(-1)  # (R, P)
+        logits = sim_t * torch.einsum("rpd,rd->rp", o_ref, short_term)
+        z = gumbel_binarize(logits, cfg.select_temperature, hard=True, noise=self.training)
+        chosen_nodes = ((z > 0.5).unsqueeze(-1) & attach[:, :, :m]).any(1)  # (R, M)
+        safe_slot = slot.clamp(min=0)
+        keep = (slot >= 0) & chosen_nodes.gather(1, safe_slot)
+        return {"mask": keep & hist_mask, "prototypes": o_ref, "z": z, "l_mse": l_mse, "l_ind": l_ind}
+
+
+class CTRModel(nn.Module):
+    """Embedding & MLP CTR model with ESMM heads; scene and sequence modules per ``MODEL_SPECS``."""
+
+    def __init__(self, name: str, cfg: CTRConfig, shapes: ModelShapes):
+        super().__init__()
+        if name not in MODEL_SPECS:
+            raise ValueError(f"unknown CTR model {name!r}; choose one of {sorted(MODEL_SPECS)}")
+        spec = MODEL_SPECS[name]
+        self.name, self.cfg, self.shapes = name, cfg, shapes
+        self.scene_mode, self.sequence = spec["scene"], spec["sequence"]
+        d = cfg.embed_dim
+        self.user_emb = nn.Embedding(shapes.n_users, d)
+        self.poi_emb = nn.Embedding(shapes.n_pois, d)
+        self.cat_emb = nn.Embedding(shapes.n_categories + 1, d)
+        nb = shapes.n_bands
+        self.price_emb = nn.Embedding(nb.get("price_band", 8), d)
+        self.rating_emb = nn.Embedding(nb.get("rating_band", 8), d)
+        self.delivery_emb = nn.Embedding(nb.get("delivery_band", 8), d)
+        self.behavior_emb = nn.Embedding(6, d)
+        self.position_emb = nn.Embedding(MAX_POSITION, d)
+        self.scene_emb = nn.ModuleDict({f: nn.Embedding(n, d) for f, n in shapes.scene.items()})
+        n_scene = len(shapes.scene)
+        self.scene_collab = nn.Linear(n_scene * d, cfg.collab_dim)
+        self.numeric_proj = nn.Linear(shapes.n_numeric + 4, 2 * d)  # + missing flag per view (≤ 4 views)
+        self.use_text = self.scene_mode == "larr" and shapes.text_dim > 0
+        if self.use_text:  # the LLM embeddings arrive in the batch (cand_text, hist_text, scene_feats)
+            self.text_proj = nn.Linear(shapes.text_dim, d)
+            self.aggregator = SceneAggregator(shapes.text_dim, n_scene, cfg.larr_d_model, cfg.larr_heads,
+                                              cfg.larr_layers, dropout=cfg.dropout, collab_dim=cfg.collab_dim)
+        self.scene_to_item = nn.Linear(cfg.collab_dim * (2 if self.use_text else 1), d)
+        if self.sequence in ("din", "sim_hard", "cofars"):
+            self.attention = TargetAttention(d, cfg.attention_hidden, dropout=0.0)
+        if self.sequence == "cofars":
+            self.group_sizes = [shapes.n_categories, nb.get("price_band", 8), nb.get("rating_band", 8),
+                                nb.get("delivery_band", 8)]
+            self.cofars = CoFARS(cfg, shapes, d, self.group_sizes)
+        seq_dim = 0 if self.sequence == "none" else 2 * d
+        in_dim = (d + d + d + cfg.collab_dim * (2 if self.use_text else 1) + d + 2 * d + d + 1 + seq_dim)
+        self.bottom = nn.Sequential(MLP(in_dim, cfg.mlp_hidden[:-1], cfg.mlp_hidden[-1], dropout=cfg.dropout),
+                                    nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.heads = ESMMHeads(cfg.mlp_hidden[-1], cfg.tower_hidden, dropout=cfg.dropout,
+                               ctcvr_weight=cfg.ctcvr_weight)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def item(self, vocab_id, text, cat, price, rating, delivery):
+        e = (self.poi_emb(vocab_id) + self.cat_emb(cat) + self.price_emb(price) + self.rating_emb(rating)
+             + self.delivery_emb(delivery))
+        if self.use_text:
+            e = e + self.text_proj(text)
+        return e
+
+    def scene(self, b):
+        """(collaborative scene embedding from IDs, LARR scene vector or None)."""
+        ids = torch.cat([self.scene_emb[f](b["scene"][:, i]) for i, f in enumerate(self.shapes.scene)], -1)
+        collab = self.scene_collab(ids)
+        if not self.use_text:
+            return collab, None
+        return collab, self.aggregator.scene_vector(b["scene_feats"], b["scene_mask"])
+
+    def history(self, b):
+        h = self.item(b["hist_poi"], b.get("hist_text"), b["hist_category"], b["hist_price"], b["hist_rating"],
+                      b["hist_delivery"])
+        return h + self.behavior_emb(b["hist_behavior"])
+
+    def short_term(self, hist, mask):
+        """GRU over the last ``short_term`` behaviours (right-aligned) -> (R, d)."""
+        r_len = self.cfg.short_term
+        keep = last_positions(mask, r_len)
+        m, seq = gather_selected(keep, r_len, hist)
+        seq = seq * m.unsqueeze(-1)
+        # Right-align so the GRU's final state follows the newest behaviour.
+        shift = (~m).sum(-1)
+        n = m.shape[-1]
+        idx = (torch.arange(n, device=m.device).unsqueeze(0) - shift.unsqueeze(1)) % n
+        seq = seq.gather(1, idx.unsqueeze(-1).expand_as(seq))
+        _, hN = self.cofars.gru(seq)
+        return hN[-1]
+
+    def sequence_vector(self, b, cand, hist, aux):
+        """(R, K, 2d): attended/pooled history and its product with the candidate."""
+        mask = b["hist_mask"]
+        if self.sequence == "avg":
+            pooled = (hist * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+            s = pooled.unsqueeze(1).expand_as(cand)
+        elif self.sequence == "din":
+            s = self.attention(cand, hist, mask)
+        elif self.sequence == "sim_hard":
+            # SIM-hard: per candidate, the latest behaviours of its category (a search per candidate).
+            same = (b["hist_category"].unsqueeze(1) == b["cand_category"].unsqueeze(-1)) & mask.unsqueeze(1)
+            m, keys = gather_selected(same, self.cfg.sim_max, hist.unsqueeze(1).expand(-1, same.shape[1], -1, -1))
+            s = self.attention(cand, keys, m)
+        else:  # cofars
+            sel = self.select(b, hist)
+            aux.update({k: sel[k] for k in ("l_mse", "l_ind")})
+            aux["phase1_logit"] = torch.einsum("rp,rpd,rkd->rk", sel["z"], sel["prototypes"], cand)
+            m, keys = gather_selected(sel["mask"], self.cfg.max_subsequence, hist)
+            aux["subsequence_length"] = m.sum(-1).float().mean()
+            s = self.attention(cand, keys, m)
+        return torch.cat([s, s * cand], -1)
+
+    def select(self, b, hist=None):
+        """CoFARS phase 1 for each request of the batch: the (R, n) sub-sequence mask (with the
+        fallback to the short-term window when no context is chosen). Candidate-independent."""
+        hist = self.history(b) if hist is None else hist
+        mask = b["hist_mask"]
+        user = self.user_emb(b["user"])
+        onehot = torch.cat([F.one_hot(b["hist_category"].clamp(max=self.group_sizes[0] - 1), self.group_sizes[0]),
+                            F.one_hot(b["hist_price"].clamp(max=self.group_sizes[1] - 1), self.group_sizes[1]),
+                            F.one_hot(b["hist_rating"].clamp(max=self.group_sizes[2] - 1), self.group_sizes[2]),
+                            F.one_hot(b["hist_delivery"].clamp(max=self.group_sizes[3] - 1), self.group_sizes[3])],
+                           -1).float() * mask.unsqueeze(-1)
+        st = self.short_term(hist, mask)
+        sel = self.cofars(user, b["context"], hist, b["hist_context"], mask, onehot, st)
+        empty = ~sel["mask"].any(-1, keepdim=True)
+        sel["mask"] = torch.where(empty, last_positions(mask, self.cfg.short_term), sel["mask"])
+        return sel
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, b: dict) -> dict:
+        """Batch of requests -> dict with (R, K) ctr / cvr / ctcvr (+ logits) and auxiliary terms."""
+        aux: dict = {}
+        cand = self.item(b["cand_poi"], b.get("cand_text"), b["cand_category"], b["cand_price"], b["cand_rating"],
+                         b["cand_delivery"])  # (R, K, d)
+        r, k, d = cand.shape
+        user = self.user_emb(b["user"]).unsqueeze(1).expand(r, k, d)
+        collab, larr = self.scene(b)
+        scene = collab if larr is None else torch.cat([collab, larr], -1)
+        if larr is not None:
+            aux["scene_vec"], aux["collab_vec"] = larr, collab
+        scene_k = scene.unsqueeze(1).expand(r, k, scene.shape[-1])
+        scene_item = self.scene_to_item(scene_k) * cand
+        parts = [user, cand, user * cand, scene_k, scene_item, self.numeric_proj(self._numeric(b)),
+                 self.position_emb(b["position"].clamp(max=MAX_POSITION - 1)), b["distance"].unsqueeze(-1)]
+        if self.sequence != "none":
+            hist = self.history(b)
+            parts.append(self.sequence_vector(b, cand, hist, aux))
+        x = self.bottom(torch.cat(parts, -1))
+        out = self.heads(x)
+        out.update(aux)
+        return out
+
+    def _numeric(self, b):
+        x = b["numeric"]
+        pad = self.numeric_proj.in_features - x.shape[-1]
+        return F.pad(x, (0, pad)) if pad > 0 else x
+
+    def loss(self, out: dict, b: dict) -> dict:
+        """ESMM loss on real candidates + CoFARS (phase-1 BCE, γ L_MSE, λ L_IND) + LARR alignment."""
+        m = b["mask"]
+        losses = self.heads.loss({k: out[k][m] for k in ("ctr_logit", "cvr_logit")}, b["click"][m], b["order"][m])
+        total = losses["loss"]
+        if "phase1_logit" in out:
+            losses["phase1"] = F.binary_cross_entropy_with_logits(out["phase1_logit"][m], b["click"][m])
+            losses["l_mse"], losses["l_ind"] = out["l_mse"], out["l_ind"]
+            total = total + losses["phase1"] + self.cfg.gamma_mse * out["l_mse"] + self.cfg.lambda_ind * out["l_ind"]
+        if "scene_vec" in out and self.cfg.alignment_weight > 0 and len(out["scene_vec"]) > 1:
+            losses["alignment"] = alignment_loss(out["scene_vec"], out["collab_vec"], self.cfg.alignment_temperature)
+            total = total + self.cfg.alignment_weight * losses["alignment"]
+        losses["loss"] = total
+        return losses

@@ -1,0 +1,182 @@
+"""A trained CTR model as a self-contained artefact, and the MLflow pyfunc that serves it.
+
+Folder layout (``save_model``): ``model.pt`` (weights), ``model.json`` (model name, ``ctr`` and
+``features`` sections, input shapes), ``encoder.json`` (vocabularies, normalisation) and
+``serving/`` — the snapshot a request needs: the latest row of each feature view per key (what the
+online store holds), the PoI catalogue and its text embeddings, the per-feature scene embeddings and
+the users' latest behaviours. ``CTRScorer`` scores any impressions-like frame with current data
+(used to compare champion and challenger on the same test rows); ``CTRPyfunc`` scores a request:
+one row per candidate with ``request_id, user_id, poi_id`` and the scene columns.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+from components.config import CTRConfig, FeaturesConfig
+from components.ctr.data import (SCENE_COLUMNS, FeatureEncoder, History, PoiTable, RequestData, encode_requests,
+                                 scene_embedding_table)
+from components.ctr.model import CTRModel, ModelShapes
+
+FEATURE_VIEWS = {"user_stats": "user_id", "poi_stats": "poi_id", "poi_profile": "poi_id", "context_stats": "context_id"}
+REQUEST_COLUMNS = ["request_id", "user_id", "poi_id", "ts", "geohash", "location_type", "weather",
+                   "temperature_c", "is_holiday"]
+
+
+class CTRScorer:
+    """A trained model with its encoder and config: encodes frames with its own vocabularies."""
+
+    def __init__(self, model: CTRModel, encoder: FeatureEncoder, cfg: CTRConfig, features: FeaturesConfig):
+        self.model, self.encoder, self.cfg, self.features = model.eval(), encoder, cfg, features
+
+    def save(self, out_dir: Path) -> Path:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), out_dir / "model.pt")
+        meta = {"name": self.model.name, "ctr": self.cfg.model_dump(mode="json"),
+                "features": self.features.model_dump(mode="json"), "shapes": self.model.shapes.__dict__}
+        (out_dir / "model.json").write_text(json.dumps(meta, indent=2))
+        self.encoder.save(out_dir / "encoder.json")
+        return out_dir
+
+    @classmethod
+    def load(cls, model_dir: Path, device: str = "cpu") -> "CTRScorer":
+        model_dir = Path(model_dir)
+        if not (model_dir / "model.json").exists():
+            raise FileNotFoundError(f"{model_dir}: no CTR model here (model.json missing; run `scenerec ctr` first)")
+        meta = json.loads((model_dir / "model.json").read_text())
+        cfg, features = CTRConfig(**meta["ctr"]), FeaturesConfig(**meta["features"])
+        model = CTRModel(meta["name"], cfg, ModelShapes(**meta["shapes"]))
+        model.load_state_dict(torch.load(model_dir / "model.pt", map_location=device))
+        return cls(model.to(device), FeatureEncoder.load(model_dir / "encoder.json"), cfg, features)
+
+    def prepare(self, frame: pd.DataFrame, behaviors: pd.DataFrame, pois: pd.DataFrame,
+                poi_embeddings: pd.DataFrame | None, scene_embeddings: pd.DataFrame | None,
+                users: pd.DataFrame | None = None, truth: pd.DataFrame | None = None,
+                cold_after_ns: int | None = None):
+        """(RequestData, PoiTable, History, scene table) of ``frame`` under this model's encoder."""
+        poi_table = PoiTable.build(pois, self.encoder, self.features, poi_embeddings)
+        history = History.build(behaviors, poi_table, self.encoder, self.cfg, self.features)
+        ids, table = scene_embedding_table(scene_embeddings)
+        opened = dict(zip(pois["poi_id"].astype(str), pois["opened_at"]))
+        frame = frame.assign(opened_at=frame["poi_id"].astype(str).map(opened))
+        data = encode_requests(frame, self.encoder, poi_table, history, cold_after_ns, users, self.features,
+                               truth, None, ids)
+        return data, poi_table, history, table
+
+    def score(self, data: RequestData, poi_table: PoiTable, history: History, scene_table) -> dict:
+        """``predict`` output (flat arrays) for encoded requests."""
+        from components.ctr.data import CTRDataset
+        from components.ctr.train import predict
+
+        ds = CTRDataset(self.encoder, poi_table, history, data, data, data, scene_table, 0, 0)
+        return predict(self.model, data, ds, self.cfg)
+
+    def evaluate(self, frame: pd.DataFrame, behaviors, pois, poi_embeddings, scene_embeddings, users=None,
+                 truth=None, cold_after_ns: int | None = None) -> dict:
+        """Test metrics of this model on ``frame`` (same rules as components/ctr/evaluate.py)."""
+        from components.ctr.evaluate import score_metrics
+
+        prepared = self.prepare(frame, behaviors, pois, poi_embeddings, scene_embeddings, users, truth, cold_after_ns)
+        return score_metrics(self.score(*prepared), prepared[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# Serving snapshot
+
+
+def latest_rows(df: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The newest row per key (what materialisation puts in the online store)."""
+    return df.sort_values("event_timestamp", kind="stable").drop_duplicates(key, keep="last")
+
+
+def write_snapshot(out_dir: Path, features_dir: Path, curated_dir: Path, embeddings_dir: Path,
+                   behaviors_per_user: int) -> Path:
+    """The data a served request needs, next to the model (``serving/``)."""
+    snap = Path(out_dir) / "serving"
+    snap.mkdir(parents=True, exist_ok=True)
+    for view, key in FEATURE_VIEWS.items():
+        df = latest_rows(pd.read_parquet(Path(features_dir) / f"{view}.parquet"), key)
+        df = df.drop(columns=["event_timestamp"]).rename(columns={c: f"{view}__{c}" for c in df.columns if c != key})
+        df.to_parquet(snap / f"{view}.parquet", index=False)
+    pd.read_parquet(Path(curated_dir) / "pois.parquet").to_parquet(snap / "pois.parquet", index=False)
+    pd.read_parquet(Path(curated_dir) / "users.parquet").to_parquet(snap / "users.parquet", index=False)
+    b = pd.read_parquet(Path(curated_dir) / "behaviors.parquet", columns=["user_id", "poi_id", "behavior"] + SCENE_COLUMNS)
+    b = b.sort_values(["user_id", "ts"], kind="stable").groupby("user_id", sort=False).tail(behaviors_per_user)
+    b.to_parquet(snap / "behaviors.parquet", index=False)
+    for name in ("poi_embeddings", "scene_embeddings"):
+        src = Path(embeddings_dir) / f"{name}.parquet"
+        if src.exists():
+            pd.read_parquet(src).to_parquet(snap / f"{name}.parquet", index=False)
+    return snap
+
+
+class CTRPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc: candidates of one or more requests in, ``ctr`` and ``ctcvr`` per candidate out.
+
+    Input columns: request_id, user_id, poi_id, ts (ISO time of the request), geohash, location_type,
+    weather, temperature_c, is_holiday; ``position`` is optional (default 0 for every candidate)."""
+
+    def load_context(self, context):
+        model_dir = Path(context.artifacts["model"])
+        self.scorer = CTRScorer.load(model_dir)
+        snap = model_dir / "serving"
+
+        def opt(name):
+            p = snap / f"{name}.parquet"
+            return pd.read_parquet(p) if p.exists() else None
+
+        self.views = {v: opt(v) for v in FEATURE_VIEWS}
+        self.pois, self.users, self.behaviors = opt("pois"), opt("users"), opt("behaviors")
+        self.poi_embeddings, self.scene_embeddings = opt("poi_embeddings"), opt("scene_embeddings")
+        self._tables = None
+
+    def _frame(self, model_input: pd.DataFrame) -> pd.DataFrame:
+        from components.features.engineering import scene_features
+
+        missing = [c for c in REQUEST_COLUMNS if c not in model_input]
+        if missing:
+            raise ValueError(f"CTR model input lacks columns {missing}; expected {REQUEST_COLUMNS} (+ optional position)")
+        df = model_input.copy()
+        df["ts"] = pd.to_datetime(df["ts"], utc=True)
+        if "position" not in df:
+            df["position"] = 0
+        df["context_id"] = scene_features(df[SCENE_COLUMNS], self.scorer.features)["context_id"].values
+        for view, key in FEATURE_VIEWS.items():
+            if self.views[view] is not None:
+                df = df.merge(self.views[view], on=key, how="left")
+        return df
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        df = self._frame(pd.DataFrame(model_input))
+        if self._tables is None:  # catalogue, history and scene table are built once per loaded model
+            poi_table = PoiTable.build(self.pois, self.scorer.encoder, self.scorer.features, self.poi_embeddings)
+            history = History.build(self.behaviors, poi_table, self.scorer.encoder, self.scorer.cfg, self.scorer.features)
+            self._tables = (poi_table, history, scene_embedding_table(self.scene_embeddings))
+        poi_table, history, (ids, table) = self._tables
+        data = encode_requests(df, self.scorer.encoder, poi_table, history, None, None, self.scorer.features,
+                               None, None, ids)
+        scores = self.scorer.score(data, poi_table, history, table)
+        out = pd.DataFrame({"request_id": data.request_id[scores["row"]],
+                            "poi_id": np.asarray(poi_table.ids, dtype=object)[data.poi_row[scores["row"], scores["slot"]]],
+                            "ctr": scores["ctr"].astype(np.float64), "ctcvr": scores["ctcvr"].astype(np.float64)})
+        # Back in the caller's row order.
+        key = pd.MultiIndex.from_frame(df[["request_id", "poi_id"]].astype(str))
+        return out.set_index(["request_id", "poi_id"]).reindex(key).reset_index()
+
+
+def example_request(snapshot_dir: Path, n: int = 5) -> pd.DataFrame:
+    """A real-looking request for the signature: a user, the scene of their latest behaviour, n PoIs."""
+    b = pd.read_parquet(Path(snapshot_dir) / "behaviors.parquet")
+    pois = pd.read_parquet(Path(snapshot_dir) / "pois.parquet")
+    row = b.iloc[-1]
+    cand = pois["poi_id"].astype(str).head(n).tolist()
+    return pd.DataFrame({"request_id": "example", "user_id": str(row["user_id"]), "poi_id": cand,
+                         "ts": pd.Timestamp(row["ts"]).isoformat(), "geohash": str(row["geohash"]),
+                         "location_type": str(row["location_type"]), "weather": str(row["weather"]),
+                         "temperature_c": float(row["temperature_c"]), "is_holiday": bool(row["is_holiday"])})

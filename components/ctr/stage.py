@@ -1,0 +1,136 @@
+"""The CTR stage end to end: train → evaluate on the test split → save the model with its serving
+snapshot; then register the model in MLflow and let it take ``champion`` only when it beats the
+current champion on the same test rows by ``ctr.promotion_margin``."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from components.config import Params
+
+MODEL_DIR = "model"
+CHECKPOINTS = "checkpoints"
+
+
+def ctr_dir(params: Params) -> Path:
+    return params.path("ctr_dir")
+
+
+def train_and_evaluate(params: Params, run_id: str | None = None, model_name: str | None = None,
+                       out_dir: Path | None = None) -> tuple[dict, dict]:
+    """Train ``ctr.model`` (or ``model_name``), evaluate it, save it to ``<ctr_dir>/model``.
+    Returns (metrics, plots): test metrics beside the oracle, training summary, curves."""
+    from components import tracking
+    from components.ctr.data import build_dataset
+    from components.ctr.evaluate import evaluate, headline
+    from components.ctr.serving import CTRScorer, write_snapshot
+    from components.ctr.train import train_model
+
+    cfg = params.ctr
+    name = model_name or cfg.model
+    out_dir = Path(out_dir or ctr_dir(params))
+    t0 = time.perf_counter()
+    ds = build_dataset(params)
+    data_s = time.perf_counter() - t0
+
+    def log(row: dict, epoch: int) -> None:
+        if run_id:
+            tracking.log_metrics(params, run_id, {f"train.{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
+
+    model, info = train_model(name, ds, cfg, seed=params.seed, ckpt_dir=out_dir / CHECKPOINTS, log=log)
+    metrics, plots = evaluate(model, ds, cfg)
+    model_dir = out_dir / MODEL_DIR
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    CTRScorer(model, ds.encoder, cfg, params.features).save(model_dir)
+    write_snapshot(model_dir, params.path("features_dir"), params.path("curated_dir"), params.path("embeddings_dir"),
+                   cfg.max_history)
+    (model_dir / "split.json").write_text(json.dumps({"valid_start_ns": ds.valid_start_ns,
+                                                      "test_start_ns": ds.test_start_ns}))
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # finished: nothing left to resume
+    summary = {
+        "model": name, **{f"test.{k}": v for k, v in metrics.items()},
+        "train.best_epoch": info["best_epoch"], "train.epochs_run": info["epochs_run"],
+        "train.best_valid_auc_ctr": round(info["best_valid_auc_ctr"], 5), "train.seconds": info["seconds"],
+        "train.parameters": info["parameters"], "data.seconds": round(data_s, 2),
+        "data.train_requests": len(ds.train), "data.valid_requests": len(ds.valid), "data.test_requests": len(ds.test),
+        "headline": headline(metrics),
+    }
+    plots["training"] = [{"epoch": h["epoch"], "train_loss": round(h.get("train_loss", float("nan")), 5),
+                          "valid_auc_ctr": round(h["valid_auc_ctr"], 5), "valid_auc_ctcvr": round(h["valid_auc_ctcvr"], 5)}
+                         for h in info["history"]]
+    return summary, plots
+
+
+def _test_frame(params: Params, model_dir: Path) -> tuple[pd.DataFrame, int]:
+    """The test rows of the training set (the split the model was evaluated on)."""
+    from components.ctr.data import _ts_ns
+    from components.features.store import TRAINING_SET
+
+    split = json.loads((model_dir / "split.json").read_text())
+    df = pd.read_parquet(params.path("features_dir") / TRAINING_SET)
+    req_ts = df.groupby("request_id")["event_timestamp"].transform("min")
+    return df[_ts_ns(req_ts) >= split["test_start_ns"]], int(split["test_start_ns"])
+
+
+def compare_on_test(params: Params, scorers: dict, model_dir: Path) -> dict[str, dict]:
+    """Metrics of each scorer (name -> CTRScorer) on the same test rows with the current data."""
+    from components.ctr.data import load_sources
+
+    src = load_sources(params)
+    frame, test_start = _test_frame(params, model_dir)
+    return {k: s.evaluate(frame, src.behaviors, src.pois, src.poi_embeddings, src.scene_embeddings, src.users,
+                          src.truth, test_start) for k, s in scorers.items()}
+
+
+def register_and_promote(params: Params, run_id: str, model_dir: Path | None = None, by: str | None = None) -> dict:
+    """Register ``<ctr_dir>/model`` as a new version of ``ctr.registered_name``; it becomes
+    ``champion`` if there is none or it beats the champion by the margin, else ``challenger``."""
+    import mlflow
+
+    from components import registry
+    from components.ctr.serving import CTRPyfunc, CTRScorer, example_request
+
+    cfg = params.ctr
+    model_dir = Path(model_dir or ctr_dir(params) / MODEL_DIR)
+    if not (model_dir / "model.json").exists():
+        raise FileNotFoundError(f"{model_dir}: no trained CTR model (run `scenerec ctr` first)")
+    example = example_request(model_dir / "serving")
+    py = CTRPyfunc()
+
+    class _Ctx:  # load_context needs only the artifact paths
+        artifacts = {"model": str(model_dir)}
+
+    py.load_context(_Ctx())
+    output = py.predict(None, example)
+    mv = registry.log_pyfunc(params, run_id, "ctr_model", CTRPyfunc(), {"model": str(model_dir)}, example, output,
+                             cfg.registered_name)
+    version = str(mv.version)
+    c = registry.client(params)
+    champion = registry.alias_version(c, cfg.registered_name, registry.CHAMPION)
+    scorers = {"challenger": CTRScorer.load(model_dir)}
+    if champion is not None and champion != version:
+        loaded = mlflow.pyfunc.load_model(f"models:/{cfg.registered_name}@{registry.CHAMPION}")
+        scorers["champion"] = loaded.unwrap_python_model().scorer
+    compared = compare_on_test(params, scorers, model_dir)
+    metric = f"all.{cfg.promotion_metric}"
+    decision = registry.decide(compared["challenger"], compared.get("champion"), metric, cfg.promotion_margin)
+    by = by or f"pipeline:{registry.who()}"
+    if decision["promote"]:
+        registry.set_champion(c, cfg.registered_name, version, by, decision["reason"])
+    else:
+        registry.set_challenger(c, cfg.registered_name, version, by, decision["reason"])
+    for k, v in compared["challenger"].items():
+        if isinstance(v, (int, float)):
+            c.set_model_version_tag(cfg.registered_name, version, f"test.{k}", str(v))
+    return {
+        "name": cfg.registered_name, "version": version, "previous_champion": champion,
+        "champion": registry.alias_version(c, cfg.registered_name, registry.CHAMPION),
+        "promoted": decision["promote"], "reason": decision["reason"], "metric": metric,
+        "margin": cfg.promotion_margin,
+        "challenger_metrics": compared["challenger"], "champion_metrics": compared.get("champion"),
+    }

@@ -1,0 +1,99 @@
+"""The CTR stage on a tiny project with the real Feast, MLflow registry and pyfunc: training and
+evaluation beside the oracle, champion / challenger by margin, manual promotion, rollback, audit."""
+import os
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import registry, steps
+from components.config import load_params
+from components.tracking import tracking_uri
+from tests.conftest import make_project
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """generate → ingest → features on tiny data, then one ID-only CTR model (no LLM stages needed)."""
+    root = make_project(tmp_path_factory.mktemp("ctr") / "project", {"ctr": {"model": "id_only"}})
+    cwd = os.getcwd()
+    os.chdir(root)
+    params = load_params(root / "params.yaml")
+    steps.generate_step(params)
+    steps.ingest_step(params)
+    steps.features_step(params)
+    yield params
+    os.chdir(cwd)
+
+
+def _run(params, name):
+    from components import tracking
+
+    return tracking.start_run(params, name)
+
+
+def test_training_reports_metrics_beside_the_oracle(project):
+    summary = steps.ctr_step(project, run_id=_run(project, "ctr"))
+    for task in ("ctr", "ctcvr"):
+        assert 0 < summary[f"test.all.auc.{task}"] < 1
+        assert 0 < summary[f"test.all.oracle_auc.{task}"] <= 1
+    assert "oracle" in summary["headline"]
+    report = (project.path("reports_dir") / "ctr.json").read_text()
+    assert "test.all.oracle_auc.ctr" in report
+    roc = pd.read_csv(project.path("reports_dir") / "plots" / "ctr_roc.csv")
+    assert {"fpr", "ctr", "ctcvr"} <= set(roc.columns) and len(roc) > 10
+    assert (project.path("ctr_dir") / "model" / "model.pt").exists()
+
+
+def test_champion_challenger_promote_rollback(project):
+    name = project.ctr.registered_name
+    if not (project.path("ctr_dir") / "model" / "model.json").exists():
+        steps.ctr_step(project, run_id=_run(project, "ctr"))
+    first = steps.ctr_register_step(project, run_id=_run(project, "register"))
+    assert first["promoted"] and first["reason"] == "no champion yet"
+    c = mlflow.MlflowClient(tracking_uri(project))
+    assert str(c.get_model_version_by_alias(name, "champion").version) == first["version"]
+
+    # The registered pyfunc scores a request: one row per candidate, in the caller's order.
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    pois = pd.read_parquet(project.path("curated_dir") / "pois.parquet")["poi_id"].tolist()
+    imp = pd.read_parquet(project.path("curated_dir") / "impressions.parquet").iloc[0]
+    req = pd.DataFrame({"request_id": "r1", "user_id": imp["user_id"], "poi_id": pois[:6][::-1],
+                        "ts": str(imp["ts"]), "geohash": imp["geohash"], "location_type": imp["location_type"],
+                        "weather": imp["weather"], "temperature_c": imp["temperature_c"],
+                        "is_holiday": bool(imp["is_holiday"])})
+    scores = model.predict(req)
+    assert scores["poi_id"].tolist() == req["poi_id"].tolist()
+    assert np.all((scores["ctr"] > 0) & (scores["ctr"] < 1) & (scores["ctcvr"] <= scores["ctr"]))
+
+    # A worse challenger (barely trained) is registered but never takes champion.
+    worse = project.model_copy(update={"ctr": project.ctr.model_copy(update={"lr": 1e-7, "epochs": 1})})
+    steps.ctr_step(worse, run_id=_run(worse, "ctr-worse"))
+    second = steps.ctr_register_step(worse, run_id=_run(worse, "register-worse"))
+    assert not second["promoted"]
+    assert second["challenger_metrics"]["all.auc.ctr"] < second["champion_metrics"]["all.auc.ctr"] + 0.002
+    assert str(c.get_model_version_by_alias(name, "champion").version) == first["version"]
+    assert str(c.get_model_version_by_alias(name, "challenger").version) == second["version"]
+
+    # Manual promotion leaves an audit trail and remembers the previous champion ...
+    registry.promote(project, name, second["version"], reason="canary looked fine", by="alice")
+    mv = c.get_model_version(name, second["version"])
+    assert str(c.get_model_version_by_alias(name, "champion").version) == second["version"]
+    assert mv.tags["previous_champion"] == first["version"]
+    assert mv.tags["last_action_by"] == "alice" and mv.tags["last_action_reason"] == "canary looked fine"
+
+    # ... which rollback restores.
+    out = registry.rollback(project, name, reason="CTR dropped online", by="bob")
+    assert out["champion"] == first["version"] and out["rolled_back"] == second["version"]
+    assert str(c.get_model_version_by_alias(name, "champion").version) == first["version"]
+    trail = registry.history(project, name)
+    actions = [r["entry"].split()[0] for r in trail]
+    assert "action=promote" in actions and "action=rollback" in actions and "action=challenger" in actions
+    assert any("by=bob" in r["entry"] and "reason=CTR dropped online" in r["entry"] for r in trail)
+
+    # A rollback with nothing before the first champion is refused clearly.
+    with pytest.raises(ValueError, match="no previous version"):
+        registry.rollback(project, name, reason="again")

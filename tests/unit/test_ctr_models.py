@@ -1,0 +1,136 @@
+"""CTR models on hand-made batches: shapes and masking with histories of very different lengths,
+CoFARS selection independent of the candidates, metrics and the promotion rule."""
+import numpy as np
+import pytest
+import torch
+
+from components.config import CTRConfig
+from components.ctr.cofars import pairwise_symmetric_kl, symmetric_kl
+from components.ctr.metrics import auc, gauc
+from components.ctr.model import MODEL_SPECS, CTRModel, ModelShapes, gather_selected, last_positions
+from components.registry import decide
+
+CFG = CTRConfig(embed_dim=8, mlp_hidden=[16, 8], tower_hidden=[8], attention_hidden=[8], larr_d_model=8,
+                larr_heads=2, collab_dim=8, n_prototypes=4, max_contexts=6, max_subsequence=5, sim_max=3,
+                short_term=3, max_history=64)
+SHAPES = ModelShapes(n_users=10, n_pois=20, n_contexts=7, scene={"location_type": 4, "weather": 4,
+                     "temperature_band": 4, "time_slot": 4, "day_type": 3, "area": 5}, n_numeric=5,
+                     n_categories=6, n_bands={"price_band": 5, "rating_band": 5, "delivery_band": 5}, text_dim=12)
+
+
+def make_batch(lengths, k=4, seed=0, cand_seed=None):
+    """A batch of len(lengths) requests with k candidates; history i has lengths[i] behaviours."""
+    g = np.random.default_rng(seed)
+    gc = np.random.default_rng(seed if cand_seed is None else cand_seed)
+    r, n = len(lengths), max(max(lengths), 1)
+    mask = np.arange(n)[None, :] < np.asarray(lengths)[:, None]
+
+    def hist(high):
+        return np.where(mask, g.integers(1, high, (r, n)), 0)
+
+    b = {
+        "user": g.integers(0, 10, r), "context": g.integers(1, 7, r), "scene": g.integers(0, 3, (r, 6)),
+        "scene_value": g.integers(0, 9, (r, 6)), "scene_feats": g.normal(size=(r, 6, 12)).astype(np.float32),
+        "scene_mask": np.ones((r, 6), bool),
+        "cand_poi": gc.integers(0, 20, (r, k)), "cand_row": gc.integers(0, 20, (r, k)),
+        "cand_category": gc.integers(0, 6, (r, k)), "cand_price": gc.integers(0, 5, (r, k)),
+        "cand_rating": gc.integers(0, 5, (r, k)), "cand_delivery": gc.integers(0, 5, (r, k)),
+        "cand_text": gc.normal(size=(r, k, 12)).astype(np.float32),
+        "position": np.tile(np.arange(k), (r, 1)), "numeric": gc.normal(size=(r, k, 9)).astype(np.float32),
+        "distance": gc.random((r, k)).astype(np.float32),
+        "click": (gc.random((r, k)) < 0.3).astype(np.float32), "mask": np.ones((r, k), bool),
+        "hist_poi": hist(20), "hist_row": hist(20), "hist_category": hist(6), "hist_price": hist(5),
+        "hist_rating": hist(5), "hist_delivery": hist(5), "hist_behavior": hist(5), "hist_context": hist(7),
+        "hist_text": g.normal(size=(r, n, 12)).astype(np.float32), "hist_mask": mask,
+    }
+    b["order"] = b["click"] * (gc.random((r, k)) < 0.5)
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SPECS))
+def test_every_model_scores_requests_of_very_different_history_lengths(name):
+    torch.manual_seed(0)
+    model = CTRModel(name, CFG, SHAPES)
+    b = make_batch([0, 1, 7, 60], k=4)
+    out = model(b)
+    for key in ("ctr", "cvr", "ctcvr"):
+        assert out[key].shape == (4, 4)
+        assert torch.isfinite(out[key]).all() and (out[key] > 0).all() and (out[key] < 1).all()
+    assert torch.allclose(out["ctcvr"], out["ctr"] * out["cvr"])
+    loss = model.loss(out, b)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", ["din_full", "avg_pool", "sim_hard", "cofars"])
+def test_padding_never_changes_a_score(name):
+    """The same request scores the same whether its batch pads history to 8 or to 60 positions."""
+    torch.manual_seed(0)
+    model = CTRModel(name, CFG, SHAPES).eval()
+    short = make_batch([5, 8], seed=3)
+    longer = make_batch([5, 8], seed=3)
+    pad = 60 - longer["hist_mask"].shape[1]
+    for key, v in longer.items():
+        if key.startswith("hist_"):
+            fill = torch.full_like(v[:, :1], 99 if v.dtype == torch.int64 else 0).expand(-1, pad, *v.shape[2:])
+            if v.dtype == torch.bool:
+                fill = torch.zeros_like(fill)
+            elif v.dtype == torch.int64:
+                fill = torch.ones_like(fill)  # garbage ids in padding must not leak
+            longer[key] = torch.cat([v, fill], 1)
+    with torch.no_grad():
+        a, b = model(short)["ctr"], model(longer)["ctr"]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_cofars_selection_is_the_same_for_every_candidate_of_a_request():
+    torch.manual_seed(0)
+    model = CTRModel("cofars", CFG, SHAPES).eval()
+    one = make_batch([40, 12, 3], seed=5, cand_seed=1)
+    other = make_batch([40, 12, 3], seed=5, cand_seed=2)  # same requests, other candidates
+    assert not torch.equal(one["cand_poi"], other["cand_poi"])
+    with torch.no_grad():
+        sel_a, sel_b = model.select(one)["mask"], model.select(other)["mask"]
+    assert torch.equal(sel_a, sel_b)
+    assert sel_a.shape == one["hist_mask"].shape
+    assert not (sel_a & ~one["hist_mask"]).any(), "selection stays inside the real history"
+    assert sel_a.any(-1).all(), "every request with a history keeps a sub-sequence (fallback: short term)"
+
+
+def test_last_positions_and_gather_keep_the_newest_selected():
+    mask = torch.tensor([[True, False, True, True, False, True], [False] * 6])
+    kept = last_positions(mask, 2)
+    assert kept.tolist()[0] == [False, False, False, True, False, True]
+    vals = torch.arange(12).view(2, 6)
+    m, g = gather_selected(mask, 3, vals)
+    assert m.tolist() == [[True, True, True], [False, False, False]]
+    assert g[0].tolist() == [2, 3, 5]
+
+
+def test_pairwise_symmetric_kl_matches_the_broadcast_definition():
+    torch.manual_seed(0)
+    a, b = torch.softmax(torch.randn(2, 5, 7), -1), torch.softmax(torch.randn(2, 3, 7), -1)
+    ref = symmetric_kl(a.unsqueeze(-2), b.unsqueeze(-3))
+    assert torch.allclose(pairwise_symmetric_kl(a, b), ref, atol=1e-6)
+    # hand-worked: p = (0.5, 0.5), q = (0.9, 0.1): ½[(−.4)(ln .5 − ln .9) + (.4)(ln .5 − ln .1)] = 0.4394449
+    p, q = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.9, 0.1]])
+    assert pairwise_symmetric_kl(p, q).item() == pytest.approx(0.4394449, abs=1e-6)
+
+
+def test_gauc_weights_users_by_rows_and_skips_single_class_users():
+    y = np.array([1, 0, 0, 1, 0, 1, 1])
+    s = np.array([.9, .1, .2, .3, .8, .5, .6])
+    u = np.array(["a", "a", "a", "b", "b", "c", "c"])
+    # user a: AUC 1 (3 rows); user b: AUC 0 (2 rows); user c: one class, skipped.
+    assert gauc(y, s, u) == pytest.approx(3 / 5)
+    assert np.isnan(auc(np.ones(3), np.arange(3)))
+
+
+def test_a_worse_challenger_never_takes_champion():
+    champ = {"all.auc.ctr": 0.74}
+    assert not decide({"all.auc.ctr": 0.70}, champ, "all.auc.ctr", 0.002)["promote"]
+    assert not decide({"all.auc.ctr": 0.741}, champ, "all.auc.ctr", 0.002)["promote"], "inside the margin"
+    assert decide({"all.auc.ctr": 0.75}, champ, "all.auc.ctr", 0.002)["promote"]
+    assert decide({"all.auc.ctr": 0.60}, None, "all.auc.ctr", 0.002)["promote"], "no champion yet"
+    assert not decide({"all.auc.ctr": float("nan")}, None, "all.auc.ctr", 0.002)["promote"]
