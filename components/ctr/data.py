@@ -364,6 +364,7 @@ class RequestData:
     cold_poi: np.ndarray  # (R, K) bool
     p_click: np.ndarray | None = None  # oracle, when known
     p_order: np.ndarray | None = None
+    scene_full: np.ndarray | None = None  # (R, D) LLM embedding of the whole scene text (benchmark only)
 
     def __len__(self) -> int:
         return len(self.user)
@@ -520,6 +521,8 @@ def make_batch(data: RequestData, idx: np.ndarray, history: History, pois: PoiTa
         out["scene_mask"] = sv >= 0
         out["cand_text"] = pois.text_emb[d.poi_row]
         out["hist_text"] = pois.text_emb[h["hist_poi"]]
+    if d.scene_full is not None:
+        out["scene_full"] = d.scene_full
     return out
 
 

@@ -36,6 +36,9 @@ MODEL_SPECS = {
     "cofars": dict(scene="ids", sequence="cofars"),
     "larr_din": dict(scene="larr", sequence="din"),
     "larr_cofars": dict(scene="larr", sequence="cofars"),
+    # The slow path LARR avoids (benchmarks/scene_encoding.py): the LLM embeds the whole scene text
+    # of every request; the batch carries that embedding as ``scene_full``.
+    "fulltext_cofars": dict(scene="fulltext", sequence="cofars"),
 }
 MAX_POSITION = 64
 
@@ -212,11 +215,14 @@ class CTRModel(nn.Module):
         n_scene = len(shapes.scene)
         self.scene_collab = nn.Linear(n_scene * d, cfg.collab_dim)
         self.numeric_proj = nn.Linear(shapes.n_numeric + 4, 2 * d)  # + missing flag per view (≤ 4 views)
-        self.use_text = self.scene_mode == "larr" and shapes.text_dim > 0
+        self.use_text = self.scene_mode in ("larr", "fulltext") and shapes.text_dim > 0
         if self.use_text:  # the LLM embeddings arrive in the batch (cand_text, hist_text, scene_feats)
             self.text_proj = nn.Linear(shapes.text_dim, d)
-            self.aggregator = SceneAggregator(shapes.text_dim, n_scene, cfg.larr_d_model, cfg.larr_heads,
-                                              cfg.larr_layers, dropout=cfg.dropout, collab_dim=cfg.collab_dim)
+            if self.scene_mode == "larr":
+                self.aggregator = SceneAggregator(shapes.text_dim, n_scene, cfg.larr_d_model, cfg.larr_heads,
+                                                  cfg.larr_layers, dropout=cfg.dropout, collab_dim=cfg.collab_dim)
+            else:
+                self.full_proj = MLP(shapes.text_dim, (cfg.larr_d_model,), cfg.collab_dim)
         self.scene_to_item = nn.Linear(cfg.collab_dim * (2 if self.use_text else 1), d)
         if self.sequence in ("din", "sim_hard", "cofars"):
             self.attention = TargetAttention(d, cfg.attention_hidden, dropout=0.0)
@@ -245,6 +251,8 @@ class CTRModel(nn.Module):
         collab = self.scene_collab(ids)
         if not self.use_text:
             return collab, None
+        if self.scene_mode == "fulltext":
+            return collab, self.full_proj(b["scene_full"])
         return collab, self.aggregator.scene_vector(b["scene_feats"], b["scene_mask"])
 
     def history(self, b):

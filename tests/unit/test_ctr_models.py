@@ -31,7 +31,7 @@ def make_batch(lengths, k=4, seed=0, cand_seed=None):
     b = {
         "user": g.integers(0, 10, r), "context": g.integers(1, 7, r), "scene": g.integers(0, 3, (r, 6)),
         "scene_value": g.integers(0, 9, (r, 6)), "scene_feats": g.normal(size=(r, 6, 12)).astype(np.float32),
-        "scene_mask": np.ones((r, 6), bool),
+        "scene_mask": np.ones((r, 6), bool), "scene_full": g.normal(size=(r, 12)).astype(np.float32),
         "cand_poi": gc.integers(0, 20, (r, k)), "cand_row": gc.integers(0, 20, (r, k)),
         "cand_category": gc.integers(0, 6, (r, k)), "cand_price": gc.integers(0, 5, (r, k)),
         "cand_rating": gc.integers(0, 5, (r, k)), "cand_delivery": gc.integers(0, 5, (r, k)),
