@@ -23,8 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from components.config import ParamsError, load_params  # noqa: E402
-from report import save_report  # noqa: E402  (benchmarks/report.py)
+from report import ctr_benchmark_setup, save_report  # noqa: E402  (benchmarks/report.py)
 
 BASELINES = ("id_only", "avg_pool", "din_full", "sim_hard")
 FULL = "larr_cofars"
@@ -34,22 +33,16 @@ KEYS = ("all.auc.ctr", "all.auc.ctcvr", "all.gauc.ctr", "cold_user.auc.ctr", "co
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--models", nargs="+", default=list(ALL))
-    ap.add_argument("--epochs", type=int, default=None, help="override ctr.epochs (early stopping still applies)")
-    ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks" / "ctr_quality.json"))
-    args = ap.parse_args(argv)
-    try:
-        params = load_params(args.params)
-    except ParamsError as e:
-        print(e, file=sys.stderr)
+    setup = ctr_benchmark_setup(ap, argv, "ctr_quality")
+    if setup is None:
         return 2
+    args, params, cfg = setup
     from components.ctr.data import build_dataset
     from components.ctr.evaluate import evaluate
     from components.ctr.train import train_model
 
-    cfg = params.ctr if args.epochs is None else params.ctr.model_copy(update={"epochs": args.epochs})
     t0 = time.perf_counter()
     ds = build_dataset(params)
     print(f"data: {len(ds.train)} / {len(ds.valid)} / {len(ds.test)} requests (train / valid / test), "

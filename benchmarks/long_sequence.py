@@ -26,8 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from components.config import ParamsError, load_params  # noqa: E402
-from report import save_report  # noqa: E402  (benchmarks/report.py)
+from report import ctr_benchmark_setup, save_report  # noqa: E402  (benchmarks/report.py)
 
 MODELS = ("cofars", "din_full", "sim_hard")
 
@@ -68,24 +67,18 @@ def latency(model, batch, repeat: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--candidates", type=int, default=500)
     ap.add_argument("--lengths", type=int, nargs="+", default=[1000, 5000, 20000])
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=None, help="override ctr.epochs for the AUC column")
-    ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks" / "long_sequence.json"))
-    args = ap.parse_args(argv)
-    try:
-        params = load_params(args.params)
-    except ParamsError as e:
-        print(e, file=sys.stderr)
+    setup = ctr_benchmark_setup(ap, argv, "long_sequence")
+    if setup is None:
         return 2
+    args, params, cfg = setup
     from components.ctr.data import build_dataset, make_batch, to_tensors
     from components.ctr.evaluate import evaluate
     from components.ctr.train import train_model
     from components.llm.training import cpu_threads
 
-    cfg = params.ctr if args.epochs is None else params.ctr.model_copy(update={"epochs": args.epochs})
     ds = build_dataset(params)
     models, quality = {}, {}
     for name in MODELS:

@@ -30,8 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from components.config import ParamsError, load_params  # noqa: E402
-from report import save_report  # noqa: E402  (benchmarks/report.py)
+from report import ctr_benchmark_setup, save_report  # noqa: E402  (benchmarks/report.py)
 
 
 def scene_texts(params, ds) -> dict[str, str]:
@@ -48,17 +47,12 @@ def scene_texts(params, ds) -> dict[str, str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--repeat", type=int, default=50, help="requests timed per path (median)")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks" / "scene_encoding.json"))
-    args = ap.parse_args(argv)
-    try:
-        params = load_params(args.params)
-    except ParamsError as e:
-        print(e, file=sys.stderr)
+    setup = ctr_benchmark_setup(ap, argv, "scene_encoding")
+    if setup is None:
         return 2
+    args, params, cfg = setup
     from components.ctr.data import build_dataset
     from components.ctr.evaluate import evaluate
     from components.ctr.train import train_model
@@ -66,7 +60,6 @@ def main(argv=None) -> int:
     from components.llm.encoder import TextEncoder
     from components.llm.training import cpu_threads
 
-    cfg = params.ctr if args.epochs is None else params.ctr.model_copy(update={"epochs": args.epochs})
     ds = build_dataset(params)
     if ds.scene_table is None or ds.pois.text_emb is None:
         print("no scene / PoI embeddings: run `scenerec embed` (or the pipeline) first", file=sys.stderr)
