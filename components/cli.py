@@ -136,6 +136,31 @@ def cmd_audit(args, params) -> int:
     return 0
 
 
+def cmd_news_data(args, params) -> int:
+    from components.steps import news_data_step
+
+    metrics = _tracked(params, "news_data", news_data_step)
+    _print_metrics("MIND data ready", metrics)
+    return 0
+
+
+def cmd_news(args, params) -> int:
+    from components.steps import news_step
+
+    metrics = _tracked(params, "news", news_step)
+    _print_metrics(f"PerCoNet trained and evaluated on dev; saved in {params.path('news_dir') / 'model'}", metrics)
+    return 0
+
+
+def cmd_news_register(args, params) -> int:
+    from components.steps import news_register_step
+
+    r = _tracked(params, "news_register", lambda p, run_id=None: news_register_step(p, run_id))
+    print(f"{r['name']} version {r['version']} registered as {'champion' if r['promoted'] else 'challenger'}: "
+          f"{r['reason']}")
+    return 0
+
+
 def cmd_online(args, params) -> int:
     from components.features.store import online_features
 
@@ -205,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--by", default=None, help="who (default: $SCENEREC_USER or the login name)")
         sp.set_defaults(func=fn)
 
+    nd = sub.add_parser("news-data", help="write the synthetic MIND world, or validate news.mind_dir (GX)")
+    nd.set_defaults(func=cmd_news_data)
+    nw = sub.add_parser("news", help="train PerCoNet on the MIND train split, evaluate AUC/MRR/nDCG on dev")
+    nw.set_defaults(func=cmd_news)
+    nr = sub.add_parser("news-register", help="register the news model; champion only if better by the margin")
+    nr.set_defaults(func=cmd_news_register)
+
     o = sub.add_parser("online", help="read online features for a user, a PoI and a context from Feast")
     o.add_argument("--user-id", required=True)
     o.add_argument("--poi-id", required=True)
@@ -230,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scenerec: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # the rejection path: a clear message, no traceback
-        if type(e).__name__ == "BatchRejected":
+        if type(e).__name__ in ("BatchRejected", "MindRejected"):
             print(f"scenerec {args.command}: batch rejected\n{e}", file=sys.stderr)
             return 3
         raise

@@ -30,6 +30,7 @@ class PathsConfig(Section):
     llm_dir: str = "data/llm"
     embeddings_dir: str = "data/embeddings"
     ctr_dir: str = "data/ctr"
+    news_dir: str = "data/news"
     feature_repo: str = "feature_repo"
     reports_dir: str = "reports"
 
@@ -354,6 +355,103 @@ class CTRConfig(Section):
         return self
 
 
+class NewsConfig(Section):
+    """PerCoNet / NRMS news recommendation (METHODS.md §4). Owned by components/news/."""
+
+    # Data: a folder with train/ and dev/ in the MIND format; None = generate the synthetic world below
+    mind_dir: str | None = None
+    # Synthetic MIND world (components/news/mind.generate_mind)
+    n_users: int = Field(1500, ge=4)                 # users with impressions
+    n_news: int = Field(4000, ge=20)                 # articles, published evenly over the whole period
+    n_categories: int = Field(10, ge=2)              # topics (MIND: news, sports, finance, ...)
+    subcategories_per_category: int = Field(3, ge=1)
+    n_entities: int = Field(300, ge=4)               # named entities of the world, each tied to one category
+    topic_words: int = Field(30, ge=2)               # made-up words typical of each category
+    common_words: int = Field(200, ge=2)             # made-up words shared by every category
+    max_entities_per_news: int = Field(3, ge=1)      # true entities of an article: 1..this (0 when entity-less)
+    title_entity_prob: float = Field(0.5, ge=0, le=1)    # a true entity is named in the title (else abstract only)
+    spurious_entity_prob: float = Field(0.3, ge=0, le=1)  # an article also gets a low-confidence, irrelevant entity
+    empty_abstract_fraction: float = Field(0.1, ge=0, lt=1)  # articles without abstract (and abstract entities)
+    empty_entities_fraction: float = Field(0.08, ge=0, lt=1)  # articles without any entity
+    favourite_categories: int = Field(2, ge=1)       # categories a user follows
+    favourite_entities: int = Field(4, ge=1)         # entities a user follows
+    favourite_entity_in_category: float = Field(0.6, ge=0, le=1)  # share of them drawn from the followed categories
+    entity_drift: float = Field(0.1, ge=0, le=1)     # daily chance that a followed entity is replaced by another
+    topic_weight: float = Field(1.0, ge=0)           # click utility of a followed category
+    entity_weight: float = Field(2.0, ge=0)          # click utility per followed entity in the article
+    popularity_weight: float = Field(0.3, ge=0)      # click utility of an article's (hidden) popularity
+    click_noise: float = Field(0.5, ge=0)            # Gumbel noise scale on the click utility
+    max_history: int = Field(30, ge=1)               # longest pre-period history of a synthetic user
+    empty_history_fraction: float = Field(0.05, ge=0, lt=1)  # users with no history (cold start)
+    train_impressions: int = Field(8000, ge=1)
+    dev_impressions: int = Field(2000, ge=1)
+    impression_size: int = Field(15, ge=2)           # candidates shown per impression
+    second_click_prob: float = Field(0.3, ge=0, le=1)  # an impression has a second click
+    train_days: int = Field(6, ge=1)                 # train impressions span these days; dev is the day after
+    fresh_days: float = Field(3.0, gt=0)             # candidates were published at most this long before
+    start: str = "11/9/2019 12:00:00 AM"             # MIND-style time of the first train impression
+
+    # Explicit persona (components/news/model.select_persona)
+    persona_top_k: int = Field(8, ge=0)              # entities kept per user; 0 = no persona (ablation)
+    persona_half_life: float = Field(10.0, gt=0)     # recency decay, in clicks: weight halves every this many
+    persona_confidence_power: float = Field(2.0, ge=0)  # entity weight = Confidence ** this (0 = ignore confidence)
+    persona_idf: bool = True                         # down-weight entities that many articles mention
+    persona_abstract_entities: bool = True           # abstract entities count too, not only title ones
+    persona_fusion: Literal["sum", "joint"] = "sum"  # user = pool(history) + pool(persona), or one pool over both
+
+    # Text and model
+    max_title_len: int = Field(20, ge=1)             # title tokens kept
+    max_abstract_len: int = Field(32, ge=1)          # abstract tokens kept
+    max_news_entities: int = Field(6, ge=1)          # entities per article (title first, then by confidence)
+    history_len: int = Field(30, ge=1)               # most recent clicks a user encoder reads
+    min_word_count: int = Field(1, ge=1)             # rarer words map to <unk>
+    max_vocab: int = Field(50000, ge=10)             # most frequent words kept
+    embed_dim: int = Field(64, ge=4)                 # word / entity embedding and news vector width
+    num_heads: int = Field(4, ge=1)                  # multi-head self-attention heads (NRMS)
+    attention_hidden: int = Field(64, ge=4)          # additive attention query width
+    dropout: float = Field(0.0, ge=0, lt=1)          # on word and entity embeddings (0: best in 2 epochs, and faster)
+    nrms_abstract: bool = False                      # NRMS reads title + abstract concatenated (ablation; NRMS: title)
+
+    # Training
+    negatives: int = Field(4, ge=1)                  # K sampled non-clicks per click (NRMS: K = 4)
+    contrastive_weight: float = Field(0.1, ge=0)     # lambda of the title/abstract cross-view InfoNCE (PerCoNet)
+    contrastive_temperature: float = Field(0.1, gt=0)
+    lr: float = Field(5e-3, gt=0)                    # Adam
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)              # 0 = no clipping
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(64, ge=1)                # clicks (each with K negatives) per step
+    seed: int | None = None                          # None = the project seed (params.yaml `seed`)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    cpu_threads: int = Field(1, ge=0)                # torch CPU threads; 0 = all cores (1 is fastest on shared cores)
+    checkpoint: bool = True                          # save every epoch beside out_dir and resume from the newest
+
+    # Evaluation and registry
+    eval_batch_size: int = Field(256, ge=1)          # impressions scored per forward
+    max_eval_impressions: int | None = Field(None, ge=1)  # None = every dev impression
+    explain_top: int = Field(3, ge=1)                # persona entities named per recommendation
+    registered_name: str = "news-perconet"           # MLflow Model Registry name (the lead's registry step)
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.favourite_categories > self.n_categories:
+            raise ValueError(f"favourite_categories ({self.favourite_categories}) exceeds n_categories "
+                             f"({self.n_categories})")
+        if self.favourite_entities > self.n_entities:
+            raise ValueError(f"favourite_entities ({self.favourite_entities}) exceeds n_entities ({self.n_entities})")
+        if self.impression_size > self.n_news // 4:
+            raise ValueError(f"impression_size ({self.impression_size}) needs n_news >= 4x it (got {self.n_news})")
+        from datetime import datetime
+
+        try:
+            datetime.strptime(self.start, "%m/%d/%Y %I:%M:%S %p")
+        except ValueError:
+            raise ValueError(f"start must be a MIND time like '11/9/2019 12:00:00 AM', got {self.start!r}") from None
+        return self
+
+
 class TrackingConfig(Section):
     experiment: str = "scenerec"
     tracking_uri: str = "sqlite:///mlflow.db"
@@ -370,6 +468,7 @@ class Params(Section):
     distill: DistillConfig = DistillConfig()
     embed: EmbedConfig = EmbedConfig()
     ctr: CTRConfig = CTRConfig()
+    news: NewsConfig = NewsConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     # Directory that relative paths are resolved against (the folder holding params.yaml).

@@ -139,7 +139,7 @@ def example_keys(params: Params) -> dict:
 STEP_SECTIONS = {"generate": "generate", "ingest": "ingest", "features": "features", "corpus": "llm",
                  "pretrain": "llm", "pairs": "contrastive", "contrastive_teacher": "contrastive",
                  "contrastive_student": "contrastive", "distill": "distill", "embed": "embed", "ctr": "ctr",
-                 "ctr_register": "ctr"}
+                 "ctr_register": "ctr", "news_data": "news", "news": "news", "news_register": "news"}
 LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher", "scene-encoder"),
                 "student": ("student", "encoder_student", "scene-encoder-student")}
 
@@ -299,4 +299,39 @@ def ctr_register_step(params: Params, run_id: str | None = None) -> dict:
         m = result.get(f"{who}_metrics") or {}
         report.update({f"{who}.{k}": v for k, v in m.items() if k.startswith("all.") and "oracle" not in k})
     write_report(params, "ctr_promotion", report)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# News (PerCoNet on the MIND format): paths.news_dir/{mind,model}, reports/news*.json
+
+
+def news_data_step(params: Params, run_id: str | None = None) -> dict:
+    """The synthetic MIND world (``news.mind_dir`` null), or the user's MIND folder validated."""
+    from components.news.stage import metric_row, news_data
+
+    metrics = metric_row(_numbers(news_data(params)))
+    write_report(params, "news_data", metrics)
+    return metrics
+
+
+def news_step(params: Params, run_id: str | None = None) -> dict:
+    """Train PerCoNet on the MIND train split and evaluate it per impression on dev."""
+    from components.news.stage import metric_row, train
+
+    metrics = metric_row(_numbers(train(params)))
+    write_report(params, "news", metrics)
+    return metrics
+
+
+def news_register_step(params: Params, run_id: str | None = None) -> dict:
+    """Register the news model; champion only if it beats the champion's dev AUC by the margin."""
+    from components.news.stage import register_and_promote
+
+    result = register_and_promote(params, run_id)
+    report = {"version": int(result["version"]), "promoted": int(result["promoted"]),
+              "champion": int(result["champion"]) if result["champion"] else 0}
+    for who in ("challenger", "champion"):
+        report.update({f"{who}.{k}": v for k, v in (result.get(f"{who}_metrics") or {}).items()})
+    write_report(params, "news_promotion", report)
     return result

@@ -1,7 +1,8 @@
 """Prefect flow `pipeline`: the whole platform end to end.
 
 generate (unless a batch is given) → ingest → features → llm (pretraining, contrastive, HomoDistil,
-embeddings) → ctr (training, evaluation beside the oracle, registration, promotion).
+embeddings) → ctr (training, evaluation beside the oracle, registration, promotion) → news
+(PerCoNet on a MIND-format folder, synthetic by default).
 Runs with or without a Prefect server.
 """
 from __future__ import annotations
@@ -12,17 +13,19 @@ from prefect.cache_policies import NO_CACHE
 
 from components import tracking
 from components.config import (ContrastiveConfig, CTRConfig, DistillConfig, EmbedConfig, FeaturesConfig,
-                               GenerateConfig, IngestConfig, LLMConfig, Params)
+                               GenerateConfig, IngestConfig, LLMConfig, NewsConfig, Params)
 from components.versioning import record_outputs
 from flows.ctr import ctr as ctr_flow
 from flows.features import features as features_flow
 from flows.ingest import generate as generate_flow
 from flows.ingest import ingest as ingest_flow
 from flows.llm import llm as llm_flow
+from flows.news import news as news_flow
 from flows.settings import flow_params
 
 DVC_STAGES = ["generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher", "distill",
-              "contrastive_student", "embed", "ctr", "ctr_register"]
+              "contrastive_student", "embed", "ctr", "ctr_register", "news_data", "news",
+              "news_register"]
 
 
 @task(name="record-in-dvc", cache_policy=NO_CACHE)
@@ -41,6 +44,16 @@ def ctr_lines(ctr: dict | None) -> list[str]:
             "              promote / roll back: scenerec promote --version N --reason ...; scenerec rollback --reason ..."]
 
 
+def news_lines(news: dict | None) -> list[str]:
+    """The news part of the closing message."""
+    if not news:
+        return []
+    m, r = news["metrics"], news["registry"]
+    return [f"  news:       PerCoNet dev AUC {m.get('dev.auc', float('nan')):.4f}, MRR {m.get('dev.mrr', float('nan')):.4f}, "
+            f"nDCG@10 {m.get('dev.ndcg_at_10', float('nan')):.4f}; {r['name']} v{r['version']} -> "
+            + ("champion" if r["promoted"] else "challenger")]
+
+
 def where_to_look(params: Params, metrics: dict) -> str:
     """The closing message of a pipeline run: where its results can be seen."""
     uri = tracking.tracking_uri(params)
@@ -51,6 +64,7 @@ def where_to_look(params: Params, metrics: dict) -> str:
         f"  MLflow:     {uri}   (UI: make ui, then http://127.0.0.1:5000)",
         "  Prefect:    make ui, then http://127.0.0.1:4200 (flow runs, artifacts)",
         *ctr_lines(metrics.get("ctr")),
+        *news_lines(metrics.get("news")),
         "  online features, e.g.: scenerec online --user-id " + str(metrics.get("example_user", "<user_id>"))
         + " --poi-id " + str(metrics.get("example_poi", "<poi_id>")),
     ]
@@ -69,10 +83,11 @@ def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: Ge
              ingest: IngestConfig | None = None, features: FeaturesConfig | None = None,
              llm: LLMConfig | None = None, contrastive: ContrastiveConfig | None = None,
              distill: DistillConfig | None = None, embed: EmbedConfig | None = None,
-             ctr: CTRConfig | None = None, params_file: str | None = None) -> dict:
+             ctr: CTRConfig | None = None, news: NewsConfig | None = None, params_file: str | None = None) -> dict:
     """Run the platform end to end on a synthetic batch (default) or on your own batch folder."""
     params, overridden = flow_params(params_file, seed=seed, generate=generate, ingest=ingest, features=features,
-                                     llm=llm, contrastive=contrastive, distill=distill, embed=embed, ctr=ctr)
+                                     llm=llm, contrastive=contrastive, distill=distill, embed=embed, ctr=ctr,
+                                     news=news)
     logger = get_run_logger()
     params_path = str(params.root / "params.yaml") if params_file is None else params_file
     sections = dict(generate=generate, ingest=ingest, features=features)
@@ -88,11 +103,13 @@ def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: Ge
         llm_results = llm_flow(llm=llm, contrastive=contrastive, distill=distill, embed=embed,
                                params_file=params_path, parent_run_id=run_id)
         ctr_results = ctr_flow(ctr=ctr, params_file=params_path, parent_run_id=run_id)
+        news_results = news_flow(news=news, params_file=params_path, parent_run_id=run_id)
         if batch_dir is None and not overridden:
             logger.info(record_task(params))
         else:
             logger.info("custom batch or overridden parameters: outputs not recorded in dvc.lock")
-        metrics = {"ingest": ingested, "features": feats, "llm": llm_results, "ctr": ctr_results}
+        metrics = {"ingest": ingested, "features": feats, "llm": llm_results, "ctr": ctr_results,
+                   "news": news_results}
         try:
             from components.steps import example_keys
 

@@ -36,6 +36,9 @@ TINY = {
     "ctr": {"epochs": 2, "batch_requests": 32, "max_history": 32, "embed_dim": 8, "mlp_hidden": [16, 8],
             "tower_hidden": [8], "attention_hidden": [8], "larr_d_model": 8, "collab_dim": 8, "n_prototypes": 4,
             "max_contexts": 8, "max_subsequence": 8, "sim_max": 8, "short_term": 4},
+    "news": {"n_users": 40, "n_news": 200, "n_entities": 30, "train_impressions": 150, "dev_impressions": 60,
+             "impression_size": 10, "epochs": 1, "embed_dim": 16, "num_heads": 2, "attention_hidden": 16,
+             "batch_size": 32, "max_history": 10, "history_len": 10},
 }
 
 # The same offline, no-telemetry defaults as the `scenerec` command.
