@@ -309,6 +309,7 @@ class CTRConfig(Section):
     attention_hidden: list[int] = [32]
     dropout: float = Field(0.1, ge=0, lt=1)
     id_dropout: float = Field(0.1, ge=0, lt=1)
+    embedding_init_std: float = Field(0.01, gt=0)
     larr_d_model: int = Field(32, ge=4)
     larr_heads: int = Field(2, ge=1)
     larr_layers: int = Field(1, ge=1)

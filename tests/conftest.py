@@ -79,6 +79,18 @@ def make_project(dest: Path, overrides: dict | None = None, git: bool = False) -
     return dest
 
 
+@pytest.fixture(autouse=True)
+def _own_mlflow_store():
+    """tracking.configure exports MLFLOW_TRACKING_URI for child processes; without this, a test
+    would log into the store of the project of the test before it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def tiny_project(tmp_path) -> Path:
     """A tiny project folder (no git); chdir into it for the test."""

@@ -236,6 +236,11 @@ class CTRModel(nn.Module):
                                     nn.ReLU(), nn.Dropout(cfg.dropout))
         self.heads = ESMMHeads(cfg.mlp_hidden[-1], cfg.tower_hidden, dropout=cfg.dropout,
                                ctcvr_weight=cfg.ctcvr_weight)
+        # nn.Embedding starts at N(0, 1): five summed item embeddings and their products would start
+        # far from the MLP's working range. Small embeddings (as FuxiCTR initialises them) train better.
+        for m in self.modules():
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=cfg.embedding_init_std)
 
     # -- pieces ---------------------------------------------------------------------------------
     def item(self, vocab_id, text, cat, price, rating, delivery):

@@ -56,6 +56,7 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
     assert result["ctr"]["summary"]["model"] == "larr_cofars"
     assert "oracle" in result["ctr"]["summary"]["headline"]
     champ = client.get_model_version_by_alias(params.ctr.registered_name, "champion")
+    assert result["ctr"]["registry"]["promoted"], "the first CTR model of a fresh store is champion"
     assert str(champ.version) == str(result["ctr"]["registry"]["version"])
     assert "CTR model:" in result["summary"] and "champion" in result["summary"]
     from components.llm.embed import online_scene_embeddings
