@@ -105,7 +105,7 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
     rng = np.random.default_rng(seed)
     for _ in range(start_epoch):  # the batch order of epoch e must not depend on resuming
         batch_order(ds.train.history_lengths(), cfg.batch_requests, rng)
-        rng.random()
+        rng.integers(1 << 31)  # the id-dropout seed drawn in the loop
     bad_epochs = sum(1 for h in history if h["epoch"] > best["epoch"])
     with cpu_threads(cfg.cpu_threads):
         for epoch in range(start_epoch, cfg.epochs):

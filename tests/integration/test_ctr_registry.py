@@ -101,3 +101,31 @@ def test_champion_challenger_promote_rollback(project):
     # A rollback with nothing before the first champion is refused clearly.
     with pytest.raises(ValueError, match="no previous version"):
         registry.rollback(project, name, reason="again")
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_training_resumes_from_the_last_epoch_and_matches_an_uninterrupted_run(project, tmp_path):
+    import torch
+
+    from components.ctr.data import build_dataset
+    from components.ctr.train import train_model
+
+    cfg = project.ctr.model_copy(update={"epochs": 3, "patience": 3})
+    ds = build_dataset(project)
+    straight, _ = train_model("id_only", ds, cfg, seed=1, progress=False)
+
+    def crash_after_two(row, epoch):
+        if epoch == 2:
+            raise _Crash
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Crash):
+        train_model("id_only", ds, cfg, seed=1, ckpt_dir=ckpt, log=crash_after_two, progress=False)
+    # The crash happened in the epoch-2 log call, before its checkpoint: epoch 1 is what is saved.
+    resumed, info = train_model("id_only", ds, cfg, seed=1, ckpt_dir=ckpt, progress=False)
+    assert info["resumed_from_epoch"] == 1 and info["epochs_run"] == 3
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-5), k
