@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -73,7 +72,7 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
     metrics on the main process. With ``ckpt_dir``, a run resumes from its last finished epoch."""
     from tqdm.auto import tqdm
 
-    from components.llm.training import cpu_threads, make_accelerator
+    from components.llm.training import cpu_threads, make_accelerator, reset_stale_checkpoints
 
     t0 = time.perf_counter()
     acc = make_accelerator(cfg.mixed_precision, seed=seed)
@@ -86,10 +85,7 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
     start_epoch = 0
     if ckpt_dir is not None:
         ckpt_dir = Path(ckpt_dir)
-        fp = _fingerprint(name, cfg, seed, ds)
-        stamp = ckpt_dir / "fingerprint.txt"
-        if acc.is_main_process and ckpt_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != fp):
-            shutil.rmtree(ckpt_dir)  # another config or other data: its checkpoint would mix two runs
+        reset_stale_checkpoints(ckpt_dir, _fingerprint(name, cfg, seed, ds), acc.is_main_process)
         acc.wait_for_everyone()
         state_file = ckpt_dir / "state" / "trainer.json"
         if state_file.exists():
@@ -98,9 +94,6 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
             start_epoch, history = saved["epoch"], saved["history"]
             best = {"auc": saved["best_auc"], "epoch": saved["best_epoch"],
                     "state": torch.load(ckpt_dir / "best.pt", map_location=acc.device)}
-        if acc.is_main_process:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(fp + "\n")
 
     rng = np.random.default_rng(seed)
     for _ in range(start_epoch):  # the batch order of epoch e must not depend on resuming

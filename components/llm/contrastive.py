@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -129,7 +128,7 @@ def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
     from tqdm.auto import tqdm
 
     from components import tracking
-    from components.llm.training import make_accelerator, resume, save_checkpoint
+    from components.llm.training import make_accelerator, reset_stale_checkpoints, resume, save_checkpoint
 
     cfg = params.contrastive
     model_dir = Path(model_dir or default_model_dir(params))
@@ -152,7 +151,7 @@ def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
     model, opt = acc.prepare(encoder, opt)
     acc.register_for_checkpointing(sched)
     ckpt_dir = checkpoint_dir(out_dir)
-    _reset_stale_checkpoints(ckpt_dir, _run_fingerprint(params, model_dir, train), acc.is_main_process)
+    reset_stale_checkpoints(ckpt_dir, _run_fingerprint(params, model_dir, train), acc.is_main_process)
     acc.wait_for_everyone()
     start = resume(acc, ckpt_dir)
     enc = acc.unwrap_model(model)
@@ -219,17 +218,6 @@ def _run_fingerprint(params: Params, model_dir: Path, train: dict[str, pd.DataFr
         h.update(pd.util.hash_pandas_object(train[s][["anchor_id", "positive_id", "anchor_text"]], index=False)
                  .to_numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _reset_stale_checkpoints(ckpt_dir: Path, fingerprint: str, main: bool) -> None:
-    """Drop checkpoints of another config or other pairs: resuming them would mix two runs."""
-    stamp = ckpt_dir / "fingerprint.txt"
-    if not main:
-        return
-    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint + "\n")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -267,7 +266,7 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
     from tqdm.auto import tqdm
 
     from components import tracking
-    from components.llm.training import make_accelerator, resume, save_checkpoint
+    from components.llm.training import make_accelerator, reset_stale_checkpoints, resume, save_checkpoint
 
     cfg = params.distill
     method = "homodistil" if init == "copy" else f"plain_{init}"
@@ -300,13 +299,8 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
     # another teacher or config is never resumed.
     ckpt_dir = out_dir.with_name(out_dir.name + "_ckpt")
     fp = _fingerprint(teacher_dir, cfg, init, params.seed)
-    fp_file = ckpt_dir / "fingerprint.txt"
-    if acc.is_main_process:
-        if ckpt_dir.exists() and (not fp_file.exists() or fp_file.read_text().strip() != fp):
-            log.warning("%s: checkpoints of another teacher/config, starting afresh", ckpt_dir)
-            shutil.rmtree(ckpt_dir)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        fp_file.write_text(fp)
+    if reset_stale_checkpoints(ckpt_dir, fp, acc.is_main_process):
+        log.warning("%s: checkpoints of another teacher/config, starting afresh", ckpt_dir)
     acc.wait_for_everyone()
     start = resume(acc, ckpt_dir)
 

@@ -59,6 +59,22 @@ def resume(accelerator, ckpt_dir: Path) -> int:
     return step
 
 
+def reset_stale_checkpoints(ckpt_dir: Path, fingerprint: str, main: bool = True) -> bool:
+    """Keep ``ckpt_dir`` only if it belongs to the run ``fingerprint`` names (knobs, seed, data);
+    otherwise delete it, since resuming another run's checkpoint would mix two runs. The main
+    process alone touches the folder. Returns whether stale checkpoints were dropped."""
+    if not main:
+        return False
+    ckpt_dir = Path(ckpt_dir)
+    stamp = ckpt_dir / "fingerprint.txt"
+    stale = ckpt_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint)
+    if stale:
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint + "\n")
+    return stale
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,17 +226,6 @@ def _fingerprint(cfg: NewsConfig, kind: str, seed: int, train: MindData) -> str:
     return h.hexdigest()[:16]
 
 
-def _prepare_checkpoints(ckpt_dir: Path, fingerprint: str, main: bool) -> None:
-    """Drop checkpoints of another run (other knobs, seed or data): resuming them would mix two runs."""
-    stamp = ckpt_dir / "fingerprint.txt"
-    if not main:
-        return
-    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint + "\n")
-
-
 def load_splits(cfg: NewsConfig, mind_dir: str | Path | None, out_dir: Path, seed: int,
                 quarantine_dir: str | Path | None) -> tuple[MindData, MindData, Path]:
     """Validated train and dev folders of ``mind_dir`` (default ``cfg.mind_dir``); with neither,
@@ -266,7 +254,7 @@ def train_news(cfg: NewsConfig, mind_dir: str | Path | None, out_dir: str | Path
 
 
 def _train(cfg: NewsConfig, mind_dir, out_dir: Path, kind: str, seed: int, quarantine_dir) -> dict:
-    from components.llm.training import make_accelerator, resume, save_checkpoint
+    from components.llm.training import make_accelerator, reset_stale_checkpoints, resume, save_checkpoint
 
     t_start = time.perf_counter()
     train, dev, mind_dir = load_splits(cfg, mind_dir, out_dir, seed, quarantine_dir)
@@ -286,7 +274,7 @@ def _train(cfg: NewsConfig, mind_dir, out_dir: Path, kind: str, seed: int, quara
     net, opt = acc.prepare(net, opt)
     ckpt_dir = checkpoint_dir(out_dir)
     if cfg.checkpoint:
-        _prepare_checkpoints(ckpt_dir, _fingerprint(cfg, kind, seed, train), acc.is_main_process)
+        reset_stale_checkpoints(ckpt_dir, _fingerprint(cfg, kind, seed, train), acc.is_main_process)
         acc.wait_for_everyone()
     start = resume(acc, ckpt_dir) if cfg.checkpoint else 0
     model = acc.unwrap_model(net)
