@@ -153,19 +153,27 @@ def merge(existing: pd.DataFrame, new: pd.DataFrame, key: list[str] | None) -> p
     return both.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
 
 
-def quarantine(batch_dir: Path, result: ValidationResult, quarantine_dir: Path) -> Path:
-    """Copy the batch to ``quarantine_dir/<name>-<UTC time>/`` with report.json and Data Docs."""
+def quarantine_copy(src: Path, quarantine_dir: Path, write_reports, default_name: str = "batch") -> Path:
+    """Copy folder ``src`` whole to ``quarantine_dir/<name>-<UTC time>/``; ``write_reports(folder)``
+    adds the validation report beside it. The copy appears complete or not at all."""
+    src, quarantine_dir = Path(src), Path(quarantine_dir)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    dest = quarantine_dir / f"{batch_dir.name or 'batch'}-{stamp}"
+    dest = quarantine_dir / f"{src.name or default_name}-{stamp}"
     staging = quarantine_dir / f".{dest.name}.tmp"
     try:
-        if batch_dir.is_dir():
-            shutil.copytree(batch_dir, staging)
+        if src.is_dir():
+            shutil.copytree(src, staging)
         else:
             staging.mkdir(parents=True)
-        write_report(result, staging)
-        os.replace(staging, dest)  # the quarantine folder appears complete or not at all
+        write_reports(staging)
+        os.replace(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def quarantine(batch_dir: Path, result: ValidationResult, quarantine_dir: Path) -> Path:
+    """Copy the batch to ``quarantine_dir/<name>-<UTC time>/`` with report.json and Data Docs."""
+    dest = quarantine_copy(batch_dir, quarantine_dir, lambda folder: write_report(result, folder))
     log.info("batch %s rejected (%d failures); quarantined to %s", batch_dir, len(result.failures), dest)
     return dest

@@ -15,10 +15,9 @@ import json
 import logging
 import math
 import os
-import shutil
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -359,20 +358,10 @@ def validate_mind(folder: str | Path, max_examples: int = 5) -> MindValidation:
 
 def quarantine_mind(result: MindValidation, quarantine_dir: str | Path) -> Path:
     """Copy the whole folder to ``quarantine_dir/<name>-<UTC time>/`` with report.json (atomically)."""
-    folder, quarantine_dir = result.folder, Path(quarantine_dir)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    dest = quarantine_dir / f"{folder.name or 'mind'}-{stamp}"
-    staging = quarantine_dir / f".{dest.name}.tmp"
-    try:
-        if folder.is_dir():
-            shutil.copytree(folder, staging)
-        else:
-            staging.mkdir(parents=True)
-        write_json_atomic(staging / REPORT_NAME, _jsonable(result.to_dict()))
-        os.replace(staging, dest)  # the quarantine folder appears complete or not at all
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return dest
+    from components.data.ingest import quarantine_copy
+
+    return quarantine_copy(result.folder, quarantine_dir,
+                           lambda folder: write_json_atomic(folder / REPORT_NAME, _jsonable(result.to_dict())), "mind")
 
 
 def load_mind(folder: str | Path, quarantine_dir: str | Path | None = None, max_examples: int = 5) -> MindData:
