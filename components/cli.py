@@ -102,7 +102,7 @@ def cmd_ctr(args, params) -> int:
 def cmd_ctr_register(args, params) -> int:
     from components.steps import ctr_register_step
 
-    result = _tracked(params, "ctr_register", lambda p, run_id=None: ctr_register_step(p, run_id))
+    result = _tracked(params, "ctr_register", ctr_register_step)
     alias = "champion" if result["promoted"] else "challenger"
     print(f"{result['name']} version {result['version']} registered as {alias}: {result['reason']}")
     print(f"  champion now: version {result['champion']} (models:/{result['name']}@champion)")
@@ -155,7 +155,7 @@ def cmd_news(args, params) -> int:
 def cmd_news_register(args, params) -> int:
     from components.steps import news_register_step
 
-    r = _tracked(params, "news_register", lambda p, run_id=None: news_register_step(p, run_id))
+    r = _tracked(params, "news_register", news_register_step)
     print(f"{r['name']} version {r['version']} registered as {'champion' if r['promoted'] else 'challenger'}: "
           f"{r['reason']}")
     return 0

@@ -280,19 +280,12 @@ def ctr_figures(params: Params, plots: dict) -> list[Path]:
     return paths
 
 
-def ctr_register_step(params: Params, run_id: str | None = None) -> dict:
-    """Register the trained CTR model; champion only if it beats the current one by the margin."""
-    from components import tracking
+def ctr_register_step(params: Params, run_id: str) -> dict:
+    """Register the trained CTR model in MLflow run ``run_id``; champion only if it beats the
+    current one by the margin."""
     from components.ctr.stage import register_and_promote
 
-    own = run_id is None
-    if own:
-        run_id = tracking.start_run(params, "ctr_register", tags={"scenerec.step": "ctr_register"})
-    try:
-        result = register_and_promote(params, run_id)
-    finally:
-        if own:
-            tracking.end_run(params, run_id)
+    result = register_and_promote(params, run_id)
     report = {"version": int(result["version"]), "promoted": int(result["promoted"]),
               "champion": int(result["champion"]) if result["champion"] else 0, "margin": result["margin"]}
     for who in ("challenger", "champion"):
@@ -324,7 +317,7 @@ def news_step(params: Params, run_id: str | None = None) -> dict:
     return metrics
 
 
-def news_register_step(params: Params, run_id: str | None = None) -> dict:
+def news_register_step(params: Params, run_id: str) -> dict:
     """Register the news model; champion only if it beats the champion's dev AUC by the margin."""
     from components.news.stage import register_and_promote
 

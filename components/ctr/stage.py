@@ -93,7 +93,7 @@ def register_and_promote(params: Params, run_id: str, model_dir: Path | None = N
     import mlflow
 
     from components import registry
-    from components.ctr.serving import CTRPyfunc, CTRScorer, example_request
+    from components.ctr.serving import CTRPyfunc, example_request
 
     cfg = params.ctr
     model_dir = Path(model_dir or ctr_dir(params) / MODEL_DIR)
@@ -105,14 +105,14 @@ def register_and_promote(params: Params, run_id: str, model_dir: Path | None = N
     class _Ctx:  # load_context needs only the artifact paths
         artifacts = {"model": str(model_dir)}
 
-    py.load_context(_Ctx())
+    py.load_context(_Ctx())  # also the challenger's scorer for the comparison below
     output = py.predict(None, example)
     mv = registry.log_pyfunc(params, run_id, "ctr_model", CTRPyfunc(), {"model": str(model_dir)}, example, output,
                              cfg.registered_name)
     version = str(mv.version)
     c = registry.client(params)
     champion = registry.alias_version(c, cfg.registered_name, registry.CHAMPION)
-    scorers = {"challenger": CTRScorer.load(model_dir)}
+    scorers = {"challenger": py.scorer}
     if champion is not None and champion != version:
         loaded = mlflow.pyfunc.load_model(f"models:/{cfg.registered_name}@{registry.CHAMPION}")
         scorers["champion"] = loaded.unwrap_python_model().scorer

@@ -42,8 +42,7 @@ def predict(model: CTRModel, data: RequestData, ds: CTRDataset, cfg: CTRConfig, 
         b = make_batch(data, idx, ds.history, ds.pois, max_history or cfg.max_history,
                        scene_table=ds.scene_table if model.use_text else None)
         t = to_tensors(b, device)
-        with torch.autocast(device_type=device.type, enabled=False):
-            pred = model(t)
+        pred = model(t)
         m = b["mask"]
         out["ctr"].append(pred["ctr"].float().cpu().numpy()[m])
         out["ctcvr"].append(pred["ctcvr"].float().cpu().numpy()[m])
