@@ -161,6 +161,31 @@ def cmd_news_register(args, params) -> int:
     return 0
 
 
+def cmd_knowledge(args, params) -> int:
+    from components.steps import knowledge_step
+
+    metrics = _tracked(params, "knowledge", knowledge_step)
+    _print_metrics(f"HKFR knowledge snapshots and instruction dataset in {params.path('hkfr_dir') / 'knowledge'}", metrics)
+    return 0
+
+
+def cmd_instruct(args, params) -> int:
+    from components.steps import instruct_step
+
+    metrics = _tracked(params, "instruct", instruct_step)
+    _print_metrics(f"HKFR instruction-tuned LLM in {params.path('hkfr_dir') / 'model'}; user knowledge in Feast", metrics)
+    return 0
+
+
+def cmd_hkfr_register(args, params) -> int:
+    from components.steps import hkfr_register_step
+
+    r = _tracked(params, "hkfr_register", hkfr_register_step)
+    print(f"{r['name']} version {r['version']} registered as {'champion' if r['promoted'] else 'challenger'}: "
+          f"{r['reason']}")
+    return 0
+
+
 def cmd_online(args, params) -> int:
     from components.features.store import online_features
 
@@ -236,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     nw.set_defaults(func=cmd_news)
     nr = sub.add_parser("news-register", help="register the news model; champion only if better by the margin")
     nr.set_defaults(func=cmd_news_register)
+    kn = sub.add_parser("knowledge", help="HKFR: per-user knowledge texts (snapshots) and the instruction dataset")
+    kn.set_defaults(func=cmd_knowledge)
+    it = sub.add_parser("instruct", help="HKFR: instruction-tune the LLM (LoRA), score P(yes), export user knowledge")
+    it.set_defaults(func=cmd_instruct)
+    hr = sub.add_parser("hkfr-register", help="register the HKFR model; champion only if better by the margin")
+    hr.set_defaults(func=cmd_hkfr_register)
 
     o = sub.add_parser("online", help="read online features for a user, a PoI and a context from Feast")
     o.add_argument("--user-id", required=True)

@@ -31,6 +31,7 @@ class PathsConfig(Section):
     embeddings_dir: str = "data/embeddings"
     ctr_dir: str = "data/ctr"
     news_dir: str = "data/news"
+    hkfr_dir: str = "data/hkfr"
     feature_repo: str = "feature_repo"
     reports_dir: str = "reports"
 
@@ -453,6 +454,62 @@ class NewsConfig(Section):
         return self
 
 
+class HKFRConfig(Section):
+    """HKFR (METHODS.md §3): knowledge texts, instruction dataset, LoRA / full instruction tuning."""
+
+    base: Literal["pretrained", "student"] = "student"
+    method: Literal["lora", "full"] = "lora"
+    knowledge_max_items: int = Field(3, ge=1)
+    knowledge_recent: int = Field(3, ge=0)
+    knowledge_max_chars: int = Field(600, ge=64)
+    snapshot_days: float = Field(14.0, gt=0)
+    tasks: dict[str, float] = {"order": 0.6, "category": 0.2, "price_band": 0.2}
+    answer: Literal["order", "click"] = "order"
+    positive_share: float = Field(0.5, gt=0, lt=1)
+    train_examples: int = Field(1200, ge=8)
+    max_knowledge_tokens: int = Field(160, ge=16)
+    max_length: int = Field(256, ge=32)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    steps: int = Field(150, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2.0e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    cpu_threads: int = Field(1, ge=0)
+    eval_requests: int | None = Field(300, ge=1)
+    eval_option_examples: int = Field(200, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    embedding_dim: int = Field(16, ge=1)
+    registered_name: str = "hkfr-instruct"
+    promotion_margin: float = Field(0.002, ge=0)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v):
+        known = {"order", "category", "price_band"}
+        bad = set(v) - known
+        if bad:
+            raise ValueError(f"unknown task(s) {sorted(bad)}; known: {sorted(known)}")
+        if any(w < 0 for w in v.values()) or v.get("order", 0) <= 0:
+            raise ValueError("task weights must be >= 0 and `order` (the scored yes/no task) must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if self.max_knowledge_tokens >= self.max_length:
+            raise ValueError(f"max_knowledge_tokens ({self.max_knowledge_tokens}) must be below max_length "
+                             f"({self.max_length}): the question and answer need room")
+        return self
+
+
 class TrackingConfig(Section):
     experiment: str = "scenerec"
     tracking_uri: str = "sqlite:///mlflow.db"
@@ -470,6 +527,7 @@ class Params(Section):
     embed: EmbedConfig = EmbedConfig()
     ctr: CTRConfig = CTRConfig()
     news: NewsConfig = NewsConfig()
+    hkfr: HKFRConfig = HKFRConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     # Directory that relative paths are resolved against (the folder holding params.yaml).

@@ -139,7 +139,8 @@ def example_keys(params: Params) -> dict:
 STEP_SECTIONS = {"generate": "generate", "ingest": "ingest", "features": "features", "corpus": "llm",
                  "pretrain": "llm", "pairs": "contrastive", "contrastive_teacher": "contrastive",
                  "contrastive_student": "contrastive", "distill": "distill", "embed": "embed", "ctr": "ctr",
-                 "ctr_register": "ctr", "news_data": "news", "news": "news", "news_register": "news"}
+                 "ctr_register": "ctr", "news_data": "news", "news": "news", "news_register": "news",
+                 "knowledge": "hkfr", "instruct": "hkfr", "hkfr_register": "hkfr"}
 LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher", "scene-encoder"),
                 "student": ("student", "encoder_student", "scene-encoder-student")}
 
@@ -327,4 +328,36 @@ def news_register_step(params: Params, run_id: str) -> dict:
     for who in ("challenger", "champion"):
         report.update({f"{who}.{k}": v for k, v in (result.get(f"{who}_metrics") or {}).items()})
     write_report(params, "news_promotion", report)
+    return result
+
+
+def knowledge_step(params: Params, run_id: str | None = None) -> dict:
+    """HKFR: each user's knowledge text per snapshot, and the instruction dataset (time split)."""
+    from components.hkfr.stage import knowledge
+
+    metrics = _numbers(knowledge(params))
+    write_report(params, "knowledge", metrics)
+    return metrics
+
+
+def instruct_step(params: Params, run_id: str | None = None) -> dict:
+    """HKFR: instruction-tune the LLM (LoRA by default), evaluate P("yes") on the test split, and
+    export the user knowledge embedding to Feast."""
+    from components.hkfr.stage import instruct_and_evaluate
+
+    metrics = {k: v for k, v in _numbers(instruct_and_evaluate(params, run_id)).items() if v == v}
+    write_report(params, "hkfr", metrics)
+    return metrics
+
+
+def hkfr_register_step(params: Params, run_id: str) -> dict:
+    """Register the tuned LLM as ``hkfr-instruct``; champion only if its test AUC beats the champion's."""
+    from components.hkfr.stage import register_and_promote
+
+    result = register_and_promote(params, run_id)
+    report = {"version": int(result["version"]), "promoted": int(result["promoted"]),
+              "champion": int(result["champion"]) if result["champion"] else 0}
+    for who in ("challenger", "champion"):
+        report.update({f"{who}.{k}": v for k, v in (result.get(f"{who}_metrics") or {}).items()})
+    write_report(params, "hkfr_promotion", report)
     return result

@@ -170,7 +170,8 @@ def apply_definitions(params: Params) -> None:
 
 
 def _source_path(params: Params, table: str) -> Path:
-    folder = "embeddings_dir" if table.endswith("_embeddings") else "features_dir"
+    folder = ("hkfr_dir" if table == "user_knowledge" else "embeddings_dir" if table.endswith("_embeddings")
+              else "features_dir")
     return params.path(folder) / f"{table}.parquet"
 
 

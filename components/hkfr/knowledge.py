@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from components.config import FeaturesConfig
@@ -47,54 +48,97 @@ def render_behaviors(events: pd.DataFrame, pois: pd.DataFrame, cfg: FeaturesConf
     return act.map(_VERBS).fillna(act) + what + scene
 
 
-def fuse(user: dict, events: pd.DataFrame, pois: pd.DataFrame, rules: KnowledgeRules,
-         cfg: FeaturesConfig | None = None) -> str:
-    """The knowledge text of one user from their behaviours (any order; already cut at the cutoff)."""
+def prepare_events(behaviors: pd.DataFrame, pois: pd.DataFrame, cfg: FeaturesConfig | None = None) -> pd.DataFrame:
+    """Every behaviour with what fusion reads, computed once for all users (vectorised):
+    ``user_id, ts_ns, behavior, cat, name, scene, query, text``, sorted by user then time."""
+    pois_ix = pois.set_index(pois["poi_id"].astype(str)) if "poi_id" in pois else pois
+    ev = behaviors.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)
+    sv = scene_values(ev, cfg)
+    return pd.DataFrame({
+        "user_id": ev["user_id"].astype(str).to_numpy(),
+        "ts_ns": pd.to_datetime(ev["ts"], utc=True).dt.tz_convert(None).to_numpy().astype("datetime64[ns]").astype(np.int64),
+        "behavior": ev["behavior"].astype(str).to_numpy(),
+        "cat": ev["poi_id"].map(pois_ix["category"]).to_numpy(),
+        "name": ev["poi_id"].map(pois_ix["name"]).to_numpy(),
+        "scene": (sv["time_slot"] + " " + sv["location_type"]).to_numpy(),
+        "query": ev["query"].to_numpy(),
+        "text": render_behaviors(ev, pois_ix, cfg).to_numpy(),
+    })
+
+
+def _counts(values, n: int) -> list[tuple[str, int]]:
+    return Counter(str(v) for v in values if isinstance(v, str)).most_common(n)
+
+
+def fuse(user: dict, events: pd.DataFrame | None, rules: KnowledgeRules) -> str:
+    """The knowledge text of one user from their prepared behaviours (``prepare_events`` rows,
+    time-sorted, already cut at the cutoff)."""
     head = f"<user> age {user.get('age_group') or 'unknown'}, gender {user.get('gender') or 'unknown'} </user>"
     if events is None or len(events) == 0:
         return head + " <none> no behaviour yet </none>"
-    ev = events.sort_values("ts", kind="stable")
-    sv = scene_values(ev, cfg)
-    cat = ev["poi_id"].map(pois["category"])
+    act = events["behavior"].to_numpy()
+    cat, name, scene = events["cat"].to_numpy(), events["name"].to_numpy(), events["scene"].to_numpy()
     parts = [head]
     for kind in KINDS:
-        sel = (ev["behavior"] == kind).to_numpy()
+        sel = act == kind
         if not sel.any():
             continue
-        cats = Counter(cat[sel].dropna().astype(str))
+        body = ", ".join(f"{c} x{n}" for c, n in _counts(cat[sel], rules.max_items))
         if kind == "order":  # where and when orders happen says most about scene-dependent taste
-            scenes = Counter((sv["time_slot"][sel] + " " + sv["location_type"][sel]).tolist())
-            top_scenes = ", ".join(f"{s} x{n}" for s, n in scenes.most_common(3))
-            names = Counter(ev.loc[sel, "poi_id"].map(pois["name"]).dropna().astype(str))
-            body = (", ".join(f"{c} x{n}" for c, n in cats.most_common(rules.max_items))
-                    + "; from " + ", ".join(n for n, _ in names.most_common(rules.max_items))
-                    + "; in " + top_scenes)
-        else:
-            body = ", ".join(f"{c} x{n}" for c, n in cats.most_common(rules.max_items))
+            body += ("; from " + ", ".join(n for n, _ in _counts(name[sel], rules.max_items))
+                     + "; in " + ", ".join(f"{s} x{n}" for s, n in _counts(scene[sel], 3)))
         parts.append(f"<{kind}s> {body} </{kind}s>")
-    queries = ev.loc[ev["behavior"] == "search", "query"].dropna().astype(str)
-    if len(queries):
-        recent_q = list(dict.fromkeys(queries.iloc[::-1]))[: rules.max_items]
-        parts.append("<searches> " + "; ".join(recent_q) + " </searches>")
-    recent = render_behaviors(ev.tail(rules.recent), pois, cfg)
-    parts.append("<recent> " + "; ".join(recent) + " </recent>")
+    queries = events["query"].to_numpy()[act == "search"]
+    queries = [q for q in queries[::-1] if isinstance(q, str) and q]
+    if queries:
+        parts.append("<searches> " + "; ".join(list(dict.fromkeys(queries))[: rules.max_items]) + " </searches>")
+    if rules.recent:
+        parts.append("<recent> " + "; ".join(events["text"].to_numpy()[-rules.recent:]) + " </recent>")
     text = " ".join(parts)
     return text if len(text) <= rules.max_chars else text[: rules.max_chars - 3] + "..."
+
+
+def _utc(t) -> pd.Timestamp:
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def knowledge_snapshots(users: pd.DataFrame, behaviors: pd.DataFrame, pois: pd.DataFrame, cutoffs,
+                        rules: KnowledgeRules | None = None, cfg: FeaturesConfig | None = None,
+                        keep_unchanged: bool = False) -> pd.DataFrame:
+    """Knowledge of every user at each cutoff: ``user_id, event_timestamp, knowledge, n_behaviors``,
+    each from the behaviours strictly before its cutoff. A user whose behaviours did not change since
+    their previous snapshot gets no new row (a point-in-time join keeps reading the older one),
+    unless ``keep_unchanged``."""
+    rules = rules or KnowledgeRules()
+    ev = prepare_events(behaviors, pois, cfg)
+    users = users.assign(user_id=users["user_id"].astype(str))
+    bounds = {}
+    if len(ev):
+        u = ev["user_id"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+        ends = np.r_[starts[1:], len(u)]
+        bounds = {u[a]: (a, b) for a, b in zip(starts, ends)}
+    ts = ev["ts_ns"].to_numpy()
+    rows = []
+    for user in users.to_dict("records"):
+        uid = user["user_id"]
+        a, b = bounds.get(uid, (0, 0))
+        last_n = None
+        for cut in sorted(_utc(c) for c in cutoffs):
+            n = int(np.searchsorted(ts[a:b], cut.value, side="left"))
+            if n == last_n and not keep_unchanged:
+                continue
+            last_n = n
+            text = fuse(user, ev.iloc[a:a + n] if n else None, rules)
+            rows.append({"user_id": uid, "event_timestamp": cut, "knowledge": text, "n_behaviors": n})
+    out = pd.DataFrame(rows, columns=["user_id", "event_timestamp", "knowledge", "n_behaviors"])
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    return out
 
 
 def build_knowledge(users: pd.DataFrame, behaviors: pd.DataFrame, pois: pd.DataFrame, cutoff,
                     rules: KnowledgeRules | None = None, cfg: FeaturesConfig | None = None) -> pd.DataFrame:
     """One row per user: ``user_id, knowledge, n_behaviors`` from behaviours strictly before ``cutoff``."""
-    rules = rules or KnowledgeRules()
-    cutoff = pd.Timestamp(cutoff)
-    cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff
-    before = behaviors[pd.to_datetime(behaviors["ts"], utc=True) < cutoff]
-    by_user = dict(tuple(before.groupby(before["user_id"].astype(str), sort=False)))
-    pois_ix = pois.set_index(pois["poi_id"].astype(str))
-    rows = []
-    for user in users.to_dict("records"):
-        uid = str(user["user_id"])
-        ev = by_user.get(uid)
-        rows.append({"user_id": uid, "knowledge": fuse(user, ev, pois_ix, rules, cfg),
-                     "n_behaviors": 0 if ev is None else len(ev)})
-    return pd.DataFrame(rows)
+    out = knowledge_snapshots(users, behaviors, pois, [cutoff], rules, cfg, keep_unchanged=True)
+    return out[["user_id", "knowledge", "n_behaviors"]].reset_index(drop=True)

@@ -1,0 +1,292 @@
+"""HKFR step 4 (METHODS.md §3): instruction tuning of our LLM, and what the tuned model serves.
+
+* ``instruct``: LoRA adapters (``peft``) on every linear layer of the continually pretrained
+  Llama (or, ``hkfr.method: full``, every weight), trained on ``knowledge + prompt → answer`` with
+  the loss on the answer tokens only. Same rules as the LLM stages: ``accelerate`` picks the device
+  and precision and runs DDP under ``accelerate launch`` / ``torchrun``; a checkpoint every
+  ``checkpoint_every`` steps and a rerun resumes from the newest. The adapters are merged on save,
+  so the tuned model is a plain Hugging Face folder.
+* ``score_yes``: P("yes") of the yes/no task, as the two answers' first-token probabilities
+  renormalised. The knowledge + scene prefix of a request is run once and its KV cache is shared
+  by all of the request's candidates.
+* ``choice_accuracy``: the category / price-band tasks, answered by the most likely option.
+* ``knowledge_embeddings``: the mean of the tuned model's last hidden states over a knowledge text:
+  the semantic user feature HKFR gives the CTR model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.config import Params
+from components.hkfr.instructions import NO, YES
+
+_NOT_TRAINING = {"cpu_threads", "log_every", "checkpoint_every", "keep_checkpoints", "eval_requests",
+                 "eval_option_examples", "eval_batch_size", "embedding_dim", "registered_name", "promotion_margin"}
+
+
+def base_dir(params: Params) -> Path:
+    return params.path("llm_dir") / params.hkfr.base
+
+
+def model_dir(params: Params) -> Path:
+    return params.path("hkfr_dir") / "model"
+
+
+def checkpoint_dir(params: Params) -> Path:
+    return params.path("hkfr_dir") / "checkpoints"
+
+
+def _ids(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_ids(tok, knowledge: str, prompt: str, max_knowledge_tokens: int) -> list[int]:
+    """``<bos> knowledge (first max_knowledge_tokens tokens) prompt Answer:``."""
+    head = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    return head + _ids(tok, knowledge)[:max_knowledge_tokens] + _ids(tok, " " + prompt + " Answer:")
+
+
+def answer_ids(tok, answer: str) -> list[int]:
+    return _ids(tok, " " + answer) + [tok.eos_token_id]
+
+
+def encode(tok, rows: pd.DataFrame, max_knowledge_tokens: int, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per example; labels are -100 except on the answer and its end token."""
+    out = []
+    for k, p, a in zip(rows["knowledge"], rows["prompt"], rows["answer"]):
+        x, y = prompt_ids(tok, k, p, max_knowledge_tokens), answer_ids(tok, a)
+        ids = (x + y)[-max_length:]
+        labels = ([-100] * len(x) + y)[-max_length:]
+        out.append((ids, labels))
+    return out
+
+
+def collate(batch, pad_id: int) -> dict[str, torch.Tensor]:
+    n = max(len(i) for i, _ in batch)
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for r, (i, y) in enumerate(batch):
+        ids[r, :len(i)] = torch.tensor(i)
+        labels[r, :len(y)] = torch.tensor(y)
+        mask[r, :len(i)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _fingerprint(params: Params, train: pd.DataFrame) -> str:
+    knobs = params.hkfr.model_dump(mode="json", exclude=_NOT_TRAINING)
+    h = hashlib.sha256(json.dumps([knobs, params.seed, str(base_dir(params).resolve())], sort_keys=True).encode())
+    h.update(pd.util.hash_pandas_object(train[["knowledge", "prompt", "answer"]], index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _lr(warmup: int, steps: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.1, 1.0 - (step - warmup) / max(1, steps - warmup))
+    return f
+
+
+def instruct(params: Params, train: pd.DataFrame, run_id: str | None = None) -> dict:
+    """Tune ``llm_dir/<hkfr.base>`` on the instruction examples; save the tuned model to ``hkfr_dir/model``."""
+    from components.llm.training import cpu_threads
+
+    with cpu_threads(params.hkfr.cpu_threads):
+        return _instruct(params, train, run_id)
+
+
+def _instruct(params: Params, train: pd.DataFrame, run_id: str | None) -> dict:
+    from torch.optim import AdamW
+    from torch.optim.lr_scheduler import LambdaLR
+    from tqdm.auto import tqdm
+
+    from components import tracking
+    from components.llm.contrastive import batch_indices
+    from components.llm.model import count_parameters, load_pretrained
+    from components.llm.training import make_accelerator, reset_stale_checkpoints, resume, save_checkpoint
+
+    cfg = params.hkfr
+    t0 = time.perf_counter()
+    acc = make_accelerator(cfg.mixed_precision, seed=params.seed)
+    model, tok = load_pretrained(base_dir(params))
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                                 target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_all = sum(p.numel() for p in trainable), count_parameters(model)
+    opt = AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = LambdaLR(opt, _lr(cfg.warmup_steps, cfg.steps))
+    model, opt = acc.prepare(model, opt)
+    acc.register_for_checkpointing(sched)
+    ckpt = checkpoint_dir(params)
+    reset_stale_checkpoints(ckpt, _fingerprint(params, train), acc.is_main_process)
+    acc.wait_for_everyone()
+    start = resume(acc, ckpt)
+    examples = encode(tok, train, cfg.max_knowledge_tokens, cfg.max_length)
+    per_process = max(1, cfg.batch_size // acc.num_processes)
+    history = []
+    model.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="instruct",
+               disable=not acc.is_local_main_process)
+    for step in bar:
+        idx = batch_indices(len(examples), per_process, params.seed, step, 0, acc.process_index)
+        batch = {k: v.to(acc.device) for k, v in collate([examples[i] for i in idx], tok.pad_token_id).items()}
+        with acc.autocast():
+            loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        if cfg.grad_clip > 0:
+            acc.clip_grad_norm_(trainable, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        history.append(loss.item())
+        bar.set_postfix(loss=f"{history[-1]:.3f}")
+        done = step + 1
+        if run_id and acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
+            tracking.log_metrics(params, run_id, {"hkfr.loss": float(np.mean(history[-cfg.log_every:])),
+                                                  "hkfr.lr": sched.get_last_lr()[0]}, step=done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(acc, ckpt, done, keep=cfg.keep_checkpoints)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        out = acc.unwrap_model(model)
+        if cfg.method == "lora":
+            out = out.merge_and_unload()
+        target = model_dir(params)
+        target.mkdir(parents=True, exist_ok=True)
+        out.save_pretrained(str(target))
+        tok.save_pretrained(str(target))
+    acc.wait_for_everyone()
+    w = max(1, min(cfg.log_every, len(history) // 2))
+    return {"steps": cfg.steps, "resumed_from": start, "examples": len(examples), "params.trainable": n_trainable,
+            "params.total": n_all, "loss_first": float(np.mean(history[:w])) if history else float("nan"),
+            "loss": float(np.mean(history[-w:])) if history else float("nan"),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+# ------------------------------------------------------------------------------------------------
+# What the tuned model serves
+
+
+def load_tuned(folder: str | Path):
+    from components.llm.model import load_pretrained
+
+    model, tok = load_pretrained(folder)
+    model.eval()
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model, tok
+
+
+def _first_tokens(tok, answers: list[str]) -> list[int]:
+    first = [answer_ids(tok, a)[0] for a in answers]
+    if len(set(first)) != len(first):
+        raise ValueError(f"answers {answers} start with the same token; P(yes) needs distinct first tokens")
+    return first
+
+
+def _continue(model, prefix: list[int], tails: list[list[int]]) -> torch.Tensor:
+    """Logits (len(tails), longest tail, vocab) of ``prefix + tail`` for every tail, with the prefix
+    run once and its KV cache shared by the tails (batched, right-padded)."""
+    dev = next(model.parameters()).device
+    cache = None
+    if prefix:
+        cache = model(input_ids=torch.tensor([prefix], device=dev), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(tails))
+    n = max(len(t) for t in tails)
+    ids = torch.zeros((len(tails), n), dtype=torch.long, device=dev)
+    mask = torch.zeros((len(tails), len(prefix) + n), dtype=torch.long, device=dev)
+    mask[:, :len(prefix)] = 1
+    for r, t in enumerate(tails):
+        ids[r, :len(t)] = torch.tensor(t, device=dev)
+        mask[r, len(prefix):len(prefix) + len(t)] = 1
+    return model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=cache is not None).logits
+
+
+def _split_common(seqs: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """(longest common prefix leaving every sequence at least one token, the rest of each)."""
+    common = 0
+    while all(len(s) > common + 1 for s in seqs) and len({s[common] for s in seqs}) == 1:
+        common += 1
+    return seqs[0][:common], [s[common:] for s in seqs]
+
+
+@torch.inference_mode()
+def score_yes(model, tok, rows: pd.DataFrame, max_knowledge_tokens: int) -> np.ndarray:
+    """P("yes") per row (``knowledge, prompt``; one request's rows share their knowledge and scene).
+
+    Rows are grouped by ``request_id`` (or scored one by one without it): the prefix common to the
+    group's prompts runs once, and the candidates continue from its KV cache in one batch."""
+    yes, no = _first_tokens(tok, [YES, NO])
+    out = np.zeros(len(rows))
+    keys = rows["request_id"].astype(str).to_numpy() if "request_id" in rows else np.arange(len(rows)).astype(str)
+    order = np.argsort(keys, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        idx = order[a:b]
+        seqs = [prompt_ids(tok, rows["knowledge"].iat[i], rows["prompt"].iat[i], max_knowledge_tokens) for i in idx]
+        prefix, tails = _split_common(seqs)
+        logits = _continue(model, prefix, tails)
+        last = torch.tensor([len(t) - 1 for t in tails], device=logits.device)
+        pair = logits[torch.arange(len(tails), device=logits.device), last][:, [yes, no]].float()
+        out[idx] = torch.softmax(pair, -1)[:, 0].cpu().numpy()
+    return out
+
+
+@torch.inference_mode()
+def option_logprobs(model, tok, rows: pd.DataFrame, options: list[str], max_knowledge_tokens: int) -> np.ndarray:
+    """(n rows, n options) log-likelihood of each option as the answer (all its tokens); the prompt
+    runs once per row and the options continue from its KV cache."""
+    opt_ids = [answer_ids(tok, o)[:-1] for o in options]
+    out = np.zeros((len(rows), len(options)))
+    for r in range(len(rows)):
+        x = prompt_ids(tok, rows["knowledge"].iat[r], rows["prompt"].iat[r], max_knowledge_tokens)
+        # The last prompt token goes with the tails: its logits predict each option's first token.
+        logp = torch.log_softmax(_continue(model, x[:-1], [[x[-1]] + o for o in opt_ids]).float(), -1)
+        for i, o in enumerate(opt_ids):
+            out[r, i] = logp[i, torch.arange(len(o), device=logp.device), torch.tensor(o, device=logp.device)].sum().item()
+    return out
+
+
+@torch.inference_mode()
+def knowledge_embeddings(model, tok, texts: list[str], max_tokens: int, batch_size: int = 32) -> np.ndarray:
+    """(n, hidden) mean of the last hidden states over each text's tokens; identical texts run once."""
+    dev = next(model.parameters()).device
+    uniq, inverse = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+    enc = [prompt_ids(tok, t, "", max_tokens)[: max_tokens + 1] for t in uniq]
+    order = np.argsort([len(e) for e in enc])
+    out = np.zeros((len(uniq), model.config.hidden_size), np.float32)
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    for a in range(0, len(order), batch_size):
+        idx = order[a:a + batch_size]
+        n = max(len(enc[i]) for i in idx)
+        ids = torch.full((len(idx), n), tok.pad_token_id, dtype=torch.long, device=dev)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(idx):
+            ids[r, :len(enc[i])] = torch.tensor(enc[i], device=dev)
+            mask[r, :len(enc[i])] = 1
+        h = base(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        m = mask.unsqueeze(-1).float()
+        out[idx] = ((h * m).sum(1) / m.sum(1)).cpu().numpy()
+    return out[inverse]
+
+
+def fit_projection(x: np.ndarray, dim: int) -> dict:
+    """PCA (centred SVD) fitted on ``x``: ``{"mean", "components"}`` to project to ``dim`` values."""
+    mean = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return {"mean": mean.astype(np.float32), "components": vt[:dim].astype(np.float32)}
+
+
+def project(x: np.ndarray, proj: dict) -> np.ndarray:
+    return ((x - proj["mean"]) @ proj["components"].T).astype(np.float32)
