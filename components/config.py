@@ -473,7 +473,7 @@ class HKFRConfig(Section):
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    steps: int = Field(150, ge=1)
+    steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2.0e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -484,7 +484,7 @@ class HKFRConfig(Section):
     log_every: int = Field(10, ge=1)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     cpu_threads: int = Field(1, ge=0)
-    eval_requests: int | None = Field(300, ge=1)
+    eval_requests: int | None = Field(200, ge=1)
     eval_option_examples: int = Field(200, ge=1)
     eval_batch_size: int = Field(32, ge=1)
     embedding_dim: int = Field(16, ge=1)

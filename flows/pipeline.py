@@ -1,7 +1,8 @@
 """Prefect flow `pipeline`: the whole platform end to end.
 
 generate (unless a batch is given) → ingest → features → llm (pretraining, contrastive, HomoDistil,
-embeddings) → ctr (training, evaluation beside the oracle, registration, promotion) → news
+embeddings) → hkfr (knowledge texts, instruction tuning, user knowledge
+embedding into Feast) → ctr (training, evaluation beside the oracle, registration, promotion) → news
 (PerCoNet on a MIND-format folder, synthetic by default).
 Runs with or without a Prefect server.
 """
@@ -13,10 +14,11 @@ from prefect.cache_policies import NO_CACHE
 
 from components import tracking
 from components.config import (ContrastiveConfig, CTRConfig, DistillConfig, EmbedConfig, FeaturesConfig,
-                               GenerateConfig, IngestConfig, LLMConfig, NewsConfig, Params)
+                               GenerateConfig, HKFRConfig, IngestConfig, LLMConfig, NewsConfig, Params)
 from components.versioning import record_outputs
 from flows.ctr import ctr as ctr_flow
 from flows.features import features as features_flow
+from flows.hkfr import hkfr as hkfr_flow
 from flows.ingest import generate as generate_flow
 from flows.ingest import ingest as ingest_flow
 from flows.llm import llm as llm_flow
@@ -24,7 +26,7 @@ from flows.news import news as news_flow
 from flows.settings import flow_params
 
 DVC_STAGES = ["generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher", "distill",
-              "contrastive_student", "embed", "ctr", "ctr_register", "news_data", "news",
+              "contrastive_student", "embed", "knowledge", "instruct", "hkfr_register", "ctr", "ctr_register", "news_data", "news",
               "news_register"]
 
 
@@ -42,6 +44,16 @@ def ctr_lines(ctr: dict | None) -> list[str]:
     return [f"  CTR model:  {s['model']}: {s['headline']}",
             f"  registry:   {r['name']} v{r['version']} -> {alias} ({r['reason']}); champion = v{r['champion']}",
             "              promote / roll back: scenerec promote --version N --reason ...; scenerec rollback --reason ..."]
+
+
+def hkfr_lines(hk: dict | None) -> list[str]:
+    """The HKFR part of the closing message."""
+    if not hk:
+        return []
+    m, r = hk["metrics"], hk["registry"]
+    return [f"  HKFR:       P(yes) test AUC {m.get('test.auc', float('nan')):.4f} (cold-start users "
+            f"{m.get('test.cold_user.auc', float('nan')):.4f}); {r['name']} v{r['version']} -> "
+            + ("champion" if r["promoted"] else "challenger") + "; user knowledge embedding in Feast"]
 
 
 def news_lines(news: dict | None) -> list[str]:
@@ -63,6 +75,7 @@ def where_to_look(params: Params, metrics: dict) -> str:
         f"  metrics:    {params.path('reports_dir')} (also: dvc metrics show; dvc plots show)",
         f"  MLflow:     {uri}   (UI: make ui, then http://127.0.0.1:5000)",
         "  Prefect:    make ui, then http://127.0.0.1:4200 (flow runs, artifacts)",
+        *hkfr_lines(metrics.get("hkfr")),
         *ctr_lines(metrics.get("ctr")),
         *news_lines(metrics.get("news")),
         "  online features, e.g.: scenerec online --user-id " + str(metrics.get("example_user", "<user_id>"))
@@ -83,11 +96,12 @@ def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: Ge
              ingest: IngestConfig | None = None, features: FeaturesConfig | None = None,
              llm: LLMConfig | None = None, contrastive: ContrastiveConfig | None = None,
              distill: DistillConfig | None = None, embed: EmbedConfig | None = None,
-             ctr: CTRConfig | None = None, news: NewsConfig | None = None, params_file: str | None = None) -> dict:
+             hkfr: HKFRConfig | None = None, ctr: CTRConfig | None = None, news: NewsConfig | None = None,
+             params_file: str | None = None) -> dict:
     """Run the platform end to end on a synthetic batch (default) or on your own batch folder."""
     params, overridden = flow_params(params_file, seed=seed, generate=generate, ingest=ingest, features=features,
-                                     llm=llm, contrastive=contrastive, distill=distill, embed=embed, ctr=ctr,
-                                     news=news)
+                                     llm=llm, contrastive=contrastive, distill=distill, embed=embed, hkfr=hkfr,
+                                     ctr=ctr, news=news)
     logger = get_run_logger()
     params_path = str(params.root / "params.yaml") if params_file is None else params_file
     sections = dict(generate=generate, ingest=ingest, features=features)
@@ -102,13 +116,15 @@ def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: Ge
         feats = features_flow(features=sections["features"], params_file=params_path, parent_run_id=run_id)
         llm_results = llm_flow(llm=llm, contrastive=contrastive, distill=distill, embed=embed,
                                params_file=params_path, parent_run_id=run_id)
+        hkfr_results = hkfr_flow(hkfr=hkfr, params_file=params_path, parent_run_id=run_id)
         ctr_results = ctr_flow(ctr=ctr, params_file=params_path, parent_run_id=run_id)
         news_results = news_flow(news=news, params_file=params_path, parent_run_id=run_id)
         if batch_dir is None and not overridden:
             logger.info(record_task(params))
         else:
             logger.info("custom batch or overridden parameters: outputs not recorded in dvc.lock")
-        metrics = {"ingest": ingested, "features": feats, "llm": llm_results, "ctr": ctr_results,
+        metrics = {"ingest": ingested, "features": feats, "llm": llm_results, "hkfr": hkfr_results,
+                   "ctr": ctr_results,
                    "news": news_results}
         try:
             from components.steps import example_keys

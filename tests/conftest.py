@@ -39,6 +39,10 @@ TINY = {
     "news": {"n_users": 40, "n_news": 200, "n_entities": 30, "train_impressions": 150, "dev_impressions": 60,
              "impression_size": 10, "epochs": 1, "embed_dim": 16, "num_heads": 2, "attention_hidden": 16,
              "batch_size": 32, "max_history": 10, "history_len": 10},
+    # The tiny teacher (no distillation needed), a handful of steps and scored requests.
+    "hkfr": {"base": "pretrained", "steps": 6, "batch_size": 4, "train_examples": 40, "max_knowledge_tokens": 48,
+             "max_length": 96, "eval_requests": 20, "eval_option_examples": 10, "embedding_dim": 4,
+             "checkpoint_every": 3, "log_every": 2, "snapshot_days": 5, "knowledge_max_chars": 300},
 }
 
 # The same offline, no-telemetry defaults as the `scenerec` command.

@@ -305,10 +305,19 @@ def training_frame(params: Params, impressions: pd.DataFrame) -> pd.DataFrame:
     valid feature row, so NaN is its correct value.
     """
     entity = entity_frame(params, impressions).reset_index(drop=True)
-    entity[TIMESTAMP] = entity[TIMESTAMP].dt.as_unit("ns")
     store = get_store(params)
+    return join_views(store, entity, _view_refs(store, store.get_feature_service(SERVICE)))
+
+
+def join_views(store: FeatureStore, entity: pd.DataFrame, views: list[tuple[str, list[str], list[str]]]) -> pd.DataFrame:
+    """``entity`` (join keys + ``event_timestamp``) with the point-in-time features of ``views``
+    ((view, its join keys, its features), as ``_view_refs`` lists them) as ``<view>__<feature>``
+    columns, one row per entity row in the input order (see ``training_frame`` for why Feast gets
+    the distinct pairs only)."""
+    entity = entity.reset_index(drop=True)
+    entity[TIMESTAMP] = pd.to_datetime(entity[TIMESTAMP], utc=True).dt.as_unit("ns")
     out = entity
-    for view, keys, features in _view_refs(store, store.get_feature_service(SERVICE)):
+    for view, keys, features in views:
         pairs = entity[keys + [TIMESTAMP]].drop_duplicates(ignore_index=True)
         got = store.get_historical_features(
             entity_df=pairs, features=[f"{view}:{f}" for f in features], full_feature_names=True
@@ -317,8 +326,14 @@ def training_frame(params: Params, impressions: pd.DataFrame) -> pd.DataFrame:
         got = got[keys + [TIMESTAMP] + [f"{view}__{f}" for f in features]]
         out = out.merge(got, on=keys + [TIMESTAMP], how="left", validate="many_to_one")
     if len(out) != len(entity):
-        raise RuntimeError(f"point-in-time join returned {len(out)} rows for {len(entity)} impressions")
+        raise RuntimeError(f"point-in-time join returned {len(out)} rows for {len(entity)} entity rows")
     return out
+
+
+def service_frame(params: Params, entity: pd.DataFrame, service: str) -> pd.DataFrame:
+    """``entity`` with the point-in-time features of the feature service ``service``."""
+    store = get_store(params)
+    return join_views(store, entity, _view_refs(store, store.get_feature_service(service)))
 
 
 def build_training_set(params: Params) -> Path:

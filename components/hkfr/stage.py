@@ -5,7 +5,7 @@
 Files under ``paths.hkfr_dir``:
   knowledge/  snapshots.parquet (user, cutoff, text), train / test_order / test_choice.parquet
   model/      the tuned LLM (adapters merged) and its tokenizer
-  user_knowledge.parquet  the Feast table: user, event_timestamp, embedding (embedding_dim floats)
+  user_knowledge.parquet  the Feast table: user_id, event_timestamp, k00..k<embedding_dim-1>, n_behaviors
   eval/       test P("yes") per impression and the PCA projection
 """
 from __future__ import annotations
@@ -26,6 +26,11 @@ from components.hkfr.instructions import build_instructions, split_bounds
 from components.hkfr.knowledge import KnowledgeRules, knowledge_snapshots
 
 FEAST_TABLE = "user_knowledge.parquet"
+
+
+def embedding_column(i: int) -> str:
+    """One value of the user knowledge embedding as a scalar Feast feature (k00, k01, ...)."""
+    return f"k{i:02d}"
 
 
 def knowledge_dir(params: Params) -> Path:
@@ -140,8 +145,9 @@ def write_user_knowledge(params: Params, model, tok, snapshots: pd.DataFrame, va
     fit_rows = (ts < valid_start).to_numpy()
     proj = tuning.fit_projection(x[fit_rows] if fit_rows.sum() > cfg.embedding_dim else x, cfg.embedding_dim)
     z = tuning.project(x, proj)
-    table = pd.DataFrame({"user_id": snapshots["user_id"].astype(str), "event_timestamp": ts,
-                          "embedding": list(z), "n_behaviors": snapshots["n_behaviors"].astype("int64")})
+    table = pd.DataFrame({"user_id": snapshots["user_id"].astype(str).to_numpy(), "event_timestamp": ts.to_numpy(),
+                          **{embedding_column(i): z[:, i] for i in range(z.shape[1])},
+                          "n_behaviors": snapshots["n_behaviors"].astype("int64").to_numpy()})
     path = params.path("hkfr_dir") / FEAST_TABLE
     table.to_parquet(path, index=False)
     eval_dir(params).mkdir(parents=True, exist_ok=True)
@@ -262,7 +268,7 @@ def register_and_promote(params: Params, run_id: str, by: str | None = None) -> 
     c = registry.client(params)
     champion = registry.alias_version(c, name, registry.CHAMPION)
     _, test_start = split_bounds(d["impressions"], params)
-    challenger_m = _test_auc(params, py.model, py.tok, sets)
+    challenger_m = _saved_test_auc(params) or _test_auc(params, py.model, py.tok, sets)
     champion_m = None
     if champion is not None and champion != version:
         loaded = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}").unwrap_python_model()
@@ -277,6 +283,17 @@ def register_and_promote(params: Params, run_id: str, by: str | None = None) -> 
             "champion": registry.alias_version(c, name, registry.CHAMPION), "promoted": decision["promote"],
             "reason": decision["reason"], "challenger_metrics": challenger_m, "champion_metrics": champion_m,
             "margin": params.hkfr.promotion_margin}
+
+
+def _saved_test_auc(params: Params) -> dict | None:
+    """The tuned model's test AUC from the P("yes") that ``scenerec instruct`` saved for it (the
+    same rows the champion is scored on), or None when they are missing or older than the model."""
+    path = eval_dir(params) / "test_scores.parquet"
+    weights = next(iter(sorted(tuning.model_dir(params).glob("*.safetensors"))), None)
+    if not path.exists() or weights is None or path.stat().st_mtime < weights.stat().st_mtime:
+        return None
+    scored = pd.read_parquet(path)
+    return {"test.auc": _auc(scored["label"], scored["p_yes"])}
 
 
 def _test_auc(params: Params, model, tok, sets) -> dict:

@@ -6,8 +6,7 @@
   and precision and runs DDP under ``accelerate launch`` / ``torchrun``; a checkpoint every
   ``checkpoint_every`` steps and a rerun resumes from the newest. The adapters are merged on save,
   so the tuned model is a plain Hugging Face folder.
-* ``score_yes``: P("yes") of the yes/no task, as the two answers' first-token probabilities
-  renormalised. The knowledge + scene prefix of a request is run once and its KV cache is shared
+* ``score_yes``: P("yes") of the yes/no task, as the two answers' likelihoods renormalised. The knowledge + scene prefix of a request is run once and its KV cache is shared
   by all of the request's candidates.
 * ``choice_accuracy``: the category / price-band tasks, answered by the most likely option.
 * ``knowledge_embeddings``: the mean of the tuned model's last hidden states over a knowledge text:
@@ -188,13 +187,6 @@ def load_tuned(folder: str | Path):
     return model, tok
 
 
-def _first_tokens(tok, answers: list[str]) -> list[int]:
-    first = [answer_ids(tok, a)[0] for a in answers]
-    if len(set(first)) != len(first):
-        raise ValueError(f"answers {answers} start with the same token; P(yes) needs distinct first tokens")
-    return first
-
-
 def _continue(model, prefix: list[int], tails: list[list[int]]) -> torch.Tensor:
     """Logits (len(tails), longest tail, vocab) of ``prefix + tail`` for every tail, with the prefix
     run once and its KV cache shared by the tails (batched, right-padded)."""
@@ -213,6 +205,19 @@ def _continue(model, prefix: list[int], tails: list[list[int]]) -> torch.Tensor:
     return model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=cache is not None).logits
 
 
+def _answer_logliks(model, prefix: list[int], tails: list[list[int]], answers: list[list[int]]) -> np.ndarray:
+    """(len(tails), len(answers)) log-likelihood of each answer's tokens after ``prefix + tail``."""
+    seqs = [t + a for t in tails for a in answers]
+    logp = torch.log_softmax(_continue(model, prefix, seqs).float(), -1)
+    out = np.zeros((len(tails), len(answers)))
+    for i, t in enumerate(tails):
+        for j, a in enumerate(answers):
+            row = logp[i * len(answers) + j]
+            pos = torch.arange(len(t) - 1, len(t) - 1 + len(a), device=row.device)
+            out[i, j] = row[pos, torch.tensor(a, device=row.device)].sum().item()
+    return out
+
+
 def _split_common(seqs: list[list[int]]) -> tuple[list[int], list[list[int]]]:
     """(longest common prefix leaving every sequence at least one token, the rest of each)."""
     common = 0
@@ -223,11 +228,13 @@ def _split_common(seqs: list[list[int]]) -> tuple[list[int], list[list[int]]]:
 
 @torch.inference_mode()
 def score_yes(model, tok, rows: pd.DataFrame, max_knowledge_tokens: int) -> np.ndarray:
-    """P("yes") per row (``knowledge, prompt``; one request's rows share their knowledge and scene).
+    """P("yes") per row (``knowledge, prompt``): the likelihoods of the answers "yes" and "no"
+    (all their tokens) renormalised over the two.
 
     Rows are grouped by ``request_id`` (or scored one by one without it): the prefix common to the
-    group's prompts runs once, and the candidates continue from its KV cache in one batch."""
-    yes, no = _first_tokens(tok, [YES, NO])
+    group's prompts (knowledge and scene) runs once, and the candidates continue from its KV cache
+    in one batch."""
+    answers = [answer_ids(tok, YES)[:-1], answer_ids(tok, NO)[:-1]]
     out = np.zeros(len(rows))
     keys = rows["request_id"].astype(str).to_numpy() if "request_id" in rows else np.arange(len(rows)).astype(str)
     order = np.argsort(keys, kind="stable")
@@ -236,10 +243,8 @@ def score_yes(model, tok, rows: pd.DataFrame, max_knowledge_tokens: int) -> np.n
         idx = order[a:b]
         seqs = [prompt_ids(tok, rows["knowledge"].iat[i], rows["prompt"].iat[i], max_knowledge_tokens) for i in idx]
         prefix, tails = _split_common(seqs)
-        logits = _continue(model, prefix, tails)
-        last = torch.tensor([len(t) - 1 for t in tails], device=logits.device)
-        pair = logits[torch.arange(len(tails), device=logits.device), last][:, [yes, no]].float()
-        out[idx] = torch.softmax(pair, -1)[:, 0].cpu().numpy()
+        ll = _answer_logliks(model, prefix, tails, answers)
+        out[idx] = 1.0 / (1.0 + np.exp(ll[:, 1] - ll[:, 0]))
     return out
 
 
@@ -252,9 +257,7 @@ def option_logprobs(model, tok, rows: pd.DataFrame, options: list[str], max_know
     for r in range(len(rows)):
         x = prompt_ids(tok, rows["knowledge"].iat[r], rows["prompt"].iat[r], max_knowledge_tokens)
         # The last prompt token goes with the tails: its logits predict each option's first token.
-        logp = torch.log_softmax(_continue(model, x[:-1], [[x[-1]] + o for o in opt_ids]).float(), -1)
-        for i, o in enumerate(opt_ids):
-            out[r, i] = logp[i, torch.arange(len(o), device=logp.device), torch.tensor(o, device=logp.device)].sum().item()
+        out[r] = _answer_logliks(model, x[:-1], [[x[-1]]], opt_ids)[0]
     return out
 
 

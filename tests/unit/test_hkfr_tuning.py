@@ -26,11 +26,6 @@ def lm(tmp_path_factory):
     return model.eval(), tok
 
 
-def _plain_last_logits(model, ids: list[int]) -> torch.Tensor:
-    with torch.inference_mode():
-        return model(input_ids=torch.tensor([ids])).logits[0, -1]
-
-
 def test_cached_yes_score_equals_a_plain_forward(lm):
     model, tok = lm
     rows = pd.DataFrame({
@@ -41,10 +36,16 @@ def test_cached_yes_score_equals_a_plain_forward(lm):
                    "<task> at lunch: will the user order from A (noodles, price 90 and above)?",
                    "<task> at dinner: will the user order from Tiger Pizzeria (pizza, price 25-50)?"]})
     got = tuning.score_yes(model, tok, rows, max_knowledge_tokens=40)
-    yes, no = tuning._first_tokens(tok, ["yes", "no"])
+
+    def loglik(x, y):
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([x + y])).logits[0], -1)
+        return sum(logp[len(x) - 1 + k, t].item() for k, t in enumerate(y))
+
+    yes, no = tuning.answer_ids(tok, "yes")[:-1], tuning.answer_ids(tok, "no")[:-1]
     for i in range(len(rows)):
-        logits = _plain_last_logits(model, tuning.prompt_ids(tok, rows["knowledge"][i], rows["prompt"][i], 40))
-        want = torch.softmax(logits[[yes, no]], -1)[0].item()
+        x = tuning.prompt_ids(tok, rows["knowledge"][i], rows["prompt"][i], 40)
+        want = 1 / (1 + np.exp(loglik(x, no) - loglik(x, yes)))
         assert got[i] == pytest.approx(want, abs=1e-5)
     assert len(set(np.round(got, 6))) > 1, "different candidates must get different scores"
 
