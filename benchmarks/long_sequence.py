@@ -41,7 +41,7 @@ def long_request(ds, n: int, candidates: int, seed: int = 0):
     a, b = h.user_start[heavy], h.user_end[heavy]
     idx = np.resize(np.arange(a, b), n)  # tile the real log to length n
     hist = History(np.arange(n, dtype=np.int64), h.poi_row[idx], h.behavior[idx], h.context[idx],
-                   {heavy: 0}, {heavy: n})
+                   {heavy: 0}, {heavy: n}, h.slot[idx] if h.slot is not None else None)
     req = ds.test.take(np.array([0]))
     k = req.poi_row.shape[1]
     pick = rng.integers(0, k, candidates)

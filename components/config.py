@@ -321,6 +321,8 @@ class CTRConfig(Section):
     max_contexts: int = Field(32, ge=2)
     max_subsequence: int = Field(64, ge=1)
     sim_max: int = Field(64, ge=1)
+    history_profile: bool = True
+    profile_behavior_weights: list[float] = [1.0, 2.0, 2.0, 3.0]
     gat_layers: int = Field(1, ge=0)
     gat_heads: int = Field(2, ge=1)
     attach_temperature: float = Field(1.0, gt=0)
@@ -354,6 +356,10 @@ class CTRConfig(Section):
             raise ValueError(f"short_term ({self.short_term}) must not exceed max_history ({self.max_history})")
         if not self.history_behaviors:
             raise ValueError("history_behaviors must name at least one behaviour")
+        w = self.profile_behavior_weights
+        if len(w) != 4 or any(x < 0 for x in w) or sum(w) <= 0:
+            raise ValueError(f"profile_behavior_weights must be 4 non-negative weights (view, click, favorite, "
+                             f"order) with a positive sum, got {w}")
         return self
 
 

@@ -249,6 +249,12 @@ class FeatureEncoder:
         return np.concatenate([out, np.stack(flags, 1).astype(np.float32)], 1) if flags else out
 
 
+def time_slot_index(slots, cfg_features) -> np.ndarray:
+    """Time-slot names -> 1.. in the order of ``features.time_slots`` (0 = unknown)."""
+    index = {name: i + 1 for i, name in enumerate(cfg_features.time_slots)}
+    return np.fromiter((index.get(str(v), 0) for v in slots), dtype=np.int64, count=len(slots))
+
+
 def pois_category_index(pois: pd.DataFrame) -> np.ndarray:
     """Category of each PoI as an index into the sorted category vocabulary (same order as Feast's)."""
     cats = sorted(pois["category"].astype(str).unique())
@@ -273,6 +279,7 @@ class PoiTable:
     lat: np.ndarray
     lon: np.ndarray
     text_emb: np.ndarray | None  # (P, D) LLM embedding of the PoI text
+    log_price: np.ndarray | None = None  # (P,) log average order value (history price profile)
 
     @classmethod
     def build(cls, pois: pd.DataFrame, enc: FeatureEncoder, cfg_features, poi_embeddings: pd.DataFrame | None):
@@ -291,7 +298,8 @@ class PoiTable:
             _bands(pd.to_numeric(pois["price"]).to_numpy(), cfg_features.price_band_edges) + 1,
             np.where(np.isnan(rating), 0, _bands(np.nan_to_num(rating), cfg_features.rating_band_edges) + 1),
             _bands(pd.to_numeric(pois["delivery_minutes"]).to_numpy(), cfg_features.delivery_band_edges) + 1,
-            lat, lon, emb,
+            lat, lon, emb, np.log(np.clip(pd.to_numeric(pois["price"], errors="coerce").fillna(30.0).to_numpy(), 1.0, None))
+            .astype(np.float32),
         )
 
     def rows(self, poi_ids) -> np.ndarray:
@@ -313,6 +321,7 @@ class History:
     context: np.ndarray  # encoder context id (0 = unknown)
     user_start: dict[str, int]
     user_end: dict[str, int]
+    slot: np.ndarray | None = None  # time slot of each behaviour, 1.. (0 = unknown)
 
     @classmethod
     def build(cls, behaviors: pd.DataFrame, poi_table: PoiTable, enc: FeatureEncoder, cfg: CTRConfig, cfg_features):
@@ -321,14 +330,16 @@ class History:
         b = behaviors[behaviors["behavior"].isin(cfg.history_behaviors) & behaviors["poi_id"].notna()]
         b = b[b["poi_id"].astype(str).isin(poi_table.index)]
         b = b.assign(_ts=_ts_ns(b["ts"]), user_id=b["user_id"].astype(str)).sort_values(["user_id", "_ts"], kind="stable")
-        ctx = scene_features(b[SCENE_COLUMNS], cfg_features)["context_id"].astype(str).to_numpy() if len(b) else []
+        sf = scene_features(b[SCENE_COLUMNS], cfg_features) if len(b) else None
+        ctx = sf["context_id"].astype(str).to_numpy() if len(b) else []
+        slot = time_slot_index(sf["time_slot"], cfg_features) if len(b) else np.zeros(0, np.int64)
         users = b["user_id"].to_numpy()
         starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(b) else np.array([], np.int64)
         ends = np.r_[starts[1:], len(b)] if len(b) else starts
         beh = {k: i + 1 for i, k in enumerate(_BEHAVIOR_TYPES)}
         return cls(b["_ts"].to_numpy(), poi_table.rows(b["poi_id"].astype(str).tolist()),
                    np.array([beh[x] for x in b["behavior"]], dtype=np.int64), enc.contexts.encode(ctx),
-                   {users[s]: int(s) for s in starts}, {users[s]: int(e) for s, e in zip(starts, ends)})
+                   {users[s]: int(s) for s in starts}, {users[s]: int(e) for s, e in zip(starts, ends)}, slot)
 
     def slices(self, user_ids, ts_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[start, end) of each (user, time): the user's behaviours strictly before ``ts``."""
@@ -362,6 +373,7 @@ class RequestData:
     mask: np.ndarray  # (R, K) bool
     cold_user: np.ndarray  # (R,) bool
     cold_poi: np.ndarray  # (R, K) bool
+    slot: np.ndarray | None = None  # (R,) time slot of the request, 1.. (0 = unknown)
     p_click: np.ndarray | None = None  # oracle, when known
     p_order: np.ndarray | None = None
     scene_full: np.ndarray | None = None  # (R, D) LLM embedding of the whole scene text (benchmark only)
@@ -439,6 +451,7 @@ def encode_requests(frame: pd.DataFrame, enc: FeatureEncoder, pois: PoiTable, hi
         numeric=grid(enc.numeric_matrix(df), np.float32), distance=grid(dist, np.float32),
         click=grid(df["click"].to_numpy(np.float32), np.float32), order=grid(df["order"].to_numpy(np.float32), np.float32),
         mask=grid(np.ones(len(df), bool), bool, False), cold_user=cold_user, cold_poi=cold_poi,
+        slot=time_slot_index(sv["time_slot"], cfg_features),
     )
     if "p_click" in df and df["p_click"].notna().all():
         out.p_click = grid(df["p_click"].to_numpy(np.float64), np.float64)
@@ -481,12 +494,13 @@ def gather_history(history: History, pois: PoiTable, start: np.ndarray, end: np.
         idx = np.zeros_like(idx)
         valid = np.zeros_like(valid)
         rows = np.zeros_like(idx)
-        beh = ctx = np.zeros_like(idx)
+        beh = ctx = slot = np.zeros_like(idx)
     else:
         rows = np.where(valid, history.poi_row[idx], 0)
         beh = np.where(valid, history.behavior[idx], 0)
         ctx = np.where(valid, history.context[idx], 0)
-    return {"hist_poi": rows, "hist_behavior": beh, "hist_context": ctx, "hist_mask": valid}
+        slot = np.where(valid, history.slot[idx], 0) if history.slot is not None else np.zeros_like(idx)
+    return {"hist_poi": rows, "hist_behavior": beh, "hist_context": ctx, "hist_slot": slot, "hist_mask": valid}
 
 
 def make_batch(data: RequestData, idx: np.ndarray, history: History, pois: PoiTable, max_history: int,
@@ -513,8 +527,12 @@ def make_batch(data: RequestData, idx: np.ndarray, history: History, pois: PoiTa
         "hist_poi": hist_vocab, "hist_row": h["hist_poi"], "hist_category": pois.category[h["hist_poi"]],
         "hist_price": pois.price_band[h["hist_poi"]], "hist_rating": pois.rating_band[h["hist_poi"]],
         "hist_delivery": pois.delivery_band[h["hist_poi"]], "hist_behavior": h["hist_behavior"],
-        "hist_context": h["hist_context"], "hist_mask": h["hist_mask"],
+        "hist_context": h["hist_context"], "hist_mask": h["hist_mask"], "hist_slot": h["hist_slot"],
+        "slot": d.slot if d.slot is not None else np.zeros(len(idx), np.int64),
     }
+    if pois.log_price is not None:
+        out["cand_logp"] = pois.log_price[d.poi_row]
+        out["hist_logp"] = pois.log_price[h["hist_poi"]]
     if scene_table is not None and pois.text_emb is not None:
         sv = d.scene_value
         out["scene_feats"] = scene_table[np.clip(sv, 0, None)] * (sv >= 0)[..., None]

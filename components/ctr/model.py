@@ -87,6 +87,38 @@ def gather_selected(mask: torch.Tensor, k: int, *tensors: torch.Tensor):
     return (new_mask, *out)
 
 
+PROFILE_STATS = 6  # per scope: log1p same-PoI weight, PoI share, category share, price gap, |gap|, log1p total
+
+
+def history_profile(w: torch.Tensor, hist_row: torch.Tensor, cand_row: torch.Tensor, hist_cat: torch.Tensor,
+                    cand_cat: torch.Tensor, hist_logp: torch.Tensor | None, cand_logp: torch.Tensor | None,
+                    hist_text: torch.Tensor | None = None, cand_text: torch.Tensor | None = None) -> torch.Tensor:
+    """Candidate-relative statistics of a weighted history: w (R, n) behaviour weights (0 = not in
+    the scope), rows/categories (R, n) against the candidates' (R, K). Returns (R, K, F): log1p of
+    the weight on the candidate PoI, its share and its category's share (both smoothed by one
+    pseudo-behaviour), the candidate's log price minus the history's weighted mean log price (and
+    its absolute value), log1p total weight; with text, the cosine of the candidate's text embedding
+    and the weighted mean history text embedding. Empty scopes give zeros."""
+    tot = w.sum(-1, keepdim=True)  # (R, 1)
+    same_poi = (hist_row.unsqueeze(1) == cand_row.unsqueeze(-1)).to(w.dtype)  # (R, K, n)
+    same_cat = (hist_cat.unsqueeze(1) == cand_cat.unsqueeze(-1)).to(w.dtype)
+    poi_w = torch.einsum("rkn,rn->rk", same_poi, w)
+    cat_w = torch.einsum("rkn,rn->rk", same_cat, w)
+    has = (tot > 0).to(w.dtype)
+    feats = [torch.log1p(poi_w), poi_w / (tot + 1), cat_w / (tot + 1)]
+    if hist_logp is not None and cand_logp is not None:
+        mean_lp = (w * hist_logp).sum(-1, keepdim=True) / tot.clamp(min=1e-6)
+        gap = (cand_logp - mean_lp) * has
+        feats += [gap, gap.abs()]
+    else:
+        feats += [torch.zeros_like(poi_w), torch.zeros_like(poi_w)]
+    feats.append(torch.log1p(tot).expand_as(poi_w))
+    if hist_text is not None and cand_text is not None:
+        u = torch.einsum("rn,rnd->rd", w, F.normalize(hist_text, dim=-1))
+        feats.append(torch.einsum("rkd,rd->rk", F.normalize(cand_text, dim=-1), F.normalize(u, dim=-1)) * has)
+    return torch.stack(feats, -1)
+
+
 class CoFARS(nn.Module):
     """Phase 1 of CoFARS (METHODS.md §2) over the contexts of each request's history.
 
@@ -231,6 +263,14 @@ class CTRModel(nn.Module):
                                 nb.get("delivery_band", 8)]
             self.cofars = CoFARS(cfg, shapes, d, self.group_sizes)
         seq_dim = 0 if self.sequence == "none" else 2 * d
+        # History profile (sequence models): scopes = whole history, same time slot as the request and,
+        # for CoFARS, its context-selected sub-sequence.
+        self.profile_scopes = 0
+        if self.sequence != "none" and cfg.history_profile:
+            self.profile_scopes = 3 if self.sequence == "cofars" else 2
+            self.register_buffer("behavior_weight", torch.tensor([0.0, *cfg.profile_behavior_weights]), persistent=False)
+        n_profile = self.profile_scopes * (PROFILE_STATS + (1 if self.use_text else 0))
+        seq_dim += n_profile
         in_dim = (d + d + d + cfg.collab_dim * (2 if self.use_text else 1) + d + 2 * d + d + 1 + seq_dim)
         self.bottom = nn.Sequential(MLP(in_dim, cfg.mlp_hidden[:-1], cfg.mlp_hidden[-1], dropout=cfg.dropout),
                                     nn.ReLU(), nn.Dropout(cfg.dropout))
@@ -282,6 +322,7 @@ class CTRModel(nn.Module):
     def sequence_vector(self, b, cand, hist, aux):
         """(R, K, 2d): attended/pooled history and its product with the candidate."""
         mask = b["hist_mask"]
+        selection = None
         if self.sequence == "avg":
             pooled = (hist * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
             s = pooled.unsqueeze(1).expand_as(cand)
@@ -299,7 +340,27 @@ class CTRModel(nn.Module):
             m, keys = gather_selected(sel["mask"], self.cfg.max_subsequence, hist)
             aux["subsequence_length"] = m.sum(-1).float().mean()
             s = self.attention(cand, keys, m)
-        return torch.cat([s, s * cand], -1)
+            selection = sel["mask"]
+        out = [s, s * cand]
+        if self.profile_scopes:
+            out.append(self.profile(b, selection))
+        return torch.cat(out, -1)
+
+    def profile(self, b, selection=None):
+        """(R, K, F) history-profile statistics per scope (``history_profile``): the whole history,
+        the behaviours in the request's time slot and (CoFARS) the selected sub-sequence."""
+        mask = b["hist_mask"]
+        w = self.behavior_weight[b["hist_behavior"].clamp(0, 4)] * mask
+        scopes = [w]
+        slot, hist_slot = b.get("slot"), b.get("hist_slot")
+        same_slot = (hist_slot == slot.unsqueeze(1)) & (slot.unsqueeze(1) > 0) if slot is not None and \
+            hist_slot is not None else torch.zeros_like(mask)
+        scopes.append(w * same_slot)
+        if self.profile_scopes == 3:
+            scopes.append(w * (selection if selection is not None else mask))
+        text = (b.get("hist_text"), b.get("cand_text")) if self.use_text else (None, None)
+        return torch.cat([history_profile(sw, b["hist_row"], b["cand_row"], b["hist_category"], b["cand_category"],
+                                          b.get("hist_logp"), b.get("cand_logp"), *text) for sw in scopes], -1)
 
     def select(self, b, hist=None):
         """CoFARS phase 1 for each request of the batch: the (R, n) sub-sequence mask (with the
