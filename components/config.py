@@ -322,6 +322,7 @@ class CTRConfig(Section):
     max_subsequence: int = Field(64, ge=1)
     sim_max: int = Field(64, ge=1)
     history_profile: bool = True
+    user_knowledge: bool = False
     profile_behavior_weights: list[float] = [1.0, 2.0, 2.0, 3.0]
     gat_layers: int = Field(1, ge=0)
     gat_heads: int = Field(2, ge=1)

@@ -126,8 +126,11 @@ def load_sources(params: Params) -> CTRSources:
     def opt(path: Path):
         return pd.read_parquet(path) if path.exists() else None
 
+    training_set = pd.read_parquet(ts_path)
+    if params.ctr.user_knowledge:
+        training_set = with_user_knowledge(params, training_set)
     return CTRSources(
-        training_set=pd.read_parquet(ts_path),
+        training_set=training_set,
         behaviors=pd.read_parquet(cur / "behaviors.parquet"),
         pois=pd.read_parquet(cur / "pois.parquet"),
         users=pd.read_parquet(cur / "users.parquet"),
@@ -135,6 +138,24 @@ def load_sources(params: Params) -> CTRSources:
         poi_embeddings=opt(emb / "poi_embeddings.parquet"),
         truth=opt(truth_path),
     )
+
+
+def with_user_knowledge(params: Params, training_set: pd.DataFrame) -> pd.DataFrame:
+    """The training set with HKFR's user knowledge embedding joined point-in-time by Feast
+    (``user_knowledge__k00``, ...: the snapshot of each user's knowledge before the impression)."""
+    from components.features.store import service_frame
+
+    path = params.path("hkfr_dir") / "user_knowledge.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: ctr.user_knowledge is on but there is no user knowledge table "
+                                "(run `scenerec knowledge` and `scenerec instruct` first)")
+    entity = training_set[["user_id", "event_timestamp"]].assign(user_id=lambda d: d["user_id"].astype(str))
+    joined = service_frame(params, entity, "hkfr_user_knowledge")
+    cols = [c for c in joined.columns if c.startswith("user_knowledge__")]
+    out = training_set.reset_index(drop=True).copy()
+    for c in cols:
+        out[c] = joined[c].to_numpy()
+    return out
 
 
 def time_split(request_ts: np.ndarray, cfg: CTRConfig) -> tuple[int, int]:
@@ -150,7 +171,7 @@ def time_split(request_ts: np.ndarray, cfg: CTRConfig) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------
 # Encoder: fitted on the training period, then applied to any frame (training, test, serving)
 
-FEATURE_PREFIXES = ("user_stats__", "poi_stats__", "context_stats__", "poi_profile__")
+FEATURE_PREFIXES = ("user_stats__", "poi_stats__", "context_stats__", "poi_profile__", "user_knowledge__")
 _POI_CATEGORICAL = ("poi_profile__category_idx", "poi_profile__price_band", "poi_profile__rating_band",
                     "poi_profile__delivery_band")
 _SKIP_NUMERIC = set(_POI_CATEGORICAL) | {"user_stats__last_behavior_ts"}
@@ -232,6 +253,7 @@ class FeatureEncoder:
     def sizes(self) -> dict:
         return {"n_users": len(self.users), "n_pois": len(self.pois), "n_contexts": len(self.contexts),
                 "scene": {f: len(v) for f, v in self.scene.items()}, "n_numeric": len(self.numeric),
+                "n_flags": max(4, len({c.split("__")[0] for c in self.numeric})),
                 "n_categories": self.n_categories, "n_bands": dict(self.n_bands)}
 
     def numeric_matrix(self, df: pd.DataFrame) -> np.ndarray:

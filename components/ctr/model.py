@@ -55,6 +55,7 @@ class ModelShapes:
     n_categories: int
     n_bands: dict
     text_dim: int = 0  # width of the LLM embeddings (0 = none available)
+    n_flags: int = 4  # missing flags after the numeric features: one per feature view (4 before HKFR's)
 
     @classmethod
     def from_sizes(cls, sizes: dict, text_dim: int) -> "ModelShapes":
@@ -246,7 +247,7 @@ class CTRModel(nn.Module):
         self.scene_emb = nn.ModuleDict({f: nn.Embedding(n, d) for f, n in shapes.scene.items()})
         n_scene = len(shapes.scene)
         self.scene_collab = nn.Linear(n_scene * d, cfg.collab_dim)
-        self.numeric_proj = nn.Linear(shapes.n_numeric + 4, 2 * d)  # + missing flag per view (≤ 4 views)
+        self.numeric_proj = nn.Linear(shapes.n_numeric + shapes.n_flags, 2 * d)  # + missing flag per view
         self.use_text = self.scene_mode in ("larr", "fulltext") and shapes.text_dim > 0
         if self.use_text:  # the LLM embeddings arrive in the batch (cand_text, hist_text, scene_feats)
             self.text_proj = nn.Linear(shapes.text_dim, d)

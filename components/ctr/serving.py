@@ -24,6 +24,8 @@ from components.ctr.data import (SCENE_COLUMNS, FeatureEncoder, History, PoiTabl
 from components.ctr.model import CTRModel, ModelShapes
 
 FEATURE_VIEWS = {"user_stats": "user_id", "poi_stats": "poi_id", "poi_profile": "poi_id", "context_stats": "context_id"}
+KNOWLEDGE_VIEW = "user_knowledge"  # HKFR's user knowledge embedding (ctr.user_knowledge)
+SERVED_VIEWS = {**FEATURE_VIEWS, KNOWLEDGE_VIEW: "user_id"}
 REQUEST_COLUMNS = ["request_id", "user_id", "poi_id", "ts", "geohash", "location_type", "weather",
                    "temperature_c", "is_holiday"]
 
@@ -96,12 +98,17 @@ def latest_rows(df: pd.DataFrame, key: str) -> pd.DataFrame:
 
 
 def write_snapshot(out_dir: Path, features_dir: Path, curated_dir: Path, embeddings_dir: Path,
-                   behaviors_per_user: int) -> Path:
-    """The data a served request needs, next to the model (``serving/``)."""
+                   behaviors_per_user: int, knowledge_table: Path | None = None) -> Path:
+    """The data a served request needs, next to the model (``serving/``); ``knowledge_table``: HKFR's
+    user knowledge table, for a model trained with ``ctr.user_knowledge``."""
     snap = Path(out_dir) / "serving"
     snap.mkdir(parents=True, exist_ok=True)
-    for view, key in FEATURE_VIEWS.items():
-        df = latest_rows(pd.read_parquet(Path(features_dir) / f"{view}.parquet"), key)
+    tables = {view: Path(features_dir) / f"{view}.parquet" for view in FEATURE_VIEWS}
+    if knowledge_table is not None:
+        tables[KNOWLEDGE_VIEW] = Path(knowledge_table)
+    for view, path in tables.items():
+        key = SERVED_VIEWS[view]
+        df = latest_rows(pd.read_parquet(path), key)
         df = df.drop(columns=["event_timestamp"]).rename(columns={c: f"{view}__{c}" for c in df.columns if c != key})
         df.to_parquet(snap / f"{view}.parquet", index=False)
     pd.read_parquet(Path(curated_dir) / "pois.parquet").to_parquet(snap / "pois.parquet", index=False)
@@ -131,7 +138,7 @@ class CTRPyfunc(mlflow.pyfunc.PythonModel):
             p = snap / f"{name}.parquet"
             return pd.read_parquet(p) if p.exists() else None
 
-        self.views = {v: opt(v) for v in FEATURE_VIEWS}
+        self.views = {v: opt(v) for v in SERVED_VIEWS}
         self.pois, self.users, self.behaviors = opt("pois"), opt("users"), opt("behaviors")
         self.poi_embeddings, self.scene_embeddings = opt("poi_embeddings"), opt("scene_embeddings")
         self._tables = None
@@ -147,7 +154,7 @@ class CTRPyfunc(mlflow.pyfunc.PythonModel):
         if "position" not in df:
             df["position"] = 0
         df["context_id"] = scene_features(df[SCENE_COLUMNS], self.scorer.features)["context_id"].values
-        for view, key in FEATURE_VIEWS.items():
+        for view, key in SERVED_VIEWS.items():
             if self.views[view] is not None:
                 df = df.merge(self.views[view], on=key, how="left")
         return df

@@ -48,7 +48,7 @@ def train_and_evaluate(params: Params, run_id: str | None = None, model_name: st
         shutil.rmtree(model_dir)
     CTRScorer(model, ds.encoder, cfg, params.features).save(model_dir)
     write_snapshot(model_dir, params.path("features_dir"), params.path("curated_dir"), params.path("embeddings_dir"),
-                   cfg.max_history)
+                   cfg.max_history, params.path("hkfr_dir") / "user_knowledge.parquet" if cfg.user_knowledge else None)
     (model_dir / "split.json").write_text(json.dumps({"valid_start_ns": ds.valid_start_ns,
                                                       "test_start_ns": ds.test_start_ns}))
     shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # finished: nothing left to resume
@@ -74,7 +74,13 @@ def _test_frame(params: Params, model_dir: Path) -> tuple[pd.DataFrame, int]:
     split = json.loads((model_dir / "split.json").read_text())
     df = pd.read_parquet(params.path("features_dir") / TRAINING_SET)
     req_ts = df.groupby("request_id")["event_timestamp"].transform("min")
-    return df[_ts_ns(req_ts) >= split["test_start_ns"]], int(split["test_start_ns"])
+    df = df[_ts_ns(req_ts) >= split["test_start_ns"]]
+    if (params.path("hkfr_dir") / "user_knowledge.parquet").exists():
+        # A champion trained with ctr.user_knowledge needs it even when the challenger does not.
+        from components.ctr.data import with_user_knowledge
+
+        df = with_user_knowledge(params, df)
+    return df, int(split["test_start_ns"])
 
 
 def compare_on_test(params: Params, scorers: dict, model_dir: Path) -> dict[str, dict]:

@@ -80,3 +80,30 @@ def test_hkfr_flow_tunes_scores_exports_and_registers(prefect_harness, project):
     p = model.predict(rows)["p_yes"].to_numpy()
     assert p.shape == (6,) and ((p > 0) & (p < 1)).all()
     assert np.allclose(p, model.predict(rows)["p_yes"].to_numpy())
+
+
+def test_ctr_reads_the_user_knowledge_embedding_point_in_time(project):
+    """The ablation's "with" arm: the CTR model joins the knowledge snapshot of each impression's
+    user as of the impression (Feast), trains on it, and serves it from its snapshot."""
+    from components.ctr.data import with_user_knowledge
+    from components.ctr.serving import CTRScorer
+    from components.features.store import TRAINING_SET
+
+    params = project
+    if not (params.path("hkfr_dir") / "user_knowledge.parquet").exists():
+        steps.knowledge_step(params)
+        steps.instruct_step(params)
+    ts = pd.read_parquet(params.path("features_dir") / TRAINING_SET)
+    joined = with_user_knowledge(params, ts)
+    table = pd.read_parquet(params.path("hkfr_dir") / "user_knowledge.parquet")
+    r = joined.iloc[len(joined) // 2]
+    snaps = table[(table["user_id"] == r["user_id"]) & (table["event_timestamp"] <= r["event_timestamp"])]
+    want = snaps.sort_values("event_timestamp")["k00"].iloc[-1] if len(snaps) else np.nan
+    assert (np.isnan(want) and np.isnan(r["user_knowledge__k00"])) or r["user_knowledge__k00"] == pytest.approx(want)
+
+    with_k = params.model_copy(update={"ctr": params.ctr.model_copy(update={"model": "id_only", "user_knowledge": True})})
+    metrics = steps.ctr_step(with_k)
+    assert 0 <= metrics["test.all.auc.ctr"] <= 1
+    model_dir = with_k.path("ctr_dir") / "model"
+    assert any(c.startswith("user_knowledge__") for c in CTRScorer.load(model_dir).encoder.numeric)
+    assert (model_dir / "serving" / "user_knowledge.parquet").exists()
