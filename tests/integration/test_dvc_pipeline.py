@@ -22,7 +22,8 @@ def test_repro_noop_and_partial_rerun(tmp_path):
 
     first = dvc(root, "repro")
     for stage in ("generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher",
-                  "distill", "contrastive_student", "embed"):
+                  "distill", "contrastive_student", "embed", "knowledge", "instruct", "hkfr_register", "ctr",
+                  "ctr_register", "news_data", "news", "news_register"):
         assert f"Running stage '{stage}'" in first
     assert (root / "dvc.lock").exists()
     assert (root / "data" / "curated" / "impressions.parquet").exists()

@@ -41,7 +41,7 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
     runs = client.search_runs([exp.experiment_id])
     names = {r.info.run_name for r in runs}
     steps = {"generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher", "distill",
-             "contrastive_student", "embed", "ctr", "news"}
+             "contrastive_student", "embed", "hkfr", "ctr", "news"}
     assert {"pipeline"} | steps <= names
     parent = next(r for r in runs if r.info.run_name == "pipeline")
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
@@ -50,7 +50,8 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
     # both encoders registered; the scene embeddings are in the online store
     registered = {m.name for m in client.search_registered_models()}
     assert {"scene-encoder", "scene-encoder-student", params.ctr.registered_name,
-            params.news.registered_name} <= registered
+            params.news.registered_name, params.hkfr.registered_name} <= registered
+    assert 0 <= result["hkfr"]["metrics"]["test.auc"] <= 1 and "HKFR:" in result["summary"]
     assert 0 <= result["news"]["metrics"]["dev.auc"] <= 1 and "news:" in result["summary"]
     # the default model (LARR + CoFARS) was trained, evaluated beside the oracle and promoted
     assert result["ctr"]["summary"]["model"] == "larr_cofars"
@@ -73,7 +74,7 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
     # Prefect artifacts with the validation summary and feature statistics
     keys = _artifact_keys()
     assert {"validation-summary", "feature-statistics", "llm-summary", "pipeline-summary",
-            "ctr-champion-vs-challenger", "ctr-summary"} <= keys
+            "ctr-champion-vs-challenger", "ctr-summary", "hkfr-champion-vs-challenger"} <= keys
 
 
 def test_rejected_batch_fails_the_flow_and_changes_nothing(prefect_harness, tiny_project, tmp_path):
