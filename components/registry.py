@@ -109,6 +109,22 @@ def decide(challenger: dict, champion: dict | None, metric: str, margin: float) 
             "delta": delta, "margin": margin}
 
 
+def settle(c, name: str, version: str, previous_champion: str | None, challenger_m: dict, champion_m: dict | None,
+           metric: str, margin: float, by: str | None = None) -> dict:
+    """Apply ``decide`` to a freshly registered ``version``: ``champion`` when it wins, else
+    ``challenger``, with the audit tags; returns what the register steps report."""
+    decision = decide(challenger_m, champion_m, metric, margin)
+    by = by or f"pipeline:{who()}"
+    if decision["promote"]:
+        set_champion(c, name, version, by, decision["reason"])
+    else:
+        set_challenger(c, name, version, by, decision["reason"])
+    return {"name": name, "version": str(version), "previous_champion": previous_champion,
+            "champion": alias_version(c, name, CHAMPION), "promoted": decision["promote"],
+            "reason": decision["reason"], "metric": metric, "margin": margin,
+            "challenger_metrics": challenger_m, "champion_metrics": champion_m}
+
+
 def set_champion(c, name: str, version: str, by: str, reason: str, action: str = "promote") -> dict:
     """Give ``version`` the champion alias, remembering the previous champion on it."""
     version = str(version)

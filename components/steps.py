@@ -23,6 +23,16 @@ def write_report(params: Params, name: str, data: dict) -> Path:
     return path
 
 
+def write_promotion_report(params: Params, name: str, result: dict, keep=lambda key: True) -> Path:
+    """``reports/<name>.json`` of a register step: version, whether it was promoted, the champion,
+    the margin and both sides' metrics (those ``keep`` accepts)."""
+    report = {"version": int(result["version"]), "promoted": int(result["promoted"]),
+              "champion": int(result["champion"]) if result["champion"] else 0, "margin": result["margin"]}
+    for who in ("challenger", "champion"):
+        report.update({f"{who}.{k}": v for k, v in (result.get(f"{who}_metrics") or {}).items() if keep(k)})
+    return write_report(params, name, report)
+
+
 def generate_step(params: Params, out_dir: Path | None = None) -> dict:
     """Write a synthetic batch in the raw contract (default: paths.raw_batch)."""
     from components.data.generate import generate_batch
@@ -287,12 +297,7 @@ def ctr_register_step(params: Params, run_id: str) -> dict:
     from components.ctr.stage import register_and_promote
 
     result = register_and_promote(params, run_id)
-    report = {"version": int(result["version"]), "promoted": int(result["promoted"]),
-              "champion": int(result["champion"]) if result["champion"] else 0, "margin": result["margin"]}
-    for who in ("challenger", "champion"):
-        m = result.get(f"{who}_metrics") or {}
-        report.update({f"{who}.{k}": v for k, v in m.items() if k.startswith("all.") and "oracle" not in k})
-    write_report(params, "ctr_promotion", report)
+    write_promotion_report(params, "ctr_promotion", result, lambda k: k.startswith("all.") and "oracle" not in k)
     return result
 
 
@@ -323,11 +328,7 @@ def news_register_step(params: Params, run_id: str) -> dict:
     from components.news.stage import register_and_promote
 
     result = register_and_promote(params, run_id)
-    report = {"version": int(result["version"]), "promoted": int(result["promoted"]),
-              "champion": int(result["champion"]) if result["champion"] else 0}
-    for who in ("challenger", "champion"):
-        report.update({f"{who}.{k}": v for k, v in (result.get(f"{who}_metrics") or {}).items()})
-    write_report(params, "news_promotion", report)
+    write_promotion_report(params, "news_promotion", result)
     return result
 
 
@@ -355,9 +356,5 @@ def hkfr_register_step(params: Params, run_id: str) -> dict:
     from components.hkfr.stage import register_and_promote
 
     result = register_and_promote(params, run_id)
-    report = {"version": int(result["version"]), "promoted": int(result["promoted"]),
-              "champion": int(result["champion"]) if result["champion"] else 0}
-    for who in ("challenger", "champion"):
-        report.update({f"{who}.{k}": v for k, v in (result.get(f"{who}_metrics") or {}).items()})
-    write_report(params, "hkfr_promotion", report)
+    write_promotion_report(params, "hkfr_promotion", result)
     return result

@@ -5,12 +5,11 @@ embedding into Feast → registration as `hkfr-instruct`, champion only when bet
 from __future__ import annotations
 
 from prefect import flow, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import HKFRConfig
-from flows.settings import flow_params
+from flows.settings import flow_params, publish_comparison
 
 
 @task(name="knowledge-and-instructions", tags=["io"], cache_policy=NO_CACHE)
@@ -39,10 +38,6 @@ def hkfr(hkfr: HKFRConfig | None = None, params_file: str | None = None, parent_
         metrics = instruct_task(params, run_id)
         tracking.log_metrics(params, run_id, {f"knowledge.{k}": v for k, v in data.items()})
         result = register_task(params, run_id)
-    rows = [{"metric": k, "challenger": v, "champion": (result["champion_metrics"] or {}).get(k, "—")}
-            for k, v in result["challenger_metrics"].items()]
-    verdict = (f"{result['name']} v{result['version']} -> {'champion' if result['promoted'] else 'challenger'}: "
-               f"{result['reason']}")
-    create_table_artifact(key="hkfr-champion-vs-challenger", table=rows, description=verdict)
+    verdict = publish_comparison("hkfr-champion-vs-challenger", result)
     print(verdict)
     return {"metrics": metrics, "registry": {k: v for k, v in result.items() if not k.endswith("_metrics")}}

@@ -4,12 +4,11 @@ PerCoNet training and per-impression evaluation (AUC, MRR, nDCG@5/10) → regist
 from __future__ import annotations
 
 from prefect import flow, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import NewsConfig
-from flows.settings import flow_params
+from flows.settings import flow_params, publish_comparison
 
 
 @task(name="mind-data", tags=["io"], cache_policy=NO_CACHE)
@@ -42,10 +41,6 @@ def news(mind_dir: str | None = None, news: NewsConfig | None = None, params_fil
         metrics = train_task(params)
         tracking.log_metrics(params, run_id, {**{f"data.{k}": v for k, v in data.items()}, **metrics})
         result = register_task(params, run_id)
-    rows = [{"metric": k, "challenger": v, "champion": (result["champion_metrics"] or {}).get(k, "—")}
-            for k, v in result["challenger_metrics"].items()]
-    verdict = (f"{result['name']} v{result['version']} -> {'champion' if result['promoted'] else 'challenger'}: "
-               f"{result['reason']}")
-    create_table_artifact(key="news-champion-vs-challenger", table=rows, description=verdict)
+    verdict = publish_comparison("news-champion-vs-challenger", result)
     print(verdict)
     return {"metrics": metrics, "registry": {k: v for k, v in result.items() if not k.endswith("_metrics")}}

@@ -18,3 +18,16 @@ def flow_params(params_file: str | None, **sections: BaseModel | dict | int | No
             continue
         overrides[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
     return load_params(params_file, overrides=overrides), bool(overrides)
+
+
+def publish_comparison(key: str, result: dict) -> str:
+    """A Prefect table artifact ``key``: the register step's metrics, challenger beside champion on
+    the same data, described by the verdict; returns the verdict (one line)."""
+    from prefect.artifacts import create_table_artifact
+
+    rows = [{"metric": k, "challenger": v, "champion": (result["champion_metrics"] or {}).get(k, "—")}
+            for k, v in result["challenger_metrics"].items()]
+    verdict = (f"{result['name']} v{result['version']} -> {'champion' if result['promoted'] else 'challenger'}: "
+               f"{result['reason']}")
+    create_table_artifact(key=key, table=rows, description=verdict)
+    return verdict

@@ -124,19 +124,9 @@ def register_and_promote(params: Params, run_id: str, model_dir: Path | None = N
         scorers["champion"] = loaded.unwrap_python_model().scorer
     compared = compare_on_test(params, scorers, model_dir)
     metric = f"all.{cfg.promotion_metric}"
-    decision = registry.decide(compared["challenger"], compared.get("champion"), metric, cfg.promotion_margin)
-    by = by or f"pipeline:{registry.who()}"
-    if decision["promote"]:
-        registry.set_champion(c, cfg.registered_name, version, by, decision["reason"])
-    else:
-        registry.set_challenger(c, cfg.registered_name, version, by, decision["reason"])
+    result = registry.settle(c, cfg.registered_name, version, champion, compared["challenger"],
+                             compared.get("champion"), metric, cfg.promotion_margin, by)
     for k, v in compared["challenger"].items():
         if isinstance(v, (int, float)):
             c.set_model_version_tag(cfg.registered_name, version, f"test.{k}", str(v))
-    return {
-        "name": cfg.registered_name, "version": version, "previous_champion": champion,
-        "champion": registry.alias_version(c, cfg.registered_name, registry.CHAMPION),
-        "promoted": decision["promote"], "reason": decision["reason"], "metric": metric,
-        "margin": cfg.promotion_margin,
-        "challenger_metrics": compared["challenger"], "champion_metrics": compared.get("champion"),
-    }
+    return result

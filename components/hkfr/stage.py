@@ -273,16 +273,8 @@ def register_and_promote(params: Params, run_id: str, by: str | None = None) -> 
     if champion is not None and champion != version:
         loaded = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}").unwrap_python_model()
         champion_m = _test_auc(params, loaded.model, loaded.tok, sets)
-    decision = registry.decide(challenger_m, champion_m, "test.auc", params.hkfr.promotion_margin)
-    by = by or f"pipeline:{registry.who()}"
-    if decision["promote"]:
-        registry.set_champion(c, name, version, by, decision["reason"])
-    else:
-        registry.set_challenger(c, name, version, by, decision["reason"])
-    return {"name": name, "version": version, "previous_champion": champion,
-            "champion": registry.alias_version(c, name, registry.CHAMPION), "promoted": decision["promote"],
-            "reason": decision["reason"], "challenger_metrics": challenger_m, "champion_metrics": champion_m,
-            "margin": params.hkfr.promotion_margin}
+    return registry.settle(c, name, version, champion, challenger_m, champion_m, "test.auc",
+                           params.hkfr.promotion_margin, by)
 
 
 def _saved_test_auc(params: Params) -> dict | None:

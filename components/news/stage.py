@@ -136,16 +136,8 @@ def register_and_promote(params: Params, run_id: str, by: str | None = None) -> 
         loaded = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}")
         champion_m = evaluate_on_dev(params, loaded.unwrap_python_model().trained)
     shutil.rmtree(tmp, ignore_errors=True)
-    decision = registry.decide(challenger_m, champion_m, "dev.auc", params.ctr.promotion_margin)
-    by = by or f"pipeline:{registry.who()}"
-    if decision["promote"]:
-        registry.set_champion(c, name, version, by, decision["reason"])
-    else:
-        registry.set_challenger(c, name, version, by, decision["reason"])
-    return {"name": name, "version": version, "previous_champion": champion,
-            "champion": registry.alias_version(c, name, registry.CHAMPION), "promoted": decision["promote"],
-            "reason": decision["reason"], "challenger_metrics": challenger_m, "champion_metrics": champion_m,
-            "margin": params.ctr.promotion_margin}
+    return registry.settle(c, name, version, champion, challenger_m, champion_m, "dev.auc",
+                           params.ctr.promotion_margin, by)
 
 
 def metric_row(metrics: dict) -> dict:
