@@ -54,6 +54,49 @@ class SceneAggregator(nn.Module):
         """The vector the CTR model consumes: projection(<agg>) (B, collab_dim)."""
         return self.projection(self(feature_emb, feature_mask))
 
+    # -- serving: a one-layer aggregator reads precomputed keys and values ------------------------
+    @torch.no_grad()
+    def serving_cache(self, table: torch.Tensor) -> dict | None:
+        """What a one-layer aggregator computes from one feature value alone, for every row of the
+        cached embedding table at every feature position: the attention keys and values of
+        ``LayerNorm(input_proj(e) + pos_f)``; plus the <agg> token's own query, key and value.
+        Online, only the <agg> query attends over the request's F gathered keys. None for deeper
+        encoders (their later layers mix the features)."""
+        if len(self.encoder.layers) != 1:
+            return None
+        layer = self.encoder.layers[0]
+        attn = layer.self_attn
+        d = attn.embed_dim
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        x = self.input_proj(table)[None] + self.feature_pos.weight[:, None]  # (F, S, d)
+        h = layer.norm1(x)
+        ha = layer.norm1(self.agg_token[0])  # (1, d)
+        return {"k": F.linear(h, w[d:2 * d], b[d:2 * d]), "v": F.linear(h, w[2 * d:], b[2 * d:]),
+                "q_agg": F.linear(ha, w[:d], b[:d]), "k_agg": F.linear(ha, w[d:2 * d], b[d:2 * d]),
+                "v_agg": F.linear(ha, w[2 * d:], b[2 * d:])}
+
+    @torch.no_grad()
+    def cached_scene_vector(self, rows: torch.Tensor, cache: dict) -> torch.Tensor:
+        """``scene_vector`` of eval mode from table rows (B, F) (-1 = missing), with ``serving_cache``:
+        the same numbers, a fraction of the work (one query, F gathered keys and values)."""
+        layer = self.encoder.layers[0]
+        attn = layer.self_attn
+        nh, d = attn.num_heads, attn.embed_dim
+        dh = d // nh
+        bsz, f = rows.shape
+        pos = torch.arange(f, device=rows.device)
+        r = rows.clamp(min=0)
+        k = torch.cat([cache["k_agg"].expand(bsz, 1, d), cache["k"][pos, r]], 1)  # (B, 1+F, d)
+        v = torch.cat([cache["v_agg"].expand(bsz, 1, d), cache["v"][pos, r]], 1)
+        q = cache["q_agg"].view(1, nh, 1, dh)
+        scores = (q * k.view(bsz, 1 + f, nh, dh).transpose(1, 2)).sum(-1) / dh ** 0.5  # (B, nh, 1+F)
+        missing = torch.cat([torch.zeros(bsz, 1, dtype=torch.bool, device=rows.device), rows < 0], 1)
+        scores = scores.masked_fill(missing[:, None], float("-inf"))
+        o = (scores.softmax(-1).unsqueeze(-1) * v.view(bsz, 1 + f, nh, dh).transpose(1, 2)).sum(2)  # (B, nh, dh)
+        x = self.agg_token[0] + attn.out_proj(o.reshape(bsz, d))
+        x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+        return self.projection(self.encoder.norm(x))
+
 
 def alignment_loss(scene_vec: torch.Tensor, collab_vec: torch.Tensor, temperature: float = 0.1,
                    symmetric: bool = True) -> torch.Tensor:

@@ -299,7 +299,20 @@ class CTRModel(nn.Module):
             return collab, None
         if self.scene_mode == "fulltext":
             return collab, self.full_proj(b["scene_full"])
+        cache = getattr(self, "_scene_cache", None)
+        if cache is not None and not self.training and "scene_value" in b:
+            return collab, self.aggregator.cached_scene_vector(b["scene_value"], cache)
         return collab, self.aggregator.scene_vector(b["scene_feats"], b["scene_mask"])
+
+    def use_scene_table(self, table) -> bool:
+        """Serving: precompute the one-layer LARR aggregator's keys and values for every row of the
+        cached scene-embedding table (``SceneAggregator.serving_cache``), so each request only
+        gathers them. Not part of the saved state; returns whether the fast path is on."""
+        if getattr(self, "aggregator", None) is None or table is None:
+            return False
+        t = torch.as_tensor(table, dtype=torch.float32, device=next(self.parameters()).device)
+        self._scene_cache = self.aggregator.serving_cache(t)
+        return self._scene_cache is not None
 
     def history(self, b):
         h = self.item(b["hist_poi"], b.get("hist_text"), b["hist_category"], b["hist_price"], b["hist_rating"],

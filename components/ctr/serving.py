@@ -35,6 +35,7 @@ class CTRScorer:
 
     def __init__(self, model: CTRModel, encoder: FeatureEncoder, cfg: CTRConfig, features: FeaturesConfig):
         self.model, self.encoder, self.cfg, self.features = model.eval(), encoder, cfg, features
+        self._cached_table = None  # the scene table the model's LARR serving cache was built from
 
     def save(self, out_dir: Path) -> Path:
         out_dir = Path(out_dir)
@@ -77,6 +78,9 @@ class CTRScorer:
         from components.ctr.train import predict
 
         ds = CTRDataset(self.encoder, poi_table, history, data, data, data, scene_table, 0, 0)
+        if scene_table is not None and self._cached_table is not scene_table:  # rows index this table
+            self.model.use_scene_table(scene_table)
+            self._cached_table = scene_table
         return predict(self.model, data, ds, self.cfg)
 
     def evaluate(self, frame: pd.DataFrame, behaviors, pois, poi_embeddings, scene_embeddings, users=None,

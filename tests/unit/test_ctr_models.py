@@ -136,3 +136,21 @@ def test_a_worse_challenger_never_takes_champion():
     assert decide({"all.auc.ctr": 0.75}, champ, "all.auc.ctr", 0.002)["promote"]
     assert decide({"all.auc.ctr": 0.60}, None, "all.auc.ctr", 0.002)["promote"], "no champion yet"
     assert not decide({"all.auc.ctr": float("nan")}, None, "all.auc.ctr", 0.002)["promote"]
+
+
+def test_served_larr_path_scores_exactly_like_training_eval():
+    """With the scene table's keys and values precomputed (serving), a LARR model gives the scores
+    it gives when the batch carries the gathered embeddings."""
+    torch.manual_seed(0)
+    model = CTRModel("larr_cofars", CFG, SHAPES).eval()
+    b = make_batch([0, 3, 12], k=4)
+    table = torch.randn(9, 12)
+    b["scene_value"][1, 2] = -1
+    b["scene_mask"] = b["scene_value"] >= 0
+    b["scene_feats"] = table[b["scene_value"].clamp(min=0)] * b["scene_mask"][..., None]
+    with torch.no_grad():
+        want = model(b)["ctr"]
+        assert model.use_scene_table(table)
+        got = model(b)["ctr"]
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not CTRModel("id_only", CFG, SHAPES).use_scene_table(table)
