@@ -111,13 +111,15 @@ def test_apply_and_materialize_under_the_data_folder(project):
     assert mat["rows_per_s"] > 0
     store = get_store(params)
     assert {v.name for v in store.list_feature_views()} == {
-        "user_stats", "poi_profile", "poi_stats", "context_stats", "scene_embeddings", "poi_embeddings"}
+        "user_stats", "poi_profile", "poi_stats", "context_stats", "scene_embeddings", "poi_embeddings",
+        "user_knowledge"}
     assert {p.name for p in store.get_feature_service("ctr_training").feature_view_projections} == \
         {"user_stats", "poi_profile", "poi_stats", "context_stats"}
     # Sources are recorded relative to the feature repo, so the registry survives a move.
     assert {s.path for s in store.list_data_sources()} == {
         f"../data/features/{t}.parquet" for t in ("user_stats", "poi_profile", "poi_stats", "context_stats")} | {
-        f"../data/embeddings/{t}.parquet" for t in ("scene_embeddings", "poi_embeddings")}
+        f"../data/embeddings/{t}.parquet" for t in ("scene_embeddings", "poi_embeddings")} | {
+        "../data/hkfr/user_knowledge.parquet"}
     # A second, incremental run restarts at the last end (Jan 6 00:00:01) minus the 48 h overlap:
     # only u1's Jan 5 and u2's Jan 6 snapshots are re-read, not u1's older ones.
     again = materialize(params, end=T("2026-01-07").to_pydatetime())
