@@ -91,6 +91,23 @@ def gather_selected(mask: torch.Tensor, k: int, *tensors: torch.Tensor):
 PROFILE_STATS = 6  # per scope: log1p same-PoI weight, PoI share, category share, price gap, |gap|, log1p total
 
 
+def weight_on(hist_key: torch.Tensor, w: torch.Tensor, cand_key: torch.Tensor) -> torch.Tensor:
+    """(R, K): for each request and candidate, the summed weight ``w`` (R, n) of the history entries
+    whose key (R, n) equals the candidate's (R, K). Sums per distinct (request, key) first and then
+    looks the candidates up, so the cost is O((n + K) log) per request, not O(n K)."""
+    r, n = hist_key.shape
+    k = cand_key.shape[1]
+    if n == 0:
+        return w.new_zeros(r, k)
+    span = int(torch.maximum(hist_key.max(), cand_key.max()).item()) + 1
+    base = torch.arange(r, device=hist_key.device).unsqueeze(1) * span
+    hk, ck = (hist_key + base).reshape(-1), (cand_key + base).reshape(-1)
+    uniq, inverse = torch.unique(hk, return_inverse=True)  # sorted
+    sums = w.new_zeros(len(uniq)).scatter_add(0, inverse, w.reshape(-1))
+    at = torch.searchsorted(uniq, ck).clamp(max=len(uniq) - 1)
+    return torch.where(uniq[at] == ck, sums[at], w.new_zeros(())).view(r, k)
+
+
 def history_profile(w: torch.Tensor, hist_row: torch.Tensor, cand_row: torch.Tensor, hist_cat: torch.Tensor,
                     cand_cat: torch.Tensor, hist_logp: torch.Tensor | None, cand_logp: torch.Tensor | None,
                     hist_text: torch.Tensor | None = None, cand_text: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,10 +118,8 @@ def history_profile(w: torch.Tensor, hist_row: torch.Tensor, cand_row: torch.Ten
     its absolute value), log1p total weight; with text, the cosine of the candidate's text embedding
     and the weighted mean history text embedding. Empty scopes give zeros."""
     tot = w.sum(-1, keepdim=True)  # (R, 1)
-    same_poi = (hist_row.unsqueeze(1) == cand_row.unsqueeze(-1)).to(w.dtype)  # (R, K, n)
-    same_cat = (hist_cat.unsqueeze(1) == cand_cat.unsqueeze(-1)).to(w.dtype)
-    poi_w = torch.einsum("rkn,rn->rk", same_poi, w)
-    cat_w = torch.einsum("rkn,rn->rk", same_cat, w)
+    poi_w = weight_on(hist_row, w, cand_row)
+    cat_w = weight_on(hist_cat, w, cand_cat)
     has = (tot > 0).to(w.dtype)
     feats = [torch.log1p(poi_w), poi_w / (tot + 1), cat_w / (tot + 1)]
     if hist_logp is not None and cand_logp is not None:

@@ -123,7 +123,7 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
                 opt.step()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
-                bar.set_postfix(loss=f"{float(losses['loss']):.4f}")
+                bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
             scores = predict(net, ds.valid, ds, cfg, acc.device)
             row = {"epoch": epoch + 1, **{f"train_{k}": v / max(len(mine), 1) for k, v in sums.items()},
                    "valid_auc_ctr": auc(scores["click"], scores["ctr"]),

@@ -154,3 +154,18 @@ def test_served_larr_path_scores_exactly_like_training_eval():
         got = model(b)["ctr"]
     assert torch.allclose(got, want, atol=1e-5)
     assert not CTRModel("id_only", CFG, SHAPES).use_scene_table(table)
+
+
+def test_weight_on_matches_the_pairwise_definition():
+    from components.ctr.model import weight_on
+
+    g = torch.Generator().manual_seed(0)
+    hist = torch.randint(0, 7, (3, 11), generator=g)
+    cand = torch.randint(0, 9, (3, 5), generator=g)
+    w = torch.rand(3, 11, generator=g, requires_grad=True)
+    want = torch.einsum("rkn,rn->rk", (hist.unsqueeze(1) == cand.unsqueeze(-1)).float(), w)
+    got = weight_on(hist, w, cand)
+    assert torch.allclose(got, want, atol=1e-6)
+    got.sum().backward()
+    assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+    assert weight_on(hist[:, :0], w[:, :0], cand).shape == (3, 5)
