@@ -28,11 +28,11 @@ YES, NO = "yes", "no"
 
 def price_band_words(price, edges) -> np.ndarray:
     """A price as its band in words ("under 25", "25-50", "90 and above")."""
-    names = [f"under {edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:])] + [f"{edges[-1]:g} and above"]
-    return np.array(names, dtype=object)[np.searchsorted(np.asarray(edges, float), np.asarray(price, float), side="right")]
+    return np.array(price_band_names(edges), dtype=object)[np.searchsorted(np.asarray(edges, float), np.asarray(price, float), side="right")]
 
 
 def price_band_names(edges) -> list[str]:
+    """The price bands of ``features.price_band_edges`` in words, cheapest first."""
     return [f"under {edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:])] + [f"{edges[-1]:g} and above"]
 
 

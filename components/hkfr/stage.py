@@ -46,10 +46,11 @@ def rules(params: Params) -> KnowledgeRules:
     return KnowledgeRules(max_items=c.knowledge_max_items, recent=c.knowledge_recent, max_chars=c.knowledge_max_chars)
 
 
-def _curated(params: Params) -> dict[str, pd.DataFrame]:
+def _curated(params: Params, *names: str) -> dict[str, pd.DataFrame]:
+    """The curated tables ``names`` (default: all four)."""
     cur = params.path("curated_dir")
     out = {}
-    for name in ("impressions", "behaviors", "pois", "users"):
+    for name in names or ("impressions", "behaviors", "pois", "users"):
         path = cur / f"{name}.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path}: curated table missing (run `scenerec ingest` first)")
@@ -161,7 +162,7 @@ def instruct_and_evaluate(params: Params, run_id: str | None = None) -> dict:
     from components.llm.training import cpu_threads
 
     sets = _load_sets(params)
-    d = _curated(params)
+    d = _curated(params, "impressions", "users")
     valid_start, test_start = split_bounds(d["impressions"], params)
     fit = tuning.instruct(params, sets["train"], run_id)
     t0 = time.perf_counter()
@@ -240,7 +241,7 @@ def register_and_promote(params: Params, run_id: str, by: str | None = None) -> 
     if not (mdir / "config.json").exists():
         raise FileNotFoundError(f"{mdir}: no tuned model (run `scenerec instruct` first)")
     sets = _load_sets(params)
-    d = _curated(params)
+    d = _curated(params, "impressions", "pois")
     tmp = Path(tempfile.mkdtemp(prefix="scenerec-hkfr-"))
     try:
         latest = sets["snapshots"].sort_values("event_timestamp").groupby("user_id", sort=False).tail(1)
@@ -267,7 +268,6 @@ def register_and_promote(params: Params, run_id: str, by: str | None = None) -> 
     version = str(mv.version)
     c = registry.client(params)
     champion = registry.alias_version(c, name, registry.CHAMPION)
-    _, test_start = split_bounds(d["impressions"], params)
     challenger_m = _saved_test_auc(params) or _test_auc(params, py.model, py.tok, sets)
     champion_m = None
     if champion is not None and champion != version:
