@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     name = args.model or cfg.model
     t0 = time.perf_counter()
-    sets = stage._load_sets(params)
+    sets = stage.load_sets(params)
     cur = params.path("curated_dir")
     impressions, users = pd.read_parquet(cur / "impressions.parquet"), pd.read_parquet(cur / "users.parquet")
     valid_start, test_start = split_bounds(impressions, params)

@@ -103,7 +103,7 @@ class Vocab:
 class CTRSources:
     """Everything the CTR stage reads, as frames (one place that knows the file layout)."""
 
-    training_set: pd.DataFrame  # impressions with point-in-time Feast features
+    training_set: pd.DataFrame | None  # impressions with point-in-time Feast features (None: not read)
     behaviors: pd.DataFrame
     pois: pd.DataFrame
     users: pd.DataFrame
@@ -112,12 +112,13 @@ class CTRSources:
     truth: pd.DataFrame | None  # request_id, poi_id, p_click, p_order
 
 
-def load_sources(params: Params) -> CTRSources:
-    """Read the training set, curated tables, embeddings and (if present) the oracle truth."""
+def load_sources(params: Params, training_set: bool = True) -> CTRSources:
+    """Read the training set (with HKFR's user knowledge under ``ctr.user_knowledge``; skipped when
+    ``training_set`` is False), the curated tables, embeddings and (if present) the oracle truth."""
     from components.features.store import TRAINING_SET
 
     ts_path = params.path("features_dir") / TRAINING_SET
-    if not ts_path.exists():
+    if training_set and not ts_path.exists():
         raise FileNotFoundError(f"{ts_path}: training set missing (run `scenerec features` first)")
     cur = params.path("curated_dir")
     emb = params.path("embeddings_dir")
@@ -126,11 +127,11 @@ def load_sources(params: Params) -> CTRSources:
     def opt(path: Path):
         return pd.read_parquet(path) if path.exists() else None
 
-    training_set = pd.read_parquet(ts_path)
-    if params.ctr.user_knowledge:
-        training_set = with_user_knowledge(params, training_set)
+    frame = pd.read_parquet(ts_path) if training_set else None
+    if frame is not None and params.ctr.user_knowledge:
+        frame = with_user_knowledge(params, frame)
     return CTRSources(
-        training_set=training_set,
+        training_set=frame,
         behaviors=pd.read_parquet(cur / "behaviors.parquet"),
         pois=pd.read_parquet(cur / "pois.parquet"),
         users=pd.read_parquet(cur / "users.parquet"),

@@ -87,7 +87,7 @@ def compare_on_test(params: Params, scorers: dict, model_dir: Path) -> dict[str,
     """Metrics of each scorer (name -> CTRScorer) on the same test rows with the current data."""
     from components.ctr.data import load_sources
 
-    src = load_sources(params)
+    src = load_sources(params, training_set=False)  # the test rows come from _test_frame
     frame, test_start = _test_frame(params, model_dir)
     return {k: s.evaluate(frame, src.behaviors, src.pois, src.poi_embeddings, src.scene_embeddings, src.users,
                           src.truth, test_start) for k, s in scorers.items()}

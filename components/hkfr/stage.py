@@ -93,7 +93,8 @@ def knowledge(params: Params) -> dict:
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _load_sets(params: Params) -> dict[str, pd.DataFrame]:
+def load_sets(params: Params) -> dict[str, pd.DataFrame]:
+    """What ``knowledge`` wrote: snapshots, train, test_order and test_choice frames."""
     folder = knowledge_dir(params)
     if not (folder / "train.parquet").exists():
         raise FileNotFoundError(f"{folder}: no instruction dataset (run `scenerec knowledge` first)")
@@ -161,7 +162,7 @@ def instruct_and_evaluate(params: Params, run_id: str | None = None) -> dict:
     """Tune, evaluate on the test split, export the user knowledge embedding to Feast."""
     from components.llm.training import cpu_threads
 
-    sets = _load_sets(params)
+    sets = load_sets(params)
     d = _curated(params, "impressions", "users")
     valid_start, test_start = split_bounds(d["impressions"], params)
     fit = tuning.instruct(params, sets["train"], run_id)
@@ -240,7 +241,7 @@ def register_and_promote(params: Params, run_id: str, by: str | None = None) -> 
     mdir = tuning.model_dir(params)
     if not (mdir / "config.json").exists():
         raise FileNotFoundError(f"{mdir}: no tuned model (run `scenerec instruct` first)")
-    sets = _load_sets(params)
+    sets = load_sets(params)
     d = _curated(params, "impressions", "pois")
     tmp = Path(tempfile.mkdtemp(prefix="scenerec-hkfr-"))
     try:
