@@ -7,9 +7,11 @@ Needs the project's features, encoder and embeddings (``scenerec pipeline``).
   cached    (larr_cofars)      the six scene-feature values are looked up in the cached embedding
                                table (embedded once, offline) and aggregated by LARR's small
                                bidirectional encoder with an <agg> token; as served, the one-layer
-                               encoder's keys and values of every cached value are precomputed too,
-                               so a request runs one query over six gathered keys (the plain
-                               encoder call is timed beside it as `cached_generic`)
+                               encoder's attention score and projected value of every cached value
+                               are precomputed too (``SceneAggregator.served``, numpy), so a request
+                               gathers six of each, takes one softmax and runs the feed-forward
+                               block on one vector (the training-time torch encoder call is timed
+                               beside it as `cached_generic`)
   full text (fulltext_cofars)  the fine-tuned LLM encoder (``embed.encoder``) embeds the
                                concatenated scene text of the request, then an MLP projects it
 Both CTR models are otherwise identical (CoFARS, same loop, same data). For training, the full-text
@@ -95,15 +97,16 @@ def main(argv=None) -> int:
     times = {"cached": [], "cached_generic": [], "full_text": []}
     with cpu_threads(cfg.cpu_threads), torch.no_grad():
         threads = torch.get_num_threads()
-        # Offline, like the embeddings themselves: the one-layer aggregator's keys and values of
+        # Offline, like the embeddings themselves: the one-layer aggregator's attention terms of
         # every cached feature value (what CTR serving uses; components/ctr/larr.py).
-        cache = agg.serving_cache(table)
+        served = agg.served(table)
         for i in range(len(sample)):
             t = time.perf_counter()
-            rows = torch.from_numpy(sample.scene_value[i:i + 1])  # six cached lookups
-            if cache is not None:
-                agg.cached_scene_vector(rows, cache)
+            rows = sample.scene_value[i:i + 1]  # six cached lookups
+            if served is not None:
+                served(rows)
             else:
+                rows = torch.from_numpy(rows)
                 agg.scene_vector(table[rows.clamp(min=0)], rows >= 0)
             times["cached"].append(time.perf_counter() - t)
             t = time.perf_counter()
@@ -138,7 +141,7 @@ def main(argv=None) -> int:
         v, vs = stats(label, "auc.ctcvr")
         print(f"{label:<11}{lat[label]:>12.3f}{f'{c:.4f} ± {cs:.4f}':>18}{f'{v:.4f} ± {vs:.4f}':>18}")
     print(f"{'cached, generic encoder call':<30}{lat['cached_generic']:>8.3f} ms "
-          f"(no precomputed keys/values; {lat['full_text'] / lat['cached_generic']:.1f}× faster than full text)")
+          f"(torch encoder call, nothing precomputed; {lat['full_text'] / lat['cached_generic']:.1f}× faster than full text)")
     for k in lat:
         if k.startswith("full_text_"):
             print(f"{k:<11}{lat[k]:>12.3f}   (LLM encode only; {lat[k] / lat['cached']:.1f}× the cached path)")

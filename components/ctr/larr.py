@@ -10,9 +10,11 @@ missing features can be masked out, the <agg> token never is; the CTR model cons
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy.special import erf
 
 from components.ctr.layers import MLP
 
@@ -54,48 +56,92 @@ class SceneAggregator(nn.Module):
         """The vector the CTR model consumes: projection(<agg>) (B, collab_dim)."""
         return self.projection(self(feature_emb, feature_mask))
 
-    # -- serving: a one-layer aggregator reads precomputed keys and values ------------------------
+    # -- serving: a one-layer aggregator reads precomputed attention terms -----------------------
     @torch.no_grad()
-    def serving_cache(self, table: torch.Tensor) -> dict | None:
-        """What a one-layer aggregator computes from one feature value alone, for every row of the
-        cached embedding table at every feature position: the attention keys and values of
-        ``LayerNorm(input_proj(e) + pos_f)``; plus the <agg> token's own query, key and value.
-        Online, only the <agg> query attends over the request's F gathered keys. None for deeper
-        encoders (their later layers mix the features)."""
-        if len(self.encoder.layers) != 1:
-            return None
-        layer = self.encoder.layers[0]
-        attn = layer.self_attn
-        d = attn.embed_dim
-        w, b = attn.in_proj_weight, attn.in_proj_bias
-        x = self.input_proj(table)[None] + self.feature_pos.weight[:, None]  # (F, S, d)
-        h = layer.norm1(x)
-        ha = layer.norm1(self.agg_token[0])  # (1, d)
-        return {"k": F.linear(h, w[d:2 * d], b[d:2 * d]), "v": F.linear(h, w[2 * d:], b[2 * d:]),
-                "q_agg": F.linear(ha, w[:d], b[:d]), "k_agg": F.linear(ha, w[d:2 * d], b[d:2 * d]),
-                "v_agg": F.linear(ha, w[2 * d:], b[2 * d:])}
+    def served(self, table: torch.Tensor) -> "ServedAggregator | None":
+        """This aggregator compiled for per-request serving over the cached embedding ``table``
+        (S, in_dim); None for deeper encoders (their later layers mix the features, so nothing can be
+        precomputed per feature value)."""
+        return ServedAggregator(self, table) if len(self.encoder.layers) == 1 else None
 
-    @torch.no_grad()
-    def cached_scene_vector(self, rows: torch.Tensor, cache: dict) -> torch.Tensor:
-        """``scene_vector`` of eval mode from table rows (B, F) (-1 = missing), with ``serving_cache``:
-        the same numbers, a fraction of the work (one query, F gathered keys and values)."""
-        layer = self.encoder.layers[0]
+
+class ServedAggregator:
+    """A trained one-layer ``SceneAggregator`` in eval mode, compiled for serving (numpy, CPU).
+
+    With one layer, everything the <agg> token's attention reads from a feature value depends on
+    that value and its position alone, so it is computed once per row of the cached embedding table:
+    for every position f, table row s and head h, the attention score ``q_agg·k / sqrt(d_h)`` and the
+    value already passed through the output projection (``W_o[:, h] v``). A request then gathers F
+    scores and F vectors, takes one softmax and a weighted sum, and runs the feed-forward block, the
+    final norm and the projection MLP on a single vector: the same numbers as
+    ``scene_vector`` (tests/unit/test_ctr_layers.py) at a fraction of the calls. Row -1 (a missing
+    feature) reads a sentinel row whose score is -inf, as the padding mask would make it.
+    """
+
+    def __init__(self, agg: SceneAggregator, table: torch.Tensor):
+        layer = agg.encoder.layers[0]
         attn = layer.self_attn
         nh, d = attn.num_heads, attn.embed_dim
         dh = d // nh
-        bsz, f = rows.shape
-        pos = torch.arange(f, device=rows.device)
-        r = rows.clamp(min=0)
-        k = torch.cat([cache["k_agg"].expand(bsz, 1, d), cache["k"][pos, r]], 1)  # (B, 1+F, d)
-        v = torch.cat([cache["v_agg"].expand(bsz, 1, d), cache["v"][pos, r]], 1)
-        q = cache["q_agg"].view(1, nh, 1, dh)
-        scores = (q * k.view(bsz, 1 + f, nh, dh).transpose(1, 2)).sum(-1) / dh ** 0.5  # (B, nh, 1+F)
-        missing = torch.cat([torch.zeros(bsz, 1, dtype=torch.bool, device=rows.device), rows < 0], 1)
-        scores = scores.masked_fill(missing[:, None], float("-inf"))
-        o = (scores.softmax(-1).unsqueeze(-1) * v.view(bsz, 1 + f, nh, dh).transpose(1, 2)).sum(2)  # (B, nh, dh)
-        x = self.agg_token[0] + attn.out_proj(o.reshape(bsz, d))
-        x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
-        return self.projection(self.encoder.norm(x))
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        table = table.to(w.device, w.dtype)
+        h = layer.norm1(agg.input_proj(table)[None] + agg.feature_pos.weight[:, None])  # (F, S, d)
+        ha = layer.norm1(agg.agg_token[0])  # (1, d)
+        q = F.linear(ha, w[:d], b[:d]).view(nh, dh)
+        wo = attn.out_proj.weight.view(d, nh, dh)
+
+        def terms(x):  # normed inputs (..., d) -> scores (..., nh), projected values (..., nh, d)
+            k = F.linear(x, w[d:2 * d], b[d:2 * d]).unflatten(-1, (nh, dh))
+            v = F.linear(x, w[2 * d:], b[2 * d:]).unflatten(-1, (nh, dh))
+            return (k * q).sum(-1) / dh ** 0.5, torch.einsum("...ha,dha->...hd", v, wo)
+
+        score, value = terms(h)
+        n_f = score.shape[0]
+        sentinel_s = torch.full((n_f, 1, nh), float("-inf"), device=w.device)
+        sentinel_v = torch.zeros(n_f, 1, nh, d, device=w.device)
+        self.score = torch.cat([score, sentinel_s], 1).cpu().numpy()  # (F, S+1, nh)
+        self.value = torch.cat([value, sentinel_v], 1).cpu().numpy()  # (F, S+1, nh, d)
+        agg_score, agg_value = terms(ha[0])
+        self.agg_score, self.agg_value = agg_score.cpu().numpy(), agg_value.cpu().numpy()  # (nh,), (nh, d)
+        self.base = (agg.agg_token[0, 0] + attn.out_proj.bias).cpu().numpy()
+        np_ = lambda t: t.detach().cpu().numpy()  # noqa: E731
+        self.norm2 = (np_(layer.norm2.weight), np_(layer.norm2.bias), layer.norm2.eps)
+        self.ff = (np_(layer.linear1.weight.T), np_(layer.linear1.bias), np_(layer.linear2.weight.T),
+                   np_(layer.linear2.bias))
+        self.norm = (np_(agg.encoder.norm.weight), np_(agg.encoder.norm.bias), agg.encoder.norm.eps)
+        if layer.activation is not F.gelu:
+            raise ValueError(f"served aggregator supports the GELU feed-forward only, got {layer.activation}")
+        self.projection = []
+        for m in agg.projection.net:
+            if isinstance(m, nn.Linear):
+                self.projection.append(("linear", np_(m.weight.T), np_(m.bias)))
+            elif isinstance(m, nn.ReLU):
+                self.projection.append(("relu",))
+            elif not isinstance(m, nn.Dropout):
+                raise ValueError(f"served aggregator supports Linear/ReLU projections, got {type(m).__name__}")
+        self.positions = np.arange(n_f)
+
+    @staticmethod
+    def _layer_norm(x, weight, bias, eps):
+        c = x - x.mean(-1, keepdims=True)
+        return c / np.sqrt((c * c).mean(-1, keepdims=True) + eps) * weight + bias
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Scene vectors (B, collab_dim) float32 from table rows (B, F) int (-1 = missing)."""
+        rows = np.asarray(rows)
+        s = self.score[self.positions, rows]  # (B, F, nh)
+        s = np.concatenate([np.broadcast_to(self.agg_score, (len(rows), 1, s.shape[-1])), s], 1)
+        p = np.exp(s - s.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        x = (self.base + p[:, 0] @ self.agg_value
+             + np.einsum("bfh,bfhd->bd", p[:, 1:], self.value[self.positions, rows]))
+        w1, b1, w2, b2 = self.ff
+        h = self._layer_norm(x, *self.norm2) @ w1 + b1
+        x = x + (0.5 * h * (1.0 + erf(h * np.float32(0.5 ** 0.5)))) @ w2 + b2  # exact GELU
+        x = self._layer_norm(x, *self.norm)
+        for step in self.projection:
+            x = np.maximum(x, 0) if step[0] == "relu" else x @ step[1] + step[2]
+        return x.astype(np.float32, copy=False)
 
 
 def alignment_loss(scene_vec: torch.Tensor, collab_vec: torch.Tensor, temperature: float = 0.1,

@@ -268,7 +268,7 @@ class CTRModel(nn.Module):
             self.text_proj = nn.Linear(shapes.text_dim, d)
             if self.scene_mode == "larr":
                 self.aggregator = SceneAggregator(shapes.text_dim, n_scene, cfg.larr_d_model, cfg.larr_heads,
-                                                  cfg.larr_layers, dropout=cfg.dropout, collab_dim=cfg.collab_dim)
+                                                  cfg.larr_layers, dropout=cfg.larr_dropout, collab_dim=cfg.collab_dim)
             else:
                 self.full_proj = MLP(shapes.text_dim, (cfg.larr_d_model,), cfg.collab_dim)
         self.scene_to_item = nn.Linear(cfg.collab_dim * (2 if self.use_text else 1), d)
@@ -314,20 +314,21 @@ class CTRModel(nn.Module):
             return collab, None
         if self.scene_mode == "fulltext":
             return collab, self.full_proj(b["scene_full"])
-        cache = getattr(self, "_scene_cache", None)
-        if cache is not None and not self.training and "scene_value" in b:
-            return collab, self.aggregator.cached_scene_vector(b["scene_value"], cache)
+        served = getattr(self, "_served_scene", None)
+        if served is not None and not self.training and "scene_value" in b and b["scene_value"].device.type == "cpu":
+            return collab, torch.from_numpy(served(b["scene_value"].numpy()))
         return collab, self.aggregator.scene_vector(b["scene_feats"], b["scene_mask"])
 
     def use_scene_table(self, table) -> bool:
-        """Serving: precompute the one-layer LARR aggregator's keys and values for every row of the
-        cached scene-embedding table (``SceneAggregator.serving_cache``), so each request only
-        gathers them. Not part of the saved state; returns whether the fast path is on."""
+        """Serving: compile the one-layer LARR aggregator over the cached scene-embedding table
+        (``SceneAggregator.served``: per-value attention terms precomputed, numpy on the CPU), so a
+        request only gathers them. Not part of the saved state; returns whether the fast path is on
+        (off for deeper aggregators; on a GPU, batches run the encoder as in training)."""
         if getattr(self, "aggregator", None) is None or table is None:
             return False
-        t = torch.as_tensor(table, dtype=torch.float32, device=next(self.parameters()).device)
-        self._scene_cache = self.aggregator.serving_cache(t)
-        return self._scene_cache is not None
+        t = torch.as_tensor(table, dtype=torch.float32)
+        self._served_scene = self.aggregator.served(t)
+        return self._served_scene is not None
 
     def history(self, b):
         h = self.item(b["hist_poi"], b.get("hist_text"), b["hist_category"], b["hist_price"], b["hist_rating"],

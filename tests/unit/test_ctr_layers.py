@@ -203,7 +203,7 @@ def test_scene_aggregator_shape_and_batch_permutation():
         agg(torch.randn(2, 4, 12))
 
 
-def test_served_aggregator_reads_precomputed_keys_and_gives_the_same_vector():
+def test_served_aggregator_reads_precomputed_terms_and_gives_the_same_vector():
     agg = SceneAggregator(in_dim=12, n_features=5, d_model=16, n_heads=2, n_layers=1, collab_dim=8)
     for p in agg.parameters():  # away from the initial values, so every term matters
         p.data.add_(0.3 * torch.randn_like(p))
@@ -212,12 +212,15 @@ def test_served_aggregator_reads_precomputed_keys_and_gives_the_same_vector():
     rows = torch.randint(0, 30, (7, 5))
     rows[1, 2] = -1  # a missing feature
     rows[3] = -1  # a scene with no feature known
-    cache = agg.serving_cache(table)
+    served = agg.served(table)
     with torch.no_grad():
         want = agg.scene_vector(table[rows.clamp(min=0)], rows >= 0)
-    assert torch.allclose(agg.cached_scene_vector(rows, cache), want, atol=1e-5)
+    got = served(rows.numpy())
+    assert got.dtype == np.float32 and got.shape == (7, 8)
+    assert np.allclose(got, want.numpy(), atol=1e-5)
+    assert np.allclose(served(rows[:1].numpy()), want[:1].numpy(), atol=1e-5), "one request alone"
     deep = SceneAggregator(in_dim=12, n_features=5, d_model=16, n_heads=2, n_layers=2, collab_dim=8).eval()
-    assert deep.serving_cache(table) is None, "later layers mix the features: no per-value cache"
+    assert deep.served(table) is None, "later layers mix the features: nothing to precompute per value"
 
 
 def test_alignment_loss_decreases():
