@@ -123,14 +123,16 @@ class ServedAggregator:
 
     @staticmethod
     def _layer_norm(x, weight, bias, eps):
-        c = x - x.mean(-1, keepdims=True)
-        return c / np.sqrt((c * c).mean(-1, keepdims=True) + eps) * weight + bias
+        inv = 1.0 / x.shape[-1]  # ndarray.sum, not .mean: the same reduction without numpy's Python wrapper
+        c = x - x.sum(-1, keepdims=True) * inv
+        return c / np.sqrt((c * c).sum(-1, keepdims=True) * inv + eps) * weight + bias
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """Scene vectors (B, collab_dim) float32 from table rows (B, F) int (-1 = missing)."""
         rows = np.asarray(rows)
-        s = self.score[self.positions, rows]  # (B, F, nh)
-        s = np.concatenate([np.broadcast_to(self.agg_score, (len(rows), 1, s.shape[-1])), s], 1)
+        s = np.empty((len(rows), 1 + rows.shape[1], self.score.shape[-1]), np.float32)  # (B, 1+F, nh)
+        s[:, 0] = self.agg_score
+        s[:, 1:] = self.score[self.positions, rows]
         p = np.exp(s - s.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         x = (self.base + p[:, 0] @ self.agg_value
