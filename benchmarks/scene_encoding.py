@@ -94,40 +94,49 @@ def main(argv=None) -> int:
     sample_texts = [texts[str(r)] for r in sample.request_id]
     agg, proj = models["cached"].aggregator, models["full_text"].full_proj
     table = torch.from_numpy(ds.scene_table)
-    times = {"cached": [], "cached_generic": [], "full_text": []}
     with cpu_threads(cfg.cpu_threads), torch.no_grad():
         threads = torch.get_num_threads()
         # Offline, like the embeddings themselves: the one-layer aggregator's attention terms of
         # every cached feature value (what CTR serving uses; components/ctr/larr.py).
         served = agg.served(table)
-        for i in range(len(sample)):
-            t = time.perf_counter()
-            rows = sample.scene_value[i:i + 1]  # six cached lookups
+
+        def cached(i):  # six cached lookups + the served aggregator
+            rows = sample.scene_value[i:i + 1]
             if served is not None:
-                served(rows)
-            else:
-                rows = torch.from_numpy(rows)
-                agg.scene_vector(table[rows.clamp(min=0)], rows >= 0)
-            times["cached"].append(time.perf_counter() - t)
-            t = time.perf_counter()
+                return served(rows)
+            rows = torch.from_numpy(rows)
+            return agg.scene_vector(table[rows.clamp(min=0)], rows >= 0)
+
+        def cached_generic(i):  # the training-time torch encoder call
             rows = torch.from_numpy(sample.scene_value[i:i + 1])
-            agg.scene_vector(table[rows.clamp(min=0)], rows >= 0)  # the training-time encoder call
-            times["cached_generic"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            proj(torch.from_numpy(encoder.encode([sample_texts[i]], batch_size=1)))
-            times["full_text"].append(time.perf_counter() - t)
+            return agg.scene_vector(table[rows.clamp(min=0)], rows >= 0)
+
+        paths = {"cached": cached, "cached_generic": cached_generic,
+                 "full_text": lambda i: proj(torch.from_numpy(encoder.encode([sample_texts[i]], batch_size=1)))}
         # The same full-text path with the other encoder (latency only: the size of the LLM sets the cost).
         other = "teacher" if params.embed.encoder == "student" else "student"
         other_dir = params.path("llm_dir") / f"encoder_{other}"
         if other_dir.exists():
             enc2 = TextEncoder.load(other_dir, device="cpu")
-            times[f"full_text_{other}"] = []
+            paths[f"full_text_{other}"] = lambda i: enc2.encode([sample_texts[i]], batch_size=1)
+        # Two timings: the paths alternating request by request (each one finds the caches as the
+        # others left them, as in a server doing other work between requests), and each path alone
+        # in its own loop of the same requests (warm, as timeit would measure it).
+        interleaved = {k: [] for k in paths}
+        for i in range(len(sample)):
+            for k, fn in paths.items():
+                t = time.perf_counter()
+                fn(i)
+                interleaved[k].append(time.perf_counter() - t)
+        own_loop = {k: [] for k in paths}
+        for k, fn in paths.items():
             for i in range(len(sample)):
                 t = time.perf_counter()
-                enc2.encode([sample_texts[i]], batch_size=1)
-                times[f"full_text_{other}"].append(time.perf_counter() - t)
-    lat = {k: 1000 * float(np.median(v[1:] or v)) for k, v in times.items()}
-    speedup = lat["full_text"] / lat["cached"]
+                fn(i)
+                own_loop[k].append(time.perf_counter() - t)
+    med = lambda times: {k: 1000 * float(np.median(v[1:] or v)) for k, v in times.items()}  # noqa: E731
+    lat, lat_own = med(interleaved), med(own_loop)
+    speedup, speedup_own = lat["full_text"] / lat["cached"], lat_own["full_text"] / lat_own["cached"]
 
     def stats(label, key):
         v = np.array([q[key] for q in quality[label]])
@@ -135,23 +144,26 @@ def main(argv=None) -> int:
 
     print(f"\nScene encoding per request (median of {len(sample)}; torch threads {threads}); "
           f"test AUC over seeds {args.seeds}")
-    print(f"{'path':<11}{'ms/request':>12}{'CTR AUC':>18}{'CTCVR AUC':>18}")
+    print(f"{'path':<11}{'ms/request':>12}{'(own loop)':>12}{'CTR AUC':>18}{'CTCVR AUC':>18}")
     for label in ("cached", "full_text"):
         c, cs = stats(label, "auc.ctr")
         v, vs = stats(label, "auc.ctcvr")
-        print(f"{label:<11}{lat[label]:>12.3f}{f'{c:.4f} ± {cs:.4f}':>18}{f'{v:.4f} ± {vs:.4f}':>18}")
+        print(f"{label:<11}{lat[label]:>12.3f}{lat_own[label]:>12.3f}{f'{c:.4f} ± {cs:.4f}':>18}{f'{v:.4f} ± {vs:.4f}':>18}")
     print(f"{'cached, generic encoder call':<30}{lat['cached_generic']:>8.3f} ms "
           f"(torch encoder call, nothing precomputed; {lat['full_text'] / lat['cached_generic']:.1f}× faster than full text)")
     for k in lat:
         if k.startswith("full_text_"):
-            print(f"{k:<11}{lat[k]:>12.3f}   (LLM encode only; {lat[k] / lat['cached']:.1f}× the cached path)")
+            print(f"{k:<11}{lat[k]:>12.3f}{lat_own[k]:>12.3f}   (LLM encode only; {lat[k] / lat['cached']:.1f}× the cached path)")
+    print("ms/request: median with the paths alternating request by request; (own loop): each path alone")
     c_auc, c_sd = stats("cached", "auc.ctr")
     f_auc, f_sd = stats("full_text", "auc.ctr")
     no_worse = c_auc >= f_auc - max(c_sd, f_sd)
-    print(f"cached path is {speedup:.1f}× faster than the {params.embed.encoder} full-text path (target ≥ 20×: {'met' if speedup >= 20 else 'NOT met'}); "
+    print(f"cached path is {speedup:.1f}× faster than the {params.embed.encoder} full-text path alternating, "
+          f"{speedup_own:.1f}× each in its own loop (target ≥ 20×: {'met' if min(speedup, speedup_own) >= 20 else 'met in its own loop only' if speedup_own >= 20 else 'NOT met'}); "
           f"CTR AUC {c_auc - f_auc:+.4f} vs full text, no worse beyond the seed spread: {no_worse}")
     save_report({"benchmark": "scene_encoding", "machine": platform.platform(), "threads": threads,
-                 "latency_ms": lat, "speedup": round(speedup, 2), "quality": quality,
+                 "latency_ms": lat, "latency_ms_own_loop": lat_own, "speedup": round(speedup, 2),
+                 "speedup_own_loop": round(speedup_own, 2), "quality": quality,
                  "auc_ctr_no_worse_beyond_spread": bool(no_worse), "distinct_scene_texts": len(uniq),
                  "encoder": str(encoder_dir(params).name), "seeds": args.seeds}, Path(args.out))
     return 0
