@@ -73,7 +73,9 @@ class ServedAggregator:
     for every position f, table row s and head h, the attention score ``q_agg·k / sqrt(d_h)`` and the
     value already passed through the output projection (``W_o[:, h] v``). A request then gathers F
     scores and F vectors, takes one softmax and a weighted sum, and runs the feed-forward block, the
-    final norm and the projection MLP on a single vector: the same numbers as
+    final norm and the projection MLP on a single vector (LayerNorm scales folded into the next
+    linear layer, the residual stream kept centred by folding the centring into what adds to it,
+    as inference compilers do): the same numbers as
     ``scene_vector`` (tests/unit/test_ctr_layers.py) at a fraction of the calls. Row -1 (a missing
     feature) reads a sentinel row whose score is -inf, as the padding mask would make it.
     """
@@ -99,33 +101,44 @@ class ServedAggregator:
         n_f = score.shape[0]
         sentinel_s = torch.full((n_f, 1, nh), float("-inf"), device=w.device)
         sentinel_v = torch.zeros(n_f, 1, nh, d, device=w.device)
+        # The residual stream only ever reaches a LayerNorm, so it is kept centred: centring is
+        # linear (x C, C = I - 1/d) and goes into every term that adds to the stream.
+        center = torch.eye(d, device=w.device) - 1.0 / d
         self.score = torch.cat([score, sentinel_s], 1).cpu().numpy()  # (F, S+1, nh)
-        self.value = torch.cat([value, sentinel_v], 1).cpu().numpy()  # (F, S+1, nh, d)
+        self.value = (torch.cat([value, sentinel_v], 1) @ center).cpu().numpy()  # (F, S+1, nh, d)
         agg_score, agg_value = terms(ha[0])
-        self.agg_score, self.agg_value = agg_score.cpu().numpy(), agg_value.cpu().numpy()  # (nh,), (nh, d)
-        self.base = (agg.agg_token[0, 0] + attn.out_proj.bias).cpu().numpy()
+        self.agg_score, self.agg_value = agg_score.cpu().numpy(), (agg_value @ center).cpu().numpy()  # (nh,), (nh, d)
+        self.base = ((agg.agg_token[0, 0] + attn.out_proj.bias) @ center).cpu().numpy()
         np_ = lambda t: t.detach().cpu().numpy()  # noqa: E731
-        self.norm2 = (np_(layer.norm2.weight), np_(layer.norm2.bias), layer.norm2.eps)
-        self.ff = (np_(layer.linear1.weight.T), np_(layer.linear1.bias), np_(layer.linear2.weight.T),
-                   np_(layer.linear2.bias))
-        self.norm = (np_(agg.encoder.norm.weight), np_(agg.encoder.norm.bias), agg.encoder.norm.eps)
         if layer.activation is not F.gelu:
             raise ValueError(f"served aggregator supports the GELU feed-forward only, got {layer.activation}")
+        # Inference folding: each LayerNorm's scale and shift go into the linear layer after it
+        # (LN(x) @ W + b = norm(x) @ (g * W) + (β @ W + b)), and GELU's 1/2 into linear2.
+        g2, b2n = layer.norm2.weight, layer.norm2.bias
+        w1, b1 = layer.linear1.weight.T, layer.linear1.bias
+        self.ff = (np_(g2[:, None] * w1), np_(b2n @ w1 + b1), np_(0.5 * layer.linear2.weight.T @ center),
+                   np_(layer.linear2.bias @ center))
+        self.eps = (layer.norm2.eps, agg.encoder.norm.eps)
+        self.mean_of = np.full((d, 1), 1.0 / d, np.float32)
+        steps = [m for m in agg.projection.net if not isinstance(m, nn.Dropout)]
+        if not steps or not isinstance(steps[0], nn.Linear) or any(not isinstance(m, (nn.Linear, nn.ReLU)) for m in steps):
+            raise ValueError("served aggregator supports a Linear/ReLU projection that starts with a Linear, got "
+                             f"{[type(m).__name__ for m in agg.projection.net]}")
+        gn, bn = agg.encoder.norm.weight, agg.encoder.norm.bias
         self.projection = []
-        for m in agg.projection.net:
-            if isinstance(m, nn.Linear):
-                self.projection.append(("linear", np_(m.weight.T), np_(m.bias)))
-            elif isinstance(m, nn.ReLU):
+        for i, m in enumerate(steps):
+            if isinstance(m, nn.ReLU):
                 self.projection.append(("relu",))
-            elif not isinstance(m, nn.Dropout):
-                raise ValueError(f"served aggregator supports Linear/ReLU projections, got {type(m).__name__}")
+            elif i == 0:  # the final LayerNorm folded in
+                self.projection.append(("linear", np_(gn[:, None] * m.weight.T), np_(bn @ m.weight.T + m.bias)))
+            else:
+                self.projection.append(("linear", np_(m.weight.T), np_(m.bias)))
         self.positions = np.arange(n_f)
 
-    @staticmethod
-    def _layer_norm(x, weight, bias, eps):
-        inv = 1.0 / x.shape[-1]  # ndarray.sum, not .mean: the same reduction without numpy's Python wrapper
-        c = x - x.sum(-1, keepdims=True) * inv
-        return c / np.sqrt((c * c).sum(-1, keepdims=True) * inv + eps) * weight + bias
+    def _normalize(self, c, eps):
+        """LayerNorm of an already centred stream, without its scale and shift (folded into the next
+        linear layer); the mean of squares by a matrix product, cheaper than numpy's reductions here."""
+        return c / np.sqrt((c * c) @ self.mean_of + eps)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """Scene vectors (B, collab_dim) float32 from table rows (B, F) int (-1 = missing)."""
@@ -138,9 +151,9 @@ class ServedAggregator:
         x = (self.base + p[:, 0] @ self.agg_value
              + np.einsum("bfh,bfhd->bd", p[:, 1:], self.value[self.positions, rows]))
         w1, b1, w2, b2 = self.ff
-        h = self._layer_norm(x, *self.norm2) @ w1 + b1
-        x = x + (0.5 * h * (1.0 + erf(h * np.float32(0.5 ** 0.5)))) @ w2 + b2  # exact GELU
-        x = self._layer_norm(x, *self.norm)
+        h = self._normalize(x, self.eps[0]) @ w1 + b1
+        x = x + (h * (1.0 + erf(h * np.float32(0.5 ** 0.5)))) @ w2 + b2  # exact GELU (its 1/2 is in w2); still centred
+        x = self._normalize(x, self.eps[1])
         for step in self.projection:
             x = np.maximum(x, 0) if step[0] == "relu" else x @ step[1] + step[2]
         return x.astype(np.float32, copy=False)
