@@ -99,12 +99,16 @@ def cmd_ctr(args, params) -> int:
     return 0
 
 
+def _print_registration(r: dict) -> None:
+    """One line for a register step's result (``registry.settle``)."""
+    print(f"{r['name']} version {r['version']} registered as {r['alias']}: {r['reason']}")
+
+
 def cmd_ctr_register(args, params) -> int:
     from components.steps import ctr_register_step
 
     result = _tracked(params, "ctr_register", ctr_register_step)
-    alias = "champion" if result["promoted"] else "challenger"
-    print(f"{result['name']} version {result['version']} registered as {alias}: {result['reason']}")
+    _print_registration(result)
     print(f"  champion now: version {result['champion']} (models:/{result['name']}@champion)")
     return 0
 
@@ -155,9 +159,7 @@ def cmd_news(args, params) -> int:
 def cmd_news_register(args, params) -> int:
     from components.steps import news_register_step
 
-    r = _tracked(params, "news_register", news_register_step)
-    print(f"{r['name']} version {r['version']} registered as {'champion' if r['promoted'] else 'challenger'}: "
-          f"{r['reason']}")
+    _print_registration(_tracked(params, "news_register", news_register_step))
     return 0
 
 
@@ -180,9 +182,7 @@ def cmd_instruct(args, params) -> int:
 def cmd_hkfr_register(args, params) -> int:
     from components.steps import hkfr_register_step
 
-    r = _tracked(params, "hkfr_register", hkfr_register_step)
-    print(f"{r['name']} version {r['version']} registered as {'champion' if r['promoted'] else 'challenger'}: "
-          f"{r['reason']}")
+    _print_registration(_tracked(params, "hkfr_register", hkfr_register_step))
     return 0
 
 

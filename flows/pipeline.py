@@ -40,9 +40,8 @@ def ctr_lines(ctr: dict | None) -> list[str]:
     if not ctr:
         return []
     s, r = ctr["summary"], ctr["registry"]
-    alias = "champion" if r["promoted"] else "challenger"
     return [f"  CTR model:  {s['model']}: {s['headline']}",
-            f"  registry:   {r['name']} v{r['version']} -> {alias} ({r['reason']}); champion = v{r['champion']}",
+            f"  registry:   {r['name']} v{r['version']} -> {r['alias']} ({r['reason']}); champion = v{r['champion']}",
             "              promote / roll back: scenerec promote --version N --reason ...; scenerec rollback --reason ..."]
 
 
@@ -53,7 +52,7 @@ def hkfr_lines(hk: dict | None) -> list[str]:
     m, r = hk["metrics"], hk["registry"]
     return [f"  HKFR:       P(yes) test AUC {m.get('test.auc', float('nan')):.4f} (cold-start users "
             f"{m.get('test.cold_user.auc', float('nan')):.4f}); {r['name']} v{r['version']} -> "
-            + ("champion" if r["promoted"] else "challenger") + "; user knowledge embedding in Feast"]
+            f"{r['alias']}; user knowledge embedding in Feast"]
 
 
 def news_lines(news: dict | None) -> list[str]:
@@ -63,7 +62,7 @@ def news_lines(news: dict | None) -> list[str]:
     m, r = news["metrics"], news["registry"]
     return [f"  news:       PerCoNet dev AUC {m.get('dev.auc', float('nan')):.4f}, MRR {m.get('dev.mrr', float('nan')):.4f}, "
             f"nDCG@10 {m.get('dev.ndcg_at_10', float('nan')):.4f}; {r['name']} v{r['version']} -> "
-            + ("champion" if r["promoted"] else "challenger")]
+            f"{r['alias']}"]
 
 
 def where_to_look(params: Params, metrics: dict) -> str:

@@ -27,7 +27,7 @@ def publish_comparison(key: str, result: dict) -> str:
 
     rows = [{"metric": k, "challenger": v, "champion": (result["champion_metrics"] or {}).get(k, "—")}
             for k, v in result["challenger_metrics"].items()]
-    verdict = (f"{result['name']} v{result['version']} -> {'champion' if result['promoted'] else 'challenger'}: "
+    verdict = (f"{result['name']} v{result['version']} -> {result['alias']}: "
                f"{result['reason']}")
     create_table_artifact(key=key, table=rows, description=verdict)
     return verdict
