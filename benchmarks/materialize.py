@@ -38,6 +38,8 @@ from components.features.engineering import KEYS, TABLES, TIMESTAMP, build_featu
 from components.features.store import apply_definitions, entity_frame, materialize, training_frame  # noqa: E402
 from report import save_report  # noqa: E402  (benchmarks/report.py)
 
+STATIC = ("poi_profile", "user_profile")  # the feature views with ttl 0 (feature_repo/feature_views.py)
+
 CATEGORIES = ["noodles", "coffee & tea", "pizza", "burgers", "sushi", "hotpot", "dumplings", "bbq",
               "salads", "desserts", "bubble tea", "rice bowls", "korean", "thai", "indian", "mexican",
               "bakery", "seafood", "vegetarian", "fried chicken", "porridge", "juice", "sandwiches", "ramen"]
@@ -169,7 +171,7 @@ def pandas_point_in_time(params, impressions: pd.DataFrame) -> tuple[pd.DataFram
         feats = feats.rename(columns={c: f"{table}__{c}" for c in feats.columns if c not in (key, TIMESTAMP)})
         feats = feats.rename(columns={TIMESTAMP: "_fts"}).sort_values("_fts", kind="stable")
         out = pd.merge_asof(out, feats, left_on=TIMESTAMP, right_on="_fts", by=key, direction="backward",
-                            tolerance=None if table == "poi_profile" else ttl)
+                            tolerance=None if table in STATIC else ttl)
         out = out.drop(columns="_fts")
     out = out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
     return out, time.perf_counter() - t0
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         end = pd.Timestamp(mat["end"])
         windows = {}
         for table in TABLES:  # the windows materialize() used on this first run
-            ttl = pd.Timedelta(0) if table == "poi_profile" else pd.Timedelta(days=params.features.ttl_days)
+            ttl = pd.Timedelta(0) if table in STATIC else pd.Timedelta(days=params.features.ttl_days)
             windows[table] = (end - ttl if ttl > pd.Timedelta(0) else pd.Timestamp(0, tz="UTC"), end)
         alt_rows, alt_s = pandas_sqlite_write(params, windows, proj / "pandas_online.db")
         feast_s = sum(mat["seconds"].values())

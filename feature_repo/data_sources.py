@@ -23,6 +23,7 @@ def _table(name: str, description: str) -> FileSource:
 
 
 user_stats_source = _table("user_stats", "Cumulative user behaviour aggregates, one snapshot per active period.")
+user_profile_source = _table("user_profile", "Stated age group and gender (one-hot), stamped at registered_at.")
 poi_profile_source = _table("poi_profile", "Static PoI attributes, stamped at opened_at.")
 poi_stats_source = _table("poi_stats", "Cumulative PoI popularity, one snapshot per active period.")
 context_stats_source = _table("context_stats", "Cumulative context counts and D(C), one snapshot per active period.")

@@ -7,7 +7,7 @@ from feast.types import Float32, Float64, Int64
 
 from components.features.engineering import feature_schema
 from data_sources import (PARAMS, context_stats_source, poi_profile_source, poi_stats_source,
-                          user_stats_source)
+                          user_profile_source, user_stats_source)
 from entities import context, poi, user
 
 _TYPES = {"int64": Int64, "float32": Float32, "float64": Float64}
@@ -24,6 +24,12 @@ user_stats = FeatureView(
     name="user_stats", entities=[user], ttl=_TTL, schema=_fields("user_stats"),
     source=user_stats_source, online=True,
     description="Behaviour counts, category / price-band mix of clicks+orders, recency, active days.",
+)
+user_profile = FeatureView(
+    # ttl 0: what a user stated at registration stays theirs (a cold user's only personal signal).
+    name="user_profile", entities=[user], ttl=timedelta(0), schema=_fields("user_profile"),
+    source=user_profile_source, online=True,
+    description="Age group and gender, one-hot (all zero when unknown).",
 )
 poi_profile = FeatureView(
     # ttl 0: static attributes never expire (Feast only bounds by event_timestamp <= request time).

@@ -172,7 +172,12 @@ def time_split(request_ts: np.ndarray, cfg: CTRConfig) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------
 # Encoder: fitted on the training period, then applied to any frame (training, test, serving)
 
-FEATURE_PREFIXES = ("user_stats__", "poi_stats__", "context_stats__", "poi_profile__", "user_knowledge__")
+FEATURE_PREFIXES = ("user_stats__", "user_profile__", "poi_stats__", "context_stats__", "poi_profile__",
+                    "user_knowledge__")
+# Dense descriptions of the user (their stated profile, HKFR's knowledge embedding): besides the
+# numeric input, the model projects them into the user embedding, so they meet every candidate
+# in the user x item interaction, which is what a cold user (no ID embedding of their own) lacks.
+USER_DENSE_PREFIXES = ("user_profile__", "user_knowledge__k")
 _POI_CATEGORICAL = ("poi_profile__category_idx", "poi_profile__price_band", "poi_profile__rating_band",
                     "poi_profile__delivery_band")
 _SKIP_NUMERIC = set(_POI_CATEGORICAL) | {"user_stats__last_behavior_ts"}
@@ -255,7 +260,8 @@ class FeatureEncoder:
         return {"n_users": len(self.users), "n_pois": len(self.pois), "n_contexts": len(self.contexts),
                 "scene": {f: len(v) for f, v in self.scene.items()}, "n_numeric": len(self.numeric),
                 "n_flags": max(4, len({c.split("__")[0] for c in self.numeric})),
-                "n_categories": self.n_categories, "n_bands": dict(self.n_bands)}
+                "n_categories": self.n_categories, "n_bands": dict(self.n_bands),
+                "user_dense": [i for i, c in enumerate(self.numeric) if c.startswith(USER_DENSE_PREFIXES)]}
 
     def numeric_matrix(self, df: pd.DataFrame) -> np.ndarray:
         """Standardised numeric features with NaN -> 0, followed by one missing flag per feature view."""

@@ -16,7 +16,7 @@ CoFARS selection are computed once per request.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -56,6 +56,7 @@ class ModelShapes:
     n_bands: dict
     text_dim: int = 0  # width of the LLM embeddings (0 = none available)
     n_flags: int = 4  # missing flags after the numeric features: one per feature view (4 before HKFR's)
+    user_dense: list = field(default_factory=list)  # numeric columns describing the user (data.USER_DENSE_PREFIXES)
 
     @classmethod
     def from_sizes(cls, sizes: dict, text_dim: int) -> "ModelShapes":
@@ -251,6 +252,8 @@ class CTRModel(nn.Module):
         self.scene_mode, self.sequence = spec["scene"], spec["sequence"]
         d = cfg.embed_dim
         self.user_emb = nn.Embedding(shapes.n_users, d)
+        self.register_buffer("user_dense_idx", torch.tensor(list(shapes.user_dense), dtype=torch.long), persistent=False)
+        self.user_dense = nn.Linear(len(shapes.user_dense), d, bias=False) if len(shapes.user_dense) else None
         self.poi_emb = nn.Embedding(shapes.n_pois, d)
         self.cat_emb = nn.Embedding(shapes.n_categories + 1, d)
         nb = shapes.n_bands
@@ -417,6 +420,8 @@ class CTRModel(nn.Module):
                          b["cand_delivery"])  # (R, K, d)
         r, k, d = cand.shape
         user = self.user_emb(b["user"]).unsqueeze(1).expand(r, k, d)
+        if self.user_dense is not None:  # the user's profile / knowledge, in the same space as the ID embedding
+            user = user + self.user_dense(b["numeric"].index_select(-1, self.user_dense_idx))
         collab, larr = self.scene(b)
         scene = collab if larr is None else torch.cat([collab, larr], -1)
         if larr is not None:

@@ -23,7 +23,8 @@ from components.ctr.data import (SCENE_COLUMNS, FeatureEncoder, History, PoiTabl
                                  scene_embedding_table)
 from components.ctr.model import CTRModel, ModelShapes
 
-FEATURE_VIEWS = {"user_stats": "user_id", "poi_stats": "poi_id", "poi_profile": "poi_id", "context_stats": "context_id"}
+FEATURE_VIEWS = {"user_stats": "user_id", "user_profile": "user_id", "poi_stats": "poi_id", "poi_profile": "poi_id",
+                 "context_stats": "context_id"}
 KNOWLEDGE_VIEW = "user_knowledge"  # HKFR's user knowledge embedding (ctr.user_knowledge)
 SERVED_VIEWS = {**FEATURE_VIEWS, KNOWLEDGE_VIEW: "user_id"}
 REQUEST_COLUMNS = ["request_id", "user_id", "poi_id", "ts", "geohash", "location_type", "weather",

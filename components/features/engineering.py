@@ -11,6 +11,9 @@ Tables (written as ``<out_dir>/<table>.parquet``, key + ``event_timestamp`` tz-a
 
 - ``user_stats`` (user_id): behaviour counts per type, the category mix and price-band mix of
   clicks + orders, the last behaviour time (Unix seconds) and the number of active days.
+- ``user_profile`` (user_id): the user's stated age group and gender as one-hot columns
+  (``age_18_24``, ``gender_f``, ...; all zero when unknown), stamped at ``registered_at``: the
+  only personal signal there is for a user who has no behaviour yet.
 - ``poi_profile`` (poi_id): static attributes stamped at ``opened_at``.
 - ``poi_stats`` (poi_id): cumulative views / clicks / favourites / orders and smoothed rates.
 - ``context_stats`` (context_id = ``location_type|time_slot|weather``): behaviour and order counts
@@ -37,10 +40,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from components.config import FeaturesConfig
-from components.data.contract import BEHAVIORS
+from components.data.contract import AGE_GROUPS, BEHAVIORS, GENDERS
 
-TABLES = ("user_stats", "poi_profile", "poi_stats", "context_stats")
-KEYS = {"user_stats": "user_id", "poi_profile": "poi_id", "poi_stats": "poi_id", "context_stats": "context_id"}
+TABLES = ("user_stats", "user_profile", "poi_profile", "poi_stats", "context_stats")
+KEYS = {"user_stats": "user_id", "user_profile": "user_id", "poi_profile": "poi_id", "poi_stats": "poi_id",
+        "context_stats": "context_id"}
 TIMESTAMP = "event_timestamp"
 
 _NS_PER_HOUR = 3_600_000_000_000
@@ -93,6 +97,16 @@ def category_columns(cfg: FeaturesConfig) -> list[str]:
     return [f"cat_{i:02d}" for i in range(cfg.top_categories)] + ["cat_other"]
 
 
+def _slug(value: str) -> str:
+    return value.replace("<", "lt").replace("+", "plus").replace("-", "_")
+
+
+def profile_columns() -> dict[str, dict[str, str]]:
+    """One-hot columns of ``user_profile``: ``{contract column: {contract value: column name}}``."""
+    return {"age_group": {v: f"age_{_slug(v)}" for v in AGE_GROUPS},
+            "gender": {v: f"gender_{_slug(v)}" for v in GENDERS}}
+
+
 def band_columns(prefix: str, edges: list[float]) -> list[str]:
     """Share columns of a band mix: ``len(edges) + 1`` bands."""
     return [f"{prefix}_{i}" for i in range(len(edges) + 1)]
@@ -112,6 +126,7 @@ def feature_schema(cfg: FeaturesConfig) -> dict[str, list[tuple[str, str]]]:
     return {
         "user_stats": counts + [("n_interactions", "int64")] + cats + price
         + [("last_behavior_ts", "float64"), ("n_active_days", "int64")],
+        "user_profile": [(c, "float32") for cols in profile_columns().values() for c in cols.values()],
         "poi_profile": [
             ("category_idx", "int64"), ("price", "float32"), ("price_band", "int64"),
             ("rating", "float32"), ("rating_missing", "int64"), ("rating_band", "int64"),
@@ -404,6 +419,19 @@ def user_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Da
     return _frame("user_id", ids, _stamp(g.period, cfg), cols)
 
 
+def user_profile(users: pd.DataFrame) -> pd.DataFrame:
+    """Age group and gender one-hot per user (all zero when unknown), stamped at ``registered_at``."""
+    df = pd.DataFrame({"user_id": users["user_id"].astype(str).to_numpy(dtype=object),
+                       TIMESTAMP: pd.to_datetime(users["registered_at"], utc=True).to_numpy()})
+    df[TIMESTAMP] = pd.to_datetime(df[TIMESTAMP], utc=True)
+    for col, names in profile_columns().items():
+        values = users[col].astype(object).to_numpy()
+        for value, name in names.items():
+            df[name] = (values == value).astype("float32")
+    df = df[df[TIMESTAMP].notna()]  # the contract requires registered_at; a point-in-time join needs it
+    return df.sort_values("user_id", kind="stable").reset_index(drop=True)
+
+
 def poi_profile(poi: _PoiAttributes) -> pd.DataFrame:
     """Static PoI attributes, stamped at ``opened_at``."""
     df = pd.DataFrame({
@@ -481,13 +509,13 @@ def context_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd
 
 
 def build_feature_tables(curated_dir: Path, cfg: FeaturesConfig, out_dir: Path) -> dict[str, int]:
-    """Write the four feature tables, ``vocab.json`` and ``stats.json`` to ``out_dir``.
+    """Write the five feature tables, ``vocab.json`` and ``stats.json`` to ``out_dir``.
 
     Returns the number of rows per table. Deterministic: the same inputs give the same tables.
     """
     t0 = time.perf_counter()
     curated_dir, out_dir = Path(curated_dir), Path(out_dir)
-    for name in ("pois", "behaviors"):
+    for name in ("pois", "behaviors", "users"):
         if not (curated_dir / f"{name}.parquet").exists():
             raise FileNotFoundError(
                 f"{curated_dir / (name + '.parquet')}: curated table missing (run `scenerec ingest` first)"
@@ -498,6 +526,8 @@ def build_feature_tables(curated_dir: Path, cfg: FeaturesConfig, out_dir: Path) 
     b = _read_behaviors(curated_dir / "behaviors.parquet", attrs, cfg)
     tables = {
         "user_stats": user_stats(b, attrs, cfg),
+        "user_profile": user_profile(pd.read_parquet(curated_dir / "users.parquet",
+                                                     columns=["user_id", "registered_at", "age_group", "gender"])),
         "poi_profile": poi_profile(attrs),
         "poi_stats": poi_stats(b, attrs, cfg),
         "context_stats": context_stats(b, attrs, cfg),

@@ -107,17 +107,18 @@ def test_apply_and_materialize_under_the_data_folder(project):
     root = params.root
     assert (root / "data" / "feast" / "registry.db").exists()
     assert (root / "data" / "feast" / "online_store.db").exists()
-    assert mat["rows"] == {"context_stats": 3, "poi_profile": 3, "poi_stats": 3, "user_stats": 2}
+    assert mat["rows"] == {"context_stats": 3, "poi_profile": 3, "poi_stats": 3, "user_stats": 2, "user_profile": 2}
     assert mat["rows_per_s"] > 0
     store = get_store(params)
     assert {v.name for v in store.list_feature_views()} == {
-        "user_stats", "poi_profile", "poi_stats", "context_stats", "scene_embeddings", "poi_embeddings",
-        "user_knowledge"}
+        "user_stats", "user_profile", "poi_profile", "poi_stats", "context_stats", "scene_embeddings",
+        "poi_embeddings", "user_knowledge"}
     assert {p.name for p in store.get_feature_service("ctr_training").feature_view_projections} == \
-        {"user_stats", "poi_profile", "poi_stats", "context_stats"}
+        {"user_stats", "user_profile", "poi_profile", "poi_stats", "context_stats"}
     # Sources are recorded relative to the feature repo, so the registry survives a move.
     assert {s.path for s in store.list_data_sources()} == {
-        f"../data/features/{t}.parquet" for t in ("user_stats", "poi_profile", "poi_stats", "context_stats")} | {
+        f"../data/features/{t}.parquet" for t in ("user_stats", "user_profile", "poi_profile", "poi_stats",
+                                                  "context_stats")} | {
         f"../data/embeddings/{t}.parquet" for t in ("scene_embeddings", "poi_embeddings")} | {
         "../data/hkfr/user_knowledge.parquet"}
     # A second, incremental run restarts at the last end (Jan 6 00:00:01) minus the 48 h overlap:
@@ -140,6 +141,8 @@ def test_online_features_match_the_latest_snapshot(project):
     assert got["context_stats__n_order"] == 1  # the 12:30 order; lunch = 10:00-14:00
     # D(lunch): 5 clicks/orders, 3 of them on noodles (p1, p3) and 2 on coffee (p2)
     assert got["context_stats__cat_00"] == pytest.approx(0.6) and got["context_stats__cat_01"] == pytest.approx(0.4)
+    assert got["user_profile__age_18_24"] == 1.0 and got["user_profile__gender_f"] == 1.0
+    assert got["user_profile__age_55plus"] == 0.0
     without_context = online_features(params, "u2", "p2")
     assert "context_stats__n_total" not in without_context
     assert without_context["user_stats__n_click"] == 2
@@ -164,6 +167,9 @@ def test_training_frame_is_point_in_time_correct(project):
     by_req = df.groupby("request_id")["user_stats__n_click"].first()
     assert np.isnan(by_req["r0"])  # no snapshot yet: missing, and the rows are still there
     assert (df.loc[df.request_id == "r0", "poi_profile__price"].notna()).all()
+    # The profile (stamped at registration) joins even before the user's first snapshot.
+    assert (df.loc[df.user_id == "u1", "user_profile__age_18_24"] == 1.0).all()
+    assert (df.loc[df.user_id == "u2", [c for c in df if c.startswith("user_profile__")]] == 0.0).all().all()
     # r2 at 12:00:00; u1 clicks p3 at 12:00:05: the click is NOT in the feature.
     assert by_req["r2"] == 2
     assert by_req["r2"] < _clicks_before(beh, "u1", T("2026-01-03T12:00:06Z"))

@@ -169,3 +169,37 @@ def test_weight_on_matches_the_pairwise_definition():
     got.sum().backward()
     assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
     assert weight_on(hist[:, :0], w[:, :0], cand).shape == (3, 5)
+
+
+def test_user_profile_columns_enter_the_user_embedding():
+    """Two unknown users (ID row 0) who differ only in their profile columns score differently, and
+    only through those columns: other numeric columns are left as they are."""
+    shapes = ModelShapes(**{**SHAPES.__dict__, "user_dense": [1, 2]})
+    torch.manual_seed(0)
+    model = CTRModel("din_full", CFG, shapes).eval()
+    b = make_batch([3, 3], seed=2)
+    b["user"] = torch.zeros(2, dtype=torch.long)
+    for key, v in b.items():  # the same request twice
+        b[key] = v[:1].expand(2, *v.shape[1:]).clone()
+    b["numeric"][1, :, 1:3] += 1.0  # another age group / gender
+    with torch.no_grad():
+        out = model(b)["ctr"]
+        assert not torch.allclose(out[0], out[1])
+        model.user_dense.weight.zero_()
+        model.numeric_proj.weight[:, 1:3] = 0
+        out = model(b)["ctr"]
+    assert torch.allclose(out[0], out[1])
+    assert CTRModel("din_full", CFG, SHAPES).user_dense is None  # no such columns: no extra layer
+
+
+def test_encoder_marks_profile_and_knowledge_columns_as_user_dense():
+    import pandas as pd
+
+    from components.ctr.data import FeatureEncoder, Vocab
+
+    cols = ["user_stats__n_click", "user_profile__age_18_24", "poi_stats__n_view", "user_knowledge__k00",
+            "user_knowledge__n_behaviors"]
+    enc = FeatureEncoder(Vocab(["u"]), Vocab(["p"]), Vocab(["c"]), {}, cols, np.zeros(5, np.float32),
+                         np.ones(5, np.float32), 1, {})
+    assert enc.sizes()["user_dense"] == [1, 3]
+    assert enc.numeric_matrix(pd.DataFrame({c: [1.0] for c in cols})).shape == (1, 5 + 4)

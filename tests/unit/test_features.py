@@ -35,6 +35,12 @@ def _pois() -> pd.DataFrame:
     })
 
 
+def _users() -> pd.DataFrame:
+    return pd.DataFrame({"user_id": ["u1", "u2", "u3"], "age_group": ["18-24", "55+", None],
+                         "gender": ["f", None, "u"], "home_geohash": [None] * 3,
+                         "registered_at": [T("2025-06-01"), T("2025-12-31"), T("2026-02-01")]})
+
+
 def _behaviors(rows: list[tuple], **scene) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["ts", "user_id", "poi_id", "behavior"])
     df["ts"] = pd.to_datetime(df["ts"], utc=True, format="ISO8601")
@@ -62,6 +68,7 @@ def _build(tmp_path, behaviors: pd.DataFrame, cfg: FeaturesConfig | None = None,
     cur.mkdir(exist_ok=True)
     (pois if pois is not None else _pois()).to_parquet(cur / "pois.parquet", index=False)
     behaviors.to_parquet(cur / "behaviors.parquet", index=False)
+    _users().to_parquet(cur / "users.parquet", index=False)
     rows = build_feature_tables(cur, cfg or FeaturesConfig(top_categories=1), out)
     return rows, {t: pd.read_parquet(out / f"{t}.parquet") for t in TABLES}, out
 
@@ -160,6 +167,19 @@ def test_poi_profile_and_stats(tmp_path):
     assert p1.cvr_smoothed == pytest.approx((0 + 20 * 0.5) / (2 + 20), rel=1e-6)
 
 
+def test_user_profile_one_hot_stamped_at_registration(tmp_path):
+    _, t, _ = _build(tmp_path, _behaviors(WORKED))
+    prof = t["user_profile"].set_index("user_id")
+    assert list(prof.index) == ["u1", "u2", "u3"]  # every user, with or without behaviour
+    assert list(prof.columns) == ["event_timestamp", "age_lt18", "age_18_24", "age_25_34", "age_35_44", "age_45_54",
+                                  "age_55plus", "gender_f", "gender_m", "gender_u"]
+    assert prof.loc["u1", "event_timestamp"] == T("2025-06-01")
+    assert (prof.loc["u1", "age_18_24"], prof.loc["u1", "gender_f"]) == (1.0, 1.0)
+    assert prof.loc["u1"].iloc[1:].sum() == 2.0
+    assert prof.loc["u2", "age_55plus"] == 1.0 and prof.loc["u2", [c for c in prof if c.startswith("gender")]].sum() == 0
+    assert prof.loc["u3", [c for c in prof if c.startswith("age")]].sum() == 0 and prof.loc["u3", "gender_u"] == 1.0
+
+
 def test_context_stats_distribution(tmp_path):
     _, t, _ = _build(tmp_path, _behaviors(WORKED), FeaturesConfig(top_categories=1))
     cs = t["context_stats"]
@@ -217,7 +237,7 @@ def test_deterministic_and_empty(tmp_path):
     for table in TABLES:  # row order of the input does not matter
         pd.testing.assert_frame_equal(a[table], b[table])
     rows, empty, _ = _build(tmp_path / "c", beh.iloc[:0])
-    assert rows == {"user_stats": 0, "poi_profile": 3, "poi_stats": 0, "context_stats": 0}
+    assert rows == {"user_stats": 0, "user_profile": 3, "poi_profile": 3, "poi_stats": 0, "context_stats": 0}
     assert list(empty["user_stats"].columns)[:2] == ["user_id", "event_timestamp"]
 
 
