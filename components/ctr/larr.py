@@ -71,13 +71,16 @@ class ServedAggregator:
     With one layer, everything the <agg> token's attention reads from a feature value depends on
     that value and its position alone, so it is computed once per row of the cached embedding table:
     for every position f, table row s and head h, the attention score ``q_agg·k / sqrt(d_h)`` and the
-    value already passed through the output projection (``W_o[:, h] v``). A request then gathers F
-    scores and F vectors, takes one softmax and a weighted sum, and runs the feed-forward block, the
-    final norm and the projection MLP on a single vector (LayerNorm scales folded into the next
-    linear layer, the residual stream kept centred by folding the centring into what adds to it,
-    as inference compilers do): the same numbers as
-    ``scene_vector`` (tests/unit/test_ctr_layers.py) at a fraction of the calls. Row -1 (a missing
-    feature) reads a sentinel row whose score is -inf, as the padding mask would make it.
+    value already passed through the output projection (``W_o[:, h] v``). The softmax is taken
+    relative to the <agg> token's own score (``e = exp(score - score_agg)``, so the token's weight is
+    exactly 1 and a denominator is never below 1), and each row stores ``[e · value, e]``: a request
+    gathers F rows and sums them, and one division per head finishes the attention. Then the
+    feed-forward block, the final norm and the projection MLP run on a single vector (LayerNorm
+    scales folded into the next linear layer, the residual stream kept centred by folding the
+    centring into what adds to it, as inference compilers do): the same numbers as ``scene_vector``
+    (tests/unit/test_ctr_layers.py) in a handful of numpy calls, which is what a request pays for when
+    other work has left the CPU's caches cold. Row -1 (a missing feature) reads a sentinel row of
+    zeros (weight 0), as the padding mask would make it.
     """
 
     def __init__(self, agg: SceneAggregator, table: torch.Tensor):
@@ -97,18 +100,25 @@ class ServedAggregator:
             v = F.linear(x, w[2 * d:], b[2 * d:]).unflatten(-1, (nh, dh))
             return (k * q).sum(-1) / dh ** 0.5, torch.einsum("...ha,dha->...hd", v, wo)
 
-        score, value = terms(h)
-        n_f = score.shape[0]
-        sentinel_s = torch.full((n_f, 1, nh), float("-inf"), device=w.device)
-        sentinel_v = torch.zeros(n_f, 1, nh, d, device=w.device)
+        score, value = terms(h)  # (F, S, nh), (F, S, nh, d)
+        agg_score, agg_value = terms(ha[0])  # (nh,), (nh, d)
         # The residual stream only ever reaches a LayerNorm, so it is kept centred: centring is
         # linear (x C, C = I - 1/d) and goes into every term that adds to the stream.
-        center = torch.eye(d, device=w.device) - 1.0 / d
-        self.score = torch.cat([score, sentinel_s], 1).cpu().numpy()  # (F, S+1, nh)
-        self.value = (torch.cat([value, sentinel_v], 1) @ center).cpu().numpy()  # (F, S+1, nh, d)
-        agg_score, agg_value = terms(ha[0])
-        self.agg_score, self.agg_value = agg_score.cpu().numpy(), (agg_value @ center).cpu().numpy()  # (nh,), (nh, d)
-        self.base = ((agg.agg_token[0, 0] + attn.out_proj.bias) @ center).cpu().numpy()
+        center = torch.eye(d, device=w.device, dtype=torch.float64) - 1.0 / d
+        rel = (score - agg_score).double()
+        if rel.numel() and float(rel.max()) > 600:  # exp would overflow float64
+            raise ValueError(f"served aggregator: attention scores {float(rel.max()):.0f} above the <agg> token's "
+                             "cannot be precomputed as weights; serve with the torch encoder instead")
+        e = rel.exp()
+        n_f, n_s = score.shape[:2]
+        rows = torch.cat([e.unsqueeze(-1) * (value.double() @ center), e.unsqueeze(-1)], -1)  # (F, S, nh, d+1)
+        rows = torch.cat([rows, torch.zeros(n_f, 1, nh, d + 1, dtype=torch.float64, device=w.device)], 1)
+        self.rows = rows.reshape(n_f * (n_s + 1), nh * (d + 1)).cpu().numpy()  # row f*(S+1)+s; zero sentinel at s = S
+        first = torch.cat([agg_value.double() @ center, torch.ones(nh, 1, dtype=torch.float64, device=w.device)], -1)
+        self.first = first.reshape(-1).cpu().numpy()  # the <agg> token's own term, weight exp(0) = 1
+        self.offset = np.arange(n_f) * (n_s + 1)
+        self.n_s, self.nh, self.d = n_s, nh, d
+        self.base = ((agg.agg_token[0, 0] + attn.out_proj.bias).double() @ center).cpu().numpy()
         np_ = lambda t: t.detach().cpu().numpy()  # noqa: E731
         if layer.activation is not F.gelu:
             raise ValueError(f"served aggregator supports the GELU feed-forward only, got {layer.activation}")
@@ -116,8 +126,9 @@ class ServedAggregator:
         # (LN(x) @ W + b = norm(x) @ (g * W) + (β @ W + b)), and GELU's 1/2 into linear2.
         g2, b2n = layer.norm2.weight, layer.norm2.bias
         w1, b1 = layer.linear1.weight.T, layer.linear1.bias
-        self.ff = (np_(g2[:, None] * w1), np_(b2n @ w1 + b1), np_(0.5 * layer.linear2.weight.T @ center),
-                   np_(layer.linear2.bias @ center))
+        c32 = center.float()
+        self.ff = (np_(g2[:, None] * w1), np_(b2n @ w1 + b1), np_(0.5 * layer.linear2.weight.T @ c32),
+                   np_(layer.linear2.bias @ c32))
         self.eps = (layer.norm2.eps, agg.encoder.norm.eps)
         self.mean_of = np.full((d, 1), 1.0 / d, np.float32)
         steps = [m for m in agg.projection.net if not isinstance(m, nn.Dropout)]
@@ -133,7 +144,6 @@ class ServedAggregator:
                 self.projection.append(("linear", np_(gn[:, None] * m.weight.T), np_(bn @ m.weight.T + m.bias)))
             else:
                 self.projection.append(("linear", np_(m.weight.T), np_(m.bias)))
-        self.positions = np.arange(n_f)
 
     def _normalize(self, c, eps):
         """LayerNorm of an already centred stream, without its scale and shift (folded into the next
@@ -143,13 +153,11 @@ class ServedAggregator:
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """Scene vectors (B, collab_dim) float32 from table rows (B, F) int (-1 = missing)."""
         rows = np.asarray(rows)
-        s = np.empty((len(rows), 1 + rows.shape[1], self.score.shape[-1]), np.float32)  # (B, 1+F, nh)
-        s[:, 0] = self.agg_score
-        s[:, 1:] = self.score[self.positions, rows]
-        p = np.exp(s - s.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        x = (self.base + p[:, 0] @ self.agg_value
-             + np.einsum("bfh,bfhd->bd", p[:, 1:], self.value[self.positions, rows]))
+        # (B, F) rows of the table. Each position's block ends with its zero sentinel row, so -1 lands on
+        # the previous block's sentinel (position 0: on the last row, the last block's): no branch.
+        idx = rows + self.offset
+        t = (self.rows[idx].sum(1) + self.first).reshape(len(rows), self.nh, self.d + 1)  # Σ [e·v, e] per head
+        x = (self.base + (t[..., :-1] / t[..., -1:]).sum(1)).astype(np.float32)  # softmax-weighted values
         w1, b1, w2, b2 = self.ff
         h = self._normalize(x, self.eps[0]) @ w1 + b1
         x = x + (h * (1.0 + erf(h * np.float32(0.5 ** 0.5)))) @ w2 + b2  # exact GELU (its 1/2 is in w2); still centred
