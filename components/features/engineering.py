@@ -422,8 +422,7 @@ def user_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Da
 def user_profile(users: pd.DataFrame) -> pd.DataFrame:
     """Age group and gender one-hot per user (all zero when unknown), stamped at ``registered_at``."""
     df = pd.DataFrame({"user_id": users["user_id"].astype(str).to_numpy(dtype=object),
-                       TIMESTAMP: pd.to_datetime(users["registered_at"], utc=True).to_numpy()})
-    df[TIMESTAMP] = pd.to_datetime(df[TIMESTAMP], utc=True)
+                       TIMESTAMP: pd.to_datetime(users["registered_at"], utc=True).array})
     for col, names in profile_columns().items():
         values = users[col].astype(object).to_numpy()
         for value, name in names.items():
