@@ -121,7 +121,8 @@ def settle(c, name: str, version: str, previous_champion: str | None, challenger
         set_challenger(c, name, version, by, decision["reason"])
     return {"name": name, "version": str(version), "previous_champion": previous_champion,
             "champion": alias_version(c, name, CHAMPION), "promoted": decision["promote"],
-            "alias": CHAMPION if decision["promote"] else "challenger", "reason": decision["reason"], "metric": metric, "margin": margin,
+            "alias": CHAMPION if decision["promote"] else CHALLENGER, "reason": decision["reason"], "metric": metric,
+            "margin": margin,
             "challenger_metrics": challenger_m, "champion_metrics": champion_m}
 
 

@@ -117,7 +117,7 @@ class ServedAggregator:
         first = torch.cat([agg_value.double() @ center, torch.ones(nh, 1, dtype=torch.float64, device=w.device)], -1)
         self.first = first.reshape(-1).cpu().numpy()  # the <agg> token's own term, weight exp(0) = 1
         self.offset = np.arange(n_f) * (n_s + 1)
-        self.n_s, self.nh, self.d = n_s, nh, d
+        self.nh, self.d = nh, d
         self.base = ((agg.agg_token[0, 0] + attn.out_proj.bias).double() @ center).cpu().numpy()
         np_ = lambda t: t.detach().cpu().numpy()  # noqa: E731
         if layer.activation is not F.gelu:
