@@ -1021,6 +1021,48 @@ def generate_tables(cfg: GenerateConfig, seed: int) -> dict[str, pd.DataFrame]:
     return out
 
 
+def hidden_variables(cfg: GenerateConfig, seed: int) -> dict[str, pd.DataFrame]:
+    """The latent side of the world ``generate_tables(cfg, seed)`` writes, which no contract column holds.
+
+    For diagnostics only (``benchmarks/ctr_headroom.py``: how much a model would gain from knowing
+    each part); nothing in the pipeline reads it. Same seed and config → the same world, so the keys
+    match the generated tables:
+
+    * ``users`` (``user_id``): taste per ``TASTE_DIMS``, ``price_mu`` (preferred log price),
+      ``price_lambda`` (sensitivity), ``collab0..`` (collaborative factor);
+    * ``pois`` (``poi_id``): taste, ``log_price``, ``static`` (quality + popularity − delivery),
+      ``collab0..``;
+    * ``requests`` (``request_id``): the scene-adjusted wanted taste ``want_<dim>``, ``want_mu`` and
+      ``want_lambda`` of the request's user in its scene;
+    * ``impressions`` (``request_id``, ``poi_id``): ``click_logit`` = a·U − position bias·position,
+      the click logit before the hidden noise ε and the calibrated bias (σ(click_logit + ε + b) is
+      the truth file's ``p_click``).
+    """
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
+    clock = _clock(cfg)
+    climate = _climate(clock, streams[0])
+    districts = _districts(streams[1])
+    pois = _pois(cfg, clock, districts, streams[2])
+    users = _users(cfg, clock, districts, streams[3])
+    imp = _impressions(cfg, clock, climate, districts, users, pois, streams[4])
+    sc = imp["sc"]
+    u, _, _ = _utility(sc.take(imp["row"]), users, pois, imp["poi"])
+    collab = [f"collab{j}" for j in range(K_COLLAB)]
+    taste = list(TASTE_DIMS)
+    user_ids, poi_ids = users.frame["user_id"].to_numpy(), pois.frame["poi_id"].to_numpy()
+    request_ids = np.array([f"r{i:07d}" for i in range(len(sc.user))], dtype=object)
+    return {
+        "users": pd.DataFrame({"user_id": user_ids, **dict(zip(taste, users.taste.T)), "price_mu": users.price_mu,
+                               "price_lambda": users.price_lambda, **dict(zip(collab, users.collab.T))}),
+        "pois": pd.DataFrame({"poi_id": poi_ids, **dict(zip(taste, pois.taste.T)), "log_price": pois.logp,
+                              "static": pois.static, **dict(zip(collab, pois.collab.T))}),
+        "requests": pd.DataFrame({"request_id": request_ids, **{f"want_{d}": v for d, v in zip(taste, sc.theta.T)},
+                                  "want_mu": sc.mu, "want_lambda": sc.lam}),
+        "impressions": pd.DataFrame({"request_id": request_ids[imp["row"]], "poi_id": poi_ids[imp["poi"]],
+                                     "click_logit": CLICK_SCALE * u - cfg.position_bias * imp["pos"]}),
+    }
+
+
 def _csv_ready(df: pd.DataFrame) -> pd.DataFrame:
     """Timestamps as ISO-8601 UTC strings ending in 'Z' (fast, via numpy)."""
     df = df.copy()

@@ -22,7 +22,7 @@ from components.data.contract import (
     TRUTH_COLUMNS,
     WEATHERS,
 )
-from components.data.generate import WORDS, generate_batch, generate_tables, geohash_encode
+from components.data.generate import WORDS, generate_batch, generate_tables, geohash_encode, hidden_variables
 
 SMALL = GenerateConfig(n_users=150, n_pois=60, n_requests=400, mean_behaviors_per_user=40, days=20)
 # Big enough that category mixes per scene are measured well (~100k behaviour rows, about a second).
@@ -260,3 +260,21 @@ def test_oracle_auc_is_a_ceiling_below_one(world):
     assert 0.5 < roc_auc_score(imp["order"], truth["p_order"]) < 0.95
     # Position matters (a bias), but far less than the oracle knows.
     assert 0.5 < roc_auc_score(imp["click"], -imp["position"]) < auc - 0.05
+
+
+def test_hidden_variables_are_the_worlds_latents():
+    """Keyed like the tables; with no hidden noise the truth is exactly σ(click_logit + one bias), and with
+    the default noise the residual has its standard deviation."""
+    for std in (0.0, 0.6):
+        cfg = SMALL.model_copy(update={"hidden_noise_std": std})
+        tables, hidden = generate_tables(cfg, seed=5), hidden_variables(cfg, seed=5)
+        assert hidden["users"]["user_id"].tolist() == tables["users"]["user_id"].tolist()
+        assert hidden["pois"]["poi_id"].tolist() == tables["pois"]["poi_id"].tolist()
+        assert set(tables["impressions"]["request_id"]) <= set(hidden["requests"]["request_id"])
+        imp = hidden["impressions"]
+        assert imp[["request_id", "poi_id"]].equals(tables["truth"][["request_id", "poi_id"]])
+        p = tables["truth"]["p_click"].to_numpy()
+        residual = np.log(p / (1 - p)) - imp["click_logit"].to_numpy()
+        assert residual.std() == pytest.approx(std, abs=0.05 + 0.1 * std)
+        want = hidden["requests"][[c for c in hidden["requests"] if c.startswith("want_")]]
+        assert want.notna().all().all() and want.shape[1] == 7
