@@ -9,15 +9,17 @@ split and settings as ``ctr_quality`` and only adds columns to its Feast trainin
 under ``user_profile__``, so they also enter the user embedding; PoI-side ones under ``poi_profile__``):
 
 1. the model as the pipeline trains it;
-2. + the PoIs' latent taste, log price, static appeal (quality + popularity − delivery) and
+2. + the users' latent taste, price level, price sensitivity and collaborative factor alone: the
+   most any user knowledge embedding (HKFR's, for one) could tell the model about a user;
+3. + the PoIs' latent taste, log price, static appeal (quality + popularity − delivery) and
    collaborative factor;
-3. + the users' latent taste, price level, price sensitivity and collaborative factor;
-4. the PoI latents, the user's collaborative factor and the **scene-adjusted** wants of the request
+4. + both;
+5. the PoI latents, the user's collaborative factor and the **scene-adjusted** wants of the request
    (taste, price level and sensitivity of this user in this scene): every input of the click logit;
-5. the generator's click logit itself, before its hidden noise (one column).
+6. the generator's click logit itself, before its hidden noise (one column).
 
-Beside them, with no training: the noise-free ceiling (AUC of rung 5's column) and the oracle (the
-truth file's ``p_click``, which includes the noise). Rungs 2-4 show how far learning the generator's
+Beside them, with no training: the noise-free ceiling (AUC of rung 6's column) and the oracle (the
+truth file's ``p_click``, which includes the noise). Rungs 3-5 show how far learning the generator's
 function from the default number of impressions can go even when nothing is hidden; the issue's
 target (half of the best baseline → oracle distance, read from ``reports/benchmarks/ctr_quality.json``
 when present) is printed beside them. Writes reports/benchmarks/ctr_headroom.json.
@@ -51,6 +53,7 @@ WANTS = tuple(f"want_{d}" for d in TASTE) + ("want_mu", "want_lambda")
 # rung -> (what is added, which latent groups)
 RUNGS = {
     "as trained": (),
+    "+ user latents only": ("user",),
     "+ PoI latents": ("poi",),
     "+ PoI and user latents": ("poi", "user"),
     "+ PoI latents, user collab, scene-adjusted wants": ("poi", "user_collab", "wants"),
@@ -165,7 +168,7 @@ def main(argv=None) -> int:
         cold = r.get("cold_user.auc.ctr", {}).get("mean", float("nan"))
         print(f"{rung:<52} {c['mean']:.4f} ± {c['std']:.4f}  {v['mean']:.4f} ± {v['std']:.4f} {cold:>14.4f}")
     if ceiling is not None:
-        print(f"{'noise-free ceiling (rung 5 column, no training)':<52} {ceiling:.4f}")
+        print(f"{'noise-free ceiling (rung 6 column, no training)':<52} {ceiling:.4f}")
     if oracle is not None:
         print(f"{'oracle (truth p_click, knows the hidden noise)':<52} {oracle:.4f}")
     if target is not None:
