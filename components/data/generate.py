@@ -967,15 +967,22 @@ def _concat_scenes(a: Scenes, b: Scenes) -> Scenes:
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-def generate_tables(cfg: GenerateConfig, seed: int) -> dict[str, pd.DataFrame]:
-    """Generate one synthetic batch in memory: pois, users, behaviors, impressions (contract columns) and truth."""
+def _world(cfg: GenerateConfig, seed: int):
+    """The world up to its impressions: (streams, clock, climate, districts, pois, users, impressions);
+    the log is drawn from ``streams[5:]`` afterwards."""
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
     clock = _clock(cfg)
     climate = _climate(clock, streams[0])
     districts = _districts(streams[1])
     pois = _pois(cfg, clock, districts, streams[2])
     users = _users(cfg, clock, districts, streams[3])
-    imp = _impressions(cfg, clock, climate, districts, users, pois, streams[4])
+    return streams, clock, climate, districts, pois, users, _impressions(cfg, clock, climate, districts, users, pois,
+                                                                          streams[4])
+
+
+def generate_tables(cfg: GenerateConfig, seed: int) -> dict[str, pd.DataFrame]:
+    """Generate one synthetic batch in memory: pois, users, behaviors, impressions (contract columns) and truth."""
+    streams, clock, climate, districts, pois, users, imp = _world(cfg, seed)
 
     log = _Log()
     _impression_behaviors(imp, pois, streams[5], log)
@@ -1038,13 +1045,7 @@ def hidden_variables(cfg: GenerateConfig, seed: int) -> dict[str, pd.DataFrame]:
       the click logit before the hidden noise ε and the calibrated bias (σ(click_logit + ε + b) is
       the truth file's ``p_click``).
     """
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
-    clock = _clock(cfg)
-    climate = _climate(clock, streams[0])
-    districts = _districts(streams[1])
-    pois = _pois(cfg, clock, districts, streams[2])
-    users = _users(cfg, clock, districts, streams[3])
-    imp = _impressions(cfg, clock, climate, districts, users, pois, streams[4])
+    _, _, _, _, pois, users, imp = _world(cfg, seed)
     sc = imp["sc"]
     u, _, _ = _utility(sc.take(imp["row"]), users, pois, imp["poi"])
     collab = [f"collab{j}" for j in range(K_COLLAB)]
