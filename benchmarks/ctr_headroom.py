@@ -45,12 +45,13 @@ import pandas as pd  # noqa: E402
 from ctr_quality import BASELINES  # noqa: E402  (benchmarks/ctr_quality.py)
 from report import ctr_benchmark_setup, save_report  # noqa: E402  (benchmarks/report.py)
 
-TASTE = ("warm", "spicy", "heavy", "sweet", "snack")
-COLLAB = tuple(f"collab{j}" for j in range(4))
+from components.data.generate import K_COLLAB, TASTE_DIMS as TASTE, hidden_variables  # noqa: E402
+
+COLLAB = tuple(f"collab{j}" for j in range(K_COLLAB))
 POI_LATENT = TASTE + ("log_price", "static") + COLLAB
 USER_LATENT = TASTE + ("price_mu", "price_lambda") + COLLAB
 WANTS = tuple(f"want_{d}" for d in TASTE) + ("want_mu", "want_lambda")
-# rung -> (what is added, which latent groups)
+# rung -> the groups of hidden columns ``with_hidden`` adds
 RUNGS = {
     "as trained": (),
     "+ user latents only": ("user",),
@@ -124,7 +125,6 @@ def main(argv=None) -> int:
     from components.ctr.evaluate import evaluate
     from components.ctr.metrics import auc
     from components.ctr.train import train_model
-    from components.data.generate import hidden_variables
 
     t0 = time.perf_counter()
     src = load_sources(params)

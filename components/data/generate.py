@@ -967,6 +967,10 @@ def _concat_scenes(a: Scenes, b: Scenes) -> Scenes:
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
+def _request_ids(n: int) -> np.ndarray:
+    return np.array([f"r{i:07d}" for i in range(n)], dtype=object)
+
+
 def _world(cfg: GenerateConfig, seed: int):
     """The world up to its impressions: (streams, clock, climate, districts, pois, users, impressions);
     the log is drawn from ``streams[5:]`` afterwards."""
@@ -1003,7 +1007,7 @@ def generate_tables(cfg: GenerateConfig, seed: int) -> dict[str, pd.DataFrame]:
     })
 
     isc = imp["sc"]
-    request_ids = np.array([f"r{i:07d}" for i in range(len(isc.user))], dtype=object)
+    request_ids = _request_ids(len(isc.user))
     rows = imp["row"]
     impressions = pd.DataFrame({
         "request_id": request_ids[rows],
@@ -1051,7 +1055,7 @@ def hidden_variables(cfg: GenerateConfig, seed: int) -> dict[str, pd.DataFrame]:
     collab = [f"collab{j}" for j in range(K_COLLAB)]
     taste = list(TASTE_DIMS)
     user_ids, poi_ids = users.frame["user_id"].to_numpy(), pois.frame["poi_id"].to_numpy()
-    request_ids = np.array([f"r{i:07d}" for i in range(len(sc.user))], dtype=object)
+    request_ids = _request_ids(len(sc.user))
     return {
         "users": pd.DataFrame({"user_id": user_ids, **dict(zip(taste, users.taste.T)), "price_mu": users.price_mu,
                                "price_lambda": users.price_lambda, **dict(zip(collab, users.collab.T))}),
