@@ -22,9 +22,9 @@ from components.config import CTRConfig, FeaturesConfig
 from components.ctr.data import (SCENE_COLUMNS, FeatureEncoder, History, PoiTable, RequestData, encode_requests,
                                  scene_embedding_table)
 from components.ctr.model import CTRModel, ModelShapes
+from components.features.engineering import KEYS
 
-FEATURE_VIEWS = {"user_stats": "user_id", "user_profile": "user_id", "poi_stats": "poi_id", "poi_profile": "poi_id",
-                 "context_stats": "context_id"}
+FEATURE_VIEWS = KEYS  # every feature table the features stage writes -> its entity key
 KNOWLEDGE_VIEW = "user_knowledge"  # HKFR's user knowledge embedding (ctr.user_knowledge)
 SERVED_VIEWS = {**FEATURE_VIEWS, KNOWLEDGE_VIEW: "user_id"}
 REQUEST_COLUMNS = ["request_id", "user_id", "poi_id", "ts", "geohash", "location_type", "weather",
