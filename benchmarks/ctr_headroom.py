@@ -113,7 +113,6 @@ def _target(oracle: float) -> tuple[float | None, str | None]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--model", default="larr_cofars")
     ap.add_argument("--rungs", nargs="+", type=int, default=list(range(1, len(RUNGS) + 1)),
                     help="which rungs to train (1-based, see the docstring)")

@@ -33,7 +33,6 @@ KEYS = ("all.auc.ctr", "all.auc.ctcvr", "all.gauc.ctr", "cold_user.auc.ctr", "co
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--models", nargs="+", default=list(ALL))
     setup = ctr_benchmark_setup(ap, argv, "ctr_quality")
     if setup is None:

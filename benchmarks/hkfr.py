@@ -42,7 +42,6 @@ def _stats(vals) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--model", default=None, help="CTR model (default: ctr.model)")
     setup = ctr_benchmark_setup(ap, argv, "hkfr")
     if setup is None:

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", type=int, default=500)
     ap.add_argument("--lengths", type=int, nargs="+", default=[1000, 5000, 20000])
     ap.add_argument("--repeat", type=int, default=5)
-    setup = ctr_benchmark_setup(ap, argv, "long_sequence")
+    setup = ctr_benchmark_setup(ap, argv, "long_sequence", seeds=False)
     if setup is None:
         return 2
     args, params, cfg = setup

@@ -12,12 +12,15 @@ def save_report(report: dict, out: Path) -> Path:
     return out
 
 
-def ctr_benchmark_setup(ap, argv, name: str):
-    """Shared start of the CTR benchmarks: ``--params``, ``--epochs`` and ``--out`` added to ``ap``,
-    parsed; returns (args, params, ctr config) or None after printing a parameters error."""
+def ctr_benchmark_setup(ap, argv, name: str, seeds: bool = True):
+    """Shared start of the CTR benchmarks: ``--params``, ``--epochs``, ``--out`` and (``seeds``)
+    ``--seeds`` added to ``ap``, parsed; returns (args, params, ctr config) or None after printing a
+    parameters error."""
     import sys
 
     root = Path(__file__).resolve().parents[1]
+    if seeds:
+        ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--params", default=str(root / "params.yaml"))
     ap.add_argument("--epochs", type=int, default=None, help="override ctr.epochs (early stopping still applies)")
     ap.add_argument("--out", default=str(root / "reports" / "benchmarks" / f"{name}.json"))

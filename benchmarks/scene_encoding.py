@@ -52,7 +52,6 @@ def scene_texts(params, ds) -> dict[str, str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--repeat", type=int, default=50, help="requests timed per path (median)")
     setup = ctr_benchmark_setup(ap, argv, "scene_encoding")
     if setup is None:
