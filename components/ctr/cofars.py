@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from components.ctr.layers import MLP
+from components.layers import MLP
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from components.config import CTRConfig
 from components.ctr.cofars import (ContextPrototypes, GATLayer, ProbabilityEncoder, attribute_distribution,
                                    gumbel_binarize, pairwise_symmetric_kl)
-from components.ctr.larr import SceneAggregator, alignment_loss
-from components.ctr.layers import MLP, ESMMHeads, TargetAttention
+from components.ctr.esmm import ESMMHeads
+from components.ctr.larr import SceneAggregator
+from components.layers import MLP, TargetAttention, info_nce
 
 MODEL_SPECS = {
     "id_only": dict(scene="ids", sequence="none"),
@@ -453,7 +454,8 @@ class CTRModel(nn.Module):
             losses["l_mse"], losses["l_ind"] = out["l_mse"], out["l_ind"]
             total = total + losses["phase1"] + self.cfg.gamma_mse * out["l_mse"] + self.cfg.lambda_ind * out["l_ind"]
         if "scene_vec" in out and self.cfg.alignment_weight > 0 and len(out["scene_vec"]) > 1:
-            losses["alignment"] = alignment_loss(out["scene_vec"], out["collab_vec"], self.cfg.alignment_temperature)
+            losses["alignment"] = info_nce(out["scene_vec"], out["collab_vec"], self.cfg.alignment_temperature,
+                                           normalize=True)
             total = total + self.cfg.alignment_weight * losses["alignment"]
         losses["loss"] = total
         return losses

@@ -1,4 +1,5 @@
-"""CTR building blocks: target attention, ESMM, CoFARS selection pieces, LARR aggregation."""
+"""CTR building blocks: ESMM, CoFARS selection pieces, LARR aggregation. The shared MLP / target
+attention / InfoNCE are tested in test_layers.py."""
 from __future__ import annotations
 
 import inspect
@@ -10,8 +11,9 @@ import torch
 from components.ctr.cofars import (ContextPrototypes, GATLayer, ProbabilityEncoder, attribute_distribution,
                                    expand_to_candidates, gumbel_binarize, js_numpy, select_subsequence,
                                    subsequence_mask, symmetric_kl)
-from components.ctr.larr import SceneAggregator, alignment_loss
-from components.ctr.layers import MLP, ESMMHeads, TargetAttention, esmm_loss
+from components.ctr.esmm import ESMMHeads, esmm_loss
+from components.ctr.larr import SceneAggregator
+from components.layers import info_nce
 
 
 @pytest.fixture(autouse=True)
@@ -20,42 +22,7 @@ def _seed():
 
 
 # ------------------------------------------------------------------------------------------------
-# layers
-
-
-@pytest.mark.parametrize("normalize", [True, False])
-def test_target_attention_masks_padding_and_empty_rows(normalize):
-    d, n = 8, 50
-    att = TargetAttention(d, hidden=(16,), normalize=normalize).eval()
-    lengths = torch.tensor([1, 3, 50, 0])  # very different lengths, the last row all padding
-    mask = torch.arange(n)[None, :] < lengths[:, None]
-    q, keys = torch.randn(4, d), torch.randn(4, n, d)
-    out, w = att(q, keys, mask, return_weights=True)
-    assert out.shape == (4, d) and w.shape == (4, n)
-    assert torch.equal(out[3], torch.zeros(d)) and not torch.isnan(out).any()
-    assert (w[~mask] == 0).all()
-    if normalize:
-        assert torch.allclose(w[:3].sum(-1), torch.ones(3))
-    # Anything in the padding (even huge values) leaves the output unchanged.
-    garbage = keys.clone()
-    garbage[~mask] = 1e6 * torch.randn(int((~mask).sum()), d)
-    assert torch.allclose(att(q, garbage, mask), out)
-    # The length-1 row under normalisation is its single behaviour.
-    if normalize:
-        assert torch.allclose(out[0], keys[0, 0], atol=1e-6)
-
-
-def test_target_attention_gradients_finite_on_empty_row():
-    att = TargetAttention(4, hidden=(8,))
-    q = torch.randn(2, 4, requires_grad=True)
-    out = att(q, torch.randn(2, 5, 4), torch.tensor([[True] * 5, [False] * 5]))
-    out.sum().backward()
-    assert torch.isfinite(q.grad).all()
-
-
-def test_mlp_shapes():
-    assert MLP(6, [8, 4], 3, dropout=0.1)(torch.randn(5, 6)).shape == (5, 3)
-    assert MLP(6, [], 2)(torch.randn(5, 6)).shape == (5, 2)
+# ESMM
 
 
 def test_esmm_ctcvr_is_ctr_times_cvr_and_loss_stable():
@@ -223,12 +190,12 @@ def test_served_aggregator_reads_precomputed_terms_and_gives_the_same_vector():
     assert deep.served(table) is None, "later layers mix the features: nothing to precompute per value"
 
 
-def test_alignment_loss_decreases():
+def test_scene_alignment_loss_decreases():
     agg = SceneAggregator(in_dim=8, n_features=3, d_model=16, n_heads=2, n_layers=1, dropout=0.0, collab_dim=8)
     x, collab = torch.randn(8, 3, 8), torch.randn(8, 8)
     losses = []
     for _ in range(20):
-        loss = alignment_loss(agg.scene_vector(x), collab, temperature=0.1)
+        loss = info_nce(agg.scene_vector(x), collab, temperature=0.1, normalize=True)
         agg.zero_grad()
         loss.backward()
         # Plain gradient descent: torch.optim's first step imports dynamo, seconds on a busy CPU.
