@@ -337,7 +337,8 @@ class CoFARS(nn.Module):
         self.gat = nn.ModuleList(GATLayer(dim, dim // heads, heads=heads) for _ in range(cfg.gat_layers))
         self.gru = nn.GRU(dim, dim, batch_first=True)
 
-    def offline(self, hist_context: torch.Tensor, hist_mask: torch.Tensor, hist_attributes: torch.Tensor) -> ContextGraph:
+    def offline(self, hist_context: torch.Tensor, hist_mask: torch.Tensor,
+                hist_attributes: torch.Tensor) -> ContextGraph:
         """``context_graph`` with this model's sizes and settings (a server calls it per user, offline)."""
         return context_graph(hist_context, hist_mask, hist_attributes, self.context_emb.num_embeddings,
                              self.cfg.max_contexts, self.group_sizes, self.cfg.distribution_alpha)

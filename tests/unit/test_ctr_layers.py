@@ -165,7 +165,8 @@ def test_attach_prototypes_and_temporal_graph():
 
 
 def test_selection_picks_contexts_of_chosen_prototypes():
-    sim, short, proto = torch.ones(1, 3), torch.tensor([[1.0, 0.0]]), torch.tensor([[[2.0, 0.0], [-1.0, 0.0], [0.5, 0.0]]])
+    sim, short = torch.ones(1, 3), torch.tensor([[1.0, 0.0]])
+    proto = torch.tensor([[[2.0, 0.0], [-1.0, 0.0], [0.5, 0.0]]])
     z = select_prototypes(sim, short, proto, noise=False)
     assert z.tolist() == [[1.0, 0.0, 1.0]]  # logit sim·(õ·l) > 0
     attach = torch.tensor([[[True, False, False], [False, True, False], [False, False, False]]])
@@ -180,12 +181,12 @@ def test_cofars_online_pass_has_no_history_or_candidate_input():
     ctx = torch.tensor([[1, 2, 1, 3], [4, 4, 0, 0]])
     mask = torch.tensor([[True] * 4, [True, True, False, False]])
     graph = model.offline(ctx, mask, torch.zeros(2, 4, 2, dtype=torch.long))
-    out = model(torch.randn(2, 8), torch.tensor([1, 5]), graph, torch.randn(2, 2, 8), torch.ones(2, 2, dtype=torch.bool))
+    ones = torch.ones(2, 2, dtype=torch.bool)
+    out = model(torch.randn(2, 8), torch.tensor([1, 5]), graph, torch.randn(2, 2, 8), ones)
     assert out["chosen"].shape == (2, 4) and out["z"].shape == (2, 3) and out["prototypes"].shape == (2, 3, 8)
     assert not (out["chosen"] & ~graph.node_ok).any(), "only real context nodes can be chosen"
     # A server keeps only what scoring reads: without D(C) and the true JS the selection is the same.
     user, window = torch.randn(2, 8), torch.randn(2, 2, 8)
-    ones = torch.ones(2, 2, dtype=torch.bool)
     full = model(user, torch.tensor([1, 5]), graph, window, ones)
     lean = model(user, torch.tensor([1, 5]), graph._replace(distribution=None, divergence=None), window, ones)
     assert torch.equal(full["chosen"], lean["chosen"]) and torch.equal(full["z"], lean["z"])

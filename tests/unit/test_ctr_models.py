@@ -152,7 +152,8 @@ def test_cofars_forward_is_the_composition_of_the_public_functions(training):
         out = model(b)
         torch.manual_seed(5)
         want = _composed_select(model, b)
-        cand = model.item(b["cand_poi"], None, b["cand_category"], b["cand_price"], b["cand_rating"], b["cand_delivery"])
+        cand = model.item(b["cand_poi"], None, b["cand_category"], b["cand_price"], b["cand_rating"],
+                          b["cand_delivery"])
         assert torch.equal(out["phase1_logit"], phase1_score(want["z"], want["prototypes"], cand))
 
 
