@@ -24,93 +24,53 @@ OFFLINE_ENV = {
 }
 
 
-def _print_metrics(title: str, metrics: dict) -> None:
-    print(f"{title}:")
-    for k, v in metrics.items():
-        print(f"  {k:<40} {v}")
-
-
-def _tracked(params, name: str, fn, *args) -> dict:
-    """Run a step inside an MLflow run of its own and log its metrics there."""
+def _tracked(params, name: str, fn, *args, section: str | None = None, **kwargs) -> dict:
+    """Run a step inside an MLflow run of its own and log its metrics there; ``section``: the
+    params.yaml section logged with it (default: the registered step's)."""
     from components import tracking
 
     import inspect
 
     takes_run = "run_id" in inspect.signature(fn).parameters
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 alone tracks
-        return fn(params, *args, **({"run_id": None} if takes_run else {}))
-    from components.steps import STEP_SECTIONS
+        return fn(params, *args, **kwargs, **({"run_id": None} if takes_run else {}))
+    from components.steps import STEPS
 
-    section = getattr(params, STEP_SECTIONS.get(name, name), None)
-    logged = {"seed": params.seed, **({name: section.model_dump(mode="json")} if section is not None else {})}
+    section = section or (STEPS[name].section if name in STEPS else name)
+    section_values = getattr(params, section, None)
+    logged = {"seed": params.seed, **({name: section_values.model_dump(mode="json")} if section_values is not None else {})}
     with tracking.tracked_run(params, name, tags={"scenerec.step": name, "scenerec.source": "cli"}) as run_id:
         tracking.log_params(params, run_id, logged)
-        metrics = fn(params, *args, **({"run_id": run_id} if takes_run else {}))
+        metrics = fn(params, *args, **kwargs, **({"run_id": run_id} if takes_run else {}))
         tracking.log_metrics(params, run_id, metrics)
     return metrics
 
 
-def cmd_generate(args, params) -> int:
-    from components.steps import generate_step
-
-    metrics = _tracked(params, "generate", generate_step, Path(args.out) if args.out else None)
-    _print_metrics(f"generated batch in {args.out or params.path('raw_batch')}", metrics)
-    return 0
-
-
-def cmd_ingest(args, params) -> int:
-    from components.steps import ingest_step
-
-    batch = Path(args.batch_dir) if args.batch_dir else params.path("raw_batch")
-    metrics = _tracked(params, "ingest", ingest_step, batch)
-    _print_metrics(f"batch {batch} accepted and curated in {params.path('curated_dir')}", metrics)
-    return 0
-
-
-def cmd_features(args, params) -> int:
-    from components.steps import features_step
-
-    metrics = _tracked(params, "features", features_step)
-    _print_metrics("features built, Feast repo applied, online store materialised", metrics)
-    return 0
-
-
-def _llm_command(step: str):
+def _step_command(steps: list):
+    """The subcommand of the registered steps sharing one command: the argument values pick the
+    step (``Step.fixed``); it runs tracked, then prints its summary."""
     def run(args, params) -> int:
-        import components.steps as steps
-
-        fn = getattr(steps, f"{step}_step")
-        extra = (args.model,) if step == "contrastive" else ()
-        name = f"{step}_{args.model}" if step == "contrastive" else step
-        metrics = _tracked(params, name, fn, *extra)
-        _print_metrics(f"{name} done", metrics)
+        arguments = {a.dest: getattr(args, a.dest) for a in steps[0].arguments}
+        step = next(s for s in steps if all(arguments.get(k) == v for k, v in s.fixed.items()))
+        result = _tracked(params, step.name, step.function, **arguments)
+        print(step.describe(params, arguments, result))
         return 0
 
     return run
 
 
-def cmd_ctr(args, params) -> int:
-    from components.steps import ctr_step
+def add_step_commands(sub) -> None:
+    """One subcommand per command of the step registry (``components.steps.STEPS``)."""
+    from components.steps import STEPS
 
-    metrics = _tracked(params, "ctr", ctr_step, args.model)
-    print(metrics.get("headline", ""))
-    _print_metrics(f"CTR model {metrics.get('model')} trained and evaluated; saved in {params.path('ctr_dir')}",
-                   {k: v for k, v in metrics.items() if k.startswith(("test.all", "train."))})
-    return 0
-
-
-def _print_registration(r: dict) -> None:
-    """One line for a register step's result (``registry.settle``)."""
-    print(f"{r['name']} version {r['version']} registered as {r['alias']}: {r['reason']}")
-
-
-def cmd_ctr_register(args, params) -> int:
-    from components.steps import ctr_register_step
-
-    result = _tracked(params, "ctr_register", ctr_register_step)
-    _print_registration(result)
-    print(f"  champion now: version {result['champion']} (models:/{result['name']}@champion)")
-    return 0
+    commands: dict[str, list] = {}
+    for step in STEPS.values():
+        commands.setdefault(step.command, []).append(step)
+    for command, steps in commands.items():
+        sp = sub.add_parser(command, help=steps[0].help)
+        for a in steps[0].arguments:
+            sp.add_argument(*a.flags, **a.options)
+        sp.set_defaults(func=_step_command(steps))
 
 
 def cmd_promote(args, params) -> int:
@@ -140,52 +100,6 @@ def cmd_audit(args, params) -> int:
     return 0
 
 
-def cmd_news_data(args, params) -> int:
-    from components.steps import news_data_step
-
-    metrics = _tracked(params, "news_data", news_data_step)
-    _print_metrics("MIND data ready", metrics)
-    return 0
-
-
-def cmd_news(args, params) -> int:
-    from components.steps import news_step
-
-    metrics = _tracked(params, "news", news_step)
-    _print_metrics(f"PerCoNet trained and evaluated on dev; saved in {params.path('news_dir') / 'model'}", metrics)
-    return 0
-
-
-def cmd_news_register(args, params) -> int:
-    from components.steps import news_register_step
-
-    _print_registration(_tracked(params, "news_register", news_register_step))
-    return 0
-
-
-def cmd_knowledge(args, params) -> int:
-    from components.steps import knowledge_step
-
-    metrics = _tracked(params, "knowledge", knowledge_step)
-    _print_metrics(f"HKFR knowledge snapshots and instruction dataset in {params.path('hkfr_dir') / 'knowledge'}", metrics)
-    return 0
-
-
-def cmd_instruct(args, params) -> int:
-    from components.steps import instruct_step
-
-    metrics = _tracked(params, "instruct", instruct_step)
-    _print_metrics(f"HKFR instruction-tuned LLM in {params.path('hkfr_dir') / 'model'}; user knowledge in Feast", metrics)
-    return 0
-
-
-def cmd_hkfr_register(args, params) -> int:
-    from components.steps import hkfr_register_step
-
-    _print_registration(_tracked(params, "hkfr_register", hkfr_register_step))
-    return 0
-
-
 def cmd_online(args, params) -> int:
     from components.features.store import online_features
 
@@ -211,38 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default=None, help="parameters file (default: ./params.yaml or $SCENEREC_PARAMS)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    g = sub.add_parser("generate", help="write a synthetic batch in the raw data contract (with the truth file)")
-    g.add_argument("--out", default=None, help="batch folder to write (default: paths.raw_batch)")
-    g.set_defaults(func=cmd_generate)
-
-    i = sub.add_parser("ingest", help="validate a batch against the contract (Great Expectations) and curate it")
-    i.add_argument("batch_dir", nargs="?", default=None, help="batch folder (default: paths.raw_batch)")
-    i.set_defaults(func=cmd_ingest)
-
-    f = sub.add_parser("features", help="build feature tables, `feast apply`, materialise, write the training set")
-    f.set_defaults(func=cmd_features)
-
-    for step, text in [
-        ("corpus", "build the LLM corpus (field special tokens) and its tokenizer"),
-        ("pretrain", "continual pretraining of the causal LM (resumes from the last checkpoint)"),
-        ("pairs", "mine user-user, PoI-PoI and user-PoI positive pairs"),
-        ("contrastive", "contrastive fine-tuning into a text encoder; registers it in MLflow"),
-        ("distill", "HomoDistil: distil the teacher into a pruned student"),
-        ("embed", "embed every scene value and PoI once; write them to Feast"),
-    ]:
-        sp = sub.add_parser(step, help=text)
-        if step == "contrastive":
-            sp.add_argument("--model", choices=["teacher", "student"], default="teacher",
-                            help="fine-tune the pretrained teacher or the distilled student")
-        sp.set_defaults(func=_llm_command(step))
-
-    from components.config import CTR_MODELS
-
-    c = sub.add_parser("ctr", help="train the CTR/CTCVR model (LARR + CoFARS by default), evaluate it beside the oracle")
-    c.add_argument("--model", choices=CTR_MODELS, default=None, help="model or baseline (default: ctr.model)")
-    c.set_defaults(func=cmd_ctr)
-    cr = sub.add_parser("ctr-register", help="register the trained CTR model; champion only if better by the margin")
-    cr.set_defaults(func=cmd_ctr_register)
+    add_step_commands(sub)
     for cmd, text, fn in [("promote", "give a model version the champion alias (manual path)", cmd_promote),
                           ("rollback", "give the champion alias back to the previous champion", cmd_rollback),
                           ("audit", "list the promotion audit trail of a registered model", cmd_audit)]:
@@ -254,19 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--reason", required=True, help="why: kept in the version's audit tags")
             sp.add_argument("--by", default=None, help="who (default: $SCENEREC_USER or the login name)")
         sp.set_defaults(func=fn)
-
-    nd = sub.add_parser("news-data", help="write the synthetic MIND world, or validate news.mind_dir (GX)")
-    nd.set_defaults(func=cmd_news_data)
-    nw = sub.add_parser("news", help="train PerCoNet on the MIND train split, evaluate AUC/MRR/nDCG on dev")
-    nw.set_defaults(func=cmd_news)
-    nr = sub.add_parser("news-register", help="register the news model; champion only if better by the margin")
-    nr.set_defaults(func=cmd_news_register)
-    kn = sub.add_parser("knowledge", help="HKFR: per-user knowledge texts (snapshots) and the instruction dataset")
-    kn.set_defaults(func=cmd_knowledge)
-    it = sub.add_parser("instruct", help="HKFR: instruction-tune the LLM (LoRA), score P(yes), export user knowledge")
-    it.set_defaults(func=cmd_instruct)
-    hr = sub.add_parser("hkfr-register", help="register the HKFR model; champion only if better by the margin")
-    hr.set_defaults(func=cmd_hkfr_register)
 
     o = sub.add_parser("online", help="read online features for a user, a PoI and a context from Feast")
     o.add_argument("--user-id", required=True)

@@ -2,17 +2,20 @@
 (what `dvc metrics show` / `dvc plots show` read) and returns its metrics.
 
 The CLI (and so `dvc repro`) and the Prefect tasks both call these, so every step has exactly
-one implementation; the callers only decide where the metrics are logged.
+one implementation; the callers only decide where the metrics are logged. Each step is declared
+once, in ``STEPS`` at the end of this file.
 """
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from components.config import Params
+from components.config import CTR_MODELS, Params
 
 
 def write_report(params: Params, name: str, data: dict) -> Path:
@@ -145,12 +148,6 @@ def example_keys(params: Params) -> dict:
 # ----------------------------------------------------------------------------------------------
 # LLM stages (LARR stages 1-2, HomoDistil). Folders under paths.llm_dir:
 #   corpus/ tokenizer/ -> pretrained/ -> encoder_teacher/ ; pretrained/ -> student/ -> encoder_student/
-# The params.yaml section each step reads (what the CLI and the flows log as the run's parameters).
-STEP_SECTIONS = {"generate": "generate", "ingest": "ingest", "features": "features", "corpus": "llm",
-                 "pretrain": "llm", "pairs": "contrastive", "contrastive_teacher": "contrastive",
-                 "contrastive_student": "contrastive", "distill": "distill", "embed": "embed", "ctr": "ctr",
-                 "ctr_register": "ctr", "news_data": "news", "news": "news", "news_register": "news",
-                 "knowledge": "hkfr", "instruct": "hkfr", "hkfr_register": "hkfr"}
 LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher", "scene-encoder"),
                 "student": ("student", "encoder_student", "scene-encoder-student")}
 
@@ -358,3 +355,188 @@ def hkfr_register_step(params: Params, run_id: str) -> dict:
     result = register_and_promote(params, run_id)
     write_promotion_report(params, "hkfr_promotion", result)
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# The step registry: each step declared once. The CLI's step subcommands (components/cli.py), the
+# Prefect tasks' names and tags (flows/), DVC_STAGES and the tests' step sets are derived from
+# STEPS; dvc.yaml stays the file a user reads, and tests/unit/test_steps.py fails when it and
+# STEPS disagree. A new step: its function above, its Step below, its stage in dvc.yaml and its
+# knobs in params.yaml.
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One CLI argument of a step command: argparse's ``add_argument(*flags, **options)``; its
+    ``dest`` is the keyword the step function receives."""
+
+    flags: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.options.get("dest") or self.flags[0].lstrip("-").replace("-", "_")
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    """An :class:`Arg` written like ``parser.add_argument``."""
+    return Arg(tuple(flags), options)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A pipeline step: its function and everything the CLI, DVC and Prefect need to run it."""
+
+    name: str                      # DVC stage and MLflow run name
+    function: Callable[..., dict]  # the one implementation, f(params, **arguments[, run_id])
+    section: str                   # params.yaml section logged with the run
+    help: str                      # the CLI subcommand's help
+    flow: str                      # the Prefect flow that runs it
+    task: str                      # its Prefect task's name
+    tags: tuple[str, ...] = ("io",)  # its Prefect task's tags (`gpu`: a GPU work pool, concurrency limits)
+    params: tuple[str, ...] = ()   # the params.yaml keys DVC watches (default: the section)
+    inputs: tuple[str, ...] = ()   # data it reads, as dvc.yaml's deps write them (code deps: dvc.yaml only)
+    outputs: tuple[str, ...] = ()  # data it writes, as dvc.yaml's outs write them
+    command: str = ""              # CLI subcommand (default: the name with dashes)
+    arguments: tuple[Arg, ...] = ()  # CLI arguments; steps sharing a command share them
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # argument values that select this step of its command
+    stage_args: str = ""           # what dvc.yaml's cmd passes after the subcommand
+    registers: bool = False        # registers a model version and settles the champion alias
+    summary: Callable[[Params, dict, dict], str] | None = None  # the CLI's closing text (params, arguments, result)
+
+    def __post_init__(self):
+        object.__setattr__(self, "command", self.command or self.name.replace("_", "-"))
+        object.__setattr__(self, "params", self.params or (self.section,))
+
+    @property
+    def cmd(self) -> str:
+        """The command line of the step's DVC stage."""
+        return " ".join(["scenerec", self.command, *([self.stage_args] if self.stage_args else [])])
+
+    def describe(self, params: Params, arguments: dict, result: dict) -> str:
+        """What the CLI prints when the step is done."""
+        if self.summary is not None:
+            return self.summary(params, arguments, result)
+        return registration_line(result) if self.registers else metric_lines(f"{self.name} done", result)
+
+
+def metric_lines(title: str, metrics: dict) -> str:
+    """A title and one aligned line per metric (the CLI's output of a step)."""
+    return "\n".join([f"{title}:", *(f"  {k:<40} {v}" for k, v in metrics.items())])
+
+
+def registration_line(result: dict) -> str:
+    """One line for a register step's result (``registry.settle``)."""
+    return f"{result['name']} version {result['version']} registered as {result['alias']}: {result['reason']}"
+
+
+def _ctr_summary(params: Params, arguments: dict, metrics: dict) -> str:
+    shown = {k: v for k, v in metrics.items() if k.startswith(("test.all", "train."))}
+    return "\n".join([metrics.get("headline", ""), metric_lines(
+        f"CTR model {metrics.get('model')} trained and evaluated; saved in {params.path('ctr_dir')}", shown)])
+
+
+def _ctr_register_summary(params: Params, arguments: dict, result: dict) -> str:
+    return "\n".join([registration_line(result),
+                      f"  champion now: version {result['champion']} (models:/{result['name']}@champion)"])
+
+
+def _titled(title: Callable[[Params, dict], str]) -> Callable[[Params, dict, dict], str]:
+    return lambda params, arguments, metrics: metric_lines(title(params, arguments), metrics)
+
+
+_MODEL_ARG = arg("--model", choices=["teacher", "student"], default="teacher",
+                 help="fine-tune the pretrained teacher or the distilled student")
+_LLM = "${paths.llm_dir}"
+_CURATED = "${paths.curated_dir}"
+
+
+def _registry(*steps: Step) -> dict[str, Step]:
+    return {s.name: s for s in steps}
+
+
+# In pipeline order (the order of dvc.yaml and of a `scenerec pipeline` run).
+STEPS: dict[str, Step] = _registry(
+    Step("generate", generate_step, "generate", flow="generate", task="generate-batch",
+         help="write a synthetic batch in the raw data contract (with the truth file)",
+         params=("seed", "generate"), outputs=("${paths.raw_batch}",), stage_args="--out ${paths.raw_batch}",
+         arguments=(arg("--out", dest="out_dir", metavar="OUT", default=None,
+                        help="batch folder to write (default: paths.raw_batch)"),),
+         summary=_titled(lambda p, a: f"generated batch in {a['out_dir'] or p.path('raw_batch')}")),
+    Step("ingest", ingest_step, "ingest", flow="ingest", task="validate-and-curate",
+         help="validate a batch against the contract (Great Expectations) and curate it",
+         inputs=("${paths.raw_batch}",), outputs=(_CURATED,), stage_args="${paths.raw_batch}",
+         arguments=(arg("batch_dir", nargs="?", default=None, help="batch folder (default: paths.raw_batch)"),),
+         summary=_titled(lambda p, a: f"batch {Path(a['batch_dir']) if a['batch_dir'] else p.path('raw_batch')} "
+                                      f"accepted and curated in "
+                                      f"{p.path('curated_dir')}")),
+    Step("features", features_step, "features", flow="features", task="build-and-materialise-features",
+         help="build feature tables, `feast apply`, materialise, write the training set",
+         inputs=(_CURATED,), outputs=("${paths.features_dir}",),
+         summary=_titled(lambda p, a: "features built, Feast repo applied, online store materialised")),
+    # LLM stages (LARR stages 1-2, HomoDistil)
+    Step("corpus", corpus_step, "llm", flow="llm", task="build-corpus",
+         help="build the LLM corpus (field special tokens) and its tokenizer",
+         inputs=(_CURATED,), outputs=(f"{_LLM}/corpus", f"{_LLM}/tokenizer")),
+    Step("pretrain", pretrain_step, "llm", flow="llm", task="continual-pretraining", tags=("gpu",),
+         help="continual pretraining of the causal LM (resumes from the last checkpoint)",
+         inputs=(f"{_LLM}/corpus", f"{_LLM}/tokenizer"), outputs=(f"{_LLM}/pretrained",)),
+    Step("pairs", pairs_step, "contrastive", flow="llm", task="mine-pairs",
+         help="mine user-user, PoI-PoI and user-PoI positive pairs",
+         inputs=(_CURATED,), outputs=(f"{_LLM}/pairs",)),
+    Step("contrastive_teacher", contrastive_step, "contrastive", flow="llm", task="contrastive-fine-tuning",
+         tags=("gpu",), help="contrastive fine-tuning into a text encoder; registers it in MLflow",
+         command="contrastive", arguments=(_MODEL_ARG,), fixed={"model": "teacher"}, stage_args="--model teacher",
+         inputs=(f"{_LLM}/pretrained", f"{_LLM}/pairs"), outputs=(f"{_LLM}/encoder_teacher",)),
+    Step("distill", distill_step, "distill", flow="llm", task="homodistil", tags=("gpu",),
+         help="HomoDistil: distil the teacher into a pruned student",
+         inputs=(f"{_LLM}/pretrained", f"{_LLM}/corpus"), outputs=(f"{_LLM}/student",)),
+    Step("contrastive_student", contrastive_step, "contrastive", flow="llm", task="contrastive-fine-tuning",
+         tags=("gpu",), help="contrastive fine-tuning into a text encoder; registers it in MLflow",
+         command="contrastive", arguments=(_MODEL_ARG,), fixed={"model": "student"}, stage_args="--model student",
+         inputs=(f"{_LLM}/student", f"{_LLM}/pairs"), outputs=(f"{_LLM}/encoder_student",)),
+    Step("embed", embed_step, "embed", flow="llm", task="embed-scenes-and-pois", tags=("gpu",),
+         help="embed every scene value and PoI once; write them to Feast",
+         inputs=(f"{_LLM}/encoder_${{embed.encoder}}", _CURATED), outputs=("${paths.embeddings_dir}",)),
+    # HKFR: heterogeneous knowledge -> instruction-tuned LLM -> user knowledge feature
+    Step("knowledge", knowledge_step, "hkfr", flow="hkfr", task="knowledge-and-instructions",
+         help="HKFR: per-user knowledge texts (snapshots) and the instruction dataset",
+         params=("seed", "features", "hkfr", "ctr.valid_fraction", "ctr.test_fraction"),
+         inputs=(_CURATED,), outputs=("${paths.hkfr_dir}/knowledge",),
+         summary=_titled(lambda p, a: "HKFR knowledge snapshots and instruction dataset in "
+                                      f"{p.path('hkfr_dir') / 'knowledge'}")),
+    Step("instruct", instruct_step, "hkfr", flow="hkfr", task="instruction-tuning", tags=("gpu",),
+         help="HKFR: instruction-tune the LLM (LoRA), score P(yes), export user knowledge",
+         params=("seed", "hkfr"), inputs=("${paths.hkfr_dir}/knowledge", f"{_LLM}/${{hkfr.base}}"),
+         outputs=("${paths.hkfr_dir}/model", "${paths.hkfr_dir}/eval", "${paths.hkfr_dir}/user_knowledge.parquet"),
+         summary=_titled(lambda p, a: f"HKFR instruction-tuned LLM in {p.path('hkfr_dir') / 'model'}; "
+                                      "user knowledge in Feast")),
+    Step("hkfr_register", hkfr_register_step, "hkfr", flow="hkfr", task="register-hkfr-model", registers=True,
+         help="register the HKFR model; champion only if better by the margin",
+         params=("hkfr.registered_name", "hkfr.promotion_margin"), inputs=("${paths.hkfr_dir}/model",)),
+    # CTR (LARR stage 3 + CoFARS), registry
+    Step("ctr", ctr_step, "ctr", flow="ctr", task="train-and-evaluate-ctr", tags=("gpu",),
+         help="train the CTR/CTCVR model (LARR + CoFARS by default), evaluate it beside the oracle",
+         params=("seed", "ctr"), arguments=(arg("--model", choices=CTR_MODELS, default=None,
+                                                help="model or baseline (default: ctr.model)"),),
+         inputs=("${paths.features_dir}", "${paths.embeddings_dir}", _CURATED,
+                 "${paths.hkfr_dir}/user_knowledge.parquet"),
+         outputs=("${paths.ctr_dir}",), summary=_ctr_summary),
+    Step("ctr_register", ctr_register_step, "ctr", flow="ctr", task="register-and-promote-ctr", registers=True,
+         help="register the trained CTR model; champion only if better by the margin",
+         params=("ctr.registered_name", "ctr.promotion_metric", "ctr.promotion_margin"),
+         inputs=("${paths.ctr_dir}",), summary=_ctr_register_summary),
+    # News (PerCoNet on the MIND format)
+    Step("news_data", news_data_step, "news", flow="news", task="mind-data",
+         help="write the synthetic MIND world, or validate news.mind_dir (GX)",
+         params=("seed", "news"), outputs=("${paths.news_dir}/mind",),
+         summary=_titled(lambda p, a: "MIND data ready")),
+    Step("news", news_step, "news", flow="news", task="train-perconet", tags=("gpu",),
+         help="train PerCoNet on the MIND train split, evaluate AUC/MRR/nDCG on dev",
+         params=("seed", "news"), inputs=("${paths.news_dir}/mind",), outputs=("${paths.news_dir}/model",),
+         summary=_titled(lambda p, a: "PerCoNet trained and evaluated on dev; saved in "
+                                      f"{p.path('news_dir') / 'model'}")),
+    Step("news_register", news_register_step, "news", flow="news", task="register-news-model", registers=True,
+         help="register the news model; champion only if better by the margin",
+         params=("news.registered_name", "ctr.promotion_margin"), inputs=("${paths.news_dir}/model",)),
+)

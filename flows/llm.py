@@ -63,7 +63,7 @@ def llm(llm: LLMConfig | None = None, contrastive: ContrastiveConfig | None = No
 
     def stage(name: str, fn, *args):
         with tracking.tracked_run(params, name, parent_run_id, tags={"scenerec.flow": "llm"}) as run_id:
-            section = steps.STEP_SECTIONS[name]
+            section = steps.STEPS[name].section
             tracking.log_params(params, run_id, {section: getattr(params, section).model_dump(mode="json")})
             results[name] = fn(params, run_id, *args)
         return results[name]

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from components import tracking
 from components.config import (ContrastiveConfig, CTRConfig, DistillConfig, EmbedConfig, FeaturesConfig,
                                GenerateConfig, HKFRConfig, IngestConfig, LLMConfig, NewsConfig, Params)
+from components.steps import STEPS
 from components.versioning import record_outputs
 from flows.ctr import ctr as ctr_flow
 from flows.features import features as features_flow
@@ -25,9 +26,7 @@ from flows.llm import llm as llm_flow
 from flows.news import news as news_flow
 from flows.settings import flow_params
 
-DVC_STAGES = ["generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher", "distill",
-              "contrastive_student", "embed", "knowledge", "instruct", "hkfr_register", "ctr", "ctr_register", "news_data", "news",
-              "news_register"]
+DVC_STAGES = list(STEPS)  # every step is a stage of dvc.yaml (tests/unit/test_steps.py checks it)
 
 
 @task(name="record-in-dvc", cache_policy=NO_CACHE)

@@ -6,6 +6,7 @@ import subprocess
 import pytest
 import yaml
 
+from components.steps import STEPS
 from tests.conftest import make_project
 
 pytestmark = pytest.mark.slow
@@ -21,9 +22,7 @@ def test_repro_noop_and_partial_rerun(tmp_path):
     root = make_project(tmp_path / "proj", git=True)
 
     first = dvc(root, "repro")
-    for stage in ("generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher",
-                  "distill", "contrastive_student", "embed", "knowledge", "instruct", "hkfr_register", "ctr",
-                  "ctr_register", "news_data", "news", "news_register"):
+    for stage in STEPS:
         assert f"Running stage '{stage}'" in first
     assert (root / "dvc.lock").exists()
     assert (root / "data" / "curated" / "impressions.parquet").exists()
