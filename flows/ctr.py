@@ -6,22 +6,22 @@ The training task carries the tag `gpu` (see flows/llm.py for GPU pools and conc
 """
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import CTRConfig
 from flows.settings import flow_params
+from flows.tasks import step_task
 
 
-@task(name="train-and-evaluate-ctr", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@step_task("ctr", retries=1, retry_delay_seconds=5)
 def train_task(params, run_id: str, model: str | None) -> dict:
     # A retry resumes from the last finished epoch (checkpoints under paths.ctr_dir).
     return steps.ctr_step(params, run_id=run_id, model=model)
 
 
-@task(name="register-and-promote-ctr", tags=["io"], cache_policy=NO_CACHE)
+@step_task("ctr_register")
 def register_task(params, run_id: str) -> dict:
     return steps.ctr_register_step(params, run_id=run_id)
 

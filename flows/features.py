@@ -1,18 +1,17 @@
 """Prefect flow `features`: feature tables, `feast apply`, materialisation, training set."""
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from components import tracking
 from components.config import FeaturesConfig, Params
 from components.steps import features_step
 from flows.settings import flow_params
+from flows.tasks import step_task
 
 
-@task(name="build-and-materialise-features", tags=["io"], retries=1, retry_delay_seconds=5, log_prints=False,
-      cache_policy=NO_CACHE)
+@step_task("features", retries=1, retry_delay_seconds=5, log_prints=False)
 def features_task(params: Params, run_id: str) -> dict:
     metrics = features_step(params)
     tracking.log_metrics(params, run_id, {f"features.{k}": v for k, v in metrics.items()})

@@ -4,26 +4,26 @@ instruction dataset (CTR time split) → instruction tuning of our LLM (LoRA by 
 embedding into Feast → registration as `hkfr-instruct`, champion only when better by the margin."""
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 from components import steps, tracking
 from components.config import HKFRConfig
 from flows.settings import flow_params, publish_comparison
+from flows.tasks import step_task
 
 
-@task(name="knowledge-and-instructions", tags=["io"], cache_policy=NO_CACHE)
+@step_task("knowledge")
 def knowledge_task(params) -> dict:
     return steps.knowledge_step(params)
 
 
-@task(name="instruction-tuning", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@step_task("instruct", retries=1, retry_delay_seconds=5)
 def instruct_task(params, run_id: str) -> dict:
     # A retry resumes from the newest checkpoint.
     return steps.instruct_step(params, run_id=run_id)
 
 
-@task(name="register-hkfr-model", tags=["io"], cache_policy=NO_CACHE)
+@step_task("hkfr_register")
 def register_task(params, run_id: str) -> dict:
     return steps.hkfr_register_step(params, run_id=run_id)
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from components import tracking
 from components.config import GenerateConfig, IngestConfig, Params
 from components.steps import generate_step, ingest_step
 from flows.settings import flow_params
+from flows.tasks import step_task
 
 
 def _not_rejected(task, task_run, state) -> bool:
@@ -26,15 +26,14 @@ def _not_rejected(task, task_run, state) -> bool:
     return True
 
 
-@task(name="generate-batch", tags=["io"], retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@step_task("generate", retries=2, retry_delay_seconds=2)
 def generate_task(params: Params, run_id: str, out_dir: str | None = None) -> dict:
     metrics = generate_step(params, Path(out_dir) if out_dir else None)
     tracking.log_metrics(params, run_id, {f"generate.{k}": v for k, v in metrics.items()})
     return metrics
 
 
-@task(name="validate-and-curate", tags=["io"], retries=2, retry_delay_seconds=2,
-      retry_condition_fn=_not_rejected, cache_policy=NO_CACHE)
+@step_task("ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=_not_rejected)
 def ingest_task(params: Params, run_id: str, batch_dir: str) -> dict:
     try:
         metrics = ingest_step(params, Path(batch_dir))

@@ -7,13 +7,13 @@ the CUDA device when there is one and on the CPU otherwise.
 """
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import ContrastiveConfig, DistillConfig, EmbedConfig, LLMConfig, Params
 from flows.settings import flow_params
+from flows.tasks import step_task
 
 
 def _logged(params: Params, run_id: str, prefix: str, metrics: dict) -> dict:
@@ -21,33 +21,33 @@ def _logged(params: Params, run_id: str, prefix: str, metrics: dict) -> dict:
     return metrics
 
 
-@task(name="build-corpus", tags=["io"], cache_policy=NO_CACHE)
+@step_task("corpus")
 def corpus_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "corpus", steps.corpus_step(params))
 
 
-@task(name="continual-pretraining", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@step_task("pretrain", retries=1, retry_delay_seconds=5)
 def pretrain_task(params: Params, run_id: str) -> dict:
     # A retry resumes from the last checkpoint instead of starting over.
     return steps.pretrain_step(params, run_id=run_id)
 
 
-@task(name="mine-pairs", tags=["io"], cache_policy=NO_CACHE)
+@step_task("pairs")
 def pairs_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "pairs", steps.pairs_step(params))
 
 
-@task(name="contrastive-fine-tuning", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@step_task("contrastive_teacher", retries=1, retry_delay_seconds=5)  # and contrastive_student
 def contrastive_task(params: Params, run_id: str, model: str) -> dict:
     return steps.contrastive_step(params, model, run_id=run_id)
 
 
-@task(name="homodistil", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@step_task("distill", retries=1, retry_delay_seconds=5)
 def distill_task(params: Params, run_id: str) -> dict:
     return steps.distill_step(params, run_id=run_id)
 
 
-@task(name="embed-scenes-and-pois", tags=["gpu"], cache_policy=NO_CACHE, log_prints=False)
+@step_task("embed", log_prints=False)
 def embed_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "embed", steps.embed_step(params))
 

@@ -3,26 +3,26 @@ PerCoNet training and per-impression evaluation (AUC, MRR, nDCG@5/10) → regist
 `news-perconet`, champion only when better than the current one by the margin."""
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 from components import steps, tracking
 from components.config import NewsConfig
 from flows.settings import flow_params, publish_comparison
+from flows.tasks import step_task
 
 
-@task(name="mind-data", tags=["io"], cache_policy=NO_CACHE)
+@step_task("news_data")
 def data_task(params) -> dict:
     return steps.news_data_step(params)
 
 
-@task(name="train-perconet", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@step_task("news", retries=1, retry_delay_seconds=5)
 def train_task(params) -> dict:
     # A retry resumes from the last finished epoch.
     return steps.news_step(params)
 
 
-@task(name="register-news-model", tags=["io"], cache_policy=NO_CACHE)
+@step_task("news_register")
 def register_task(params, run_id: str) -> dict:
     return steps.news_register_step(params, run_id=run_id)
 
