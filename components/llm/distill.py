@@ -355,7 +355,7 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
         "shape": shape_of(small.config).as_dict(),
         "steps": cfg.steps,
         "resumed_from": start,
-        "final_loss": history[-1]["loss"] if history else None,
+        "final_loss": fit_out.step_rows[-1]["loss"] if fit_out.step_rows else None,
         "heldout_ppl": heldout_perplexity(small, heldout_blocks),
         "teacher_heldout_ppl": heldout_perplexity(teacher, heldout_blocks),
         "materialise_max_abs_diff": diff,
