@@ -36,7 +36,9 @@ def test_stage_matches_its_step(name):
     assert stage is not None, f"dvc.yaml has no stage {name!r}"
     assert stage["cmd"] == step.cmd
     assert stage.get("params", []) == list(step.params), f"{name}: params in dvc.yaml vs Step.params"
-    data_deps = [d for d in stage.get("deps", []) if not _is_code(d)]
+    deps = stage.get("deps", [])
+    assert len(set(deps)) == len(deps), f"{name}: a dep is listed twice in dvc.yaml"
+    data_deps = [d for d in deps if not _is_code(d)]
     assert sorted(data_deps) == sorted(step.inputs), f"{name}: data deps in dvc.yaml vs Step.inputs"
     assert sorted(stage.get("outs", [])) == sorted(step.outputs), f"{name}: outs in dvc.yaml vs Step.outputs"
 
