@@ -52,7 +52,13 @@ def _step_command(steps: list):
     def run(args, params) -> int:
         arguments = {a.dest: getattr(args, a.dest) for a in steps[0].arguments}
         step = next(s for s in steps if all(arguments.get(k) == v for k, v in s.fixed.items()))
-        result = _tracked(params, step.name, step.function, **arguments)
+        for a in step.arguments:
+            if a.overrides and arguments[a.dest] is not None:
+                section, knob = a.overrides.split(".")
+                values = getattr(params, section).model_copy(update={knob: arguments[a.dest]})
+                params = params.model_copy(update={section: values})
+        kwargs = {a.dest: arguments[a.dest] for a in step.arguments if not a.overrides}
+        result = _tracked(params, step.name, step.function, **kwargs)
         print(step.describe(params, arguments, result))
         return 0
 

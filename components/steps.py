@@ -367,20 +367,22 @@ def hkfr_register_step(params: Params, run_id: str) -> dict:
 
 @dataclass(frozen=True)
 class Arg:
-    """One CLI argument of a step command: argparse's ``add_argument(*flags, **options)``; its
-    ``dest`` is the keyword the step function receives."""
+    """One CLI argument of a step command: argparse's ``add_argument(*flags, **options)``. Its value
+    goes to the step function as the keyword ``dest``, or, with ``overrides`` ("section.field"),
+    replaces that knob of params.yaml for the run (so the run logs it)."""
 
     flags: tuple[str, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
+    overrides: str | None = None
 
     @property
     def dest(self) -> str:
         return self.options.get("dest") or self.flags[0].lstrip("-").replace("-", "_")
 
 
-def arg(*flags: str, **options: Any) -> Arg:
+def arg(*flags: str, overrides: str | None = None, **options: Any) -> Arg:
     """An :class:`Arg` written like ``parser.add_argument``."""
-    return Arg(tuple(flags), options)
+    return Arg(tuple(flags), options, overrides)
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,28 @@ def test_register_steps_take_their_mlflow_run():
         takes_run = inspect.signature(step.function).parameters.get("run_id")
         if step.registers:
             assert takes_run is not None and takes_run.default is inspect.Parameter.empty, step.name
+
+
+def test_an_overriding_argument_changes_the_knob_not_the_call(monkeypatch):
+    """``arg(..., overrides="ctr.model")``: the run gets params with that knob replaced (and logs
+    it); the step function gets no such keyword."""
+    import argparse
+
+    from components.cli import _step_command
+    from components.steps import Step, arg
+
+    seen = {}
+
+    def fit_it(params, epochs=None):
+        seen.update(model=params.ctr.model, epochs=epochs)
+        return {}
+
+    step = Step("probe", fit_it, "ctr", help="h", flow="ctr", task="t",
+                arguments=(arg("--model", overrides="ctr.model"), arg("--epochs", type=int)))
+    monkeypatch.setattr("components.cli._tracked", lambda params, name, fn, **kw: fn(params, **kw))
+    params = load_params(REPO / "params.yaml")
+    run = _step_command([step])
+    run(argparse.Namespace(model="din_full", epochs=3), params)
+    assert seen == {"model": "din_full", "epochs": 3}
+    run(argparse.Namespace(model=None, epochs=None), params)
+    assert seen == {"model": params.ctr.model, "epochs": None}
