@@ -377,6 +377,7 @@ class Arg:
 
     @property
     def dest(self) -> str:
+        """The argparse destination: ``dest=`` if given, else the first flag's name."""
         return self.options.get("dest") or self.flags[0].lstrip("-").replace("-", "_")
 
 
@@ -470,8 +471,7 @@ STEPS: dict[str, Step] = _registry(
          inputs=("${paths.raw_batch}",), outputs=(_CURATED,), stage_args="${paths.raw_batch}",
          arguments=(arg("batch_dir", nargs="?", default=None, help="batch folder (default: paths.raw_batch)"),),
          summary=_titled(lambda p, a: f"batch {Path(a['batch_dir']) if a['batch_dir'] else p.path('raw_batch')} "
-                                      f"accepted and curated in "
-                                      f"{p.path('curated_dir')}")),
+                                      f"accepted and curated in {p.path('curated_dir')}")),
     Step("features", features_step, "features", flow="features", task="build-and-materialise-features",
          help="build feature tables, `feast apply`, materialise, write the training set",
          inputs=(_CURATED,), outputs=("${paths.features_dir}",),
