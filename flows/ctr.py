@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import CTRConfig
-from flows.settings import flow_params
+from flows.settings import flow_params, flow_run_id
 
 
 @task(name="train-and-evaluate-ctr", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -23,7 +23,7 @@ def train_task(params, run_id: str, model: str | None) -> dict:
 
 @task(name="register-and-promote-ctr", tags=["io"], cache_policy=NO_CACHE)
 def register_task(params, run_id: str) -> dict:
-    return steps.ctr_register_step(params, run_id=run_id)
+    return steps.ctr_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
 
 def comparison_rows(result: dict) -> list[dict]:
