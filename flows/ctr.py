@@ -27,11 +27,13 @@ def register_task(params, run_id: str) -> dict:
 
 
 def comparison_rows(result: dict) -> list[dict]:
-    """Champion vs challenger on the same test rows, for the Prefect artifact."""
+    """Champion vs challenger (and the floor's popularity baseline) on the same test rows, for the Prefect artifact."""
     ch, cp = result.get("challenger_metrics") or {}, result.get("champion_metrics") or {}
+    base = result.get("baseline_metrics") or {}
     rows = []
     for key in sorted(k for k in ch if k.startswith("all.") and not k.endswith("rows")):
-        rows.append({"metric": key[4:], "challenger": ch.get(key), "champion": cp.get(key, "—")})
+        rows.append({"metric": key[4:], "challenger": ch.get(key), "champion": cp.get(key, "—"),
+                     "popularity baseline": base.get(key, "—")})
     return rows
 
 

@@ -32,7 +32,8 @@ def publish_comparison(key: str, result: dict) -> str:
     the same data, described by the verdict; returns the verdict (one line)."""
     from prefect.artifacts import create_table_artifact
 
-    rows = [{"metric": k, "challenger": v, "champion": (result["champion_metrics"] or {}).get(k, "—")}
+    rows = [{"metric": k, "challenger": v, "champion": (result["champion_metrics"] or {}).get(k, "—"),
+             "popularity baseline": (result.get("baseline_metrics") or {}).get(k, "—")}
             for k, v in result["challenger_metrics"].items()]
     verdict = (f"{result['name']} v{result['version']} -> {result['alias']}: "
                f"{result['reason']}")
