@@ -302,9 +302,10 @@ def ctr_figures(params: Params, plots: dict) -> list[Path]:
 def ctr_register_step(params: Params, run_id: str, flow_run_id: str | None = None) -> dict:
     """Register the trained CTR model in MLflow run ``run_id``; champion only if it clears the floor
     and beats the current one by the margin. ``flow_run_id``: the Prefect flow run, tagged on the version."""
-    from components.ctr.stage import register_and_promote
+    from components import registry
+    from components.ctr.stage import registry_candidate
 
-    result = register_and_promote(params, run_id, flow_run_id=flow_run_id)
+    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "ctr_promotion", result, lambda k: k.startswith("all.") and "oracle" not in k)
     return result
 
@@ -333,9 +334,10 @@ def news_step(params: Params, run_id: str | None = None) -> dict:
 
 def news_register_step(params: Params, run_id: str, flow_run_id: str | None = None) -> dict:
     """Register the news model; champion only if it clears the floor and beats the champion's dev AUC by the margin."""
-    from components.news.stage import register_and_promote
+    from components import registry
+    from components.news.stage import registry_candidate
 
-    result = register_and_promote(params, run_id, flow_run_id=flow_run_id)
+    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "news_promotion", result)
     return result
 
@@ -361,8 +363,9 @@ def instruct_step(params: Params, run_id: str | None = None) -> dict:
 
 def hkfr_register_step(params: Params, run_id: str, flow_run_id: str | None = None) -> dict:
     """Register the tuned LLM as ``hkfr-instruct``; champion only if its test AUC clears the floor and beats the champion's."""
-    from components.hkfr.stage import register_and_promote
+    from components import registry
+    from components.hkfr.stage import registry_candidate
 
-    result = register_and_promote(params, run_id, flow_run_id=flow_run_id)
+    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "hkfr_promotion", result)
     return result

@@ -1,6 +1,7 @@
 """Prefect flow `ctr`: train the CTR / CTCVR model (LARR + CoFARS by default) → evaluate it on the
 test split beside the oracle → register it in MLflow → promote it to `champion` only when it beats
-the current champion on the same test rows by `ctr.promotion_margin` (else it is `challenger`).
+the current champion on the same test rows by `ctr.promotion_margin` and clears the promotion floor
+(else it is `challenger`; components/registry.py:register_candidate).
 
 The training task carries the tag `gpu` (see flows/llm.py for GPU pools and concurrency limits).
 """

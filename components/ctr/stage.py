@@ -118,10 +118,9 @@ def popularity_baseline(params: Params, model_dir: Path) -> dict:
     return out
 
 
-def register_and_promote(params: Params, run_id: str, model_dir: Path | None = None, by: str | None = None,
-                         flow_run_id: str | None = None) -> dict:
-    """Register ``<ctr_dir>/model`` as a new version of ``ctr.registered_name`` (``registry.register_candidate``):
-    champion when it clears the floor and beats the champion on the same test rows by ``ctr.promotion_margin``."""
+def registry_candidate(params: Params, model_dir: Path | None = None, flow_run_id: str | None = None):
+    """``<ctr_dir>/model`` as a ``registry.Candidate`` of ``ctr.registered_name``: its pyfunc, scored with the
+    champion on the same test rows, ``ctr.promotion_metric`` / ``promotion_margin`` / ``promotion_floor_margin``."""
     from components import registry
     from components.ctr.serving import CTRPyfunc, example_request
 
@@ -137,9 +136,8 @@ def register_and_promote(params: Params, run_id: str, model_dir: Path | None = N
     def score(models: dict) -> dict:
         return compare_on_test(params, {k: m.scorer for k, m in models.items()}, model_dir)
 
-    candidate = registry.Candidate(
+    return registry.Candidate(
         name=cfg.registered_name, artifact_name="ctr_model", python_model=CTRPyfunc, prepare=prepare, score=score,
         metric=f"all.{cfg.promotion_metric}", margin=cfg.promotion_margin, floor_margin=cfg.promotion_floor_margin,
         baseline=lambda: popularity_baseline(params, model_dir), baseline_name="popularity",
         tags=registry.lineage_tags(params, "ctr", architecture, flow_run_id))
-    return registry.register_candidate(params, run_id, candidate, by)

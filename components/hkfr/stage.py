@@ -229,10 +229,9 @@ class HKFRPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"p_yes": p})
 
 
-def register_and_promote(params: Params, run_id: str, by: str | None = None, flow_run_id: str | None = None) -> dict:
-    """Register ``hkfr_dir/model`` as ``hkfr.registered_name`` (``registry.register_candidate``): champion
-    when its test AUC of P("yes") clears the floor and beats the champion's on the same rows by
-    ``hkfr.promotion_margin``."""
+def registry_candidate(params: Params, flow_run_id: str | None = None):
+    """``hkfr_dir/model`` as a ``registry.Candidate`` of ``hkfr.registered_name``: test AUC of P("yes"),
+    scored with the champion on the same rows, ``hkfr.promotion_margin`` / ``promotion_floor_margin``."""
     from components import registry
 
     cfg = params.hkfr
@@ -260,12 +259,11 @@ def register_and_promote(params: Params, run_id: str, by: str | None = None, flo
         return {k: (saved if k == "challenger" and saved else _test_auc(params, m.model, m.tok, sets))
                 for k, m in models.items()}
 
-    candidate = registry.Candidate(
+    return registry.Candidate(
         name=cfg.registered_name, artifact_name="hkfr_model", python_model=HKFRPyfunc, prepare=prepare, score=score,
         metric="test.auc", margin=cfg.promotion_margin, floor_margin=cfg.promotion_floor_margin,
         baseline=lambda: popularity_baseline(sets), baseline_name="popularity",
         tags=registry.lineage_tags(params, "hkfr", f"{cfg.base}+{cfg.method}", flow_run_id))
-    return registry.register_candidate(params, run_id, candidate, by)
 
 
 def popularity_baseline(sets: dict[str, pd.DataFrame]) -> dict:

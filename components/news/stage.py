@@ -124,10 +124,9 @@ def popularity_baseline(params: Params) -> dict:
     return {"dev.auc": float(np.mean([m["auc"] for m in per])) if per else float("nan"), "dev.impressions": len(per)}
 
 
-def register_and_promote(params: Params, run_id: str, by: str | None = None, flow_run_id: str | None = None) -> dict:
-    """Register ``news_dir/model`` as ``news.registered_name`` (``registry.register_candidate``): champion
-    when its dev AUC clears the floor and beats the champion's on the same dev impressions by
-    ``news.promotion_margin``."""
+def registry_candidate(params: Params, flow_run_id: str | None = None):
+    """``news_dir/model`` as a ``registry.Candidate`` of ``news.registered_name``: dev AUC, scored with the
+    champion on the same dev impressions, ``news.promotion_margin`` / ``promotion_floor_margin``."""
     from components import registry
     from components.news.mind import load_mind
 
@@ -150,12 +149,11 @@ def register_and_promote(params: Params, run_id: str, by: str | None = None, flo
     def score(models: dict) -> dict:
         return {k: evaluate_on_dev(params, m.trained) for k, m in models.items()}
 
-    candidate = registry.Candidate(
+    return registry.Candidate(
         name=cfg.registered_name, artifact_name="news_model", python_model=NewsPyfunc, prepare=prepare, score=score,
         metric="dev.auc", margin=cfg.promotion_margin, floor_margin=cfg.promotion_floor_margin,
         baseline=lambda: popularity_baseline(params), baseline_name="popularity",
         tags=registry.lineage_tags(params, "news", architecture, flow_run_id))
-    return registry.register_candidate(params, run_id, candidate, by)
 
 
 def metric_row(metrics: dict) -> dict:
