@@ -113,6 +113,20 @@ def lineage_tags(params, family: str, architecture: str, flow_run_id: str | None
 # The promotion rule (pure)
 
 
+def popularity(train_items, train_labels, items):
+    """The floor's trivial scorer: each item's label rate over the training rows, smoothed by one
+    pseudo-row at the overall rate (which unseen items get); a float array aligned with ``items``."""
+    import numpy as np
+    import pandas as pd
+
+    train = pd.DataFrame({"item": pd.Series(train_items, dtype=object).astype(str).to_numpy(),
+                          "label": np.asarray(train_labels, dtype=float)})
+    prior = float(train["label"].mean()) if len(train) else 0.0
+    stats = train.groupby("item")["label"].agg(["sum", "count"])
+    rate = (stats["sum"] + prior) / (stats["count"] + 1.0)
+    return pd.Series(items, dtype=object).astype(str).map(rate).fillna(prior).to_numpy(dtype=float)
+
+
 def floor_verdict(value: float, metric: str, floor: dict) -> str | None:
     """None when ``value`` clears the floor (chance and the baseline, plus the floor margin), else why not."""
     bars = {"chance": float(floor.get("chance", CHANCE_AUC))}

@@ -97,6 +97,7 @@ def compare_on_test(params: Params, scorers: dict, model_dir: Path) -> dict[str,
 def popularity_baseline(params: Params, model_dir: Path) -> dict:
     """The trivial scorer of the promotion floor on the same test rows: each PoI's smoothed click
     (and order) rate in the training split, with the metric keys of ``compare_on_test``."""
+    from components import registry
     from components.ctr.data import _ts_ns
     from components.ctr.metrics import auc, gauc
     from components.features.store import TRAINING_SET
@@ -108,10 +109,7 @@ def popularity_baseline(params: Params, model_dir: Path) -> dict:
     train, test = df[req_ns < split["valid_start_ns"]], df[req_ns >= split["test_start_ns"]]
     out = {"all.rows": len(test)}
     for task, label in (("ctr", "click"), ("ctcvr", "order")):
-        prior = float(train[label].mean()) if len(train) else 0.0
-        stats = train.groupby("poi_id")[label].agg(["sum", "count"])
-        rate = (stats["sum"] + prior) / (stats["count"] + 1.0)  # one pseudo-impression at the base rate
-        p = test["poi_id"].map(rate).fillna(prior).to_numpy(dtype=float)
+        p = registry.popularity(train["poi_id"], train[label], test["poi_id"])
         y = test[label].to_numpy()
         out[f"all.auc.{task}"] = float(auc(y, p)) if len(set(y)) == 2 else float("nan")
         out[f"all.gauc.{task}"] = float(gauc(y, p, test["user_id"].astype(str).to_numpy()))

@@ -269,12 +269,11 @@ def registry_candidate(params: Params, flow_run_id: str | None = None):
 def popularity_baseline(sets: dict[str, pd.DataFrame]) -> dict:
     """The trivial scorer of the promotion floor on the test rows: each PoI's "yes" rate among the
     training order questions (smoothed towards the overall rate)."""
+    from components import registry
+
     train = sets["train"][sets["train"]["task"] == "order"]
     test = sets["test_order"]
-    prior = float(train["label"].mean()) if len(train) else 0.0
-    stats = train.groupby("poi_id")["label"].agg(["sum", "count"])
-    rate = (stats["sum"] + prior) / (stats["count"] + 1.0)
-    return {"test.auc": _auc(test["label"], test["poi_id"].map(rate).fillna(prior).to_numpy(dtype=float))}
+    return {"test.auc": _auc(test["label"], registry.popularity(train["poi_id"], train["label"], test["poi_id"]))}
 
 
 def _saved_test_auc(params: Params) -> dict | None:

@@ -110,17 +110,17 @@ def _dev_impressions(params: Params) -> pd.DataFrame:
 def popularity_baseline(params: Params) -> dict:
     """The trivial scorer of the promotion floor on the dev impressions: each article's click rate in
     the train impressions (smoothed towards the overall rate), mean AUC per impression as ``dev.auc``."""
+    from components import registry
     from components.news.mind import load_mind
     from components.news.train import impression_metrics
 
     train = load_mind(mind_dir(params) / "train").behaviors
-    shown = pd.DataFrame({"news_id": [n for c in train["candidates"] for n in c],
-                          "label": [y for ys in train["labels"] for y in ys]})
-    prior = float(shown["label"].mean()) if len(shown) else 0.0
-    stats = shown.groupby("news_id")["label"].agg(["sum", "count"])
-    rate = ((stats["sum"] + prior) / (stats["count"] + 1.0)).to_dict()
-    per = [m for cands, ys in zip(*(_dev_impressions(params)[c] for c in ("candidates", "labels")))
-           if (m := impression_metrics(ys, np.array([rate.get(n, prior) for n in cands]))) is not None]
+    dev = _dev_impressions(params)
+    scores = registry.popularity([n for c in train["candidates"] for n in c], [y for ys in train["labels"] for y in ys],
+                                 [n for c in dev["candidates"] for n in c])
+    ends = np.cumsum([len(c) for c in dev["candidates"]])
+    per = [m for ys, s in zip(dev["labels"], np.split(scores, ends[:-1]))
+           if (m := impression_metrics(ys, s)) is not None]
     return {"dev.auc": float(np.mean([m["auc"] for m in per])) if per else float("nan"), "dev.impressions": len(per)}
 
 

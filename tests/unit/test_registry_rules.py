@@ -49,3 +49,10 @@ def test_a_rejected_mind_folder_is_a_batch_rejection_that_survives_pickling():
     assert isinstance(err, BatchRejected)
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is MindRejected and str(back) == str(err) and "behaviors.tsv" in str(back)
+
+
+def test_popularity_is_the_smoothed_training_rate_and_the_overall_rate_for_unseen_items():
+    # given "a" clicked 3 of 3 times and "b" 0 of 1 in training (overall rate 0.75)
+    scores = registry.popularity(["a", "a", "a", "b"], [1, 1, 1, 0], ["b", "a", "new"])
+    # then each is smoothed by one pseudo-row at 0.75, and an unseen item gets 0.75
+    assert list(scores) == [0.75 / 2, 3.75 / 4, 0.75]
