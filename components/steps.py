@@ -31,7 +31,7 @@ def write_promotion_report(params: Params, name: str, result: dict, keep=lambda 
     the margin and both sides' metrics (those ``keep`` accepts)."""
     report = {"version": int(result["version"]), "promoted": int(result["promoted"]),
               "champion": int(result["champion"]) if result["champion"] else 0, "margin": result["margin"]}
-    for who in ("challenger", "champion"):
+    for who in ("challenger", "champion", "baseline"):
         report.update({f"{who}.{k}": v for k, v in (result.get(f"{who}_metrics") or {}).items() if keep(k)})
     return write_report(params, name, report)
 
@@ -148,8 +148,15 @@ def example_keys(params: Params) -> dict:
 # ----------------------------------------------------------------------------------------------
 # LLM stages (LARR stages 1-2, HomoDistil). Folders under paths.llm_dir:
 #   corpus/ tokenizer/ -> pretrained/ -> encoder_teacher/ ; pretrained/ -> student/ -> encoder_student/
-LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher", "scene-encoder"),
-                "student": ("student", "encoder_student", "scene-encoder-student")}
+# model -> (backbone folder, encoder folder) under paths.llm_dir
+LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher"), "student": ("student", "encoder_student")}
+
+
+def encoder_registered_name(params: Params, model: str) -> str:
+    """The registry name of the teacher's encoder is ``contrastive.registered_name``; the student's
+    is the same name with ``-student``."""
+    base = params.contrastive.registered_name
+    return base if model == "teacher" else f"{base}-{model}"
 
 
 def corpus_step(params: Params, run_id: str | None = None) -> dict:
@@ -184,7 +191,8 @@ def contrastive_step(params: Params, model: str = "teacher", run_id: str | None 
     """Contrastive fine-tuning of the teacher or the student into a text encoder; registers it."""
     from components.llm.contrastive import contrastive_step as finetune
 
-    backbone, encoder, registered = LLM_ENCODERS[model]
+    backbone, encoder = LLM_ENCODERS[model]
+    registered = encoder_registered_name(params, model)
     llm = params.path("llm_dir")
     metrics = _numbers(finetune(params, llm / backbone, llm / encoder, run_id=run_id, register_as=registered))
     write_report(params, f"contrastive_{model}", metrics)
@@ -288,12 +296,13 @@ def ctr_figures(params: Params, plots: dict) -> list[Path]:
     return paths
 
 
-def ctr_register_step(params: Params, run_id: str) -> dict:
-    """Register the trained CTR model in MLflow run ``run_id``; champion only if it beats the
-    current one by the margin."""
-    from components.ctr.stage import register_and_promote
+def ctr_register_step(params: Params, run_id: str, flow_run_id: str | None = None) -> dict:
+    """Register the trained CTR model in MLflow run ``run_id``; champion only if it clears the floor
+    and beats the current one by the margin. ``flow_run_id``: the Prefect flow run, tagged on the version."""
+    from components import registry
+    from components.ctr.stage import registry_candidate
 
-    result = register_and_promote(params, run_id)
+    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "ctr_promotion", result, lambda k: k.startswith("all.") and "oracle" not in k)
     return result
 
@@ -320,11 +329,12 @@ def news_step(params: Params, run_id: str | None = None) -> dict:
     return metrics
 
 
-def news_register_step(params: Params, run_id: str) -> dict:
-    """Register the news model; champion only if it beats the champion's dev AUC by the margin."""
-    from components.news.stage import register_and_promote
+def news_register_step(params: Params, run_id: str, flow_run_id: str | None = None) -> dict:
+    """Register the news model; champion only if it clears the floor and beats the champion's dev AUC by the margin."""
+    from components import registry
+    from components.news.stage import registry_candidate
 
-    result = register_and_promote(params, run_id)
+    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "news_promotion", result)
     return result
 
@@ -348,11 +358,12 @@ def instruct_step(params: Params, run_id: str | None = None) -> dict:
     return metrics
 
 
-def hkfr_register_step(params: Params, run_id: str) -> dict:
-    """Register the tuned LLM as ``hkfr-instruct``; champion only if its test AUC beats the champion's."""
-    from components.hkfr.stage import register_and_promote
+def hkfr_register_step(params: Params, run_id: str, flow_run_id: str | None = None) -> dict:
+    """Register the tuned LLM as ``hkfr-instruct``; champion only if its test AUC clears the floor and beats the champion's."""
+    from components import registry
+    from components.hkfr.stage import registry_candidate
 
-    result = register_and_promote(params, run_id)
+    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "hkfr_promotion", result)
     return result
 
@@ -515,7 +526,8 @@ STEPS: dict[str, Step] = _registry(
                                       "user knowledge in Feast")),
     Step("hkfr_register", hkfr_register_step, "hkfr", flow="hkfr", task="register-hkfr-model", registers=True,
          help="register the HKFR model; champion only if better by the margin",
-         params=("hkfr.registered_name", "hkfr.promotion_margin"), inputs=("${paths.hkfr_dir}/model",)),
+         params=("hkfr.registered_name", "hkfr.promotion_margin", "hkfr.promotion_floor_margin"),
+         inputs=("${paths.hkfr_dir}/model",)),
     # CTR (LARR stage 3 + CoFARS), registry
     Step("ctr", ctr_step, "ctr", flow="ctr", task="train-and-evaluate-ctr", tags=("gpu",),
          help="train the CTR/CTCVR model (LARR + CoFARS by default), evaluate it beside the oracle",
@@ -526,7 +538,7 @@ STEPS: dict[str, Step] = _registry(
          outputs=("${paths.ctr_dir}",), summary=_ctr_summary),
     Step("ctr_register", ctr_register_step, "ctr", flow="ctr", task="register-and-promote-ctr", registers=True,
          help="register the trained CTR model; champion only if better by the margin",
-         params=("ctr.registered_name", "ctr.promotion_metric", "ctr.promotion_margin"),
+         params=("ctr.registered_name", "ctr.promotion_metric", "ctr.promotion_margin", "ctr.promotion_floor_margin"),
          inputs=("${paths.ctr_dir}",), summary=_ctr_register_summary),
     # News (PerCoNet on the MIND format)
     Step("news_data", news_data_step, "news", flow="news", task="mind-data",
@@ -540,5 +552,7 @@ STEPS: dict[str, Step] = _registry(
                                       f"{p.path('news_dir') / 'model'}")),
     Step("news_register", news_register_step, "news", flow="news", task="register-news-model", registers=True,
          help="register the news model; champion only if better by the margin",
-         params=("news.registered_name", "ctr.promotion_margin"), inputs=("${paths.news_dir}/model",)),
+         params=("news.registered_name", "news.promotion_margin", "news.promotion_floor_margin",
+                 "ctr.promotion_floor_margin"),
+         inputs=("${paths.news_dir}/model",)),
 )

@@ -8,7 +8,7 @@ from prefect import flow
 
 from components import steps, tracking
 from components.config import HKFRConfig
-from flows.settings import flow_params, publish_comparison
+from flows.settings import flow_params, flow_run_id, publish_comparison
 from flows.tasks import step_task
 
 
@@ -25,7 +25,7 @@ def instruct_task(params, run_id: str) -> dict:
 
 @step_task("hkfr_register")
 def register_task(params, run_id: str) -> dict:
-    return steps.hkfr_register_step(params, run_id=run_id)
+    return steps.hkfr_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
 
 @flow(name="hkfr", log_prints=True)

@@ -7,7 +7,7 @@ from prefect import flow
 
 from components import steps, tracking
 from components.config import NewsConfig
-from flows.settings import flow_params, publish_comparison
+from flows.settings import flow_params, flow_run_id, publish_comparison
 from flows.tasks import step_task
 
 
@@ -24,7 +24,7 @@ def train_task(params) -> dict:
 
 @step_task("news_register")
 def register_task(params, run_id: str) -> dict:
-    return steps.news_register_step(params, run_id=run_id)
+    return steps.news_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
 
 @flow(name="news", log_prints=True)
