@@ -41,9 +41,10 @@ def client(params):
 
 
 def log_pyfunc(params, run_id: str, artifact_name: str, python_model, artifacts: dict, input_example,
-               output_example, registered_name: str, pip_requirements: list[str] | None = None):
+               output_example, registered_name: str, pip_requirements: list[str] | None = None,
+               signature=None):
     """Log ``python_model`` as a pyfunc of run ``run_id`` (signature from the examples) and register
-    it as ``registered_name``; returns the new ``ModelVersion``."""
+    it as ``registered_name`` (``signature`` overrides the inferred one); returns the new ``ModelVersion``."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -55,7 +56,7 @@ def log_pyfunc(params, run_id: str, artifact_name: str, python_model, artifacts:
     with mlflow.start_run(run_id=run_id, nested=active is not None) if ours else nullcontext():
         info = mlflow.pyfunc.log_model(
             name=artifact_name, python_model=python_model, artifacts=artifacts,
-            signature=infer_signature(input_example, output_example), input_example=input_example,
+            signature=signature or infer_signature(input_example, output_example), input_example=input_example,
             pip_requirements=pip_requirements or requirements(), registered_model_name=registered_name,
         )
     if ours and status == "RUNNING":  # leaving the `with` ended the run; the caller still owns it

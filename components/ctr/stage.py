@@ -113,8 +113,10 @@ def register_and_promote(params: Params, run_id: str, model_dir: Path | None = N
 
     py.load_context(_Ctx())  # also the challenger's scorer for the comparison below
     output = py.predict(None, example)
+    from components.serve.schema import pyfunc_signature
+
     mv = registry.log_pyfunc(params, run_id, "ctr_model", CTRPyfunc(), {"model": str(model_dir)}, example, output,
-                             cfg.registered_name)
+                             cfg.registered_name, signature=pyfunc_signature(output))
     version = str(mv.version)
     c = registry.client(params)
     champion = registry.alias_version(c, cfg.registered_name, registry.CHAMPION)

@@ -174,3 +174,15 @@ def validate_behaviors(frame: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame([r.model_dump() for r in rows], columns=list(PushedBehavior.model_fields))
     out["ts"] = pd.to_datetime(out["ts"], utc=True)
     return out
+
+
+def pyfunc_signature(output_example: pd.DataFrame):
+    """The registered pyfunc's MLflow signature: every input column typed ``Any`` and optional, so
+    MLflow's own type enforcement (which refuses an int temperature and passes "False" through as
+    truthy) leaves the input to ``validate_frame``; the output typed from an example."""
+    from mlflow.models import infer_signature
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    inputs = Schema([ColSpec(AnyType(), c, required=False) for c in CandidateRow.model_fields])
+    return ModelSignature(inputs=inputs, outputs=infer_signature(None, output_example).outputs)
