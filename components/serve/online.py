@@ -112,6 +112,19 @@ class RedisBehaviorStore:
         return pd.DataFrame(rows, columns=list(BEHAVIOR_FIELDS))
 
 
+def feast_redis_store(params: Params) -> dict:
+    """Feast's ``online_store`` section for ``serve.redis_url`` (redis://host:port/db)."""
+    from urllib.parse import urlparse
+
+    u = urlparse(params.serve.redis_url)
+    if u.scheme != "redis" or not u.hostname:
+        raise ValueError(f"serve.redis_url: {params.serve.redis_url!r} is not redis://host:port/db")
+    conn = f"{u.hostname}:{u.port or 6379},db={int(u.path.strip('/') or 0)}"
+    if u.password:
+        conn += f",password={u.password}"
+    return {"type": "redis", "redis_type": "redis", "connection_string": conn}
+
+
 def behavior_store(params: Params):
     """The behaviour store on the backend ``serve.online_store`` names."""
     from components.features.store import feast_dir

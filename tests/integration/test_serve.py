@@ -201,3 +201,73 @@ def test_hot_swap_under_a_stream_of_requests_fails_none(project, client):
     assert ready["ready"] and ready["model"]["version"] == new and "artefact unreadable" in ready["last_error"]
     assert client.post("/score", json=req).status_code == 200
     holder.loader = loader
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free 127.0.0.1 port, in a temp dir, stopped afterwards."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server not installed: apt-get install redis-server (.ci/run does)"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    r = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(100):
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.redis
+def test_redis_online_store_materialises_pushes_and_serves(project, redis_url):
+    """The same service with serve.online_store: redis: Feast materialises into a real redis-server,
+    the behaviour store lives there, a push is seen by the next request."""
+    import redis
+
+    from components.features.store import apply_definitions, get_store, materialize
+    from components.serve.app import create_app
+    from components.serve.online import load_behaviors
+
+    params = project.model_copy(update={"serve": project.serve.model_copy(
+        update={"online_store": "redis", "redis_url": redis_url})})
+    assert get_store(params).config.online_store.type == "redis"
+    apply_definitions(params)
+    mat = materialize(params, full=True)
+    assert mat["rows_total"] > 0
+    assert load_behaviors(params) > 0
+    r = redis.Redis.from_url(redis_url)
+    assert any(k.startswith(b"scenerec:behaviors:") for k in r.scan_iter()) and r.dbsize() > 10
+    row, scene = _scene(params)
+    pois = _pois(params, 5)
+    req = {"user_id": str(row["user_id"]), "candidates": pois, **scene}
+    with TestClient(create_app(params, watch=False)) as c:
+        first = c.post("/score", json=req)
+        assert first.status_code == 200, first.text
+        assert first.json()["feature_age_seconds"] is not None
+        order = {"user_id": req["user_id"], "poi_id": pois[1], "behavior": "order", **scene,
+                 "ts": (pd.Timestamp(scene["ts"]) - pd.Timedelta(minutes=1)).isoformat()}
+        assert c.post("/push", json={"behaviors": [order]}).json() == {"pushed": 1}
+        second = c.post("/score", json=req).json()["scores"]
+    assert abs(second[1]["ctr"] - first.json()["scores"][1]["ctr"]) > 1e-6
+    # The same scores as through SQLite for a user the push did not touch.
+    other = {**req, "user_id": str(pd.read_parquet(params.path("curated_dir") / "users.parquet")["user_id"].iloc[1])}
+    with TestClient(create_app(params, watch=False)) as c:
+        via_redis = c.post("/score", json=other).json()["scores"]
+    with TestClient(create_app(project, watch=False)) as c:
+        via_sqlite = c.post("/score", json=other).json()["scores"]
+    np.testing.assert_allclose([s["ctr"] for s in via_redis], [s["ctr"] for s in via_sqlite], rtol=1e-5)
