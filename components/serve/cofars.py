@@ -1,19 +1,20 @@
 """CoFARS served as the paper serves it (METHODS.md §2: "O(|C|·|O|) offline, O(r + |O|) online").
 
 Offline, per user (``build_state``, from the behaviours the model reads: the newest
-``ctr.max_history``): the context nodes (the ``max_contexts`` most frequent known contexts), the
-context–context edges and the target edge's end, per context node its newest
+``ctr.max_history``): the model's own ``CoFARS.offline`` (context nodes, D(C) per node, the true JS,
+the context–context edges, the newest behaviour's node), per context node its newest
 ``max_subsequence`` behaviours, the newest ``short_term`` behaviours, and the history-profile
 aggregates per scope (whole window, per time slot, per context node). A push refreshes it.
 
-Online, per request (``served_forward``): the GRU over the last r behaviours, the prototype graph
-(contexts are nodes, so its size is |C| + 1 + |O|), the prototype selection, the target attention
+Online, per request (``served_forward``): the model's own ``CoFARS.forward`` (the GRU over the last
+r behaviours, the temporal graph over the |C| context nodes, target and |O| prototypes, the GAT,
+the prototype selection), then the target attention
 over the selected sub-sequence (at most ``max_subsequence`` keys) and the profile looked up from the
 aggregates: nothing reads the history, so the cost does not grow with its length n. The scores are
 those of ``CTRModel.forward`` on the same window (tests/unit/test_serve_cofars.py).
 
-Built on the model's own submodules (``model.cofars``: context embedding, probability encoder,
-prototypes, GAT, GRU; ``model.attention``; ``model.bottom``/``heads``) so it follows any retraining.
+Built on the model's own functions and submodules (``model.cofars.offline`` / ``model.cofars``,
+``model.attention``, ``model.bottom`` / ``heads``), so it follows any retraining.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from components.ctr.cofars import gumbel_binarize, pairwise_symmetric_kl
+from components.ctr.cofars import ContextGraph
 from components.ctr.model import MAX_POSITION
 
 # Per-behaviour arrays a state is built from (one user, oldest first).
@@ -84,10 +85,8 @@ class CoFARSState:
     """The offline part of CoFARS for one user's window of n behaviours."""
 
     n: int
-    node_ctx: np.ndarray  # (M,) context ids of the nodes (known contexts with behaviours)
-    adjacency: np.ndarray  # (M, M) bool: consecutive behaviours in two different nodes
-    last_node: int  # node of the newest behaviour (-1: its context is no node)
-    node_keys: list[np.ndarray]  # per node: positions of its newest max_subsequence behaviours
+    graph: ContextGraph  # CoFARS.offline of the window, batch of one: nodes, edges, newest node, D(C), JS
+    node_keys: list[np.ndarray]  # per node slot: positions of its newest max_subsequence behaviours
     short: np.ndarray  # positions of the newest short_term behaviours
     behaviours: dict  # the per-behaviour arrays at those positions only (position -> arrays)
     whole: Scope
@@ -100,30 +99,25 @@ def build_state(model, h: dict) -> CoFARSState:
     """The offline state of one user's window ``h`` (HIST_KEYS arrays, oldest first, all real)."""
     cfg = model.cfg
     n = len(h["hist_row"])
-    ctx = np.asarray(h["hist_context"], np.int64)
-    # Same node choice as CoFARS._nodes (torch.topk over the counts, unknown context 0 excluded).
-    n_ctx = model.cofars.context_emb.num_embeddings
-    counts = torch.zeros(n_ctx)
-    counts.scatter_add_(0, torch.as_tensor(ctx), torch.ones(n))
-    counts[0] = 0
-    top, node_ctx = counts.topk(min(cfg.max_contexts, n_ctx))
-    node_ctx = node_ctx[top > 0].numpy()
-    slot_of = {int(c): i for i, c in enumerate(node_ctx)}
-    slot = np.array([slot_of.get(int(c), -1) for c in ctx], np.int64)
+    ctx = torch.as_tensor(np.asarray(h["hist_context"], np.int64)).view(1, n)
+    attributes = torch.stack([torch.as_tensor(np.asarray(h[k], np.int64)) for k in
+                              ("hist_category", "hist_price", "hist_rating", "hist_delivery")], -1).view(1, n, 4)
+    with torch.no_grad():  # the model's own offline function (D(C) and the true JS come with it)
+        graph = model.cofars.offline(ctx, torch.ones(1, n, dtype=torch.bool), attributes) if n else None
+    if graph is None or not bool(graph.node_ok.any()):  # no known context: one empty node slot
+        graph = ContextGraph(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.bool),
+                             torch.zeros(1, 1, 1, dtype=torch.bool), torch.full((1,), -1, dtype=torch.long))
+    node_ctx, node_ok = graph.node_context[0].numpy(), graph.node_ok[0].numpy()
     m = len(node_ctx)
-    adj = np.zeros((m, m), bool)
-    if n > 1:
-        a, b = slot[:-1], slot[1:]
-        ok = (a >= 0) & (b >= 0) & (a != b)
-        adj[a[ok], b[ok]] = True
-        adj[b[ok], a[ok]] = True
+    slot_of = {int(c): i for i, (c, ok) in enumerate(zip(node_ctx, node_ok)) if ok}
+    slot = np.array([slot_of.get(int(c), -1) for c in ctx[0].tolist()], np.int64)
     weight = model.behavior_weight.numpy()[np.clip(h["hist_behavior"], 0, 4)] if model.profile_scopes else np.ones(n)
     node_keys = [np.flatnonzero(slot == i)[-cfg.max_subsequence:] for i in range(m)]
     short = np.arange(max(n - cfg.short_term, 0), n)
     keep = np.unique(np.concatenate([short, *node_keys])) if n else np.zeros(0, np.int64)
     hslot = np.asarray(h["hist_slot"])
     return CoFARSState(
-        n=n, node_ctx=node_ctx, adjacency=adj, last_node=int(slot[-1]) if n else -1, node_keys=node_keys,
+        n=n, graph=graph, node_keys=node_keys,
         short=short, behaviours={k: np.asarray(v)[keep] for k, v in h.items() if v is not None} | {"_pos": keep},
         whole=Scope.of(weight, h), per_slot={int(s): Scope.of(weight * (hslot == s), h) for s in np.unique(hslot) if s > 0},
         per_node=[Scope.of(weight * (slot == i), h) for i in range(m)],
@@ -163,36 +157,16 @@ def _profile(scope: Scope, b: dict, use_text: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def select_nodes(model, user: torch.Tensor, context: torch.Tensor, state: CoFARSState,
-                 short_term: torch.Tensor) -> np.ndarray:
-    """CoFARS phase 1 online on the precomputed nodes: (M,) bool, the context nodes chosen for this
-    request (CoFARS.forward's prototype graph, attachment and selection, without the history)."""
-    co, cfg = model.cofars, model.cfg
-    m = len(state.node_ctx)
-    c = user.unsqueeze(0) + co.context_emb(torch.as_tensor(state.node_ctx))  # (M, d)
-    p_c = co.prob(torch.zeros_like(c), c)
-    o = co.prototypes(user.unsqueeze(0))[0]  # (P, d)
-    p_o = co.prob(torch.zeros_like(o), o)
-    c_t = user + co.context_emb(context)
-    p_t = co.prob(torch.zeros_like(c_t), c_t)
-    sim_oc = 1 - pairwise_symmetric_kl(p_o, torch.cat([p_c, p_t.unsqueeze(0)], 0))  # (P, M+1)
-    attach = F.one_hot(sim_oc.T.argmax(-1), sim_oc.shape[0]).T > 0  # (P, M+1)
-    n_p = o.shape[0]
-    adj = torch.zeros(m + 1 + n_p, m + 1 + n_p, dtype=torch.bool)
-    adj[:m, :m] = torch.as_tensor(state.adjacency)
-    if state.last_node >= 0:
-        adj[m, state.last_node] = adj[state.last_node, m] = True
-    adj[m + 1:, : m + 1] = attach
-    adj[: m + 1, m + 1:] = attach.T
-    x = torch.cat([c, c_t.unsqueeze(0), o], 0).unsqueeze(0)
-    for layer in co.gat:
-        x = x + F.elu(layer(x, adj.unsqueeze(0)))
-    t_ref, o_ref = x[0, m], x[0, m + 1:]
-    p_oref = co.prob(torch.zeros_like(o_ref), o_ref)
-    p_tref = co.prob(torch.zeros_like(t_ref), t_ref)
-    sim_t = 1 - pairwise_symmetric_kl(p_oref, p_tref.unsqueeze(0)).squeeze(-1)  # (P,)
-    z = gumbel_binarize(sim_t * (o_ref @ short_term), cfg.select_temperature, hard=True, noise=False)
-    return ((z > 0.5).unsqueeze(-1) & attach[:, :m]).any(0).numpy()
+def select_nodes(model, user: torch.Tensor, context: torch.Tensor, state: CoFARSState, window: torch.Tensor) -> np.ndarray:
+    """CoFARS's online pass (``CoFARS.forward``: short-term GRU, temporal graph over the precomputed
+    context nodes and the prototypes, GAT, selection) for one request: (M,) bool chosen node slots.
+    window (k, d): the embeddings of the last r behaviours, oldest first."""
+    g = state.graph
+    graph = ContextGraph(g.node_context, g.node_ok, g.adjacency, g.last_node)  # no L_MSE target online
+    sel = model.cofars(user.unsqueeze(0), context.view(1), graph, window.unsqueeze(0),
+                       torch.ones(1, window.shape[0], dtype=torch.bool) if state.n else
+                       torch.zeros(1, window.shape[0], dtype=torch.bool))
+    return sel["chosen"][0].numpy()
 
 
 @torch.no_grad()
@@ -201,10 +175,10 @@ def served_sequence_vector(model, b: dict, cand: torch.Tensor, state: CoFARSStat
     cfg = model.cfg
     user = model.user_emb(b["user"])[0]
     d = cand.shape[-1]
-    # GRU over the last r behaviours (a window shorter than r runs as many steps; none: one zero step).
-    seq = _embed(model, state, state.short) if state.n else torch.zeros(1, d)
-    _, h_n = model.cofars.gru(seq.unsqueeze(0))
-    chosen = select_nodes(model, user, b["context"][0], state, h_n[-1][0])
+    # The last r behaviours (a window shorter than r is as long as the history; none: one empty step),
+    # as CTRModel.select gathers them for a request of its own.
+    window = _embed(model, state, state.short) if state.n else torch.zeros(1, d)
+    chosen = select_nodes(model, user, b["context"][0], state, window)
     picked = [state.node_keys[i] for i in np.flatnonzero(chosen)]
     if picked:
         keys_pos = np.sort(np.concatenate(picked))[-cfg.max_subsequence:]
