@@ -133,7 +133,7 @@ def start_server(params_file: Path, overrides: dict, port: int, log: Path, snaps
                             cwd=str(params_file.parent))
 
 
-def wait_ready(port: int, proc, timeout: float = 300) -> dict:
+def wait_ready(port: int, proc, timeout: float = 900) -> dict:
     import httpx
 
     t0 = time.time()
