@@ -51,6 +51,12 @@ class GenerateConfig(Section):
     position_bias: float = Field(0.12, ge=0)
     ctr: float = Field(0.08, gt=0, lt=1)  # mean P(click) over impressions (the click bias is calibrated to it)
     cvr: float = Field(0.3, gt=0, lt=1)  # mean P(order | click) over impressions
+    # What real logs change between companies (the world family of benchmarks/ctr_quality.py):
+    price_scale: float = Field(1.0, gt=0, le=1000)  # written prices in another currency / price level
+    rating_mean: float = Field(4.3, ge=0, le=5)  # written ratings: where the platform's ratings sit ...
+    rating_spread: float = Field(0.35, ge=0, le=2)  # ... and how much quality moves them
+    temperature_offset: float = Field(0.0, ge=-30, le=30)  # a colder / warmer market (deg C added to the climate)
+    temperature_effect: float = Field(1.0, ge=0, le=5)  # how strongly temperature shifts what is wanted
     format: Literal["parquet", "csv"] = "parquet"
 
     @field_validator("start")
@@ -323,6 +329,7 @@ class CTRConfig(Section):
     max_subsequence: int = Field(64, ge=1)
     sim_max: int = Field(64, ge=1)
     history_profile: bool = True
+    numeric_bins: int = Field(4, ge=2, le=64)  # quantile bins of PoI price / rating / delivery, learnt on the training split
     user_knowledge: bool = False
     profile_behavior_weights: list[float] = [1.0, 2.0, 2.0, 3.0]
     gat_layers: int = Field(1, ge=0)
