@@ -135,6 +135,66 @@ def print_world(world: str, table: dict, oracle: dict, seeds) -> None:
               + (f"  ({', '.join(sorted(set(row['variant'])))})" if "variant" in row else ""))
 
 
+def family_summary(worlds: dict, models: list[str], peers: list[str]) -> tuple[dict, dict]:
+    """Each model's AUC averaged over the worlds (per seed, then mean ± std over seeds), printed,
+    and larr_cofars against the best peer on that average and on every world."""
+    avg = {}
+    for name in models:
+        if not all(name in w["runs"] for w in worlds.values()):
+            continue  # a family average only over worlds that all ran the model
+        row = {}
+        for k in ("all.auc.ctr", "all.auc.ctcvr"):
+            n = min(len(w["runs"][name]) for w in worlds.values())
+            per_seed = np.array([[r.get(k, np.nan) for r in w["runs"][name][:n]] for w in worlds.values()], float)
+            fam = np.nanmean(per_seed, 0)  # one family mean per seed
+            row[k] = {"mean": round(float(fam.mean()), 4), "std": round(float(fam.std()), 4)}
+        avg[name] = row
+    if len(worlds) > 1:
+        print(f"\nFamily average over {list(worlds)} (mean ± std over seeds of the per-seed family mean)")
+        print(f"{'model':<14}{'CTR AUC':>18}{'CTCVR AUC':>18}")
+        for name, row in avg.items():
+            print(f"{name:<14}{row['all.auc.ctr']['mean']:>9.4f} ± {row['all.auc.ctr']['std']:.4f}"
+                  f"{row['all.auc.ctcvr']['mean']:>9.4f} ± {row['all.auc.ctcvr']['std']:.4f}")
+    peers = [p for p in peers if p in avg]
+    summary = {}
+    if FULL in avg and peers:
+        best = max(peers, key=lambda p: avg[p]["all.auc.ctr"]["mean"])
+        summary = {"best_peer_on_family_ctr": best,
+                   "family_margin_ctr": round(avg[FULL]["all.auc.ctr"]["mean"] - avg[best]["all.auc.ctr"]["mean"], 4),
+                   "beats_best_peer_beyond_spread_on_every_world": {
+                       w: {t: v["beats_every_one_beyond_spread"] for t, v in d["verdict_vs_peers"].items()}
+                       for w, d in worlds.items()}}
+        print(f"\n{FULL} vs best peer on the family average ({best}): CTR AUC {summary['family_margin_ctr']:+.4f} "
+              f"(target >= +0.005)")
+        for w, d in worlds.items():
+            for task, v in d["verdict_vs_peers"].items():
+                print(f"  [{w}] {task.upper()}: best peer {v['best']}, margin {v['margin']:+.4f} (spread "
+                      f"{v['seed_spread']:.4f}); beats every peer beyond the spread: {v['beats_every_one_beyond_spread']}")
+    return avg, summary
+
+
+def combine(paths: list[str], out: Path) -> int:
+    """Merge the worlds of several ctr_quality reports (runs split over processes) into one report
+    with the family average, and print it."""
+    import json
+
+    from ctr_peers import PEERS
+
+    worlds, first = {}, None
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        first = first or d
+        for w, v in d["worlds"].items():
+            worlds[w] = v
+            print_world(w, v["models"], v["oracle"], d["seeds"])
+    models = list(dict.fromkeys(m for w in worlds.values() for m in w["models"]))
+    avg, summary = family_summary(worlds, models, [p for p in PEERS if p in models])
+    default = worlds.get("default") or next(iter(worlds.values()))
+    save_report({**first, "worlds": worlds, "family_average": avg, "summary": summary, "combined_from": paths,
+                 "oracle": default["oracle"], "models": default["models"]}, out)
+    return 0
+
+
 def main(argv=None) -> int:
     from ctr_peers import PEERS
     from worlds import WORLDS, family, world_params
@@ -144,10 +204,14 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", nargs="*", default=list(PEERS), help="peers to train beside them ([] = none)")
     ap.add_argument("--worlds", nargs="+", default=["default"], help=f"default | family | any of {list(WORLDS)}")
     ap.add_argument("--quick", action="store_true", help="seed 0 only, larr_cofars and din_full only")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="REPORT",
+                    help="train nothing: merge the worlds of these reports into --out with the family average")
     setup = ctr_benchmark_setup(ap, argv, "ctr_quality")
     if setup is None:
         return 2
     args, params, cfg = setup
+    if args.combine:
+        return combine(args.combine, Path(args.out))
     from components.ctr.data import build_dataset
 
     seeds = [args.seeds[0]] if args.quick else args.seeds
@@ -180,35 +244,7 @@ def main(argv=None) -> int:
         print_world(world, table, oracle, seeds)
         del ds
 
-    # Family average: each model's mean AUC over the worlds (and the spread of that over seeds).
-    avg = {}
-    for name in models:
-        row = {}
-        for k in ("all.auc.ctr", "all.auc.ctcvr"):
-            per_seed = np.array([[r.get(k, np.nan) for r in w["runs"][name]] for w in worlds.values()], float)
-            fam = np.nanmean(per_seed, 0)  # one family mean per seed
-            row[k] = {"mean": round(float(fam.mean()), 4), "std": round(float(fam.std()), 4)}
-        avg[name] = row
-    if len(worlds) > 1:
-        print(f"\nFamily average over {list(worlds)} (mean ± std over seeds of the per-seed family mean)")
-        for name, row in avg.items():
-            print(f"{name:<14}{row['all.auc.ctr']['mean']:>9.4f} ± {row['all.auc.ctr']['std']:.4f}"
-                  f"{row['all.auc.ctcvr']['mean']:>9.4f} ± {row['all.auc.ctcvr']['std']:.4f}")
-    peers = [p for p in args.peers if p in avg]
-    summary = {}
-    if FULL in avg and peers:
-        best = max(peers, key=lambda p: avg[p]["all.auc.ctr"]["mean"])
-        summary = {"best_peer_on_family_ctr": best,
-                   "family_margin_ctr": round(avg[FULL]["all.auc.ctr"]["mean"] - avg[best]["all.auc.ctr"]["mean"], 4),
-                   "beats_best_peer_beyond_spread_on_every_world": {
-                       w: {t: v["beats_every_one_beyond_spread"] for t, v in d["verdict_vs_peers"].items()}
-                       for w, d in worlds.items()}}
-        print(f"\n{FULL} vs best peer on the family ({best}): CTR AUC {summary['family_margin_ctr']:+.4f} "
-              f"(target >= +0.005)")
-        for w, d in worlds.items():
-            for task, v in d["verdict_vs_peers"].items():
-                print(f"  [{w}] {task.upper()}: best peer {v['best']}, margin {v['margin']:+.4f} (spread "
-                      f"{v['seed_spread']:.4f}); beats every peer beyond the spread: {v['beats_every_one_beyond_spread']}")
+    avg, summary = family_summary(worlds, models, args.peers)
     default = worlds.get("default") or next(iter(worlds.values()))
     save_report({"benchmark": "ctr_quality", "machine": platform.platform(), "seeds": seeds, "quick": args.quick,
                  "worlds": worlds, "family_average": avg, "summary": summary,

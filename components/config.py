@@ -299,7 +299,7 @@ class EmbedConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
-CTR_MODELS = ("id_only", "avg_pool", "din_full", "sim_hard", "cofars", "larr_din", "larr_cofars")
+CTR_MODELS = ("id_only", "avg_pool", "din_full", "sim_hard", "cofars", "larr_din", "larr_cofars", "lightgbm")
 
 
 class CTRConfig(Section):
@@ -558,10 +558,14 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message says where and why."""
 
 
+TUNED_PARAMS = "params.tuned.yaml"  # written by `scenerec tune`, merged over params.yaml
+
+
 def load_params(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Params:
     """Load and validate params.yaml (default: ./params.yaml or $SCENEREC_PARAMS).
 
-    ``overrides`` is a nested dict merged over the file (used by flows and tests).
+    ``overrides`` is a nested dict merged over the file (used by flows and tests), after
+    ``params.tuned.yaml`` beside it when present (the best knobs `scenerec tune` found).
     """
     path = Path(path or os.environ.get("SCENEREC_PARAMS", DEFAULT_PARAMS)).resolve()
     if not path.exists():
@@ -572,6 +576,15 @@ def load_params(path: str | os.PathLike | None = None, overrides: dict | None = 
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    tuned = path.parent / TUNED_PARAMS
+    if tuned.exists():
+        try:
+            extra = yaml.safe_load(tuned.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{tuned}: not valid YAML: {e}") from None
+        if not isinstance(extra, dict):
+            raise ParamsError(f"{tuned}: expected a mapping of sections (e.g. ctr: {{lr: 0.003}})")
+        raw = _merge(raw, extra)
     raw = _merge(raw, overrides or {})
     try:
         return Params(**raw, root=path.parent)
