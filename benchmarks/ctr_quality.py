@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     from worlds import WORLDS, family, world_params
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=None, help=f"our models (default: all; --quick: {QUICK})")
+    ap.add_argument("--models", nargs="*", default=None, help=f"our models (default: all; --quick: {QUICK})")
     ap.add_argument("--peers", nargs="*", default=list(PEERS), help="peers to train beside them ([] = none)")
     ap.add_argument("--worlds", nargs="+", default=["default"], help=f"default | family | any of {list(WORLDS)}")
     ap.add_argument("--quick", action="store_true", help="seed 0 only, larr_cofars and din_full only")
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     from components.ctr.data import build_dataset
 
     seeds = [args.seeds[0]] if args.quick else args.seeds
-    ours = args.models or list(QUICK if args.quick else ALL)
+    ours = args.models if args.models is not None else list(QUICK if args.quick else ALL)
     models = ours + [p for p in args.peers if p not in ours]
     t0 = time.perf_counter()
     worlds = {}

@@ -115,8 +115,37 @@ class GBDTConfig:
 class GBDTModel:
     """Two LightGBM boosters (click, click-and-order) on the chosen feature variant."""
 
+    name = "lightgbm"
+    use_text = False  # reads no LLM embeddings
+
     def __init__(self, variant: str, boosters: dict, max_history: int, info: dict):
         self.variant, self.boosters, self.max_history, self.info = variant, boosters, max_history, info
+
+    def eval(self) -> "GBDTModel":
+        return self
+
+    def save(self, out_dir) -> None:
+        """``gbdt_ctr.txt`` / ``gbdt_ctcvr.txt`` (LightGBM's text format) and ``gbdt.json``."""
+        import json
+        from pathlib import Path
+
+        out_dir = Path(out_dir)
+        for task, b in self.boosters.items():
+            b.save_model(str(out_dir / f"gbdt_{task}.txt"))
+        (out_dir / "gbdt.json").write_text(json.dumps({"variant": self.variant, "max_history": self.max_history,
+                                                       "info": self.info}, default=float))
+
+    @classmethod
+    def load(cls, model_dir) -> "GBDTModel":
+        import json
+        from pathlib import Path
+
+        import lightgbm as lgb
+
+        model_dir = Path(model_dir)
+        meta = json.loads((model_dir / "gbdt.json").read_text())
+        boosters = {t: lgb.Booster(model_file=str(model_dir / f"gbdt_{t}.txt")) for t in ("ctr", "ctcvr")}
+        return cls(meta["variant"], boosters, int(meta["max_history"]), meta["info"])
 
     def rows(self, data: RequestData, ds: CTRDataset) -> pd.DataFrame:
         history, ids = VARIANTS[self.variant]
@@ -127,7 +156,8 @@ class GBDTModel:
         x = self.rows(data, ds)
         out = flat_labels(data)
         out["ctr"] = self.boosters["ctr"].predict(x, num_threads=self.info["num_threads"])
-        out["ctcvr"] = self.boosters["ctcvr"].predict(x, num_threads=self.info["num_threads"])
+        # P(click and order) can never exceed P(click); two separate boosters do not know that.
+        out["ctcvr"] = np.minimum(self.boosters["ctcvr"].predict(x, num_threads=self.info["num_threads"]), out["ctr"])
         return out
 
 
