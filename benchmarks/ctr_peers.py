@@ -130,8 +130,8 @@ class DeepCTRPeer:
     def predict(self, data: RequestData, ds: CTRDataset) -> dict[str, np.ndarray]:
         out = flat_labels(data)
         p = self.model.predict(_inputs(data, ds, self.maxlen), batch_size=8192)
-        if p.ndim == 2:  # ESMM: [ctr, ctcvr]
+        if p.ndim == 2 and p.shape[1] == 2:  # ESMM: [ctr, ctcvr]
             out["ctr"], out["ctcvr"] = p[:, 0], p[:, 1]
         else:  # DIN is single-task: it ranks CTCVR by its CTR score (what a user of it would serve)
-            out["ctr"] = out["ctcvr"] = p.reshape(-1)
+            out["ctr"] = out["ctcvr"] = p.reshape(-1)  # (n, 1) from DIN
         return out
