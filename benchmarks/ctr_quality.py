@@ -12,6 +12,8 @@ peers with their libraries' usual settings and early stopping on the same valida
 Every model runs on one CPU thread, so training rows/s (training rows x epochs / seconds; for
 LightGBM rows / seconds of fitting the chosen variant's two boosters) and scoring rows/s (test
 rows / seconds) compare like with like. ``--quick``: seed 0, larr_cofars and din_full only.
+``--combine REPORT ...`` trains nothing: it merges per-world reports (worlds run in parallel
+processes) into ``--out`` with the family average.
 Prints per world and model CTR / CTCVR AUC (mean ± std over seeds), GAUC, cold-user AUC, the
 gap to the oracle and both speeds, then the family average; writes reports/benchmarks/ctr_quality.json.
 """
