@@ -214,6 +214,31 @@ def cmd_online(args, params) -> int:
     return 0
 
 
+def cmd_serve(args, params) -> int:
+    from components.serve.app import serve
+
+    serve(params, args.host, args.port)
+    return 0
+
+
+def cmd_push(args, params) -> int:
+    import pandas as pd
+
+    from components.serve.online import push_behaviors
+    from components.serve.schema import InvalidRequest
+
+    path = Path(args.file)
+    df = (pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path) if path.suffix == ".csv"
+          else pd.read_json(path, lines=path.suffix == ".jsonl"))
+    try:
+        n = push_behaviors(params, df)
+    except InvalidRequest as e:
+        print(f"scenerec push: {path}: nothing pushed\n" + "\n".join(e.errors), file=sys.stderr)
+        return 3
+    print(f"pushed {n} behaviours from {path}: the next request sees them")
+    return 0
+
+
 def cmd_pipeline(args, params) -> int:
     from flows.pipeline import pipeline
 
@@ -299,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--poi-id", required=True)
     o.add_argument("--context-id", default=None, help='e.g. "office|lunch|rainy"')
     o.set_defaults(func=cmd_online)
+
+    sv = sub.add_parser("serve", help="serve the champion CTR model over HTTP (127.0.0.1 by default)")
+    sv.add_argument("--host", default=None, help="bind address (default: serve.host)")
+    sv.add_argument("--port", type=int, default=None, help="port (default: serve.port)")
+    sv.set_defaults(func=cmd_serve)
+    pu = sub.add_parser("push", help="push new behaviours (parquet/csv/json[l], curated behaviour columns) online")
+    pu.add_argument("file")
+    pu.set_defaults(func=cmd_push)
 
     pl = sub.add_parser("pipeline", help="run the whole pipeline as a Prefect flow (no server needed)")
     pl.add_argument("--batch", default=None, help="your own batch folder (default: generate a synthetic one)")

@@ -529,6 +529,17 @@ class HKFRConfig(Section):
         return self
 
 
+class ServeConfig(Section):
+    """`scenerec serve`: the online scoring service, its online stores and its limits."""
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    max_candidates: int = Field(2000, ge=1)
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    champion_poll_seconds: float = Field(5.0, gt=0)
+    model_name: str | None = None  # registered model to serve; null = ctr.registered_name
+
+
 class TrackingConfig(Section):
     experiment: str = "scenerec"
     tracking_uri: str = "sqlite:///mlflow.db"
@@ -547,6 +558,7 @@ class Params(Section):
     ctr: CTRConfig = CTRConfig()
     news: NewsConfig = NewsConfig()
     hkfr: HKFRConfig = HKFRConfig()
+    serve: ServeConfig = ServeConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     # Directory that relative paths are resolved against (the folder holding params.yaml).

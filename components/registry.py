@@ -64,9 +64,10 @@ def client(params):
 
 
 def log_pyfunc(params, run_id: str, artifact_name: str, python_model, artifacts: dict, input_example,
-               output_example, registered_name: str, pip_requirements: list[str] | None = None):
+               output_example, registered_name: str, pip_requirements: list[str] | None = None,
+               signature=None):
     """Log ``python_model`` as a pyfunc of run ``run_id`` (signature from the examples) and register
-    it as ``registered_name``; returns the new ``ModelVersion``."""
+    it as ``registered_name`` (``signature`` overrides the inferred one); returns the new ``ModelVersion``."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -78,7 +79,7 @@ def log_pyfunc(params, run_id: str, artifact_name: str, python_model, artifacts:
     with mlflow.start_run(run_id=run_id, nested=active is not None) if ours else nullcontext():
         info = mlflow.pyfunc.log_model(
             name=artifact_name, python_model=python_model, artifacts=artifacts,
-            signature=infer_signature(input_example, output_example), input_example=input_example,
+            signature=signature or infer_signature(input_example, output_example), input_example=input_example,
             pip_requirements=pip_requirements or requirements(), registered_model_name=registered_name,
         )
     if ours and status == "RUNNING":  # leaving the `with` ended the run; the caller still owns it
@@ -184,6 +185,7 @@ class Candidate:
     baseline_name: str = "popularity"
     tags: dict = field(default_factory=dict)           # lineage_tags(...)
     pip_requirements: list[str] | None = None
+    signature: Callable[[Any], Any] | None = None      # (output example) -> MLflow signature; None: inferred
 
 
 def _context(artifacts: dict):
@@ -204,8 +206,10 @@ def register_candidate(params, run_id: str, candidate: Candidate, by: str | None
         artifacts, example = candidate.prepare(tmp)
         challenger = candidate.python_model()
         challenger.load_context(_context(artifacts))
+        output = challenger.predict(None, example)
         mv = log_pyfunc(params, run_id, candidate.artifact_name, candidate.python_model(), artifacts, example,
-                        challenger.predict(None, example), name, candidate.pip_requirements)
+                        output, name, candidate.pip_requirements,
+                        candidate.signature(output) if candidate.signature else None)
         version = str(mv.version)
         c = client(params)
         for k, v in candidate.tags.items():

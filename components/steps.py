@@ -87,6 +87,9 @@ def features_step(params: Params) -> dict:
     rows = build_feature_tables(params.path("curated_dir"), params.features, params.path("features_dir"))
     apply_definitions(params)
     mat = materialize(params)
+    from components.serve.online import load_behaviors
+
+    mat["behaviors"] = load_behaviors(params)  # the online behaviour store the service reads histories from
     training = build_training_set(params)
     train_rows = len(pd.read_parquet(training, columns=["user_id"]))
     metrics = {

@@ -128,6 +128,7 @@ def registry_candidate(params: Params, model_dir: Path | None = None, flow_run_i
     champion on the same test rows, ``ctr.promotion_metric`` / ``promotion_margin`` / ``promotion_floor_margin``."""
     from components import registry
     from components.ctr.serving import CTRPyfunc, example_request
+    from components.serve.schema import pyfunc_signature
 
     cfg = params.ctr
     model_dir = Path(model_dir or ctr_dir(params) / MODEL_DIR)
@@ -145,4 +146,4 @@ def registry_candidate(params: Params, model_dir: Path | None = None, flow_run_i
         name=cfg.registered_name, artifact_name="ctr_model", python_model=CTRPyfunc, prepare=prepare, score=score,
         metric=f"all.{cfg.promotion_metric}", margin=cfg.promotion_margin, floor_margin=cfg.promotion_floor_margin,
         baseline=lambda: popularity_baseline(params, model_dir), baseline_name="popularity",
-        tags=registry.lineage_tags(params, "ctr", architecture, flow_run_id))
+        tags=registry.lineage_tags(params, "ctr", architecture, flow_run_id), signature=pyfunc_signature)
