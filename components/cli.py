@@ -79,6 +79,15 @@ def add_step_commands(sub) -> None:
         sp.set_defaults(func=_step_command(steps))
 
 
+def cmd_tune(args, params) -> int:
+    from components.steps import tune_step
+
+    out = _tracked(params, "tune", tune_step, args.trials, args.budget_seconds, section="ctr")
+    print(f"best validation CTR AUC {out['best_valid_auc_ctr']} after {out['trials']} trials: {out['best']}")
+    print(f"  written to {out['written']} (merged over params.yaml: `scenerec ctr` / `dvc repro` train with it)")
+    return 0
+
+
 def cmd_promote(args, params) -> int:
     from components import registry
 
@@ -169,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_step_commands(sub)
+    tu = sub.add_parser("tune", help="Optuna search over the CTR knobs on the validation split; best -> params.tuned.yaml")
+    tu.add_argument("--trials", type=int, default=20, help="at most this many trials")
+    tu.add_argument("--budget-seconds", type=float, default=1800.0, help="stop starting trials after this long")
+    tu.set_defaults(func=cmd_tune)
     for cmd, text, fn in [("promote", "give a model version the champion alias (manual path)", cmd_promote),
                           ("rollback", "give the champion alias back to the previous champion", cmd_rollback),
                           ("audit", "show the aliases and the audit trail; flags alias changes made outside scenerec (exit 1)",

@@ -240,6 +240,16 @@ def ctr_step(params: Params, model: str | None = None, run_id: str | None = None
     return summary
 
 
+def tune_step(params: Params, trials: int, budget_seconds: float, run_id: str | None = None) -> dict:
+    """Optuna search over the CTR knobs (trials nested under ``run_id``); best -> params.tuned.yaml."""
+    from components.ctr.tune import tune_ctr
+
+    out = tune_ctr(params, trials, budget_seconds, parent_run_id=run_id)
+    write_report(params, "tune", {"best_valid_auc_ctr": out["best_valid_auc_ctr"], "trials": out["trials"],
+                                  "seconds": out["seconds"], **{f"best.{k}": v for k, v in out["best"].items()}})
+    return out
+
+
 def write_ctr_plots(params: Params, plots: dict) -> list[Path]:
     """reports/plots/ctr_{roc,calibration,training}.csv, one column per task (DVC plots)."""
     out = params.path("reports_dir") / "plots"
@@ -536,7 +546,7 @@ STEPS: dict[str, Step] = _registry(
          help="train the CTR/CTCVR model (LARR + CoFARS by default), evaluate it beside the oracle",
          params=("seed", "ctr"), arguments=(arg("--model", choices=CTR_MODELS, default=None,
                                                 help="model or baseline (default: ctr.model)"),),
-         inputs=("${paths.features_dir}", "${paths.embeddings_dir}", _CURATED,
+         inputs=("params.tuned.yaml", "${paths.features_dir}", "${paths.embeddings_dir}", _CURATED,
                  "${paths.hkfr_dir}/user_knowledge.parquet"),
          outputs=("${paths.ctr_dir}",), summary=_ctr_summary),
     Step("ctr_register", ctr_register_step, "ctr", flow="ctr", task="register-and-promote-ctr", registers=True,
