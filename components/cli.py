@@ -116,8 +116,11 @@ def cmd_ctr_register(args, params) -> int:
 def cmd_promote(args, params) -> int:
     from components import registry
 
+    from components.locks import hold
+
     name = args.name or params.ctr.registered_name
-    out = registry.promote(params, name, args.version, args.reason, by=args.by)
+    with hold(params, "registry", f"promote {name}"):
+        out = registry.promote(params, name, args.version, args.reason, by=args.by)
     print(f"{name}: champion is version {out['champion']} (was {out['previous']}); reason: {args.reason}")
     return 0
 
@@ -125,8 +128,11 @@ def cmd_promote(args, params) -> int:
 def cmd_rollback(args, params) -> int:
     from components import registry
 
+    from components.locks import hold
+
     name = args.name or params.ctr.registered_name
-    out = registry.rollback(params, name, args.reason, by=args.by)
+    with hold(params, "registry", f"rollback {name}"):
+        out = registry.rollback(params, name, args.reason, by=args.by)
     print(f"{name}: rolled back from version {out['rolled_back']} to version {out['champion']}; reason: {args.reason}")
     return 0
 
@@ -296,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__name__ in ("BatchRejected", "MindRejected"):
             print(f"scenerec {args.command}: batch rejected\n{e}", file=sys.stderr)
             return 3
+        if type(e).__name__ == "LockTimeout":
+            print(f"scenerec {args.command}: {e}", file=sys.stderr)
+            return 4
         raise
 
 

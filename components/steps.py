@@ -7,20 +7,20 @@ one implementation; the callers only decide where the metrics are logged.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from components.atomic import write_json_atomic
 from components.config import Params
+from components.locks import hold
 
 
 def write_report(params: Params, name: str, data: dict) -> Path:
-    """Write ``reports/<name>.json`` (flat numbers, so `dvc metrics show` can read it)."""
-    path = params.path("reports_dir") / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
-    return path
+    """Write ``reports/<name>.json`` atomically (flat numbers, so `dvc metrics show` can read it)."""
+    return write_json_atomic(params.path("reports_dir") / f"{name}.json", data)
 
 
 def write_promotion_report(params: Params, name: str, result: dict, keep=lambda key: True) -> Path:
@@ -37,12 +37,16 @@ def generate_step(params: Params, out_dir: Path | None = None) -> dict:
     """Write a synthetic batch in the raw contract (default: paths.raw_batch)."""
     from components.data.generate import generate_batch
 
-    out_dir = Path(out_dir) if out_dir else params.path("raw_batch")
+    default = params.path("raw_batch")
+    out_dir = Path(out_dir) if out_dir else default
     t0 = time.perf_counter()
     counts = generate_batch(params.generate, params.seed, out_dir)
     seconds = time.perf_counter() - t0
     metrics = {**{f"rows.{k}": v for k, v in counts.items()}, **oracle_auc(out_dir), "seconds": round(seconds, 2)}
-    write_report(params, "generate", metrics)
+    # reports/generate.json describes the `generate` stage's output, paths.raw_batch; a batch
+    # written elsewhere must not pass for it.
+    if out_dir.resolve() == default.resolve():
+        write_report(params, "generate", metrics)
     return metrics
 
 
@@ -71,7 +75,8 @@ def ingest_step(params: Params, batch_dir: Path | None = None) -> dict:
 
     batch_dir = Path(batch_dir) if batch_dir else params.path("raw_batch")
     t0 = time.perf_counter()
-    result = ingest_batch(batch_dir, params)
+    with hold(params, "curated", f"ingest ({batch_dir})"):
+        result = ingest_batch(batch_dir, params)
     metrics = _numbers(result)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return metrics
@@ -80,14 +85,18 @@ def ingest_step(params: Params, batch_dir: Path | None = None) -> dict:
 def features_step(params: Params) -> dict:
     """Build the timestamped feature tables, apply the Feast repo, materialise the online
     store and write the point-in-time training set; also writes data plots for DVC."""
+    from components.data.ingest import recover_curated
     from components.features.engineering import build_feature_tables
     from components.features.store import apply_definitions, build_training_set, materialize
 
     t0 = time.perf_counter()
-    rows = build_feature_tables(params.path("curated_dir"), params.features, params.path("features_dir"))
-    apply_definitions(params)
-    mat = materialize(params)
-    training = build_training_set(params)
+    with hold(params, "curated", "features run (reading curated data)", shared=True), \
+            hold(params, "features", "features run"):
+        recover_curated(params.path("curated_dir"))  # an ingest killed after its commit point
+        rows = build_feature_tables(params.path("curated_dir"), params.features, params.path("features_dir"))
+        apply_definitions(params)
+        mat = materialize(params)
+        training = build_training_set(params)
     train_rows = len(pd.read_parquet(training, columns=["user_id"]))
     metrics = {
         **{f"rows.{k}": v for k, v in _numbers(rows).items()},
@@ -169,8 +178,22 @@ def pretrain_step(params: Params, run_id: str | None = None) -> dict:
     from components.llm.pretrain import pretrain
 
     metrics = _numbers(pretrain(params, run_id))
-    write_report(params, "pretrain", metrics)
+    write_report(params, "pretrain", _finished_report(params, "pretrain", metrics))
     return metrics
+
+
+def _finished_report(params: Params, name: str, metrics: dict) -> dict:
+    """``metrics`` for reports/<name>.json without NaN: a rerun of a finished training trains no
+    step, so its loss is undefined; the report keeps the values of the run that trained."""
+    path = params.path("reports_dir") / f"{name}.json"
+    try:
+        before = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        before = {}
+    nan = lambda v: isinstance(v, float) and math.isnan(v)  # noqa: E731
+    out = {k: v for k, v in metrics.items() if not nan(v)}
+    out.update({k: before[k] for k, v in metrics.items() if nan(v) and k in before and not nan(before[k])})
+    return out
 
 
 def pairs_step(params: Params, run_id: str | None = None) -> dict:
@@ -208,7 +231,8 @@ def embed_step(params: Params, run_id: str | None = None) -> dict:
     """Scene-value and PoI embeddings from the chosen encoder into Feast (offline and online)."""
     from components.llm.embed import embed_step as embed
 
-    metrics = _numbers(embed(params))
+    with hold(params, "features", "embed (writing Feast)"):
+        metrics = _numbers(embed(params))
     write_report(params, "embed", metrics)
     return metrics
 
@@ -296,7 +320,8 @@ def ctr_register_step(params: Params, run_id: str) -> dict:
     current one by the margin."""
     from components.ctr.stage import register_and_promote
 
-    result = register_and_promote(params, run_id)
+    with hold(params, "registry", "model registration"):
+        result = register_and_promote(params, run_id)
     write_promotion_report(params, "ctr_promotion", result, lambda k: k.startswith("all.") and "oracle" not in k)
     return result
 
@@ -327,7 +352,8 @@ def news_register_step(params: Params, run_id: str) -> dict:
     """Register the news model; champion only if it beats the champion's dev AUC by the margin."""
     from components.news.stage import register_and_promote
 
-    result = register_and_promote(params, run_id)
+    with hold(params, "registry", "model registration"):
+        result = register_and_promote(params, run_id)
     write_promotion_report(params, "news_promotion", result)
     return result
 
@@ -346,7 +372,8 @@ def instruct_step(params: Params, run_id: str | None = None) -> dict:
     export the user knowledge embedding to Feast."""
     from components.hkfr.stage import instruct_and_evaluate
 
-    metrics = {k: v for k, v in _numbers(instruct_and_evaluate(params, run_id)).items() if v == v}
+    with hold(params, "features", "instruct (writing user knowledge to Feast)"):
+        metrics = {k: v for k, v in _numbers(instruct_and_evaluate(params, run_id)).items() if v == v}
     write_report(params, "hkfr", metrics)
     return metrics
 
@@ -355,6 +382,7 @@ def hkfr_register_step(params: Params, run_id: str) -> dict:
     """Register the tuned LLM as ``hkfr-instruct``; champion only if its test AUC beats the champion's."""
     from components.hkfr.stage import register_and_promote
 
-    result = register_and_promote(params, run_id)
+    with hold(params, "registry", "model registration"):
+        result = register_and_promote(params, run_id)
     write_promotion_report(params, "hkfr_promotion", result)
     return result
