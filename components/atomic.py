@@ -38,6 +38,7 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:  # the data reaches the disk before the name points at it
             os.fsync(f.fileno())
+        crash_point(f"before_rename:{path.name}")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
