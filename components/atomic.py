@@ -8,19 +8,25 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Callable
 
 CRASH_ENV = "SCENEREC_CRASH_AT"
+PAUSE_ENV = "SCENEREC_PAUSE_AT"  # "name=seconds": hold a run there, so a test can start a rival
 TMP_GLOB = ".*.tmp"
 
 
 def crash_point(name: str) -> None:
-    """Die here with SIGKILL (no cleanup, like ``kill -9``) when ``$SCENEREC_CRASH_AT`` is ``name``:
-    the hook the crash tests use to stop a run between two writes."""
+    """Die here with SIGKILL (no cleanup, like ``kill -9``) when ``$SCENEREC_CRASH_AT`` is ``name``,
+    or sleep when ``$SCENEREC_PAUSE_AT`` is ``name=seconds``: the hooks the crash and concurrency
+    tests use to stop or hold a run between two writes."""
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    pause, _, seconds = os.environ.get(PAUSE_ENV, "").partition("=")
+    if pause == name:
+        time.sleep(float(seconds or 1))
 
 
 def temp_path(path: Path) -> Path:

@@ -47,12 +47,16 @@ def _hashes(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _child(params, code: str, crash_at: str | None = None, wait: bool = True):
-    """Run ``code`` in a fresh interpreter with ``params`` loaded (optionally killed at ``crash_at``)."""
+def _child(params, code: str, crash_at: str | None = None, wait: bool = True, pause_at: str | None = None):
+    """Run ``code`` in a fresh interpreter with ``params`` loaded (optionally killed at ``crash_at``,
+    or held at ``pause_at`` = "name=seconds")."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("SCENEREC_CRASH_AT", None)
+    env.pop("SCENEREC_PAUSE_AT", None)
     if crash_at:
         env["SCENEREC_CRASH_AT"] = crash_at
+    if pause_at:
+        env["SCENEREC_PAUSE_AT"] = pause_at
     prog = ("from pathlib import Path\nfrom components.config import load_params\n"
             f"params = load_params({str(params.root / 'params.yaml')!r})\n" + textwrap.dedent(code))
     proc = subprocess.Popen([sys.executable, "-c", prog], cwd=params.root, env=env,
@@ -113,8 +117,14 @@ def test_two_append_ingests_at_once_lose_nothing(tmp_path):
     params = _project(tmp_path / "p", mode="append")
     a, b = write_batch(tiny_batch(), tmp_path / "a"), write_batch(_later_batch(), tmp_path / "b")
     code = "from components import steps\nsteps.ingest_step(params, Path({!r}))\n"
-    procs = [_child(params, code.format(str(x)), wait=False) for x in (a, b)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    # The first is held after staging its merged tables, uncommitted; the second starts then.
+    first = _child(params, code.format(str(a)), wait=False, pause_at="ingest.staging=6")
+    deadline = time.monotonic() + 240
+    while not staging_dir(params.path("curated_dir")).exists() and first.poll() is None:
+        assert time.monotonic() < deadline, "the first ingest never reached its staging step"
+        time.sleep(0.1)
+    second = _child(params, code.format(str(b)), wait=False)
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in (first, second)]
     assert [rc for rc, _ in results] == [0, 0], [e[-1500:] for _, e in results]
     beh = pd.read_parquet(params.path("curated_dir") / "behaviors.parquet")
     assert len(beh) == 2 * len(tiny_batch()["behaviors"])  # both batches' behaviours, none lost
