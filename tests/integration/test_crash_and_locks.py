@@ -119,7 +119,7 @@ def test_two_append_ingests_at_once_lose_nothing(tmp_path):
     code = "from components import steps\nsteps.ingest_step(params, Path({!r}))\n"
     # The first is held after staging its merged tables, uncommitted; the second starts then.
     first = _child(params, code.format(str(a)), wait=False, pause_at="ingest.staging=6")
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600
     while not staging_dir(params.path("curated_dir")).exists() and first.poll() is None:
         assert time.monotonic() < deadline, "the first ingest never reached its staging step"
         time.sleep(0.1)
