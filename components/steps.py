@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.atomic import write_json_atomic
+from components.atomic import write_atomic, write_json_atomic
 from components.config import Params
 from components.locks import hold
 
@@ -115,16 +115,21 @@ def data_plots(params: Params) -> dict:
     out = params.path("reports_dir") / "plots"
     out.mkdir(parents=True, exist_ok=True)
     by_pos = imp.groupby("position").agg(ctr=("click", "mean"), cvr=("order", "mean")).reset_index()
-    by_pos.to_csv(out / "ctr_by_position.csv", index=False)
+    _write_csv(by_pos, out / "ctr_by_position.csv")
     hour = imp["ts"].dt.hour
     by_scene = (
         imp.assign(hour=hour).groupby(["location_type", "weather"]).agg(ctr=("click", "mean"), n=("click", "size"))
         .reset_index()
     )
-    by_scene.to_csv(out / "ctr_by_scene.csv", index=False)
+    _write_csv(by_scene, out / "ctr_by_scene.csv")
     by_hour = imp.assign(hour=hour).groupby("hour").agg(ctr=("click", "mean")).reset_index()
-    by_hour.to_csv(out / "ctr_by_hour.csv", index=False)
+    _write_csv(by_hour, out / "ctr_by_hour.csv")
     return {"data.ctr": float(imp["click"].mean()), "data.order_rate": float(imp["order"].mean())}
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> Path:
+    """A DVC plot file, written to a temp file and renamed (never seen half-written)."""
+    return write_atomic(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def _numbers(obj) -> dict:
@@ -274,7 +279,7 @@ def write_ctr_plots(params: Params, plots: dict) -> list[Path]:
     paths = []
     for name, df in frames.items():
         path = out / f"ctr_{name}.csv"
-        df.to_csv(path, index=False)
+        _write_csv(df, path)
         paths.append(path)
     return paths
 
