@@ -125,8 +125,11 @@ def cmd_ctr_register(args, params) -> int:
 def cmd_promote(args, params) -> int:
     from components import registry
 
+    from components.locks import hold
+
     name = args.name or params.ctr.registered_name
-    out = registry.promote(params, name, args.version, args.reason, by=args.by)
+    with hold(params, "registry", f"promote {name}"):
+        out = registry.promote(params, name, args.version, args.reason, by=args.by)
     print(f"{name}: champion is version {out['champion']} (was {out['previous']}); reason: {args.reason}")
     return 0
 
@@ -134,8 +137,11 @@ def cmd_promote(args, params) -> int:
 def cmd_rollback(args, params) -> int:
     from components import registry
 
+    from components.locks import hold
+
     name = args.name or params.ctr.registered_name
-    out = registry.rollback(params, name, args.reason, by=args.by)
+    with hold(params, "registry", f"rollback {name}"):
+        out = registry.rollback(params, name, args.reason, by=args.by)
     print(f"{name}: rolled back from version {out['rolled_back']} to version {out['champion']}; reason: {args.reason}")
     return 0
 
@@ -359,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one line for the user; --debug for the traceback
         if args.debug:
             raise
+        if type(e).__name__ == "LockTimeout":  # another command holds the lock: say who
+            print(f"scenerec {args.command}: {e}", file=sys.stderr)
+            return 4
         print(f"scenerec {args.command}: {e if isinstance(e, RegistryError) else f'{type(e).__name__}: {e}'}"
               " (--debug for the traceback)", file=sys.stderr)
         return 1

@@ -79,6 +79,7 @@ class IngestConfig(Section):
     reference_time: datetime | None = None
     max_examples: int = Field(5, ge=1, le=100)
     mode: Literal["replace", "append"] = "replace"
+    quarantine_keep: int = Field(20, ge=1)  # rejected batches kept in paths.quarantine_dir (oldest pruned)
 
 
 def _increasing(v: list) -> list:
@@ -99,7 +100,6 @@ class FeaturesConfig(Section):
     time_slots: dict[str, int] = {"breakfast": 5, "lunch": 10, "afternoon": 14, "dinner": 17, "late_night": 21}
     temperature_band_edges: list[float] = [0.0, 10.0, 20.0, 30.0]
     timezone: str = "UTC"  # local time for hour / weekday / time slot / active days (timestamps stay UTC)
-    materialize_overlap_hours: int = Field(48, ge=0)  # re-materialise this far back for late data
 
     _check_edges = field_validator(
         "price_band_edges", "rating_band_edges", "delivery_band_edges", "temperature_band_edges"
@@ -545,6 +545,11 @@ class TrackingConfig(Section):
     tracking_uri: str = "sqlite:///mlflow.db"
 
 
+class ReliabilityConfig(Section):
+    # How long a command waits for another one holding the curated / features / registry lock.
+    lock_timeout_s: float = Field(600.0, ge=0)
+
+
 class Params(Section):
     seed: int = 42
     paths: PathsConfig = PathsConfig()
@@ -560,6 +565,7 @@ class Params(Section):
     hkfr: HKFRConfig = HKFRConfig()
     serve: ServeConfig = ServeConfig()
     tracking: TrackingConfig = TrackingConfig()
+    reliability: ReliabilityConfig = ReliabilityConfig()
 
     # Directory that relative paths are resolved against (the folder holding params.yaml).
     root: Path = Field(default_factory=Path.cwd, exclude=True)

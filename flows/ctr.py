@@ -13,16 +13,16 @@ from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import CTRConfig
-from flows.settings import flow_params, flow_run_id
+from flows.settings import IO_RETRIES, TRAIN_RETRIES, flow_params, flow_run_id
 
 
-@task(name="train-and-evaluate-ctr", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="train-and-evaluate-ctr", tags=["gpu"], cache_policy=NO_CACHE, **TRAIN_RETRIES)
 def train_task(params, run_id: str, model: str | None) -> dict:
     # A retry resumes from the last finished epoch (checkpoints under paths.ctr_dir).
     return steps.ctr_step(params, run_id=run_id, model=model)
 
 
-@task(name="register-and-promote-ctr", tags=["io"], cache_policy=NO_CACHE)
+@task(name="register-and-promote-ctr", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def register_task(params, run_id: str) -> dict:
     return steps.ctr_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 

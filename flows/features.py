@@ -8,11 +8,11 @@ from prefect.cache_policies import NO_CACHE
 from components import tracking
 from components.config import FeaturesConfig, Params
 from components.steps import features_step
-from flows.settings import flow_params
+from flows.settings import IO_RETRIES, flow_params
 
 
-@task(name="build-and-materialise-features", tags=["io"], retries=1, retry_delay_seconds=5, log_prints=False,
-      cache_policy=NO_CACHE)
+@task(name="build-and-materialise-features", tags=["io"], log_prints=False, cache_policy=NO_CACHE,
+      **IO_RETRIES)
 def features_task(params: Params, run_id: str) -> dict:
     metrics = features_step(params)
     tracking.log_metrics(params, run_id, {f"features.{k}": v for k, v in metrics.items()})

@@ -9,21 +9,21 @@ from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import HKFRConfig
-from flows.settings import flow_params, flow_run_id, publish_comparison
+from flows.settings import IO_RETRIES, TRAIN_RETRIES, flow_params, flow_run_id, publish_comparison
 
 
-@task(name="knowledge-and-instructions", tags=["io"], cache_policy=NO_CACHE)
+@task(name="knowledge-and-instructions", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def knowledge_task(params) -> dict:
     return steps.knowledge_step(params)
 
 
-@task(name="instruction-tuning", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="instruction-tuning", tags=["gpu"], cache_policy=NO_CACHE, **TRAIN_RETRIES)
 def instruct_task(params, run_id: str) -> dict:
     # A retry resumes from the newest checkpoint.
     return steps.instruct_step(params, run_id=run_id)
 
 
-@task(name="register-hkfr-model", tags=["io"], cache_policy=NO_CACHE)
+@task(name="register-hkfr-model", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def register_task(params, run_id: str) -> dict:
     return steps.hkfr_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 

@@ -15,29 +15,17 @@ from components import tracking
 from components.config import GenerateConfig, IngestConfig, Params
 from components.data.validate import BatchRejected
 from components.steps import generate_step, ingest_step
-from flows.settings import flow_params
+from flows.settings import IO_RETRIES, flow_params
 
 
-def _not_rejected(task, task_run, state) -> bool:
-    """Retry transient I/O errors, never a batch that failed validation."""
-    try:
-        state.result()
-    except BatchRejected:
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return True
-
-
-@task(name="generate-batch", tags=["io"], retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="generate-batch", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def generate_task(params: Params, run_id: str, out_dir: str | None = None) -> dict:
     metrics = generate_step(params, Path(out_dir) if out_dir else None)
     tracking.log_metrics(params, run_id, {f"generate.{k}": v for k, v in metrics.items()})
     return metrics
 
 
-@task(name="validate-and-curate", tags=["io"], retries=2, retry_delay_seconds=2,
-      retry_condition_fn=_not_rejected, cache_policy=NO_CACHE)
+@task(name="validate-and-curate", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def ingest_task(params: Params, run_id: str, batch_dir: str) -> dict:
     try:
         metrics = ingest_step(params, Path(batch_dir))

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import ContrastiveConfig, DistillConfig, EmbedConfig, LLMConfig, Params
-from flows.settings import flow_params
+from flows.settings import IO_RETRIES, TRAIN_RETRIES, flow_params
 
 
 def _logged(params: Params, run_id: str, prefix: str, metrics: dict) -> dict:
@@ -21,33 +21,33 @@ def _logged(params: Params, run_id: str, prefix: str, metrics: dict) -> dict:
     return metrics
 
 
-@task(name="build-corpus", tags=["io"], cache_policy=NO_CACHE)
+@task(name="build-corpus", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def corpus_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "corpus", steps.corpus_step(params))
 
 
-@task(name="continual-pretraining", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="continual-pretraining", tags=["gpu"], cache_policy=NO_CACHE, **TRAIN_RETRIES)
 def pretrain_task(params: Params, run_id: str) -> dict:
     # A retry resumes from the last checkpoint instead of starting over.
     return steps.pretrain_step(params, run_id=run_id)
 
 
-@task(name="mine-pairs", tags=["io"], cache_policy=NO_CACHE)
+@task(name="mine-pairs", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def pairs_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "pairs", steps.pairs_step(params))
 
 
-@task(name="contrastive-fine-tuning", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="contrastive-fine-tuning", tags=["gpu"], cache_policy=NO_CACHE, **TRAIN_RETRIES)
 def contrastive_task(params: Params, run_id: str, model: str) -> dict:
     return steps.contrastive_step(params, model, run_id=run_id)
 
 
-@task(name="homodistil", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="homodistil", tags=["gpu"], cache_policy=NO_CACHE, **TRAIN_RETRIES)
 def distill_task(params: Params, run_id: str) -> dict:
     return steps.distill_step(params, run_id=run_id)
 
 
-@task(name="embed-scenes-and-pois", tags=["gpu"], cache_policy=NO_CACHE, log_prints=False)
+@task(name="embed-scenes-and-pois", tags=["gpu"], cache_policy=NO_CACHE, log_prints=False, **IO_RETRIES)
 def embed_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "embed", steps.embed_step(params))
 

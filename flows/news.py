@@ -8,21 +8,21 @@ from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import NewsConfig
-from flows.settings import flow_params, flow_run_id, publish_comparison
+from flows.settings import IO_RETRIES, TRAIN_RETRIES, flow_params, flow_run_id, publish_comparison
 
 
-@task(name="mind-data", tags=["io"], cache_policy=NO_CACHE)
+@task(name="mind-data", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def data_task(params) -> dict:
     return steps.news_data_step(params)
 
 
-@task(name="train-perconet", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="train-perconet", tags=["gpu"], cache_policy=NO_CACHE, **TRAIN_RETRIES)
 def train_task(params) -> dict:
     # A retry resumes from the last finished epoch.
     return steps.news_step(params)
 
 
-@task(name="register-news-model", tags=["io"], cache_policy=NO_CACHE)
+@task(name="register-news-model", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def register_task(params, run_id: str) -> dict:
     return steps.news_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 

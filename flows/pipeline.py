@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from components import tracking
 from components.config import (ContrastiveConfig, CTRConfig, DistillConfig, EmbedConfig, FeaturesConfig,
                                GenerateConfig, HKFRConfig, IngestConfig, LLMConfig, NewsConfig, Params)
-from components.versioning import record_outputs
+from components.versioning import record_run
 from flows.ctr import ctr as ctr_flow
 from flows.features import features as features_flow
 from flows.hkfr import hkfr as hkfr_flow
@@ -23,16 +23,16 @@ from flows.ingest import generate as generate_flow
 from flows.ingest import ingest as ingest_flow
 from flows.llm import llm as llm_flow
 from flows.news import news as news_flow
-from flows.settings import flow_params
+from flows.settings import IO_RETRIES, flow_params
 
 DVC_STAGES = ["generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher", "distill",
               "contrastive_student", "embed", "knowledge", "instruct", "hkfr_register", "ctr", "ctr_register", "news_data", "news",
               "news_register"]
 
 
-@task(name="record-in-dvc", cache_policy=NO_CACHE)
-def record_task(params: Params) -> str:
-    return record_outputs(params.root, DVC_STAGES)
+@task(name="record-in-dvc", cache_policy=NO_CACHE, **IO_RETRIES)
+def record_task(params: Params, custom_batch: bool) -> str:
+    return record_run(params, DVC_STAGES, custom_batch)
 
 
 def ctr_lines(ctr: dict | None) -> list[str]:
@@ -99,7 +99,7 @@ def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: Ge
              hkfr: HKFRConfig | None = None, ctr: CTRConfig | None = None, news: NewsConfig | None = None,
              params_file: str | None = None) -> dict:
     """Run the platform end to end on a synthetic batch (default) or on your own batch folder."""
-    params, overridden = flow_params(params_file, seed=seed, generate=generate, ingest=ingest, features=features,
+    params, _ = flow_params(params_file, seed=seed, generate=generate, ingest=ingest, features=features,
                                      llm=llm, contrastive=contrastive, distill=distill, embed=embed, hkfr=hkfr,
                                      ctr=ctr, news=news)
     logger = get_run_logger()
@@ -119,10 +119,7 @@ def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: Ge
         hkfr_results = hkfr_flow(hkfr=hkfr, params_file=params_path, parent_run_id=run_id)
         ctr_results = ctr_flow(ctr=ctr, params_file=params_path, parent_run_id=run_id)
         news_results = news_flow(news=news, params_file=params_path, parent_run_id=run_id)
-        if batch_dir is None and not overridden:
-            logger.info(record_task(params))
-        else:
-            logger.info("custom batch or overridden parameters: outputs not recorded in dvc.lock")
+        logger.info(record_task(params, batch_dir is not None))
         metrics = {"ingest": ingested, "features": feats, "llm": llm_results, "hkfr": hkfr_results,
                    "ctr": ctr_results,
                    "news": news_results}

@@ -2,8 +2,33 @@
 from __future__ import annotations
 
 from pydantic import BaseModel
+from prefect.tasks import exponential_backoff
 
 from components.config import Params, load_params
+
+# Failures a retry cannot fix: the data, the parameters or the code are wrong (a pydantic
+# ValidationError is a ValueError), a required input is missing, or the lock wait was already
+# as long as the user allowed (reliability.lock_timeout_s).
+PERMANENT_ERRORS = (ValueError, TypeError, KeyError, IndexError, AssertionError, NotImplementedError,
+                    FileNotFoundError, TimeoutError)
+PERMANENT_NAMES = {"BatchRejected", "MindRejected", "ParamsError", "LockTimeout"}
+
+
+def transient_only(task, task_run, state) -> bool:
+    """Prefect retry condition: retry I/O trouble (a locked SQLite store, a network blip, a full
+    queue), never an error that would fail again the same way."""
+    try:
+        state.result()
+    except Exception as e:  # noqa: BLE001 - classifying the failure only
+        return not isinstance(e, PERMANENT_ERRORS) and type(e).__name__ not in PERMANENT_NAMES
+    return True
+
+
+# Tasks that touch MLflow, Feast or the file system: 3 retries after ~2, 4, 8 s (+/- jitter).
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+              "retry_jitter_factor": 0.5, "retry_condition_fn": transient_only}
+# Training tasks resume from their checkpoint: one retry, same condition.
+TRAIN_RETRIES = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": transient_only}
 
 
 def flow_params(params_file: str | None, **sections: BaseModel | dict | int | None) -> tuple[Params, bool]:
