@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from components.config import Params
 from components.llm.encoder import TextEncoder, register_encoder
-from components.llm.pairs import STRATEGIES, by_strategy, load_pairs
+from components.llm.pairs import STRATEGIES, by_strategy, load_pairs, shares_identifying_span
 from components.llm.training import cpu_threads
 
 
@@ -252,11 +252,16 @@ def retrieval_task(pairs: pd.DataFrame) -> tuple[list[str], list[str], np.ndarra
     return pairs["anchor_text"].tolist(), cands["positive_text"].tolist(), target, exclude
 
 
+def _score(out: dict, prefix: str, q, c, target, exclude, k: int) -> None:
+    out[f"{prefix}.recall_at_{k}"], out[f"{prefix}.mrr"] = retrieval_metrics(q, c, target, exclude, k)
+
+
 def evaluate(encoder: TextEncoder, heldout_pairs: dict[str, pd.DataFrame], untuned: TextEncoder | None = None,
              k: int = 10, batch_size: int = 64, seed: int = 0) -> dict:
     """Per strategy, recall@k and MRR of retrieving each held-out positive among all held-out positives,
     for the fine-tuned encoder, the ``untuned`` one (when given: e.g. the pretrained LM's raw pooled
-    state) and random unit vectors. Keys ``{strategy}.{model}.recall_at_{k}`` / ``.mrr``, plus means."""
+    state) and random unit vectors. Keys ``{strategy}.{model}.recall_at_{k}`` / ``.mrr``, plus means;
+    ``{strategy}.clean.{model}.*``: the same over the queries whose pair shares no identifying span."""
     models = {"finetuned": encoder}
     if untuned is not None:
         models["untuned"] = untuned
@@ -265,8 +270,12 @@ def evaluate(encoder: TextEncoder, heldout_pairs: dict[str, pd.DataFrame], untun
     for strategy, pairs in heldout_pairs.items():
         if len(pairs) == 0:
             continue
-        queries, cands, target, exclude = retrieval_task(pairs.reset_index(drop=True))
+        pairs = pairs.reset_index(drop=True)
+        queries, cands, target, exclude = retrieval_task(pairs)
+        clean = ~np.array([shares_identifying_span(a, p) for a, p in
+                           zip(pairs["anchor_text"], pairs["positive_text"])], dtype=bool)
         out[f"{strategy}.queries"] = len(queries)
+        out[f"{strategy}.clean_queries"] = int(clean.sum())
         out[f"{strategy}.candidates"] = len(cands)
         for name, model in models.items():
             texts = list(dict.fromkeys(queries + cands))  # PoI texts can be both query and candidate
@@ -274,18 +283,23 @@ def evaluate(encoder: TextEncoder, heldout_pairs: dict[str, pd.DataFrame], untun
             pos = {t: i for i, t in enumerate(texts)}
             q = emb[[pos[t] for t in queries]]
             c = emb[[pos[t] for t in cands]]
-            out[f"{strategy}.{name}.recall_at_{k}"], out[f"{strategy}.{name}.mrr"] = \
-                retrieval_metrics(q, c, target, exclude, k)
+            _score(out, f"{strategy}.{name}", q, c, target, exclude, k)
+            if clean.any():
+                _score(out, f"{strategy}.clean.{name}", q[clean], c, target[clean], exclude[clean], k)
         q = rng.standard_normal((len(queries), 64))
         c = rng.standard_normal((len(cands), 64))
-        out[f"{strategy}.random.recall_at_{k}"], out[f"{strategy}.random.mrr"] = \
-            retrieval_metrics(q, c, target, exclude, k)
+        _score(out, f"{strategy}.random", q, c, target, exclude, k)
+        if clean.any():
+            _score(out, f"{strategy}.clean.random", q[clean], c, target[clean], exclude[clean], k)
     strategies = [s for s in heldout_pairs if f"{s}.queries" in out]
     for name in [*models, "random"]:
         for m in (f"recall_at_{k}", "mrr"):
             vals = [out[f"{s}.{name}.{m}"] for s in strategies]
             if vals:
                 out[f"mean.{name}.{m}"] = float(np.mean(vals))
+            vals = [out[f"{s}.clean.{name}.{m}"] for s in strategies if f"{s}.clean.{name}.{m}" in out]
+            if vals:
+                out[f"mean.clean.{name}.{m}"] = float(np.mean(vals))
     return out
 
 
