@@ -1,4 +1,7 @@
-"""Continual pretraining of the causal LM on the SceneRec corpus (LARR stage 1, METHODS.md §1).
+"""Continual pretraining of the LM on the SceneRec corpus (LARR stage 1, METHODS.md §1).
+
+The objective fits the model (model.LMObjective): next-token prediction for a causal LM, masked-LM
+(BERT's 80/10/10, the field markers never masked) for an encoder base such as MiniLM.
 
 The loop, nanoGPT-style, in one function:
 
@@ -42,7 +45,7 @@ import torch
 from components.config import Params
 from components.llm import training
 from components.llm.corpus import check_special_tokens, encode_documents, read_lines
-from components.llm.model import build_model, count_parameters
+from components.llm.model import LMObjective, build_model, count_parameters, step_generator
 
 # Knobs that change how often we look or save, not what the model learns: a changed value of
 # one of these still resumes from the existing checkpoints.
@@ -106,15 +109,20 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 
 @torch.no_grad()
-def heldout_perplexity(model, blocks: torch.Tensor, batch_size: int, accelerator) -> float:
-    """exp(mean next-token loss) over ``blocks``; runs on the unwrapped model (no collectives)."""
+def heldout_perplexity(model, blocks: torch.Tensor, batch_size: int, accelerator,
+                       objective: LMObjective | None = None, seed: int = 0) -> float:
+    """exp(mean LM loss) over ``blocks``: next-token perplexity, or for a masked LM the perplexity of
+    the masked tokens under one fixed masking (the same at every evaluation, so the figures compare).
+    Runs on the unwrapped model (no collectives)."""
+    objective = objective or LMObjective()
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    generator = step_generator(seed, -1)
     for i in range(0, len(blocks), batch_size):
         x = blocks[i:i + batch_size].to(accelerator.device)
         with accelerator.autocast():
-            loss = model(input_ids=x, labels=x).loss
+            loss = objective.loss(model, x, generator)
         total += float(loss) * len(x)
         count += len(x)
     model.train(was_training)
@@ -176,6 +184,7 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
     eval_blocks = eval_blocks[np.unique(pick)] if len(eval_blocks) else eval_blocks
 
     model = build_model(cfg, tokenizer, root=params.root)
+    objective = LMObjective.for_model(model, tokenizer, cfg.objective, cfg.mask_probability)
     n_params = count_parameters(model)
     # fused: one kernel for all parameters instead of a Python loop over them (CPU and CUDA alike)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas,
@@ -201,7 +210,7 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
     start = training.resume(acc, ckpt_dir)
 
     if start == 0:
-        ppl_before = heldout_perplexity(raw_model, eval_blocks, per_rank, acc) if main else float("nan")
+        ppl_before = heldout_perplexity(raw_model, eval_blocks, per_rank, acc, objective, params.seed) if main else float("nan")
         state = {"fingerprint": fingerprint, "heldout_ppl_before": ppl_before}
         if main:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +232,7 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
     for step in range(start, stop):
         idx = order.batch(step)[rank * per_rank:(rank + 1) * per_rank]
         x = train_blocks[idx].to(acc.device)
-        loss = model(input_ids=x, labels=x).loss  # labels are shifted inside the model
+        loss = objective.loss(model, x, step_generator(params.seed, step, rank))
         acc.backward(loss)
         if cfg.grad_clip > 0:
             acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -241,7 +250,7 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
             logger.add({"loss": step_loss, "lr": scheduler.get_last_lr()[0]}, done)
         if done % cfg.eval_every == 0 or done == cfg.steps:
             if main:
-                ppl = heldout_perplexity(raw_model, eval_blocks, per_rank, acc)
+                ppl = heldout_perplexity(raw_model, eval_blocks, per_rank, acc, objective, params.seed)
                 if run_id:
                     logger.add({"heldout_ppl": ppl}, done)
                     logger.flush()
@@ -253,7 +262,7 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
     bar.close()
     train_seconds = time.perf_counter() - t0 - side_seconds
     if main and stop == cfg.steps and math.isnan(ppl):  # resumed at the very end: nothing evaluated yet
-        ppl = heldout_perplexity(raw_model, eval_blocks, per_rank, acc)
+        ppl = heldout_perplexity(raw_model, eval_blocks, per_rank, acc, objective, params.seed)
     logger.flush()
     steps_run = stop - start
     tokens_per_s = steps_run * tokens_per_step / train_seconds if steps_run and train_seconds > 0 else 0.0
