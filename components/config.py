@@ -208,7 +208,7 @@ class ContrastiveConfig(Section):
     poi_topk: int = Field(5, ge=1)                  # PoI-PoI partners kept per anchor PoI
     # Encoder
     pooling: Literal["auto", "last", "mean"] = "auto"  # auto: last token for causal LMs (LARR), mean for encoders
-    head_hidden: int = Field(256, ge=1)
+    head_hidden: int = Field(256, ge=0)             # 0 = no head: the pooled state itself (Sentence-BERT style)
     embed_dim: int = Field(128, ge=2)
     max_length: int = Field(192, ge=8)              # tokens per text
     truncation_side: Literal["left", "right"] = "left"  # left keeps the newest behaviours and the closing tag

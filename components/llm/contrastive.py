@@ -145,7 +145,8 @@ def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
     head = list(encoder.head.parameters())
     head_ids = {id(p) for p in head}
     body = [p for p in encoder.parameters() if id(p) not in head_ids]
-    opt = AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
+    groups = [{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}]
+    opt = AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)  # head_hidden 0: no head
     # Not prepared: Accelerate would step it once per process per step; checkpointed all the same.
     sched = LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.steps))
     model, opt = acc.prepare(encoder, opt)
