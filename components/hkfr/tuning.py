@@ -109,13 +109,14 @@ def _instruct(params: Params, train: pd.DataFrame, run_id: str | None) -> dict:
 
     from components import tracking
     from components.llm.contrastive import batch_indices
-    from components.llm.model import count_parameters, load_pretrained
+    from components.llm.model import count_parameters, load_pretrained, require_causal
     from components.llm.training import make_accelerator, reset_stale_checkpoints, resume, save_checkpoint
 
     cfg = params.hkfr
     t0 = time.perf_counter()
     acc = make_accelerator(cfg.mixed_precision, seed=params.seed)
     model, tok = load_pretrained(base_dir(params))
+    require_causal(model, "HKFR instruction tuning")
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
 

@@ -230,11 +230,17 @@ def retrieval_metrics(queries: np.ndarray, candidates: np.ndarray, target: np.nd
     """(recall@k, MRR) of finding candidate ``target[i]`` for query i by dot product; ``exclude``:
     (n_queries, n_candidates) cells left out of the ranking (other known positives, the query itself).
     Ties count half, so a constant embedding scores like chance rather than perfectly."""
+    rank = retrieval_ranks(queries, candidates, target, exclude)
+    return float(np.mean(rank < k)), float(np.mean(1.0 / (rank + 1)))
+
+
+def retrieval_ranks(queries: np.ndarray, candidates: np.ndarray, target: np.ndarray, exclude: np.ndarray
+                    ) -> np.ndarray:
+    """0-based rank of each query's target among the candidates it is ranked against (ties count half)."""
     s = queries @ candidates.T
     s = np.where(exclude, -np.inf, s)
     hit = s[np.arange(len(s)), target][:, None]
-    rank = (s > hit).sum(1) + 0.5 * ((s == hit).sum(1) - 1)
-    return float(np.mean(rank < k)), float(np.mean(1.0 / (rank + 1)))
+    return (s > hit).sum(1) + 0.5 * ((s == hit).sum(1) - 1)
 
 
 def retrieval_task(pairs: pd.DataFrame) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:

@@ -101,6 +101,14 @@ def default_pooling(config) -> str:
     return "mean" if lm_objective(config) == MASKED else "last"
 
 
+def require_causal(model, stage: str) -> None:
+    """Refuse an encoder where a stage needs next-token likelihoods (HKFR's answers), with what to do."""
+    if lm_objective(model.config) != CAUSAL:
+        raise ValueError(f"{stage} needs a causal LM (it scores answers by next-token likelihood), but the model is "
+                         f"a {model.config.model_type} encoder; run this stage with a causal llm.base_model or the "
+                         "default small Llama (params.yaml)")
+
+
 def _auto_class(objective: str):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
