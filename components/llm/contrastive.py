@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from components.config import Params
+from components.layers import info_nce
 from components.llm.encoder import TextEncoder, register_encoder
 from components.llm.pairs import STRATEGIES, by_strategy, load_pairs, shares_identifying_span
 from components.llm.training import cpu_threads
@@ -60,27 +60,6 @@ def false_negatives(anchor_ids, positive_ids) -> np.ndarray:
     return mask
 
 
-def info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float,
-             anchor_ids=None, positive_ids=None, symmetric: bool = True) -> torch.Tensor:
-    """InfoNCE with in-batch negatives on unit vectors: cross-entropy of ``a_i·p_j / τ`` over j,
-    target j = i (and the same from the positives' side when ``symmetric``). With ids, pairs that
-    share an entity are left out of each other's negatives."""
-    target = torch.arange(len(anchors), device=anchors.device)
-    mask = None
-    if anchor_ids is not None:
-        mask = torch.as_tensor(false_negatives(anchor_ids, positive_ids), device=anchors.device)
-    logits = anchors @ positives.T / temperature
-    if mask is not None:
-        logits = logits.masked_fill(mask, float("-inf"))
-    loss = F.cross_entropy(logits, target)
-    if not symmetric:
-        return loss
-    logits_t = positives @ anchors.T / temperature
-    if mask is not None:
-        logits_t = logits_t.masked_fill(mask, float("-inf"))
-    return (loss + F.cross_entropy(logits_t, target)) / 2
-
-
 def batch_indices(n: int, batch_size: int, seed: int, step: int, strategy: int, rank: int = 0) -> np.ndarray:
     """Pairs of one strategy at one step: a seeded draw without replacement (reproducible on resume)."""
     rng = np.random.default_rng([seed, step, strategy, rank])
@@ -95,7 +74,9 @@ def strategy_loss(model, encoder: TextEncoder, pairs: pd.DataFrame, idx: np.ndar
     texts = rows["anchor_text"].tolist() + rows["positive_text"].tolist()
     z = model(**encoder.tokenize(texts))
     a, p = z[:len(idx)], z[len(idx):]
-    return info_nce(a, p, temperature, rows["anchor_id"].to_numpy(), rows["positive_id"].to_numpy(), symmetric)
+    shared = torch.as_tensor(false_negatives(rows["anchor_id"].to_numpy(), rows["positive_id"].to_numpy()),
+                             device=a.device)
+    return info_nce(a, p, temperature, symmetric=symmetric, exclude=shared)
 
 
 def _lr_lambda(warmup: int, steps: int):

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from components.llm.contrastive import (
-    batch_indices, checkpoint_dir, contrastive_step, cpu_threads, evaluate, false_negatives, finetune, info_nce,
+    batch_indices, checkpoint_dir, contrastive_step, cpu_threads, evaluate, false_negatives, finetune,
     retrieval_metrics, strategy_loss,
 )
+from components.layers import info_nce
 from components.llm.encoder import TextEncoder
 from components.llm.pairs import STRATEGIES, by_strategy, load_pairs
 from tests.unit.test_pairs import make_tiny_params, tiny_root
@@ -76,7 +77,7 @@ def test_info_nce_ignores_duplicate_entities_as_negatives():
     # rows 0 and 1 share their positive PoI: without masking each is pushed from the other's copy
     ids_a, ids_p = np.array(["u1", "u2", "u3"]), np.array(["p1", "p1", "p2"])
     plain = info_nce(a, p, 0.1)
-    masked = info_nce(a, p, 0.1, ids_a, ids_p)
+    masked = info_nce(a, p, 0.1, exclude=torch.as_tensor(false_negatives(ids_a, ids_p)))
     assert masked < 1e-3 < plain
     assert false_negatives(ids_a, ids_p).tolist() == [[False, True, False], [True, False, False],
                                                       [False, False, False]]
