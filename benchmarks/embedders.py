@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     from components.llm.pairs import by_strategy, load_pairs
     from components.llm.pretrain import pretrain
     from components.llm.text import poi_text
-    from components.llm.training import cpu_threads
+    from components.training import cpu_threads
 
     tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="scenerec-embedders-")
     work = Path(args.keep or tmp.name)

@@ -2,6 +2,8 @@
 encoder's save/load and its MLflow pyfunc registration, on a tiny Llama and a BPE tokenizer built here."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -135,7 +137,8 @@ def test_rerun_resumes_from_the_last_checkpoint(world):
     params, pairs, model_dir, enc_dir, _ = world
     again = finetune(params, model_dir, enc_dir, pairs=by_strategy(pairs, "train"))
     assert again["resumed_from"] == params.contrastive.steps
-    assert (checkpoint_dir(enc_dir) / f"step_{params.contrastive.steps}").is_dir()
+    newest = checkpoint_dir(enc_dir) / f"step_{params.contrastive.steps}"
+    assert json.loads((newest / "manifest.json").read_text())["step"] == params.contrastive.steps
 
 
 def test_step_registers_a_pyfunc_that_reproduces_the_embeddings(world, tmp_path, monkeypatch):
