@@ -99,6 +99,15 @@ def cmd_ctr(args, params) -> int:
     return 0
 
 
+def cmd_tune(args, params) -> int:
+    from components.steps import tune_step
+
+    out = _tracked(params, "tune", tune_step, args.trials, args.budget_seconds)
+    print(f"best validation CTR AUC {out['best_valid_auc_ctr']} after {out['trials']} trials: {out['best']}")
+    print(f"  written to {out['written']} (merged over params.yaml: `scenerec ctr` / `dvc repro` train with it)")
+    return 0
+
+
 def _print_registration(r: dict) -> None:
     """One line for a register step's result (``registry.settle``)."""
     print(f"{r['name']} version {r['version']} registered as {r['alias']}: {r['reason']}")
@@ -280,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_ctr)
     cr = sub.add_parser("ctr-register", help="register the trained CTR model; champion only if better by the margin")
     cr.set_defaults(func=cmd_ctr_register)
+    tu = sub.add_parser("tune", help="Optuna search over the CTR knobs on the validation split; best -> params.tuned.yaml")
+    tu.add_argument("--trials", type=int, default=20, help="at most this many trials")
+    tu.add_argument("--budget-seconds", type=float, default=1800.0, help="stop starting trials after this long")
+    tu.set_defaults(func=cmd_tune)
     for cmd, text, fn in [("promote", "give a model version the champion alias (manual path)", cmd_promote),
                           ("rollback", "give the champion alias back to the previous champion", cmd_rollback),
                           ("audit", "show the aliases and the audit trail; flags alias changes made outside scenerec (exit 1)",

@@ -51,6 +51,12 @@ class GenerateConfig(Section):
     position_bias: float = Field(0.12, ge=0)
     ctr: float = Field(0.08, gt=0, lt=1)  # mean P(click) over impressions (the click bias is calibrated to it)
     cvr: float = Field(0.3, gt=0, lt=1)  # mean P(order | click) over impressions
+    # What real logs change between companies (the world family of benchmarks/ctr_quality.py):
+    price_scale: float = Field(1.0, gt=0, le=1000)  # written prices in another currency / price level
+    rating_mean: float = Field(4.3, ge=0, le=5)  # written ratings: where the platform's ratings sit ...
+    rating_spread: float = Field(0.35, ge=0, le=2)  # ... and how much quality moves them
+    temperature_offset: float = Field(0.0, ge=-30, le=30)  # a colder / warmer market (deg C added to the climate)
+    temperature_effect: float = Field(1.0, ge=0, le=5)  # how strongly temperature shifts what is wanted
     format: Literal["parquet", "csv"] = "parquet"
 
     @field_validator("start")
@@ -297,7 +303,7 @@ class EmbedConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
-CTR_MODELS = ("id_only", "avg_pool", "din_full", "sim_hard", "cofars", "larr_din", "larr_cofars")
+CTR_MODELS = ("id_only", "avg_pool", "din_full", "sim_hard", "cofars", "larr_din", "larr_cofars", "lightgbm")
 
 
 class CTRConfig(Section):
@@ -327,6 +333,7 @@ class CTRConfig(Section):
     max_subsequence: int = Field(64, ge=1)
     sim_max: int = Field(64, ge=1)
     history_profile: bool = True
+    numeric_bins: int = Field(4, ge=2, le=64)  # quantile bins of PoI price / rating / delivery, learnt on the training split
     user_knowledge: bool = False
     profile_behavior_weights: list[float] = [1.0, 2.0, 2.0, 3.0]
     gat_layers: int = Field(1, ge=0)
@@ -571,10 +578,14 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message says where and why."""
 
 
+TUNED_PARAMS = "params.tuned.yaml"  # written by `scenerec tune`, merged over params.yaml
+
+
 def load_params(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Params:
     """Load and validate params.yaml (default: ./params.yaml or $SCENEREC_PARAMS).
 
-    ``overrides`` is a nested dict merged over the file (used by flows and tests).
+    ``overrides`` is a nested dict merged over the file (used by flows and tests), after
+    ``params.tuned.yaml`` beside it when present (the best knobs `scenerec tune` found).
     """
     path = Path(path or os.environ.get("SCENEREC_PARAMS", DEFAULT_PARAMS)).resolve()
     if not path.exists():
@@ -585,6 +596,15 @@ def load_params(path: str | os.PathLike | None = None, overrides: dict | None = 
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    tuned = path.parent / TUNED_PARAMS
+    if tuned.exists():
+        try:
+            extra = yaml.safe_load(tuned.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{tuned}: not valid YAML: {e}") from None
+        if not isinstance(extra, dict):
+            raise ParamsError(f"{tuned}: expected a mapping of sections (e.g. ctr: {{lr: 0.003}})")
+        raw = _merge(raw, extra)
     raw = _merge(raw, overrides or {})
     try:
         return Params(**raw, root=path.parent)

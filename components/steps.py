@@ -152,7 +152,7 @@ def example_keys(params: Params) -> dict:
 STEP_SECTIONS = {"generate": "generate", "ingest": "ingest", "features": "features", "corpus": "llm",
                  "pretrain": "llm", "pairs": "contrastive", "contrastive_teacher": "contrastive",
                  "contrastive_student": "contrastive", "distill": "distill", "embed": "embed", "ctr": "ctr",
-                 "ctr_register": "ctr", "news_data": "news", "news": "news", "news_register": "news",
+                 "ctr_register": "ctr", "tune": "ctr", "news_data": "news", "news": "news", "news_register": "news",
                  "knowledge": "hkfr", "instruct": "hkfr", "hkfr_register": "hkfr"}
 # model -> (backbone folder, encoder folder) under paths.llm_dir
 LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher"), "student": ("student", "encoder_student")}
@@ -241,6 +241,16 @@ def ctr_step(params: Params, model: str | None = None, run_id: str | None = None
         for path in files + ctr_figures(params, plots):
             tracking.log_artifact(params, run_id, path, "plots")
     return summary
+
+
+def tune_step(params: Params, trials: int, budget_seconds: float, run_id: str | None = None) -> dict:
+    """Optuna search over the CTR knobs (trials nested under ``run_id``); best -> params.tuned.yaml."""
+    from components.ctr.tune import tune_ctr
+
+    out = tune_ctr(params, trials, budget_seconds, parent_run_id=run_id)
+    write_report(params, "tune", {"best_valid_auc_ctr": out["best_valid_auc_ctr"], "trials": out["trials"],
+                                  "seconds": out["seconds"], **{f"best.{k}": v for k, v in out["best"].items()}})
+    return out
 
 
 def write_ctr_plots(params: Params, plots: dict) -> list[Path]:

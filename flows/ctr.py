@@ -56,3 +56,23 @@ def ctr(ctr: CTRConfig | None = None, model: str | None = None, params_file: str
     create_markdown_artifact(key="ctr-summary", markdown=f"{verdict}\n\n{summary['model']}: {summary['headline']}")
     print(verdict.replace("**", "").replace("`", ""))
     return {"summary": summary, "registry": {k: v for k, v in result.items() if not k.endswith("_metrics")}}
+
+
+@task(name="tune-ctr", tags=["gpu"], cache_policy=NO_CACHE)
+def tune_task(params, run_id: str, trials: int, budget_seconds: float) -> dict:
+    return steps.tune_step(params, trials, budget_seconds, run_id=run_id)
+
+
+@flow(name="ctr-tune", log_prints=True)
+def ctr_tune(trials: int = 20, budget_seconds: float = 1800.0, ctr: CTRConfig | None = None,
+             params_file: str | None = None, parent_run_id: str | None = None) -> dict:
+    """Optuna search over the CTR knobs on the validation split; every trial an MLflow run; the best
+    knobs written to params.tuned.yaml (merged over params.yaml by the next `ctr` run / `dvc repro`)."""
+    params, _ = flow_params(params_file, ctr=ctr)
+    with tracking.tracked_run(params, "tune", parent_run_id, tags={"scenerec.flow": "ctr-tune"}) as run_id:
+        out = tune_task(params, run_id, trials, budget_seconds)
+        tracking.log_metrics(params, run_id, {"best_valid_auc_ctr": out["best_valid_auc_ctr"], "trials": out["trials"]})
+    create_markdown_artifact(key="ctr-tune", markdown=f"best validation CTR AUC **{out['best_valid_auc_ctr']}** after "
+                             f"{out['trials']} trials: `{out['best']}` → `{out['written']}`")
+    print(f"best validation CTR AUC {out['best_valid_auc_ctr']} after {out['trials']} trials -> {out['written']}")
+    return out
