@@ -92,7 +92,9 @@ def _llm_command(step: str):
 def cmd_ctr(args, params) -> int:
     from components.steps import ctr_step
 
-    metrics = _tracked(params, "ctr", ctr_step, args.model)
+    if args.model:  # one way to choose the model: --model overrides ctr.model, so the run logs it
+        params = params.model_copy(update={"ctr": params.ctr.model_copy(update={"model": args.model})})
+    metrics = _tracked(params, "ctr", ctr_step)
     print(metrics.get("headline", ""))
     _print_metrics(f"CTR model {metrics.get('model')} trained and evaluated; saved in {params.path('ctr_dir')}",
                    {k: v for k, v in metrics.items() if k.startswith(("test.all", "train."))})

@@ -17,6 +17,8 @@ from typing import Iterator, Mapping
 
 from components.config import Params
 
+EXPERIMENT_KIND = "mlflow.experimentKind"
+
 
 def tracking_uri(params: Params) -> str:
     """Tracking URI: $MLFLOW_TRACKING_URI, else params.tracking.tracking_uri with a relative
@@ -44,7 +46,9 @@ def configure(params: Params) -> str:
         # Keep artifacts beside the database instead of in the current working directory.
         location = (params.root / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(params.tracking.experiment, artifact_location=location)
+        # MLflow 3's UI opens an experiment on its GenAI overview unless told it holds model runs.
+        return client.create_experiment(params.tracking.experiment, artifact_location=location,
+                                        tags={EXPERIMENT_KIND: "custom_model_development"})
     except Exception:  # created concurrently by another process
         return client.get_experiment_by_name(params.tracking.experiment).experiment_id
 
