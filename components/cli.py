@@ -286,10 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
     args = build_parser().parse_args(argv)
-    from components.config import ParamsError, load_params
+    from components.config import ParamsError, for_profile, is_profile, load_params
 
     try:
         params = load_params(args.params)
+        if is_profile(args.params):  # the same namespace as the flows give this params file
+            params = for_profile(params, args.params)
         return args.func(args, params)
     except ParamsError as e:
         print(f"scenerec: {e}", file=sys.stderr)

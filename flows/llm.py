@@ -68,7 +68,7 @@ def llm(llm: LLMConfig = LLMConfig(), contrastive: ContrastiveConfig = Contrasti
         llm: Corpus, tokenizer, model and continual pretraining (the llm section of the params file).
         contrastive: Pair mining and contrastive fine-tuning of the scene encoder.
         distill: HomoDistil: pruning the pretrained model while distilling it.
-        embed: Which encoder writes the scene / PoI embeddings into Feast.
+        embed: The embed section: which encoder writes the scene / PoI embeddings into Feast.
         params_file: Parameters file, relative to the project folder (e.g. params/small.yaml).
         isolate: Runs with overrides or another params file log to their own MLflow experiment and
             registered models and write to their own folders; untick to write into the params file's.
