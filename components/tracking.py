@@ -40,6 +40,8 @@ def configure(params: Params) -> str:
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(params.tracking.experiment)
     if exp is not None:
+        if EXPERIMENT_KIND not in exp.tags:  # made before the UI was told: open it on runs too
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:"):

@@ -131,13 +131,12 @@ def browser(tmp_path):
     driver.quit()
 
 
-def _field(driver, label: str, tag: str):
-    """The ``tag`` element of the Prefect form property labelled ``label``."""
+def _field(driver, name: str, tag: str):
+    """The first ``tag`` element after the Prefect form label of property ``name``."""
     from selenium.webdriver.common.by import By
 
-    xpath = (f"//span[contains(@class,'schema-form-property__label') and normalize-space()='{label}']"
-             "/ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' schema-form-property ')][1]"
-             f"//{tag}")
+    xpath = (f"(//*[normalize-space(text())='{name} (Optional)' or normalize-space(text())='{name}']"
+             f")[1]/following::{tag}[1]")
     return driver.find_element(By.XPATH, xpath)
 
 
@@ -168,16 +167,19 @@ def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
         props = dep["parameter_openapi_schema"]["properties"]
         assert set(props) == {"ctr", "params_file", "isolate"}
         browser.get(f"http://127.0.0.1:{port}/deployments/deployment/{dep['id']}/run")
-        model = _until(lambda: _field(browser, "Model (Optional)", "select"), 60, "the ctr form")
+        model = _until(lambda: _field(browser, "Model", "select"), 60, "the ctr form")
         body = browser.find_element(By.TAG_NAME, "body").text
         assert 'Property is type "None"' not in body
         assert "larr_cofars | larr_din" in body, "field descriptions come from params.yaml's comments"
         Select(model).select_by_visible_text("id_only")
-        epochs = _field(browser, "Epochs (Optional)", "input")
+        epochs = _field(browser, "Epochs", "input")
         assert epochs.get_attribute("value") == "8", "the section shows params.yaml's value"
         epochs.send_keys(Keys.CONTROL, "a")
         epochs.send_keys("1")
-        params_file = _field(browser, "params_file (Optional)", "input")
+        params_file = next(i for i in browser.find_elements(By.TAG_NAME, "input")
+                           if i.get_attribute("value") == "params.yaml" and i.is_displayed())
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", params_file)
+        params_file.click()
         params_file.send_keys(Keys.CONTROL, "a")
         params_file.send_keys("params/small.yaml")
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", model)
