@@ -176,8 +176,7 @@ def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
         assert epochs.get_attribute("value") == "8", "the section shows params.yaml's value"
         epochs.send_keys(Keys.CONTROL, "a")
         epochs.send_keys("1")
-        params_file = next(i for i in browser.find_elements(By.TAG_NAME, "input")
-                           if i.get_attribute("value") == "params.yaml" and i.is_displayed())
+        params_file = _field(browser, "params_file", "textarea")
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", params_file)
         params_file.click()
         params_file.send_keys(Keys.CONTROL, "a")
@@ -188,8 +187,10 @@ def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
             browser.save_screenshot(str(shots / "prefect-form.png"))
         submit = browser.find_element(By.XPATH, "//button[normalize-space()='Submit']")
         browser.execute_script("arguments[0].click();", submit)
-        run_id = _until(lambda: browser.current_url.split("/runs/flow-run/")[1].split("?")[0]
-                        if "/runs/flow-run/" in browser.current_url else None, 60, "the flow run page")
+        # The UI goes back to the deployment's runs; the run it created is the deployment's only one.
+        run_id = _until(lambda: _api(port, "/flow_runs/filter",
+                                     {"deployments": {"id": {"any_": [dep["id"]]}}})[0]["id"], 120,
+                        "the flow run the form created")
         run = _until(lambda: (r := _api(port, f"/flow_runs/{run_id}"))["state_type"] in
                      ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r, 600, "the ctr run to finish")
         assert run["state_type"] == "COMPLETED", (tmp / "worker.log").read_text()[-4000:]
