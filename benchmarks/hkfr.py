@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from components.ctr.train import train_model
     from components.hkfr import stage, tuning
     from components.hkfr.instructions import split_bounds
-    from components.llm.training import cpu_threads
+    from components.training import cpu_threads
 
     import signal
 

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     from components.ctr.data import build_dataset, make_batch, to_tensors
     from components.ctr.evaluate import evaluate
     from components.ctr.train import train_model
-    from components.llm.training import cpu_threads
+    from components.training import cpu_threads
 
     ds = build_dataset(params)
     models, quality = {}, {}

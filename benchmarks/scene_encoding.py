@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     from components.ctr.train import train_model
     from components.llm.embed import encoder_dir
     from components.llm.encoder import TextEncoder
-    from components.llm.training import cpu_threads
+    from components.training import cpu_threads
 
     ds = build_dataset(params)
     if ds.scene_table is None or ds.pois.text_emb is None:

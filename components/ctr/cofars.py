@@ -1,65 +1,64 @@
-"""CoFARS building blocks (METHODS.md §2): context distributions, their symmetrised KL, the
-probability encoder, context prototypes, a GAT layer, Gumbel binarisation and the per-request
-sub-sequence selection.
+"""CoFARS (METHODS.md §2; Meituan, WWW'24, arXiv 2403.12566): one context-selected sub-sequence per
+request instead of a search of the history per candidate.
+
+The paper's cost split is the structure of this file:
+
+- **Offline** (history only, no model parameters): ``context_graph`` turns a user's behaviours into
+  a ``ContextGraph`` — the user's context nodes (the most frequent contexts), their attribute
+  distributions D(C) and true divergences JS(D(Ci), D(Cj)), the edges between contexts adjacent in
+  time and the node of the newest behaviour. Training and evaluation compute it from each batch's
+  history (point-in-time by construction); a server can compute it once per user and history update.
+- **Online** (per request): ``CoFARS.forward`` — GRU over the last r behaviours, probability
+  encoder on the nodes and the target context, prototype–context edges, the temporal graph and its
+  GAT, the prototype selection and the selected context nodes. No input has the history's length.
+  Then ``subsequence_mask`` marks the behaviours of the chosen contexts (on the full history in
+  training; a server passes only each context's newest ``max_subsequence`` behaviours and gets the
+  same sub-sequence), and CTRModel runs the target attention over it (phase 2).
 
 Choices of ours (the paper leaves them open):
 - A context's distribution D(C) is the concatenation of one distribution per attribute group
-  (category, price band, …), each summing to 1; zeros are smoothed additively (``alpha``).
-  ``symmetric_kl`` on such a vector is the sum of the per-group divergences.
-- ``symmetric_kl`` is what the paper calls "JS": ½[KL(p‖q) + KL(q‖p)] = ½ Σ (p−q)(log p − log q);
+  (category, price band, …), each summing to 1; zeros are smoothed additively (``alpha``). The
+  divergence of such vectors is the sum of the per-group divergences.
+- The divergence is what the paper calls "JS": ½[KL(p‖q) + KL(q‖p)] = ½ Σ (p−q)(log p − log q);
   ``sim = 1 − JS`` as in the paper.
-- ``L_IND`` averages over prototype pairs i ≠ j (the diagonal is 0 by definition).
-- Selection runs once per **request** (user, target context, short-term preference); candidates are
-  no argument of it, and its mask is broadcast to the request's candidates with ``expand_to_candidates``.
+- Nodes per request: the ``max_contexts`` most frequent contexts of the history; context–context
+  edges join contexts adjacent in time, the target context joins the newest behaviour's context;
+  each context (and the target) attaches to one prototype by a Gumbel-softmax over sim(o, c).
+- ``L_MSE`` averages over pairs of distinct real nodes; ``L_IND`` over prototype pairs i ≠ j.
+- Selection runs once per **request**; candidates are no argument of it.
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from components.ctr.layers import MLP
+from components.config import CTRConfig
+from components.layers import MLP
 
 
 # ------------------------------------------------------------------------------------------------
-# Distributions and their divergence
+# Distributions and their divergence (offline: D(C) from the logs)
 
 
-def attribute_distribution(counts, group_sizes: list[int] | None = None, alpha: float = 1.0):
-    """Counts (..., V) of attribute values -> distributions, normalised per attribute group
+def attribute_distribution(counts: torch.Tensor, group_sizes: list[int] | None = None,
+                           alpha: float = 1.0) -> torch.Tensor:
+    """D(C): counts (..., V) of attribute values -> distributions, normalised per attribute group
     (``group_sizes`` summing to V; default one group) after adding ``alpha`` to every count so no
-    value has probability 0. Works on numpy arrays and torch tensors alike."""
+    value has probability 0. Computed in float64, returned in the counts' float dtype."""
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0 so that no probability is zero, got {alpha}")
-    is_torch = isinstance(counts, torch.Tensor)
-    x = counts.double() if is_torch else np.asarray(counts, dtype=np.float64)
+    x = counts.double()
     if (x < 0).any():
         raise ValueError("counts must be non-negative")
     sizes = [x.shape[-1]] if group_sizes is None else list(group_sizes)
     if sum(sizes) != x.shape[-1]:
         raise ValueError(f"group_sizes {sizes} sum to {sum(sizes)}, but counts have {x.shape[-1]} values")
     x = x + alpha
-    if is_torch:
-        parts = [g / g.sum(-1, keepdim=True) for g in torch.split(x, sizes, dim=-1)]
-        out = torch.cat(parts, dim=-1)
-        return out.to(counts.dtype) if counts.is_floating_point() else out.float()
-    parts = [g / g.sum(-1, keepdims=True) for g in np.split(x, np.cumsum(sizes)[:-1], axis=-1)]
-    return np.concatenate(parts, axis=-1)
-
-
-def symmetric_kl(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """½[KL(p‖q) + KL(q‖p)] over the last dim (batched, broadcasting); entries below ``eps`` are
-    clamped to ``eps`` before the log."""
-    p, q = p.clamp(min=eps), q.clamp(min=eps)
-    return 0.5 * ((p - q) * (p.log() - q.log())).sum(-1)
-
-
-def js_numpy(p, q, eps: float = 1e-8) -> np.ndarray:
-    """numpy twin of ``symmetric_kl`` (offline: true divergences between logged contexts)."""
-    p = np.clip(np.asarray(p, dtype=np.float64), eps, None)
-    q = np.clip(np.asarray(q, dtype=np.float64), eps, None)
-    return 0.5 * ((p - q) * (np.log(p) - np.log(q))).sum(-1)
+    out = torch.cat([g / g.sum(-1, keepdim=True) for g in torch.split(x, sizes, dim=-1)], dim=-1)
+    return out.to(counts.dtype) if counts.is_floating_point() else out.float()
 
 
 def pairwise_symmetric_kl(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -80,8 +79,8 @@ def pairwise_symmetric_kl(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -
 
 
 class ProbabilityEncoder(nn.Module):
-    """P(c) = sigmoid(MLP(c)) over all attribute values, normalised per attribute group into
-    distributions; c = u + ĉ (user embedding plus shared context / prototype embedding)."""
+    """Probability encoder: P(c) = sigmoid(MLP(c)) over all attribute values, normalised per attribute
+    group into distributions; c (..., d) is a context or prototype representation (u + ĉ, u + ô)."""
 
     def __init__(self, embed_dim: int, group_sizes: list[int], hidden: list[int] | tuple[int, ...] = (64,),
                  dropout: float = 0.0, eps: float = 1e-8):
@@ -90,15 +89,20 @@ class ProbabilityEncoder(nn.Module):
         self.mlp = MLP(embed_dim, hidden, sum(self.group_sizes), dropout=dropout)
         self.eps = eps
 
-    def forward(self, user: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """user (..., d) broadcast onto context (..., d) -> distributions (..., V)."""
-        s = torch.sigmoid(self.mlp(user + context)) + self.eps
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        """c (..., d) -> distributions (..., V)."""
+        s = torch.sigmoid(self.mlp(c)) + self.eps
         return torch.cat([g / g.sum(-1, keepdim=True) for g in torch.split(s, self.group_sizes, dim=-1)], dim=-1)
 
-    def mse_loss(self, p_est: torch.Tensor, js_true: torch.Tensor) -> torch.Tensor:
-        """L_MSE = mean_ij (JS_true − JS_est)² for (..., n, V) estimated distributions and the
-        (..., n, n) true divergences of the same contexts."""
-        return F.mse_loss(pairwise_symmetric_kl(p_est, p_est, self.eps), js_true.to(p_est.dtype))
+    def mse_loss(self, p_est: torch.Tensor, js_true: torch.Tensor, node_ok: torch.Tensor | None = None) -> torch.Tensor:
+        """L_MSE = mean_ij (JS_true − JS_est)² over pairs i ≠ j of real nodes: p_est (R, M, V) estimated
+        distributions, js_true (R, M, M) the true divergences of the same contexts, node_ok (R, M)
+        bool (default all real)."""
+        js_est = pairwise_symmetric_kl(p_est, p_est, self.eps)
+        m = js_est.shape[-1]
+        ok = torch.ones(js_est.shape[:-1], dtype=torch.bool, device=js_est.device) if node_ok is None else node_ok
+        pair_ok = ok.unsqueeze(-1) & ok.unsqueeze(-2) & ~torch.eye(m, dtype=torch.bool, device=js_est.device)
+        return ((js_est - js_true) ** 2 * pair_ok).sum() / pair_ok.sum().clamp(min=1)
 
 
 class ContextPrototypes(nn.Module):
@@ -122,7 +126,7 @@ class ContextPrototypes(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# Temporal graph
+# Building blocks of the temporal graph and the selection
 
 
 class GATLayer(nn.Module):
@@ -160,10 +164,6 @@ class GATLayer(nn.Module):
         return out.reshape(b, n, -1) if self.concat else out.mean(dim=2)
 
 
-# ------------------------------------------------------------------------------------------------
-# Selection
-
-
 class _StraightThrough(torch.autograd.Function):
     """Forward 1[y > ½] exactly (``hard + y - y.detach()`` can round to 0.99999994), backward identity."""
 
@@ -191,24 +191,120 @@ def gumbel_binarize(logits: torch.Tensor, tau: float = 1.0, hard: bool = True, n
     return _StraightThrough.apply(y)
 
 
+# ------------------------------------------------------------------------------------------------
+# Offline: the user's contexts from the history
+
+
+class ContextGraph(NamedTuple):
+    """The history-only part of CoFARS for R requests with M node slots (offline). Scoring reads only
+    the first four fields; D(C) and the true JS are the training target of L_MSE (None: no L_MSE)."""
+
+    node_context: torch.Tensor  # (R, M) long: the context id of each node, most frequent first
+    node_ok: torch.Tensor  # (R, M) bool: the slot holds a context of the history
+    adjacency: torch.Tensor  # (R, M, M) bool: contexts of consecutive behaviours (symmetric)
+    last_node: torch.Tensor  # (R,) long: node of the newest behaviour, -1 when it has none
+    distribution: torch.Tensor | None = None  # (R, M, V) D(C) of each node
+    divergence: torch.Tensor | None = None  # (R, M, M) true JS between the nodes' D(C)
+
+
+def context_nodes(hist_context: torch.Tensor, hist_mask: torch.Tensor, n_contexts: int,
+                  max_contexts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The user's contexts (paper: the contexts of the temporal graph): the ``max_contexts`` most
+    frequent contexts of each history (R, n) (context 0, unknown, is never a node). Returns node
+    context ids (R, M), node_ok (R, M) and each behaviour's node (R, n), -1 = none."""
+    counts = torch.zeros(hist_context.shape[0], n_contexts, device=hist_context.device)
+    counts.scatter_add_(1, hist_context, hist_mask.float())
+    counts[:, 0] = 0
+    top, node_ctx = counts.topk(min(max_contexts, n_contexts), dim=1)
+    node_ok = top > 0
+    eq = (hist_context.unsqueeze(-1) == node_ctx.unsqueeze(1)) & node_ok.unsqueeze(1) & hist_mask.unsqueeze(-1)
+    slot = torch.where(eq.any(-1), eq.float().argmax(-1), torch.full_like(hist_context, -1))
+    return node_ctx, node_ok, slot
+
+
+def context_adjacency(slot: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """Context–context edges of the temporal graph: nodes of consecutive behaviours in different
+    contexts, both directions. slot (R, n) from ``context_nodes`` -> (R, M, M) bool."""
+    r = slot.shape[0]
+    a, b = slot[:, :-1], slot[:, 1:]
+    ok = (a >= 0) & (b >= 0) & (a != b)
+    adj = torch.zeros(r, n_nodes * n_nodes, device=slot.device)
+    adj.scatter_add_(1, torch.where(ok, a * n_nodes + b, torch.zeros_like(a)), ok.float())
+    adj.scatter_add_(1, torch.where(ok, b * n_nodes + a, torch.zeros_like(a)), ok.float())
+    return adj.view(r, n_nodes, n_nodes) > 0
+
+
+def context_graph(hist_context: torch.Tensor, hist_mask: torch.Tensor, hist_attributes: torch.Tensor,
+                  n_contexts: int, max_contexts: int, group_sizes: list[int], alpha: float = 1.0) -> ContextGraph:
+    """Offline part of CoFARS (O(n) per user, no parameters): context nodes, D(C) per node counted
+    from the behaviours' attribute values, the true JS between nodes, the temporal context edges and
+    the newest behaviour's node. hist_context (R, n) long, hist_mask (R, n) bool (left-aligned,
+    oldest first), hist_attributes (R, n, G) long: one value per attribute group of ``group_sizes``
+    (values past a group's size count as its last value)."""
+    node_ctx, node_ok, slot = context_nodes(hist_context, hist_mask, n_contexts, max_contexts)
+    m = node_ctx.shape[1]
+    onehot = torch.cat([F.one_hot(hist_attributes[..., g].clamp(max=size - 1), size)
+                        for g, size in enumerate(group_sizes)], -1).float() * hist_mask.unsqueeze(-1)
+    eq = slot.unsqueeze(-1) == torch.arange(m, device=slot.device)  # (R, n, M): behaviour in node
+    counts = torch.einsum("rlm,rlv->rmv", eq.float(), onehot)
+    distribution = attribute_distribution(counts, group_sizes, alpha).float()
+    last_node = slot.gather(1, (hist_mask.sum(1, keepdim=True) - 1).clamp(min=0)).squeeze(1)
+    return ContextGraph(node_ctx, node_ok, context_adjacency(slot, m), last_node, distribution,
+                        pairwise_symmetric_kl(distribution, distribution))
+
+
+# ------------------------------------------------------------------------------------------------
+# Online: the temporal graph, the GAT and the selection of one request
+
+
+def attach_prototypes(sim: torch.Tensor, node_ok: torch.Tensor, tau: float = 1.0, sample: bool = True) -> torch.Tensor:
+    """Prototype–context edges of the temporal graph: each context and the target (columns of
+    sim (R, P, M+1), the target last) attaches to one prototype, drawn by a hard Gumbel-softmax of
+    sim(o_i, c_j) at temperature τ_p when ``sample`` (training), else the most similar one.
+    node_ok (R, M) drops empty node slots. Returns (R, P, M+1) bool."""
+    if sample:
+        attach = F.gumbel_softmax(sim.transpose(1, 2), tau=tau, hard=True, dim=-1)
+    else:
+        attach = F.one_hot(sim.transpose(1, 2).argmax(-1), sim.shape[1]).float()
+    attach = attach.transpose(1, 2) > 0.5
+    return attach & torch.cat([node_ok, torch.ones_like(node_ok[:, :1])], 1).unsqueeze(1)
+
+
+def temporal_graph(adjacency: torch.Tensor, last_node: torch.Tensor, attach: torch.Tensor) -> torch.Tensor:
+    """The temporal graph's adjacency (R, N, N) over [contexts (M), target (1), prototypes (P)]:
+    context–context edges (R, M, M), the target joined to the newest behaviour's node last_node (R,)
+    (-1 = none), prototype–context edges attach (R, P, M+1)."""
+    r, m, _ = adjacency.shape
+    n_nodes = m + 1 + attach.shape[1]
+    adj = torch.zeros(r, n_nodes, n_nodes, dtype=torch.bool, device=adjacency.device)
+    adj[:, :m, :m] = adjacency
+    has_last = last_node >= 0
+    rows = torch.arange(r, device=adjacency.device)
+    adj[rows[has_last], m, last_node[has_last]] = True
+    adj[rows[has_last], last_node[has_last], m] = True
+    adj[:, m + 1:, : m + 1] = attach
+    adj[:, : m + 1, m + 1:] = attach.transpose(1, 2)
+    return adj
+
+
 def select_prototypes(sim: torch.Tensor, short_term: torch.Tensor, proto: torch.Tensor, tau: float = 1.0,
                       hard: bool = True, noise: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z_i = GumbelBinarize(sim(õ_i, c̃_t) · (õ_i · l)): sim (B, K) between the (graph-refined)
-    prototypes and the target context, short_term l (B, d), proto õ (B, K, d) -> z (B, K)."""
+    """Selection: z_i = GumbelBinarize(sim(õ_i, c̃_t) · (õ_i · l)): sim (R, P) between the
+    (graph-refined) prototypes and the target context, short_term l (R, d), proto õ (R, P, d) -> z (R, P)."""
     return gumbel_binarize(sim * torch.einsum("bkd,bd->bk", proto, short_term), tau, hard, noise, generator)
 
 
 def selected_contexts(z: torch.Tensor, attach: torch.Tensor) -> torch.Tensor:
-    """Contexts attached to a chosen prototype: z (B, K) in {0, 1}, attach (B, K, C) bool
-    (prototype–context edges of the temporal graph) -> (B, C) bool."""
+    """Phase 2's contexts: those attached to a chosen prototype. z (R, P) in {0, 1}, attach (R, P, M)
+    bool (prototype–context edges) -> (R, M) bool."""
     return ((z > 0.5).unsqueeze(-1) & attach.bool()).any(dim=1)
 
 
 def subsequence_mask(history_context_ids: torch.Tensor, selected_context_ids: torch.Tensor,
                      selected: torch.Tensor | None = None, pad_id: int = -1) -> torch.Tensor:
-    """(B, n) bool: behaviour j is kept when its context id is among the request's selected ones.
-    history_context_ids (B, n), selected_context_ids (B, m); ``selected`` (B, m) bool marks which of
-    them count (default all); ``pad_id`` entries on either side never match."""
+    """Phase 2's sub-sequence: (R, n) bool, behaviour j is kept when its context id is among the
+    request's selected ones. history_context_ids (R, n), selected_context_ids (R, M); ``selected``
+    (R, M) bool marks which of them count (default all); ``pad_id`` entries on either side never match."""
     sel_ok = selected_context_ids != pad_id
     if selected is not None:
         sel_ok = sel_ok & selected.bool()
@@ -216,17 +312,75 @@ def subsequence_mask(history_context_ids: torch.Tensor, selected_context_ids: to
     return match.any(-1) & (history_context_ids != pad_id)
 
 
-def select_subsequence(sim: torch.Tensor, short_term: torch.Tensor, proto: torch.Tensor, attach: torch.Tensor,
-                       context_ids: torch.Tensor, history_context_ids: torch.Tensor, tau: float = 1.0,
-                       noise: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Phase 1 end to end for B **requests**: chosen prototypes -> their contexts -> (B, n) mask over
-    the history. Candidates are deliberately no argument: one selection serves all of a request's
-    candidates (O(r + |O|) instead of O(B·n))."""
-    z = select_prototypes(sim, short_term, proto, tau, hard=True, noise=noise, generator=generator)
-    return subsequence_mask(history_context_ids, context_ids, selected_contexts(z, attach))
+def phase1_score(z: torch.Tensor, proto: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Phase 1's training score s = Σ_i z_i · (õ_i · v) (with BCE on the click): z (R, P), proto õ
+    (R, P, d), candidates v (R, K, d) -> logits (R, K)."""
+    return torch.einsum("rp,rpd,rkd->rk", z, proto, cand)
 
 
-def expand_to_candidates(per_request: torch.Tensor, request_index: torch.Tensor) -> torch.Tensor:
-    """Broadcast a per-request tensor (R, …) to candidate rows: request_index (N,) says which
-    request each candidate row belongs to."""
-    return per_request.index_select(0, request_index)
+# ------------------------------------------------------------------------------------------------
+# The module
+
+
+class CoFARS(nn.Module):
+    """CoFARS's parameters and its online pass for R requests (see the module docstring): context
+    and prototype embeddings, the probability encoder, the GAT and the short-term GRU."""
+
+    def __init__(self, cfg: CTRConfig, n_contexts: int, dim: int, group_sizes: list[int]):
+        super().__init__()
+        self.cfg = cfg
+        self.group_sizes = group_sizes
+        self.context_emb = nn.Embedding(n_contexts, dim)
+        self.prob = ProbabilityEncoder(dim, group_sizes, hidden=(2 * dim,))
+        self.prototypes = ContextPrototypes(dim, cfg.n_prototypes)
+        heads = cfg.gat_heads if dim % cfg.gat_heads == 0 else 1
+        self.gat = nn.ModuleList(GATLayer(dim, dim // heads, heads=heads) for _ in range(cfg.gat_layers))
+        self.gru = nn.GRU(dim, dim, batch_first=True)
+
+    def offline(self, hist_context: torch.Tensor, hist_mask: torch.Tensor,
+                hist_attributes: torch.Tensor) -> ContextGraph:
+        """``context_graph`` with this model's sizes and settings (a server calls it per user, offline)."""
+        return context_graph(hist_context, hist_mask, hist_attributes, self.context_emb.num_embeddings,
+                             self.cfg.max_contexts, self.group_sizes, self.cfg.distribution_alpha)
+
+    def short_term(self, window: torch.Tensor, window_mask: torch.Tensor) -> torch.Tensor:
+        """Short-term preference l = GRU(last r behaviours): window (R, r, d) left-aligned, oldest
+        first, window_mask (R, r) -> (R, d). Right-aligned first, so the final state follows the
+        newest behaviour (the leading padding steps still run on zeros)."""
+        seq = window * window_mask.unsqueeze(-1)
+        shift = (~window_mask).sum(-1)
+        n = window_mask.shape[-1]
+        idx = (torch.arange(n, device=window_mask.device).unsqueeze(0) - shift.unsqueeze(1)) % n
+        _, h_n = self.gru(seq.gather(1, idx.unsqueeze(-1).expand_as(seq)))
+        return h_n[-1]
+
+    def forward(self, user: torch.Tensor, context: torch.Tensor, graph: ContextGraph, window: torch.Tensor,
+                window_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Online pass: user (R, d) embedding, target context id (R,), the request's ``ContextGraph``
+        and its last r behaviours (``short_term``). Returns ``chosen`` (R, M) bool context nodes, the
+        selection ``z`` (R, P), the refined ``prototypes`` (R, P, d) and the losses ``l_mse`` (0 without
+        the graph's divergences), ``l_ind``. Cost O(r + (M + P)²), independent of the history length
+        and of the candidates."""
+        cfg = self.cfg
+        m = graph.node_context.shape[1]
+        short = self.short_term(window, window_mask)
+        c = user.unsqueeze(1) + self.context_emb(graph.node_context)  # c_i = u + ĉ_i
+        p_c = self.prob(c)
+        l_mse = self.prob.mse_loss(p_c, graph.divergence, graph.node_ok) if graph.divergence is not None \
+            else p_c.new_zeros(())
+        o = self.prototypes(user)  # o_i = ô_i + u
+        p_o = self.prob(o)
+        l_ind = ContextPrototypes.independence_loss(p_o)
+        c_t = user + self.context_emb(context)
+        p_t = self.prob(c_t)
+        sim_oc = 1 - pairwise_symmetric_kl(p_o, torch.cat([p_c, p_t.unsqueeze(1)], 1))  # (R, P, M+1)
+        attach = attach_prototypes(sim_oc, graph.node_ok, cfg.attach_temperature, sample=self.training)
+        adj = temporal_graph(graph.adjacency, graph.last_node, attach)
+        x = torch.cat([c, c_t.unsqueeze(1), o], 1)
+        for layer in self.gat:
+            x = x + F.elu(layer(x, adj))
+        t_ref, o_ref = x[:, m], x[:, m + 1:]  # refined target context and prototypes
+        sim_t = 1 - pairwise_symmetric_kl(self.prob(o_ref), self.prob(t_ref).unsqueeze(1)).squeeze(-1)  # (R, P)
+        z = select_prototypes(sim_t, short, o_ref, cfg.select_temperature, hard=True, noise=self.training)
+        return {"chosen": selected_contexts(z, attach[:, :, :m]), "z": z, "prototypes": o_ref,
+                "l_mse": l_mse, "l_ind": l_ind}

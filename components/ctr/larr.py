@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.special import erf
 
-from components.ctr.layers import MLP
+from components.layers import MLP
 
 
 class SceneAggregator(nn.Module):
@@ -165,14 +165,3 @@ class ServedAggregator:
         for step in self.projection:
             x = np.maximum(x, 0) if step[0] == "relu" else x @ step[1] + step[2]
         return x.astype(np.float32, copy=False)
-
-
-def alignment_loss(scene_vec: torch.Tensor, collab_vec: torch.Tensor, temperature: float = 0.1,
-                   symmetric: bool = True) -> torch.Tensor:
-    """InfoNCE with in-batch negatives on cosine similarity: row i's scene vector should pick row i's
-    collaborative vector among the batch (and back, when ``symmetric``)."""
-    s, c = F.normalize(scene_vec, dim=-1), F.normalize(collab_vec, dim=-1)
-    logits = s @ c.T / temperature
-    target = torch.arange(len(s), device=s.device)
-    loss = F.cross_entropy(logits, target)
-    return (loss + F.cross_entropy(logits.T, target)) / 2 if symmetric else loss

@@ -23,10 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from components.config import CTRConfig
-from components.ctr.cofars import (ContextPrototypes, GATLayer, ProbabilityEncoder, attribute_distribution,
-                                   gumbel_binarize, pairwise_symmetric_kl)
-from components.ctr.larr import SceneAggregator, alignment_loss
-from components.ctr.layers import MLP, ESMMHeads, TargetAttention
+from components.ctr.cofars import CoFARS, phase1_score, subsequence_mask
+from components.ctr.esmm import ESMMHeads
+from components.ctr.larr import SceneAggregator
+from components.layers import MLP, TargetAttention, info_nce
 
 MODEL_SPECS = {
     "id_only": dict(scene="ids", sequence="none"),
@@ -136,110 +136,6 @@ def history_profile(w: torch.Tensor, hist_row: torch.Tensor, cand_row: torch.Ten
     return torch.stack(feats, -1)
 
 
-class CoFARS(nn.Module):
-    """Phase 1 of CoFARS (METHODS.md §2) over the contexts of each request's history.
-
-    Nodes per request: the ``max_contexts`` most frequent contexts of the history (D(C) counted
-    from those behaviours — point-in-time by construction), the target context and ``n_prototypes``
-    prototypes. Context–context edges join contexts adjacent in time (and the target to the latest
-    context); each context attaches to one prototype by a Gumbel-softmax over sim(o, c).
-    """
-
-    def __init__(self, cfg: CTRConfig, shapes: ModelShapes, dim: int, group_sizes: list[int]):
-        super().__init__()
-        self.cfg = cfg
-        self.group_sizes = group_sizes
-        self.context_emb = nn.Embedding(shapes.n_contexts, dim)
-        self.prob = ProbabilityEncoder(dim, group_sizes, hidden=(2 * dim,))
-        self.prototypes = ContextPrototypes(dim, cfg.n_prototypes)
-        heads = cfg.gat_heads if dim % cfg.gat_heads == 0 else 1
-        self.gat = nn.ModuleList(GATLayer(dim, dim // heads, heads=heads) for _ in range(cfg.gat_layers))
-        self.gru = nn.GRU(dim, dim, batch_first=True)
-
-    def _nodes(self, hist_context, hist_mask):
-        """Top-M contexts of each history, and each behaviour's node slot (-1 = none)."""
-        n_ctx = self.context_emb.num_embeddings
-        counts = torch.zeros(hist_context.shape[0], n_ctx, device=hist_context.device)
-        counts.scatter_add_(1, hist_context, hist_mask.float())
-        counts[:, 0] = 0  # unknown context is no node
-        m = min(self.cfg.max_contexts, n_ctx)
-        top, node_ctx = counts.topk(m, dim=1)
-        node_ok = top > 0
-        eq = (hist_context.unsqueeze(-1) == node_ctx.unsqueeze(1)) & node_ok.unsqueeze(1) & hist_mask.unsqueeze(-1)
-        slot = torch.where(eq.any(-1), eq.float().argmax(-1), torch.full_like(hist_context, -1))
-        return node_ctx, node_ok, eq, slot
-
-    def _adjacency(self, slot, node_ok, n_nodes):
-        """Context–context edges between consecutive behaviours in different contexts (symmetric)."""
-        r, m = node_ok.shape
-        a, b = slot[:, :-1], slot[:, 1:]
-        ok = (a >= 0) & (b >= 0) & (a != b)
-        adj = torch.zeros(r, n_nodes * n_nodes, device=slot.device)
-        flat = torch.where(ok, a * n_nodes + b, torch.zeros_like(a))
-        adj.scatter_add_(1, flat, ok.float())
-        flat_t = torch.where(ok, b * n_nodes + a, torch.zeros_like(a))
-        adj.scatter_add_(1, flat_t, ok.float())
-        return adj.view(r, n_nodes, n_nodes) > 0
-
-    def forward(self, user, context, hist_emb, hist_context, hist_mask, hist_attr_onehot, short_term):
-        """Returns the (R, n) selection mask over the history, the refined prototypes (R, P, d),
-        the selection z (R, P) and the auxiliary losses. Candidates are no input."""
-        cfg = self.cfg
-        node_ctx, node_ok, eq, slot = self._nodes(hist_context, hist_mask)
-        r, m = node_ctx.shape
-        # True D(C) per node context from this history (CoFARS precomputes it offline from logs).
-        counts = torch.einsum("rlm,rlv->rmv", eq.float(), hist_attr_onehot)
-        d_true = attribute_distribution(counts, self.group_sizes, cfg.distribution_alpha).float()
-        js_true = pairwise_symmetric_kl(d_true, d_true)
-        c = user.unsqueeze(1) + self.context_emb(node_ctx)  # c_i = u + ĉ_i
-        p_c = self.prob(torch.zeros_like(c), c)
-        js_est = pairwise_symmetric_kl(p_c, p_c)
-        pair_ok = node_ok.unsqueeze(2) & node_ok.unsqueeze(1) & ~torch.eye(m, dtype=torch.bool, device=c.device)
-        l_mse = ((js_est - js_true) ** 2 * pair_ok).sum() / pair_ok.sum().clamp(min=1)
-
-        o = self.prototypes(user)  # o_i = ô_i + u
-        p_o = self.prob(torch.zeros_like(o), o)
-        l_ind = ContextPrototypes.independence_loss(p_o)
-        c_t = user + self.context_emb(context)
-        p_t = self.prob(torch.zeros_like(c_t), c_t)
-        # Prototype–context edges: each context (and the target) attaches to one prototype.
-        sim_oc = 1 - pairwise_symmetric_kl(p_o, torch.cat([p_c, p_t.unsqueeze(1)], 1))  # (R, P, M+1)
-        if self.training:
-            attach = F.gumbel_softmax(sim_oc.transpose(1, 2), tau=cfg.attach_temperature, hard=True, dim=-1)
-        else:
-            attach = F.one_hot(sim_oc.transpose(1, 2).argmax(-1), sim_oc.shape[1]).float()
-        attach = attach.transpose(1, 2) > 0.5  # (R, P, M+1)
-        attach = attach & torch.cat([node_ok, torch.ones_like(node_ok[:, :1])], 1).unsqueeze(1)
-
-        # Temporal graph: [contexts (M), target (1), prototypes (P)].
-        n_p = o.shape[1]
-        n_nodes = m + 1 + n_p
-        adj = torch.zeros(r, n_nodes, n_nodes, dtype=torch.bool, device=c.device)
-        adj[:, :m, :m] = self._adjacency(slot, node_ok, m)
-        last_slot = slot.gather(1, (hist_mask.sum(1, keepdim=True) - 1).clamp(min=0)).squeeze(1)
-        has_last = last_slot >= 0
-        rows = torch.arange(r, device=c.device)
-        adj[rows[has_last], m, last_slot[has_last]] = True
-        adj[rows[has_last], last_slot[has_last], m] = True
-        adj[:, m + 1:, : m + 1] = attach
-        adj[:, : m + 1, m + 1:] = attach.transpose(1, 2)
-        x = torch.cat([c, c_t.unsqueeze(1), o], 1)
-        for layer in self.gat:
-            x = x + F.elu(layer(x, adj))
-        t_ref, o_ref = x[:, m], x[:, m + 1:]  # refined target context and prototypes
-
-        # Selection: z_i = GumbelBinarize(sim(õ_i, c̃_t) · (õ_i · l)).
-        p_oref = self.prob(torch.zeros_like(o_ref), o_ref)
-        p_tref = self.prob(torch.zeros_like(t_ref), t_ref)
-        sim_t = 1 - pairwise_symmetric_kl(p_oref, p_tref.unsqueeze(1)).squeeze(-1)  # (R, P)
-        logits = sim_t * torch.einsum("rpd,rd->rp", o_ref, short_term)
-        z = gumbel_binarize(logits, cfg.select_temperature, hard=True, noise=self.training)
-        chosen_nodes = ((z > 0.5).unsqueeze(-1) & attach[:, :, :m]).any(1)  # (R, M)
-        safe_slot = slot.clamp(min=0)
-        keep = (slot >= 0) & chosen_nodes.gather(1, safe_slot)
-        return {"mask": keep & hist_mask, "prototypes": o_ref, "z": z, "l_mse": l_mse, "l_ind": l_ind}
-
-
 class CTRModel(nn.Module):
     """Embedding & MLP CTR model with ESMM heads; scene and sequence modules per ``MODEL_SPECS``."""
 
@@ -280,7 +176,7 @@ class CTRModel(nn.Module):
         if self.sequence == "cofars":
             self.group_sizes = [shapes.n_categories, nb.get("price_band", 8), nb.get("rating_band", 8),
                                 nb.get("delivery_band", 8)]
-            self.cofars = CoFARS(cfg, shapes, d, self.group_sizes)
+            self.cofars = CoFARS(cfg, shapes.n_contexts, d, self.group_sizes)
         seq_dim = 0 if self.sequence == "none" else 2 * d
         # History profile (sequence models): scopes = whole history, same time slot as the request and,
         # for CoFARS, its context-selected sub-sequence.
@@ -338,20 +234,6 @@ class CTRModel(nn.Module):
                       b["hist_delivery"])
         return h + self.behavior_emb(b["hist_behavior"])
 
-    def short_term(self, hist, mask):
-        """GRU over the last ``short_term`` behaviours (right-aligned) -> (R, d)."""
-        r_len = self.cfg.short_term
-        keep = last_positions(mask, r_len)
-        m, seq = gather_selected(keep, r_len, hist)
-        seq = seq * m.unsqueeze(-1)
-        # Right-align so the GRU's final state follows the newest behaviour.
-        shift = (~m).sum(-1)
-        n = m.shape[-1]
-        idx = (torch.arange(n, device=m.device).unsqueeze(0) - shift.unsqueeze(1)) % n
-        seq = seq.gather(1, idx.unsqueeze(-1).expand_as(seq))
-        _, hN = self.cofars.gru(seq)
-        return hN[-1]
-
     def sequence_vector(self, b, cand, hist, aux):
         """(R, K, 2d): attended/pooled history and its product with the candidate."""
         mask = b["hist_mask"]
@@ -369,7 +251,7 @@ class CTRModel(nn.Module):
         else:  # cofars
             sel = self.select(b, hist)
             aux.update({k: sel[k] for k in ("l_mse", "l_ind")})
-            aux["phase1_logit"] = torch.einsum("rp,rpd,rkd->rk", sel["z"], sel["prototypes"], cand)
+            aux["phase1_logit"] = phase1_score(sel["z"], sel["prototypes"], cand)
             m, keys = gather_selected(sel["mask"], self.cfg.max_subsequence, hist)
             aux["subsequence_length"] = m.sum(-1).float().mean()
             s = self.attention(cand, keys, m)
@@ -396,20 +278,18 @@ class CTRModel(nn.Module):
                                           b.get("hist_logp"), b.get("cand_logp"), *text) for sw in scopes], -1)
 
     def select(self, b, hist=None):
-        """CoFARS phase 1 for each request of the batch: the (R, n) sub-sequence mask (with the
-        fallback to the short-term window when no context is chosen). Candidate-independent."""
+        """CoFARS for each request of the batch: the offline part from the batch's history
+        (``CoFARS.offline``), the online pass (``CoFARS.forward``) and the (R, n) sub-sequence mask of
+        the chosen contexts, falling back to the short-term window when none is chosen. Candidate-independent."""
         hist = self.history(b) if hist is None else hist
         mask = b["hist_mask"]
         user = self.user_emb(b["user"])
-        onehot = torch.cat([F.one_hot(b["hist_category"].clamp(max=self.group_sizes[0] - 1), self.group_sizes[0]),
-                            F.one_hot(b["hist_price"].clamp(max=self.group_sizes[1] - 1), self.group_sizes[1]),
-                            F.one_hot(b["hist_rating"].clamp(max=self.group_sizes[2] - 1), self.group_sizes[2]),
-                            F.one_hot(b["hist_delivery"].clamp(max=self.group_sizes[3] - 1), self.group_sizes[3])],
-                           -1).float() * mask.unsqueeze(-1)
-        st = self.short_term(hist, mask)
-        sel = self.cofars(user, b["context"], hist, b["hist_context"], mask, onehot, st)
-        empty = ~sel["mask"].any(-1, keepdim=True)
-        sel["mask"] = torch.where(empty, last_positions(mask, self.cfg.short_term), sel["mask"])
+        attributes = torch.stack([b["hist_category"], b["hist_price"], b["hist_rating"], b["hist_delivery"]], -1)
+        graph = self.cofars.offline(b["hist_context"], mask, attributes)
+        window_mask, window = gather_selected(last_positions(mask, self.cfg.short_term), self.cfg.short_term, hist)
+        sel = self.cofars(user, b["context"], graph, window, window_mask)
+        keep = subsequence_mask(b["hist_context"], graph.node_context, sel["chosen"]) & mask
+        sel["mask"] = torch.where(~keep.any(-1, keepdim=True), last_positions(mask, self.cfg.short_term), keep)
         return sel
 
     # -- forward --------------------------------------------------------------------------------
@@ -453,7 +333,8 @@ class CTRModel(nn.Module):
             losses["l_mse"], losses["l_ind"] = out["l_mse"], out["l_ind"]
             total = total + losses["phase1"] + self.cfg.gamma_mse * out["l_mse"] + self.cfg.lambda_ind * out["l_ind"]
         if "scene_vec" in out and self.cfg.alignment_weight > 0 and len(out["scene_vec"]) > 1:
-            losses["alignment"] = alignment_loss(out["scene_vec"], out["collab_vec"], self.cfg.alignment_temperature)
+            losses["alignment"] = info_nce(out["scene_vec"], out["collab_vec"], self.cfg.alignment_temperature,
+                                           normalize=True)
             total = total + self.cfg.alignment_weight * losses["alignment"]
         losses["loss"] = total
         return losses

@@ -1,14 +1,12 @@
-"""Training and scoring loop of the CTR models: `accelerate` for device, precision and DDP (the
-rules of components/llm/training.py), epochs over request batches bucketed by history length,
-early stopping on validation CTR AUC, a checkpoint per epoch to resume from.
+"""Training and scoring of the CTR models: what is CTR's own (the model, request batches bucketed
+by history length, the loss, validation CTR AUC) handed to components/training's ``fit()``, which
+early-stops on that AUC and writes a checkpoint per epoch in ``ckpt_dir`` that a rerun resumes from.
 
 Under ``torchrun`` / ``accelerate launch`` each process takes every world-size-th batch; every
 process scores the (small) validation split itself, so the early-stopping decision agrees.
 """
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from components.config import CTRConfig
 from components.ctr.data import CTRDataset, RequestData, make_batch, to_tensors, batch_order
 from components.ctr.metrics import auc
 from components.ctr.model import CTRModel, ModelShapes
+from components.training import Recipe, cpu_threads, fingerprint, fit, make_accelerator
 
 
 def build_model(name: str, cfg: CTRConfig, ds: CTRDataset, seed: int) -> CTRModel:
@@ -59,9 +58,41 @@ _NOT_TRAINING = {"cpu_threads", "eval_batch_requests", "calibration_bins", "regi
 
 
 def _fingerprint(name: str, cfg: CTRConfig, seed: int, ds: CTRDataset) -> str:
-    h = hashlib.sha256(json.dumps([name, cfg.model_dump(mode="json", exclude=_NOT_TRAINING), seed,
-                                   len(ds.train), int(ds.train.click.sum()), ds.test_start_ns], sort_keys=True).encode())
-    return h.hexdigest()[:16]
+    return fingerprint({"model": name, "ctr": cfg.model_dump(mode="json", exclude=_NOT_TRAINING), "seed": seed},
+                       json.dumps([len(ds.train), int(ds.train.click.sum()), ds.test_start_ns]))
+
+
+class _EpochBatches:
+    """The request batches of each epoch for this process, drawn as one seeded stream: epoch e's order
+    and id-dropout seed come after epoch e-1's draws, so a resumed run replays the draws it skips."""
+
+    def __init__(self, ds: CTRDataset, cfg: CTRConfig, seed: int, use_text: bool, acc):
+        self.ds, self.cfg, self.use_text, self.acc = ds, cfg, use_text, acc
+        self.rng, self.drawn = np.random.default_rng(seed), 0
+
+    def __call__(self, epoch: int) -> "_Epoch":
+        while True:
+            batches = batch_order(self.ds.train.history_lengths(), self.cfg.batch_requests, self.rng)
+            drop_rng = np.random.default_rng(self.rng.integers(1 << 31))
+            self.drawn += 1
+            if self.drawn > epoch:
+                return _Epoch(self, batches[self.acc.process_index::self.acc.num_processes], drop_rng)
+
+
+class _Epoch:
+    """One epoch's batches as tensors, built in order (id dropout draws from one generator)."""
+
+    def __init__(self, parent: _EpochBatches, batches: list, drop_rng):
+        self.p, self.batches, self.drop_rng = parent, batches, drop_rng
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        p = self.p
+        return to_tensors(make_batch(p.ds.train, self.batches[i], p.ds.history, p.ds.pois, p.cfg.max_history,
+                                     p.cfg.id_dropout, self.drop_rng, p.ds.scene_table if p.use_text else None),
+                          p.acc.device)
 
 
 def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path | None = None,
@@ -69,86 +100,31 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
     """Train ``name`` on ``ds.train`` with early stopping on ``ds.valid``; returns the best model
     (unwrapped, on its device) and the training history. ``log(metrics, step)`` receives per-epoch
     metrics on the main process. With ``ckpt_dir``, a run resumes from its last finished epoch."""
-    from tqdm.auto import tqdm
-
-    from components.llm.training import cpu_threads, make_accelerator, reset_stale_checkpoints
-
     t0 = time.perf_counter()
     acc = make_accelerator(cfg.mixed_precision, seed=seed)
-    model = build_model(name, cfg, ds, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model, opt = acc.prepare(model, opt)
-    net = acc.unwrap_model(model)
-    history: list[dict] = []
-    best = {"auc": -1.0, "epoch": 0, "state": None}
-    start_epoch = 0
-    if ckpt_dir is not None:
-        ckpt_dir = Path(ckpt_dir)
-        reset_stale_checkpoints(ckpt_dir, _fingerprint(name, cfg, seed, ds), acc.is_main_process)
-        acc.wait_for_everyone()
-        state_file = ckpt_dir / "state" / "trainer.json"
-        if state_file.exists():
-            acc.load_state(str(ckpt_dir / "state"))
-            saved = json.loads(state_file.read_text())
-            start_epoch, history = saved["epoch"], saved["history"]
-            best = {"auc": saved["best_auc"], "epoch": saved["best_epoch"],
-                    "state": torch.load(ckpt_dir / "best.pt", map_location=acc.device)}
+    net = build_model(name, cfg, ds, seed)
 
-    rng = np.random.default_rng(seed)
-    for _ in range(start_epoch):  # the batch order of epoch e must not depend on resuming
-        batch_order(ds.train.history_lengths(), cfg.batch_requests, rng)
-        rng.integers(1 << 31)  # the id-dropout seed drawn in the loop
-    bad_epochs = sum(1 for h in history if h["epoch"] > best["epoch"])
+    def loss(model, b):
+        losses = net.loss(model(b), b)
+        return losses["loss"], {k: float(v.detach()) for k, v in losses.items() if k != "loss"}
+
+    def evaluate(model) -> dict:
+        scores = predict(model, ds.valid, ds, cfg, acc.device)
+        return {"valid_auc_ctr": auc(scores["click"], scores["ctr"]),
+                "valid_auc_ctcvr": auc(scores["order"], scores["ctcvr"])}
+
+    recipe = Recipe(model=net, batches=_EpochBatches(ds, cfg, seed, net.use_text, acc), loss=loss, evaluate=evaluate,
+                    optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
     with cpu_threads(cfg.cpu_threads):
-        for epoch in range(start_epoch, cfg.epochs):
-            if bad_epochs >= cfg.patience:
-                break
-            batches = batch_order(ds.train.history_lengths(), cfg.batch_requests, rng)
-            drop_rng = np.random.default_rng(rng.integers(1 << 31))
-            mine = batches[acc.process_index::acc.num_processes]
-            model.train()
-            sums: dict[str, float] = {}
-            bar = tqdm(mine, desc=f"ctr {name} epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       disable=not (progress and acc.is_local_main_process))
-            for idx in bar:
-                b = to_tensors(make_batch(ds.train, idx, ds.history, ds.pois, cfg.max_history, cfg.id_dropout,
-                                          drop_rng, ds.scene_table if net.use_text else None), acc.device)
-                with acc.autocast():
-                    out = model(b)
-                    losses = net.loss(out, b)
-                opt.zero_grad(set_to_none=True)
-                acc.backward(losses["loss"])
-                if cfg.grad_clip > 0:
-                    acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
-            scores = predict(net, ds.valid, ds, cfg, acc.device)
-            row = {"epoch": epoch + 1, **{f"train_{k}": v / max(len(mine), 1) for k, v in sums.items()},
-                   "valid_auc_ctr": auc(scores["click"], scores["ctr"]),
-                   "valid_auc_ctcvr": auc(scores["order"], scores["ctcvr"])}
-            history.append(row)
-            if log is not None and acc.is_main_process:
-                log(row, epoch + 1)
-            if row["valid_auc_ctr"] > best["auc"] + 1e-5:
-                best = {"auc": row["valid_auc_ctr"], "epoch": epoch + 1,
-                        "state": copy.deepcopy({k: v.detach().clone() for k, v in net.state_dict().items()})}
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-            if ckpt_dir is not None:
-                acc.wait_for_everyone()
-                acc.save_state(str(ckpt_dir / "state"))
-                if acc.is_main_process:
-                    torch.save(best["state"], ckpt_dir / "best.pt")
-                    (ckpt_dir / "state" / "trainer.json").write_text(json.dumps(
-                        {"epoch": epoch + 1, "history": history, "best_auc": best["auc"], "best_epoch": best["epoch"]}))
-    if best["state"] is not None:
-        net.load_state_dict(best["state"])
+        out = fit(acc, recipe, epochs=cfg.epochs, ckpt_dir=ckpt_dir,
+                  fingerprint=_fingerprint(name, cfg, seed, ds) if ckpt_dir is not None else "",
+                  grad_clip=cfg.grad_clip, monitor="valid_auc_ctr", patience=cfg.patience, min_delta=1e-5,
+                  restore_best=True, log=log, progress=progress, desc=f"ctr {name}")
+    net = out.model
     net.eval()
-    info = {"history": history, "best_epoch": best["epoch"], "best_valid_auc_ctr": best["auc"],
-            "epochs_run": len(history), "resumed_from_epoch": start_epoch,
+    best = out.best or {"value": -1.0, "epoch": 0}
+    info = {"history": out.history, "best_epoch": best["epoch"], "best_valid_auc_ctr": best["value"],
+            "epochs_run": len(out.history), "resumed_from_epoch": out.start_epoch,
             "seconds": round(time.perf_counter() - t0, 2), "device": str(acc.device),
             "mixed_precision": acc.mixed_precision, "parameters": sum(p.numel() for p in net.parameters())}
     return net, info

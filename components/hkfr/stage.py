@@ -160,7 +160,7 @@ def write_user_knowledge(params: Params, model, tok, snapshots: pd.DataFrame, va
 
 def instruct_and_evaluate(params: Params, run_id: str | None = None) -> dict:
     """Tune, evaluate on the test split, export the user knowledge embedding to Feast."""
-    from components.llm.training import cpu_threads
+    from components.training import cpu_threads
 
     sets = load_sets(params)
     d = _curated(params, "impressions", "users")

@@ -2,10 +2,9 @@
 
 * ``instruct``: LoRA adapters (``peft``) on every linear layer of the continually pretrained
   Llama (or, ``hkfr.method: full``, every weight), trained on ``knowledge + prompt → answer`` with
-  the loss on the answer tokens only. Same rules as the LLM stages: ``accelerate`` picks the device
-  and precision and runs DDP under ``accelerate launch`` / ``torchrun``; a checkpoint every
-  ``checkpoint_every`` steps and a rerun resumes from the newest. The adapters are merged on save,
-  so the tuned model is a plain Hugging Face folder.
+  the loss on the answer tokens only. The loop is components/training's ``fit()`` (the LoRA wrap is
+  its ``wrap`` hook): device, precision, DDP, a checkpoint every ``checkpoint_every`` steps that a
+  rerun resumes from. The adapters are merged on save, so the tuned model is a plain HF folder.
 * ``score_yes``: P("yes") of the yes/no task, as the two answers' likelihoods renormalised. The knowledge + scene prefix of a request is run once and its KV cache is shared
   by all of the request's candidates.
 * ``choice_accuracy``: the category / price-band tasks, answered by the most likely option.
@@ -14,7 +13,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -80,10 +78,11 @@ def collate(batch, pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def _fingerprint(params: Params, train: pd.DataFrame) -> str:
+    from components.training import fingerprint
+
     knobs = params.hkfr.model_dump(mode="json", exclude=_NOT_TRAINING)
-    h = hashlib.sha256(json.dumps([knobs, params.seed, str(base_dir(params).resolve())], sort_keys=True).encode())
-    h.update(pd.util.hash_pandas_object(train[["knowledge", "prompt", "answer"]], index=False).to_numpy().tobytes())
-    return h.hexdigest()[:16]
+    return fingerprint({"hkfr": knobs, "seed": params.seed, "base": str(base_dir(params).resolve())},
+                       train[["knowledge", "prompt", "answer"]])
 
 
 def _lr(warmup: int, steps: int):
@@ -96,7 +95,7 @@ def _lr(warmup: int, steps: int):
 
 def instruct(params: Params, train: pd.DataFrame, run_id: str | None = None) -> dict:
     """Tune ``llm_dir/<hkfr.base>`` on the instruction examples; save the tuned model to ``hkfr_dir/model``."""
-    from components.llm.training import cpu_threads
+    from components.training import cpu_threads
 
     with cpu_threads(params.hkfr.cpu_threads):
         return _instruct(params, train, run_id)
@@ -105,69 +104,50 @@ def instruct(params: Params, train: pd.DataFrame, run_id: str | None = None) -> 
 def _instruct(params: Params, train: pd.DataFrame, run_id: str | None) -> dict:
     from torch.optim import AdamW
     from torch.optim.lr_scheduler import LambdaLR
-    from tqdm.auto import tqdm
 
-    from components import tracking
     from components.llm.contrastive import batch_indices
     from components.llm.model import count_parameters, load_pretrained
-    from components.llm.training import make_accelerator, reset_stale_checkpoints, resume, save_checkpoint
+    from components.training import MlflowLog, Recipe, fit, make_accelerator
 
     cfg = params.hkfr
     t0 = time.perf_counter()
     acc = make_accelerator(cfg.mixed_precision, seed=params.seed)
     model, tok = load_pretrained(base_dir(params))
-    if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                                 target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable, n_all = sum(p.numel() for p in trainable), count_parameters(model)
-    opt = AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = LambdaLR(opt, _lr(cfg.warmup_steps, cfg.steps))
-    model, opt = acc.prepare(model, opt)
-    acc.register_for_checkpointing(sched)
-    ckpt = checkpoint_dir(params)
-    reset_stale_checkpoints(ckpt, _fingerprint(params, train), acc.is_main_process)
-    acc.wait_for_everyone()
-    start = resume(acc, ckpt)
     examples = encode(tok, train, cfg.max_knowledge_tokens, cfg.max_length)
     per_process = max(1, cfg.batch_size // acc.num_processes)
-    history = []
-    model.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="instruct",
-               disable=not acc.is_local_main_process)
-    for step in bar:
+
+    def lora(m):
+        from peft import LoraConfig, get_peft_model
+
+        return get_peft_model(m, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
+
+    def batch(step: int) -> dict:
         idx = batch_indices(len(examples), per_process, params.seed, step, 0, acc.process_index)
-        batch = {k: v.to(acc.device) for k, v in collate([examples[i] for i in idx], tok.pad_token_id).items()}
-        with acc.autocast():
-            loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(trainable, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        history.append(loss.item())
-        bar.set_postfix(loss=f"{history[-1]:.3f}")
-        done = step + 1
-        if run_id and acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
-            tracking.log_metrics(params, run_id, {"hkfr.loss": float(np.mean(history[-cfg.log_every:])),
-                                                  "hkfr.lr": sched.get_last_lr()[0]}, step=done)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(acc, ckpt, done, keep=cfg.keep_checkpoints)
-    acc.wait_for_everyone()
+        return {k: v.to(acc.device) for k, v in collate([examples[i] for i in idx], tok.pad_token_id).items()}
+
+    recipe = Recipe(model=model, wrap=lora if cfg.method == "lora" else None, batches=batch,
+                    loss=lambda m, b: m(**b).loss,
+                    optimizer=lambda m: AdamW([p for p in m.parameters() if p.requires_grad], lr=cfg.lr,
+                                              weight_decay=cfg.weight_decay),
+                    scheduler=lambda o: LambdaLR(o, _lr(cfg.warmup_steps, cfg.steps)))
+    out = fit(acc, recipe, steps=cfg.steps, ckpt_dir=checkpoint_dir(params), fingerprint=_fingerprint(params, train),
+              keep=cfg.keep_checkpoints, checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip,
+              log=MlflowLog(params, run_id, prefix="hkfr."), log_every=cfg.log_every, desc="instruct")
+    tuned = out.model
+    n_trainable = sum(p.numel() for p in tuned.parameters() if p.requires_grad)
+    n_all = count_parameters(tuned)
     if acc.is_main_process:
-        out = acc.unwrap_model(model)
         if cfg.method == "lora":
-            out = out.merge_and_unload()
+            tuned = tuned.merge_and_unload()
         target = model_dir(params)
         target.mkdir(parents=True, exist_ok=True)
-        out.save_pretrained(str(target))
+        tuned.save_pretrained(str(target))
         tok.save_pretrained(str(target))
     acc.wait_for_everyone()
+    history = [r["loss"] for r in out.step_rows]
     w = max(1, min(cfg.log_every, len(history) // 2))
-    return {"steps": cfg.steps, "resumed_from": start, "examples": len(examples), "params.trainable": n_trainable,
+    return {"steps": cfg.steps, "resumed_from": out.start_step, "examples": len(examples), "params.trainable": n_trainable,
             "params.total": n_all, "loss_first": float(np.mean(history[:w])) if history else float("nan"),
             "loss": float(np.mean(history[-w:])) if history else float("nan"),
             "seconds": round(time.perf_counter() - t0, 2)}

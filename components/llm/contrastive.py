@@ -14,21 +14,19 @@ own batches and the negatives stay within a process.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from components.config import Params
+from components.layers import info_nce
 from components.llm.encoder import TextEncoder, register_encoder
 from components.llm.pairs import STRATEGIES, by_strategy, load_pairs
-from components.llm.training import cpu_threads
+from components.training import MlflowLog, Recipe, cpu_threads, fingerprint, fit, make_accelerator
 
 
 def default_model_dir(params: Params) -> Path:
@@ -60,27 +58,6 @@ def false_negatives(anchor_ids, positive_ids) -> np.ndarray:
     return mask
 
 
-def info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float,
-             anchor_ids=None, positive_ids=None, symmetric: bool = True) -> torch.Tensor:
-    """InfoNCE with in-batch negatives on unit vectors: cross-entropy of ``a_i·p_j / τ`` over j,
-    target j = i (and the same from the positives' side when ``symmetric``). With ids, pairs that
-    share an entity are left out of each other's negatives."""
-    target = torch.arange(len(anchors), device=anchors.device)
-    mask = None
-    if anchor_ids is not None:
-        mask = torch.as_tensor(false_negatives(anchor_ids, positive_ids), device=anchors.device)
-    logits = anchors @ positives.T / temperature
-    if mask is not None:
-        logits = logits.masked_fill(mask, float("-inf"))
-    loss = F.cross_entropy(logits, target)
-    if not symmetric:
-        return loss
-    logits_t = positives @ anchors.T / temperature
-    if mask is not None:
-        logits_t = logits_t.masked_fill(mask, float("-inf"))
-    return (loss + F.cross_entropy(logits_t, target)) / 2
-
-
 def batch_indices(n: int, batch_size: int, seed: int, step: int, strategy: int, rank: int = 0) -> np.ndarray:
     """Pairs of one strategy at one step: a seeded draw without replacement (reproducible on resume)."""
     rng = np.random.default_rng([seed, step, strategy, rank])
@@ -95,7 +72,9 @@ def strategy_loss(model, encoder: TextEncoder, pairs: pd.DataFrame, idx: np.ndar
     texts = rows["anchor_text"].tolist() + rows["positive_text"].tolist()
     z = model(**encoder.tokenize(texts))
     a, p = z[:len(idx)], z[len(idx):]
-    return info_nce(a, p, temperature, rows["anchor_id"].to_numpy(), rows["positive_id"].to_numpy(), symmetric)
+    shared = torch.as_tensor(false_negatives(rows["anchor_id"].to_numpy(), rows["positive_id"].to_numpy()),
+                             device=a.device)
+    return info_nce(a, p, temperature, symmetric=symmetric, exclude=shared)
 
 
 def _lr_lambda(warmup: int, steps: int):
@@ -125,10 +104,6 @@ def finetune(params: Params, model_dir: str | Path | None = None, out_dir: str |
 def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
     from torch.optim import AdamW
     from torch.optim.lr_scheduler import LambdaLR
-    from tqdm.auto import tqdm
-
-    from components import tracking
-    from components.llm.training import make_accelerator, reset_stale_checkpoints, resume, save_checkpoint
 
     cfg = params.contrastive
     model_dir = Path(model_dir or default_model_dir(params))
@@ -142,57 +117,35 @@ def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
     t0 = time.perf_counter()
     acc = make_accelerator(cfg.mixed_precision, seed=params.seed)
     encoder = TextEncoder.from_backbone(model_dir, cfg, seed=params.seed, device=acc.device)
-    head = list(encoder.head.parameters())
-    head_ids = {id(p) for p in head}
-    body = [p for p in encoder.parameters() if id(p) not in head_ids]
-    opt = AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
-    # Not prepared: Accelerate would step it once per process per step; checkpointed all the same.
-    sched = LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.steps))
-    model, opt = acc.prepare(encoder, opt)
-    acc.register_for_checkpointing(sched)
-    ckpt_dir = checkpoint_dir(out_dir)
-    reset_stale_checkpoints(ckpt_dir, _run_fingerprint(params, model_dir, train), acc.is_main_process)
-    acc.wait_for_everyone()
-    start = resume(acc, ckpt_dir)
-    enc = acc.unwrap_model(model)
-
     strategies = [s for s in STRATEGIES if s in train]
-    history: list[dict] = []
-    model.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="contrastive",
-               disable=not acc.is_local_main_process)
-    for step in bar:
-        losses = {}
-        opt.zero_grad(set_to_none=True)
-        for k, s in enumerate(strategies):
-            idx = batch_indices(len(train[s]), cfg.batch_size, params.seed, step, STRATEGIES.index(s),
-                                acc.process_index)
-            # One backward per strategy (gradients add up to those of the weighted sum); DDP syncs on the last.
-            sync = acc.no_sync(model) if k < len(strategies) - 1 else nullcontext()
-            with sync:
-                loss = strategy_loss(model, enc, train[s], idx, cfg.temperature, cfg.symmetric)
-                acc.backward(cfg.weights[s] * loss)
-            losses[s] = loss.item()
-        acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        total = sum(cfg.weights[s] * v for s, v in losses.items())
-        row = {"loss": total, **{f"loss.{s}": v for s, v in losses.items()}, "lr": sched.get_last_lr()[0]}
-        history.append(row)
-        bar.set_postfix(loss=f"{total:.3f}")
-        done = step + 1
-        if run_id and acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
-            window = history[-cfg.log_every:]
-            tracking.log_metrics(params, run_id, {f"contrastive.{k}": np.mean([h[k] for h in window])
-                                                  for k in row}, step=done)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(acc, ckpt_dir, done)
 
-    acc.wait_for_everyone()
+    def optimizer(model):
+        head = list(model.head.parameters())
+        head_ids = {id(p) for p in head}
+        body = [p for p in model.parameters() if id(p) not in head_ids]
+        return AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
+                     weight_decay=cfg.weight_decay)
+
+    def loss(model, step: int):
+        # The strategies' weighted sum, one backward; under DDP negatives stay within a process.
+        parts = {s: strategy_loss(model, encoder, train[s],
+                                  batch_indices(len(train[s]), cfg.batch_size, params.seed, step,
+                                                STRATEGIES.index(s), acc.process_index),
+                                  cfg.temperature, cfg.symmetric) for s in strategies}
+        total = sum(cfg.weights[s] * v for s, v in parts.items())
+        return total, {f"loss.{s}": float(v.detach()) for s, v in parts.items()}
+
+    recipe = Recipe(model=encoder, optimizer=optimizer, batches=lambda step: step, loss=loss,
+                    scheduler=lambda o: LambdaLR(o, _lr_lambda(cfg.warmup_steps, cfg.steps)))
+    fit_out = fit(acc, recipe, steps=cfg.steps, ckpt_dir=checkpoint_dir(out_dir),
+                  fingerprint=_run_fingerprint(params, model_dir, train), checkpoint_every=cfg.checkpoint_every,
+                  grad_clip=cfg.grad_clip, log=MlflowLog(params, run_id, prefix="contrastive."),
+                  log_every=cfg.log_every, desc="contrastive")
     if acc.is_main_process:
-        enc.save(out_dir)
+        fit_out.model.save(out_dir)
     acc.wait_for_everyone()
-    out = {"steps": cfg.steps, "resumed_from": start, "seconds": round(time.perf_counter() - t0, 2),
+    history = fit_out.step_rows
+    out = {"steps": cfg.steps, "resumed_from": fit_out.start_step, "seconds": round(time.perf_counter() - t0, 2),
            **{f"pairs.{s}": len(df) for s, df in train.items()}}
     if history:
         w = max(1, min(cfg.log_every, len(history) // 2))
@@ -211,13 +164,8 @@ _NOT_TRAINING = {"cpu_threads", "log_every", "checkpoint_every", "eval_k", "eval
 def _run_fingerprint(params: Params, model_dir: Path, train: dict[str, pd.DataFrame]) -> str:
     """What a checkpoint is only valid for: the training knobs, the seed, the backbone and the pairs."""
     knobs = params.contrastive.model_dump(mode="json", exclude=_NOT_TRAINING)
-    h = hashlib.sha256()
-    h.update(json.dumps([knobs, params.seed, str(model_dir.resolve())], sort_keys=True).encode())
-    for s in sorted(train):
-        h.update(s.encode())
-        h.update(pd.util.hash_pandas_object(train[s][["anchor_id", "positive_id", "anchor_text"]], index=False)
-                 .to_numpy().tobytes())
-    return h.hexdigest()[:16]
+    return fingerprint({"knobs": knobs, "seed": params.seed, "backbone": str(model_dir.resolve())},
+                       *[x for s in sorted(train) for x in (s, train[s][["anchor_id", "positive_id", "anchor_text"]])])
 
 
 # ------------------------------------------------------------------------------------------------

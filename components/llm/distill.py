@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from components.config import DistillConfig, Params
-from components.llm.training import cpu_threads
+from components.training import MlflowLog, Recipe, cpu_threads, fingerprint, fit, make_accelerator
 from components.llm.pruning import (
     LlamaPruner, Shape, count_params, resized_config, shape_of, truncate,
 )
@@ -249,24 +248,20 @@ _NOT_IN_FINGERPRINT = {"checkpoint_every", "keep_checkpoints", "log_every", "eva
 def _fingerprint(teacher_dir: Path, cfg: DistillConfig, init: str, seed: int) -> str:
     """What decides the trajectory: the teacher's weights, the distill knobs that matter, init and seed."""
     knobs = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
-    h = hashlib.sha256(json.dumps({"cfg": knobs, "init": init, "seed": seed}, sort_keys=True).encode())
-    for f in sorted(teacher_dir.glob("*.safetensors")) + sorted(teacher_dir.glob("config.json")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    files = sorted(teacher_dir.glob("*.safetensors")) + sorted(teacher_dir.glob("config.json"))
+    return fingerprint({"cfg": knobs, "init": init, "seed": seed}, *files)
 
 
-def _lr_at(step: int, cfg: DistillConfig) -> float:
+def _lr_factor(step: int, cfg: DistillConfig) -> float:
+    """LR of step ``step`` as a fraction of ``cfg.lr``: linear warm-up, then cosine to ``min_lr_ratio``."""
     if step < cfg.lr_warmup_steps:
-        return cfg.lr * (step + 1) / cfg.lr_warmup_steps
+        return (step + 1) / cfg.lr_warmup_steps
     progress = (step - cfg.lr_warmup_steps) / max(1, cfg.steps - cfg.lr_warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id: str | None) -> dict:
-    from tqdm.auto import tqdm
-
     from components import tracking
-    from components.llm.training import make_accelerator, reset_stale_checkpoints, resume, save_checkpoint
 
     cfg = params.distill
     method = "homodistil" if init == "copy" else f"plain_{init}"
@@ -286,23 +281,42 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
         raise ValueError(f"the corpus holds {len(train_blocks)} blocks of {cfg.seq_len} tokens, fewer than "
                          f"distill.batch_size ({cfg.batch_size}); lower batch_size or seq_len, or add data")
 
-    student = make_student(teacher, init, target, params.seed)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    student, optimizer = acc.prepare(student, optimizer)
+    student = make_student(teacher, init, target, params.seed).to(acc.device)
     teacher.to(acc.device)
-    inner = acc.unwrap_model(student)
-    pruner = LlamaPruner(inner, cfg.beta1, cfg.beta2) if init == "copy" else None
-    if pruner is not None:
-        acc.register_for_checkpointing(pruner)
+    # HomoDistil's own part of the loop, as fit() hooks: PLATON scores after each backward, the cubic
+    # pruning schedule after each step, and the masks checkpointed with the weights.
+    pruner = LlamaPruner(student, cfg.beta1, cfg.beta2) if init == "copy" else None
+    end = prune_end(cfg)
+    fixed_channels = None if pruner is not None else torch.arange(target.hidden, device=acc.device)
 
-    # Checkpoints live beside out_dir (which holds only the model that encoders load); a checkpoint of
-    # another teacher or config is never resumed.
-    ckpt_dir = out_dir.with_name(out_dir.name + "_ckpt")
-    fp = _fingerprint(teacher_dir, cfg, init, params.seed)
-    if reset_stale_checkpoints(ckpt_dir, fp, acc.is_main_process):
-        log.warning("%s: checkpoints of another teacher/config, starting afresh", ckpt_dir)
-    acc.wait_for_everyone()
-    start = resume(acc, ckpt_dir)
+    def loss(model, x):
+        with torch.no_grad():
+            t_out = teacher(input_ids=x, output_hidden_states=True)
+        s_out = model(input_ids=x, output_hidden_states=True)
+        channels = pruner.masks["hidden"].nonzero().flatten() if pruner is not None else None
+        return distill_loss(s_out, t_out, x, cfg, channels, channels if pruner is not None else fixed_channels)
+
+    def after_backward(step: int) -> None:
+        if pruner is not None and step < end:
+            pruner.update_importance()  # before clipping: PLATON scores the raw gradient
+
+    def after_step(done: int) -> dict:
+        if pruner is not None and is_prune_step(done, cfg):
+            pruner.prune_to(scheduled_shape(done, full, target, cfg))
+        shape_now = pruner.shape() if pruner is not None else target
+        now = count_params(resized_config(teacher.config, shape_now))["total"]
+        return {"params": now, "sparsity": 1 - now / teacher_params["total"], **shape_now.as_dict()}
+
+    def batch(step: int) -> torch.Tensor:
+        idx = batch_indices(step, len(train_blocks), cfg.batch_size, params.seed, acc.process_index, acc.num_processes)
+        return train_blocks[idx].to(acc.device)
+
+    recipe = Recipe(
+        model=student,
+        optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, functools.partial(_lr_factor, cfg=cfg)),
+        batches=batch, loss=loss, after_backward=after_backward, after_step=after_step,
+        state={"pruner": pruner} if pruner is not None else {})
 
     if run_id and acc.is_main_process:
         tracking.log_params(params, run_id, {
@@ -310,50 +324,13 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
             **{f"distill.{k}": v for k, v in cfg.model_dump().items()},
             "teacher_params": teacher_params["total"], "target_shape": json.dumps(target.as_dict()),
         })
-
-    student_channels = teacher_channels = None
-    if pruner is None:
-        teacher_channels = torch.arange(target.hidden, device=acc.device)
-    history: list[dict] = []
-    end = prune_end(cfg)
-    bar = tqdm(total=cfg.steps, initial=start, desc=method, disable=not acc.is_local_main_process)
-    student.train()
-    for step in range(start, cfg.steps):
-        idx = batch_indices(step, len(train_blocks), cfg.batch_size, params.seed, acc.process_index, acc.num_processes)
-        x = train_blocks[idx].to(acc.device)
-        if pruner is not None:
-            student_channels = teacher_channels = pruner.masks["hidden"].nonzero().flatten()
-        with acc.autocast():
-            with torch.no_grad():
-                t_out = teacher(input_ids=x, output_hidden_states=True)
-            s_out = student(input_ids=x, output_hidden_states=True)
-            loss, parts = distill_loss(s_out, t_out, x, cfg, student_channels, teacher_channels)
-        for g in optimizer.param_groups:
-            g["lr"] = _lr_at(step, cfg)
-        acc.backward(loss)
-        if pruner is not None and step < end:
-            pruner.update_importance()  # before clipping: PLATON scores the raw gradient
-        if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        if pruner is not None and is_prune_step(done, cfg):
-            pruner.prune_to(scheduled_shape(done, full, target, cfg))
-        shape_now = pruner.shape() if pruner is not None else target
-        if step % cfg.log_every == 0 or done == cfg.steps:
-            now = count_params(resized_config(teacher.config, shape_now))["total"]
-            row = {"step": step, "loss": float(loss.detach()), **parts, "lr": _lr_at(step, cfg),
-                   "params": now, "sparsity": 1 - now / teacher_params["total"], **shape_now.as_dict()}
-            history.append(row)
-            if run_id and acc.is_main_process:
-                tracking.log_metrics(params, run_id, {k: v for k, v in row.items() if k != "step"}, step=step)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", kl=f"{parts['kl']:.3f}", hid=f"{parts['hid']:.3f}",
-                            **shape_now.as_dict())
-        bar.update(1)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(acc, ckpt_dir, done, keep=cfg.keep_checkpoints)
-    bar.close()
+    # Checkpoints live beside out_dir (which holds only the model that encoders load); a checkpoint of
+    # another teacher or config is never resumed.
+    fit_out = fit(acc, recipe, steps=cfg.steps, ckpt_dir=out_dir.with_name(out_dir.name + "_ckpt"),
+                  fingerprint=_fingerprint(teacher_dir, cfg, init, params.seed), keep=cfg.keep_checkpoints,
+                  checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip, log=MlflowLog(params, run_id),
+                  log_every=cfg.log_every, desc=method)
+    inner, start, history = fit_out.model, fit_out.start_step, fit_out.logged
 
     # Materialise: the masked model and the sliced one must compute the same logits.
     inner.eval()
@@ -378,7 +355,7 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
         "shape": shape_of(small.config).as_dict(),
         "steps": cfg.steps,
         "resumed_from": start,
-        "final_loss": history[-1]["loss"] if history else None,
+        "final_loss": fit_out.step_rows[-1]["loss"] if fit_out.step_rows else None,
         "heldout_ppl": heldout_perplexity(small, heldout_blocks),
         "teacher_heldout_ppl": heldout_perplexity(teacher, heldout_blocks),
         "materialise_max_abs_diff": diff,

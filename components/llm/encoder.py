@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.layers import MLP
+
 CONFIG_FILE = "encoder.json"
 HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
@@ -91,7 +93,7 @@ class TextEncoder(nn.Module):
         hidden = backbone.config.hidden_size
         self.head_hidden, self.embed_dim = head_hidden, embed_dim
         if head_hidden:
-            self.head = nn.Sequential(nn.Linear(hidden, head_hidden), nn.GELU(), nn.Linear(head_hidden, embed_dim))
+            self.head = MLP(hidden, (head_hidden,), embed_dim, activation="gelu")
         else:  # head-less: the raw pooled hidden state (the "untuned" baseline)
             self.head = nn.Identity()
             self.embed_dim = hidden

@@ -12,11 +12,10 @@ The loop, nanoGPT-style, in one function:
 - DDP: ``batch_size`` is the global batch; rank r of W takes the r-th slice of B/W sequences of
   the same global batch, and DDP averages the gradients, so 1 process and W processes take the
   same steps (up to float summation order).
-- AdamW (decay on matrices only) with linear warm-up then cosine decay to ``lr * min_lr_ratio``,
-  global-norm gradient clipping, bf16 autocast on CUDA (training.make_accelerator).
-- checkpoints every ``checkpoint_every`` steps (model, optimizer, scheduler, RNG) in
-  ``llm_dir/pretrain_ckpt``; a new call resumes from the newest one, unless the configuration
-  or the corpus changed since (a fingerprint says), in which case it starts over.
+- AdamW (decay on matrices only) with linear warm-up then cosine decay to ``lr * min_lr_ratio``;
+  the loop itself (clipping, bf16 autocast on CUDA, checkpoints every ``checkpoint_every`` steps in
+  ``llm_dir/pretrain_ckpt``, resume from the newest intact one unless the configuration or the
+  corpus changed) is components/training's ``fit()``.
 
 Run it on one process as ``pretrain(params)`` (or ``python -m components.llm.pretrain --corpus``), or
 on several with ``torchrun --nproc_per_node 2 -m components.llm.pretrain --params params.yaml`` (gloo on
@@ -28,19 +27,17 @@ writes the final model.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from components.config import Params
-from components.llm import training
+from components import training
 from components.llm.corpus import check_special_tokens, encode_documents, read_lines
 from components.llm.model import build_model, count_parameters
 
@@ -124,11 +121,7 @@ def heldout_perplexity(model, blocks: torch.Tensor, batch_size: int, accelerator
 def _fingerprint(params: Params, train_path: Path, vocab: int) -> str:
     """What decides the training trajectory: the llm knobs that matter, the seed and the corpus."""
     knobs = {k: v for k, v in params.llm.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
-    h = hashlib.md5(json.dumps({"llm": knobs, "seed": params.seed, "vocab": vocab}, sort_keys=True).encode())
-    with open(train_path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return training.fingerprint({"llm": knobs, "seed": params.seed, "vocab": vocab}, train_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +141,6 @@ def pretrain(params: Params, run_id: str | None = None, max_steps_this_run: int 
 
 
 def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None, fresh: bool) -> dict:
-    from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
     cfg = params.llm
@@ -177,105 +169,53 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
 
     model = build_model(cfg, tokenizer, root=params.root)
     n_params = count_parameters(model)
-    # fused: one kernel for all parameters instead of a Python loop over them (CPU and CUDA alike)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas,
-                                  fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
-    model, optimizer = acc.prepare(model, optimizer)
-    # The scheduler is not prepared: accelerate would step it once per process. It only needs saving.
-    acc.register_for_checkpointing(scheduler)
-    raw_model = acc.unwrap_model(model)
-
-    # Resume only from checkpoints of this very configuration and corpus.
-    fingerprint = _fingerprint(params, corpus_dir / "train.txt", len(tokenizer))
-    state_file = ckpt_dir / "run.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    if training.checkpoints(ckpt_dir) and (fresh or state.get("fingerprint") != fingerprint):
-        if main:
-            why = "asked to start fresh" if fresh else "the configuration or corpus changed"
-            print(f"pretrain: {why}; removing old checkpoints in {ckpt_dir}", file=sys.stderr)
-            shutil.rmtree(ckpt_dir)
-        acc.wait_for_everyone()
-        state = {}
-    start = training.resume(acc, ckpt_dir)
-
-    if start == 0:
-        ppl_before = heldout_perplexity(raw_model, eval_blocks, per_rank, acc) if main else float("nan")
-        state = {"fingerprint": fingerprint, "heldout_ppl_before": ppl_before}
-        if main:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            state_file.write_text(json.dumps(state, indent=2))
-    logger = _StepLogger(params, run_id)
-    if start == 0 and main and run_id:
-        logger.add({"heldout_ppl": ppl_before}, 0)
-    stop = cfg.steps if max_steps_this_run is None else min(cfg.steps, start + max_steps_this_run)
-
     order = BlockOrder(len(train_blocks), cfg.batch_size, params.seed)
     rank = acc.process_index
+
+    def batch(step: int) -> torch.Tensor:
+        return train_blocks[order.batch(step)[rank * per_rank:(rank + 1) * per_rank]].to(acc.device)
+
+    recipe = training.Recipe(
+        model=model,
+        # fused: one kernel for all parameters instead of a Python loop over them (CPU and CUDA alike)
+        optimizer=lambda m: torch.optim.AdamW(param_groups(m, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas,
+                                              fused=True),
+        scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(
+            o, WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)),
+        batches=batch,
+        loss=lambda m, x: m(input_ids=x, labels=x).loss,  # labels are shifted inside the model
+        evaluate=lambda m: {"heldout_ppl": heldout_perplexity(m, eval_blocks, per_rank, acc)},
+    )
+    logger = training.MlflowLog(params, run_id, prefix="pretrain.")
+    fit = training.fit(acc, recipe, steps=cfg.steps, ckpt_dir=ckpt_dir,
+                       fingerprint=_fingerprint(params, corpus_dir / "train.txt", len(tokenizer)),
+                       keep=cfg.keep_checkpoints, checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip,
+                       eval_every=cfg.eval_every, eval_at_start=True, log=logger, log_every=1,
+                       max_steps=max_steps_this_run, fresh=fresh, desc="pretrain")
+    raw_model = fit.model
+    ppl = [h["heldout_ppl"] for h in fit.history]
+    losses = [r["loss"] for r in fit.step_rows]
+    steps_run = fit.step - fit.start_step
     tokens_per_step = cfg.batch_size * cfg.seq_len
-    losses: list[float] = []
-    ppl = float("nan")
-    side_seconds = 0.0  # evaluation and checkpoints: not training throughput
-    model.train()
-    bar = tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=not main, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    for step in range(start, stop):
-        idx = order.batch(step)[rank * per_rank:(rank + 1) * per_rank]
-        x = train_blocks[idx].to(acc.device)
-        loss = model(input_ids=x, labels=x).loss  # labels are shifted inside the model
-        acc.backward(loss)
-        if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        done = step + 1
-        step_loss = float(acc.reduce(loss.detach(), reduction="mean"))
-        losses.append(step_loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}")
-        t_side = time.perf_counter()
-        if main and run_id:
-            logger.add({"loss": step_loss, "lr": scheduler.get_last_lr()[0]}, done)
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            if main:
-                ppl = heldout_perplexity(raw_model, eval_blocks, per_rank, acc)
-                if run_id:
-                    logger.add({"heldout_ppl": ppl}, done)
-                    logger.flush()
-        if done % cfg.checkpoint_every == 0 or done == stop:
-            training.save_checkpoint(acc, ckpt_dir, done, keep=cfg.keep_checkpoints)
-            if main and run_id:
-                logger.flush()  # what a resumed run will not log again
-        side_seconds += time.perf_counter() - t_side
-    bar.close()
-    train_seconds = time.perf_counter() - t0 - side_seconds
-    if main and stop == cfg.steps and math.isnan(ppl):  # resumed at the very end: nothing evaluated yet
-        ppl = heldout_perplexity(raw_model, eval_blocks, per_rank, acc)
-    logger.flush()
-    steps_run = stop - start
-    tokens_per_s = steps_run * tokens_per_step / train_seconds if steps_run and train_seconds > 0 else 0.0
-
+    tokens_per_s = steps_run * tokens_per_step / fit.train_seconds if steps_run and fit.train_seconds > 0 else 0.0
     metrics = {
-        "steps": stop,
+        "steps": fit.step,
         "steps_this_run": steps_run,
-        "resumed_from": start,
+        "resumed_from": fit.start_step,
         "loss": losses[-1] if losses else float("nan"),
         "loss_first": losses[0] if losses else float("nan"),
         "loss_last10": float(np.mean(losses[-10:])) if losses else float("nan"),
         "loss_mean": float(np.mean(losses)) if losses else float("nan"),  # over this call's steps
-        "heldout_ppl_before": state.get("heldout_ppl_before", float("nan")),
-        "heldout_ppl_after": ppl,
+        "heldout_ppl_before": ppl[0] if ppl else float("nan"),
+        "heldout_ppl_after": ppl[-1] if len(ppl) > 1 else float("nan"),
         "tokens_per_s": round(tokens_per_s, 1),
         "tokens_trained": steps_run * tokens_per_step,
-        "train_seconds": round(train_seconds, 2),
+        "train_seconds": round(fit.train_seconds, 2),
         "params": n_params,
         "processes": world,
         "train_blocks": len(train_blocks),
     }
-    if stop < cfg.steps:  # interrupted on purpose: the checkpoint is the output
+    if not fit.finished:  # interrupted on purpose: the checkpoint is the output
         return metrics
 
     acc.wait_for_everyone()
@@ -286,7 +226,7 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
         tokenizer.save_pretrained(str(out_dir))
         (out_dir / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if run_id:
-            logger.add({"tokens_per_s": tokens_per_s, "params": n_params}, stop)
+            logger({"tokens_per_s": tokens_per_s, "params": n_params}, fit.step)
             logger.flush()
             from components import tracking
 
@@ -294,32 +234,6 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
                 tracking.log_artifact(params, run_id, f, "pretrained")
     acc.wait_for_everyone()
     return metrics
-
-
-class _StepLogger:
-    """Per-step metrics for MLflow, sent in batches: one SQLite transaction per step would cost
-    more than a step of the default model on 2 CPU cores."""
-
-    def __init__(self, params: Params, run_id: str | None):
-        self.params, self.run_id, self.rows = params, run_id, []
-
-    def add(self, metrics: dict, step: int) -> None:
-        if self.run_id:
-            self.rows += [(f"pretrain.{k}", float(v), step) for k, v in metrics.items()]
-
-    def flush(self) -> None:
-        if not self.rows:
-            return
-        import mlflow
-        from mlflow.entities import Metric
-
-        from components import tracking
-
-        now = int(time.time() * 1000)
-        client = mlflow.MlflowClient(tracking.tracking_uri(self.params))
-        for i in range(0, len(self.rows), 1000):  # log_batch takes at most 1000 metrics
-            client.log_batch(self.run_id, metrics=[Metric(k, v, now, st) for k, v, st in self.rows[i:i + 1000]])
-        self.rows = []
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from components.config import NewsConfig
+from components.layers import MLP, info_nce
 from components.news.mind import parse_entities
 
 PAD, UNK = 0, 1
@@ -287,14 +288,6 @@ class UserHistory(nn.Module):
         return self.dropout(self.attention(self.dropout(news), mask))
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE of paired rows (a_i, b_i) with the other rows as negatives, on cosine similarity."""
-    a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
-    logits = a @ b.T / temperature
-    target = torch.arange(len(a), device=a.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-
-
 # ------------------------------------------------------------------------------------------------
 # Models. Both take a batch of B users with C candidates each, the candidates' and histories' rows
 # pointing into one set of unique articles encoded once per step.
@@ -375,7 +368,7 @@ class PerCoNet(NewsRecommender):
         self.entity_pool = AdditiveAttention(d, cfg.attention_hidden)
         self.entity_out = nn.Linear(d, d)      # entity space -> news space, shared by articles and persona
         self.view_pool = AdditiveAttention(d, cfg.attention_hidden)
-        self.contrast_head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))  # SimCLR-style projection
+        self.contrast_head = MLP(d, (d,), d)  # SimCLR-style projection
         self.persona_pool = AdditiveAttention(d, cfg.attention_hidden)
         self.persona_prior = nn.Parameter(torch.tensor(1.0))  # scale of log persona weight on attention logits
         self.dropout = nn.Dropout(cfg.dropout)
@@ -396,8 +389,9 @@ class PerCoNet(NewsRecommender):
         aux = vec.new_zeros(())
         both = has_t & has_a
         if self.training and self.cfg.contrastive_weight > 0 and int(both.sum()) > 1:
-            aux = self.cfg.contrastive_weight * info_nce(self.contrast_head(t[both]), self.contrast_head(a[both]),
-                                                         self.cfg.contrastive_temperature)
+            aux = self.cfg.contrastive_weight * info_nce(self.contrast_head(t[both]).float(),
+                                                         self.contrast_head(a[both]).float(),
+                                                         self.cfg.contrastive_temperature, normalize=True)
         return vec, aux
 
     def encode_user(self, history, history_mask, persona, persona_weight):

@@ -5,14 +5,13 @@
   none), scored together with a softmax over 1 + K (NRMS). Negatives and order are drawn afresh
   every epoch from ``(seed, epoch)``, so a resumed run draws what an uninterrupted one would.
 - a step encodes each distinct article of its batch once (histories and candidates share them).
-- device and precision from ``components/llm/training.make_accelerator`` (GPU with bf16 when there
-  is one, fp32 on CPU); a checkpoint per epoch beside ``out_dir``; a new call resumes from it.
+- the loop is components/training's ``fit()`` (GPU with bf16 when there is one, fp32 on CPU; a
+  checkpoint per epoch beside ``out_dir``; a new call resumes from it).
 - evaluation per dev impression: AUC, MRR, nDCG@5, nDCG@10 (MIND's definitions), averaged over the
   impressions that have both a click and a non-click; throughput in impressions per second.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -24,7 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from components.llm.training import cpu_threads
+from components.training import Recipe, cpu_threads, fingerprint, fit, make_accelerator
 from components.config import NewsConfig
 from components.news.mind import MindData, generate_mind, load_mind
 from components.news.model import (
@@ -218,12 +217,8 @@ _NOT_TRAINING = {"cpu_threads", "checkpoint", "eval_batch_size", "max_eval_impre
 
 
 def _fingerprint(cfg: NewsConfig, kind: str, seed: int, train: MindData) -> str:
-    h = hashlib.sha256(json.dumps([cfg.model_dump(mode="json", exclude=_NOT_TRAINING), kind, seed],
-                                  sort_keys=True).encode())
-    h.update(pd.util.hash_pandas_object(train.news[["news_id", "title"]], index=False).to_numpy().tobytes())
-    beh = train.behaviors[["impression_id", "user_id"]]
-    h.update(pd.util.hash_pandas_object(beh, index=False).to_numpy().tobytes())
-    return h.hexdigest()[:16]
+    return fingerprint({"news": cfg.model_dump(mode="json", exclude=_NOT_TRAINING), "model": kind, "seed": seed},
+                       train.news[["news_id", "title"]], train.behaviors[["impression_id", "user_id"]])
 
 
 def load_splits(cfg: NewsConfig, mind_dir: str | Path | None, out_dir: Path, seed: int,
@@ -254,8 +249,6 @@ def train_news(cfg: NewsConfig, mind_dir: str | Path | None, out_dir: str | Path
 
 
 def _train(cfg: NewsConfig, mind_dir, out_dir: Path, kind: str, seed: int, quarantine_dir) -> dict:
-    from components.llm.training import make_accelerator, reset_stale_checkpoints, resume, save_checkpoint
-
     t_start = time.perf_counter()
     train, dev, mind_dir = load_splits(cfg, mind_dir, out_dir, seed, quarantine_dir)
     acc = make_accelerator(cfg.mixed_precision, seed=seed)
@@ -268,50 +261,35 @@ def _train(cfg: NewsConfig, mind_dir, out_dir: Path, kind: str, seed: int, quara
     dev_beh = dev.behaviors if cfg.max_eval_impressions is None else dev.behaviors.iloc[:cfg.max_eval_impressions]
     dev_imps = prepare_impressions(dev_beh, dev_index)
     t_data = time.perf_counter() - t_start
-
-    net = build_model(kind, cfg, len(vocab), len(entity_vocab))
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    net, opt = acc.prepare(net, opt)
-    ckpt_dir = checkpoint_dir(out_dir)
-    if cfg.checkpoint:
-        reset_stale_checkpoints(ckpt_dir, _fingerprint(cfg, kind, seed, train), acc.is_main_process)
-        acc.wait_for_everyone()
-    start = resume(acc, ckpt_dir) if cfg.checkpoint else 0
-    model = acc.unwrap_model(net)
-
     n_rows = len(train_index.ids)
-    losses: list[float] = []
-    first_loss = None
-    t_train = time.perf_counter()
-    net.train()
-    for epoch in range(start, cfg.epochs):
+
+    def batches(epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
         rng = np.random.default_rng([seed, epoch])
         which, cands = training_samples(train_imps, cfg.negatives, rng, n_rows)
         order = rng.permutation(len(which))
         # Every process takes its own share of the same epoch's batches (the same count each, for DDP).
         n_batches = len(order) // cfg.batch_size + bool(len(order) % cfg.batch_size)
         n_batches -= n_batches % acc.num_processes
-        epoch_losses = []
-        for b in range(acc.process_index, n_batches, acc.num_processes):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            batch = _batch(train_index, train_imps, which[idx], cands[idx], acc.device)
-            scores, aux = net(**batch)
-            target = torch.zeros(len(idx), dtype=torch.long, device=acc.device)
-            loss = F.cross_entropy(scores.float(), target) + aux
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            if cfg.grad_clip:
-                acc.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            opt.step()
-            epoch_losses.append(loss.item())
-        if first_loss is None and epoch_losses:
-            first_loss = float(np.mean(epoch_losses[: max(1, len(epoch_losses) // 10)]))
-        losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
-        log.info("%s epoch %d/%d: loss %.4f", kind, epoch + 1, cfg.epochs, losses[-1])
-        if cfg.checkpoint:
-            save_checkpoint(acc, ckpt_dir, epoch + 1)
-    train_seconds = time.perf_counter() - t_train
-    epochs_run = cfg.epochs - start
+        idx = [order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+               for b in range(acc.process_index, n_batches, acc.num_processes)]
+        return [(which[i], cands[i]) for i in idx]
+
+    def loss(net, batch):
+        scores, aux = net(**_batch(train_index, train_imps, *batch, acc.device))
+        target = torch.zeros(len(scores), dtype=torch.long, device=acc.device)
+        return F.cross_entropy(scores.float(), target) + aux
+
+    recipe = Recipe(model=build_model(kind, cfg, len(vocab), len(entity_vocab)), batches=batches, loss=loss,
+                    optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
+    out = fit(acc, recipe, epochs=cfg.epochs, ckpt_dir=checkpoint_dir(out_dir) if cfg.checkpoint else None,
+              fingerprint=_fingerprint(cfg, kind, seed, train), grad_clip=cfg.grad_clip or 0.0,
+              log=lambda row, epoch: log.info("%s epoch %d/%d: loss %.4f", kind, epoch, cfg.epochs, row["train_loss"]),
+              desc=kind)
+    model, start = out.model, out.start_epoch
+    train_seconds = out.train_seconds
+    epochs_run = out.epoch - start
+    per_epoch = len(out.step_rows) // max(epochs_run, 1)
+    first_loss = float(np.mean([r["loss"] for r in out.step_rows[:max(1, per_epoch // 10)]])) if out.step_rows else None
 
     acc.wait_for_everyone()
     metrics: dict = {"model": kind, "seed": seed, "mind_dir": str(mind_dir), "device": str(acc.device),
@@ -323,7 +301,7 @@ def _train(cfg: NewsConfig, mind_dir, out_dir: Path, kind: str, seed: int, quara
     if epochs_run:
         metrics["train.impressions_per_s"] = len(train_imps) * epochs_run / max(train_seconds, 1e-9)
         metrics["train.loss_first"] = first_loss
-        metrics["train.loss"] = losses[-1]
+        metrics["train.loss"] = out.history[-1]["train_loss"]
     if acc.is_main_process:
         ev = evaluate(model, dev_index, dev_imps, cfg.eval_batch_size)
         metrics.update({f"dev.{k}": v for k, v in ev.items()})

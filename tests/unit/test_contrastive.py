@@ -2,15 +2,18 @@
 encoder's save/load and its MLflow pyfunc registration, on a tiny Llama and a BPE tokenizer built here."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from components.llm.contrastive import (
-    batch_indices, checkpoint_dir, contrastive_step, cpu_threads, evaluate, false_negatives, finetune, info_nce,
+    batch_indices, checkpoint_dir, contrastive_step, cpu_threads, evaluate, false_negatives, finetune,
     retrieval_metrics, strategy_loss,
 )
+from components.layers import info_nce
 from components.llm.encoder import TextEncoder
 from components.llm.pairs import STRATEGIES, by_strategy, load_pairs
 from tests.unit.test_pairs import make_tiny_params, tiny_root
@@ -76,7 +79,7 @@ def test_info_nce_ignores_duplicate_entities_as_negatives():
     # rows 0 and 1 share their positive PoI: without masking each is pushed from the other's copy
     ids_a, ids_p = np.array(["u1", "u2", "u3"]), np.array(["p1", "p1", "p2"])
     plain = info_nce(a, p, 0.1)
-    masked = info_nce(a, p, 0.1, ids_a, ids_p)
+    masked = info_nce(a, p, 0.1, exclude=torch.as_tensor(false_negatives(ids_a, ids_p)))
     assert masked < 1e-3 < plain
     assert false_negatives(ids_a, ids_p).tolist() == [[False, True, False], [True, False, False],
                                                       [False, False, False]]
@@ -129,7 +132,8 @@ def test_rerun_resumes_from_the_last_checkpoint(world):
     params, pairs, model_dir, enc_dir, _ = world
     again = finetune(params, model_dir, enc_dir, pairs=by_strategy(pairs, "train"))
     assert again["resumed_from"] == params.contrastive.steps
-    assert (checkpoint_dir(enc_dir) / f"step_{params.contrastive.steps}").is_dir()
+    newest = checkpoint_dir(enc_dir) / f"step_{params.contrastive.steps}"
+    assert json.loads((newest / "manifest.json").read_text())["step"] == params.contrastive.steps
 
 
 def test_step_registers_a_pyfunc_that_reproduces_the_embeddings(world, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""CTR building blocks: target attention, ESMM, CoFARS selection pieces, LARR aggregation."""
+"""CTR building blocks: ESMM, the pieces of CoFARS (offline context graph, online selection), LARR
+aggregation. The shared MLP / target attention / InfoNCE are tested in test_layers.py."""
 from __future__ import annotations
 
 import inspect
@@ -7,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from components.ctr.cofars import (ContextPrototypes, GATLayer, ProbabilityEncoder, attribute_distribution,
-                                   expand_to_candidates, gumbel_binarize, js_numpy, select_subsequence,
-                                   subsequence_mask, symmetric_kl)
-from components.ctr.larr import SceneAggregator, alignment_loss
-from components.ctr.layers import MLP, ESMMHeads, TargetAttention, esmm_loss
+from components.config import CTRConfig
+from components.ctr.cofars import (CoFARS, ContextPrototypes, GATLayer, ProbabilityEncoder, attach_prototypes,
+                                   attribute_distribution, context_graph, gumbel_binarize, pairwise_symmetric_kl,
+                                   select_prototypes, selected_contexts, subsequence_mask, temporal_graph)
+from components.ctr.esmm import ESMMHeads, esmm_loss
+from components.ctr.larr import SceneAggregator
+from components.layers import info_nce
 
 
 @pytest.fixture(autouse=True)
@@ -20,42 +23,7 @@ def _seed():
 
 
 # ------------------------------------------------------------------------------------------------
-# layers
-
-
-@pytest.mark.parametrize("normalize", [True, False])
-def test_target_attention_masks_padding_and_empty_rows(normalize):
-    d, n = 8, 50
-    att = TargetAttention(d, hidden=(16,), normalize=normalize).eval()
-    lengths = torch.tensor([1, 3, 50, 0])  # very different lengths, the last row all padding
-    mask = torch.arange(n)[None, :] < lengths[:, None]
-    q, keys = torch.randn(4, d), torch.randn(4, n, d)
-    out, w = att(q, keys, mask, return_weights=True)
-    assert out.shape == (4, d) and w.shape == (4, n)
-    assert torch.equal(out[3], torch.zeros(d)) and not torch.isnan(out).any()
-    assert (w[~mask] == 0).all()
-    if normalize:
-        assert torch.allclose(w[:3].sum(-1), torch.ones(3))
-    # Anything in the padding (even huge values) leaves the output unchanged.
-    garbage = keys.clone()
-    garbage[~mask] = 1e6 * torch.randn(int((~mask).sum()), d)
-    assert torch.allclose(att(q, garbage, mask), out)
-    # The length-1 row under normalisation is its single behaviour.
-    if normalize:
-        assert torch.allclose(out[0], keys[0, 0], atol=1e-6)
-
-
-def test_target_attention_gradients_finite_on_empty_row():
-    att = TargetAttention(4, hidden=(8,))
-    q = torch.randn(2, 4, requires_grad=True)
-    out = att(q, torch.randn(2, 5, 4), torch.tensor([[True] * 5, [False] * 5]))
-    out.sum().backward()
-    assert torch.isfinite(q.grad).all()
-
-
-def test_mlp_shapes():
-    assert MLP(6, [8, 4], 3, dropout=0.1)(torch.randn(5, 6)).shape == (5, 3)
-    assert MLP(6, [], 2)(torch.randn(5, 6)).shape == (5, 2)
+# ESMM
 
 
 def test_esmm_ctcvr_is_ctr_times_cvr_and_loss_stable():
@@ -84,33 +52,22 @@ def test_esmm_ctcvr_is_ctr_times_cvr_and_loss_stable():
 # CoFARS
 
 
-def test_symmetric_kl_hand_worked():
-    # p = [0.5, 0.5], q = [0.9, 0.1]
-    # KL(p‖q) = 0.5·ln(0.5/0.9) + 0.5·ln(0.5/0.1) = 0.5·(−0.587787) + 0.5·(1.609438) = 0.510826
-    # KL(q‖p) = 0.9·ln(0.9/0.5) + 0.1·ln(0.1/0.5) = 0.9·(0.587787) + 0.1·(−1.609438) = 0.368064
-    # JS = ½(0.510826 + 0.368064) = 0.439445
-    p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.9, 0.1])
-    assert symmetric_kl(p, q).item() == pytest.approx(0.439445, abs=1e-5)
-    assert symmetric_kl(q, p).item() == pytest.approx(symmetric_kl(p, q).item(), abs=1e-7)
-    assert js_numpy([0.5, 0.5], [0.9, 0.1]) == pytest.approx(0.439445, abs=1e-6)
-
-
-def test_symmetric_kl_batched_zero_and_numpy_twin():
-    counts = torch.randint(0, 5, (6, 9)).double()
+def test_attribute_distribution_smooths_and_normalises_per_group():
+    counts = torch.randint(0, 5, (6, 9)).float()
     p = attribute_distribution(counts, group_sizes=[4, 3, 2])
-    q = attribute_distribution(counts.flip(0), group_sizes=[4, 3, 2])
-    assert torch.allclose(p[:, :4].sum(-1), torch.ones(6, dtype=p.dtype))
-    assert (p > 0).all()
-    js = symmetric_kl(p, q)
-    assert js.shape == (6,) and (js >= 0).all()
-    assert torch.allclose(symmetric_kl(p, p), torch.zeros(6, dtype=p.dtype))
-    assert torch.allclose(js, symmetric_kl(q, p))
-    assert np.allclose(js_numpy(p.numpy(), q.numpy()), js.numpy())
-    # numpy input gives the same distributions as torch input
-    assert np.allclose(attribute_distribution(counts.numpy(), [4, 3, 2]), p.numpy())
-    # Zeros are smoothed: a one-hot count still gives a finite divergence.
-    onehot = attribute_distribution(np.array([[3, 0, 0], [0, 0, 3]]))
-    assert np.isfinite(js_numpy(onehot[0], onehot[1]))
+    for lo, hi in ((0, 4), (4, 7), (7, 9)):
+        assert torch.allclose(p[:, lo:hi].sum(-1), torch.ones(6))
+    assert (p > 0).all() and p.dtype == torch.float32
+    # hand-worked: counts (3, 0, 0), alpha 1 -> (4, 1, 1) / 6
+    assert attribute_distribution(torch.tensor([[3.0, 0.0, 0.0]]))[0].tolist() == pytest.approx([4 / 6, 1 / 6, 1 / 6])
+    js = pairwise_symmetric_kl(p, p.flip(0))
+    assert js.shape == (6, 6) and (js >= 0).all()
+    assert torch.allclose(pairwise_symmetric_kl(p, p).diagonal(), torch.zeros(6), atol=1e-6)
+    assert torch.allclose(js, pairwise_symmetric_kl(p.flip(0), p).T, atol=1e-6)
+    with pytest.raises(ValueError, match="group_sizes"):
+        attribute_distribution(counts, group_sizes=[4, 4])
+    with pytest.raises(ValueError, match="alpha"):
+        attribute_distribution(counts, alpha=0)
 
 
 def test_probability_encoder_and_prototypes():
@@ -119,13 +76,22 @@ def test_probability_encoder_and_prototypes():
     user = torch.randn(2, 8)
     o = protos(user)
     assert o.shape == (2, 5, 8)
-    dist = enc(torch.zeros_like(o), o)
+    dist = enc(o)
     assert dist.shape == (2, 5, 5)
     assert torch.allclose(dist[..., :3].sum(-1), torch.ones(2, 5))
     assert torch.allclose(dist[..., 3:].sum(-1), torch.ones(2, 5))
     l_ind = ContextPrototypes.independence_loss(dist)
     assert l_ind.item() <= 0
-    l_mse = enc.mse_loss(dist, torch.rand(2, 5, 5))
+    js_true = torch.rand(2, 5, 5)
+    l_mse = enc.mse_loss(dist, js_true)
+    js_est = pairwise_symmetric_kl(dist, dist)
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert l_mse.item() == pytest.approx(((js_est - js_true)[:, off] ** 2).mean().item(), rel=1e-5)
+    # empty node slots (node_ok False) leave the loss
+    node_ok = torch.tensor([[True, True, True, False, False], [True] * 5])
+    pairs = (node_ok.unsqueeze(-1) & node_ok.unsqueeze(-2)) & off
+    want = ((js_est - js_true)[pairs] ** 2).mean()
+    assert enc.mse_loss(dist, js_true, node_ok).item() == pytest.approx(want.item(), rel=1e-5)
     (l_ind + l_mse).backward()
     assert protos.prototypes.grad is not None and torch.isfinite(protos.prototypes.grad).all()
 
@@ -158,29 +124,73 @@ def test_subsequence_mask_marks_selected_contexts():
     assert not subsequence_mask(hist, sel, selected=torch.zeros(2, 2, dtype=torch.bool)).any()
 
 
-def test_selection_is_candidate_independent():
-    assert not any("cand" in name for name in inspect.signature(select_subsequence).parameters)
-    r, k, d, c, n = 2, 4, 8, 6, 20
-    sim, l, proto = torch.randn(r, k), torch.randn(r, d), torch.randn(r, k, d)
-    attach = torch.rand(r, k, c) < 0.5
-    context_ids = torch.arange(c).expand(r, c)
-    hist = torch.randint(0, c, (r, n))
-    kw = dict(tau=0.5, noise=True, generator=torch.Generator().manual_seed(7))
-    per_request = select_subsequence(sim, l, proto, attach, context_ids, hist, **kw)
-    masks = []
-    for n_cand in (3, 11):  # two candidate sets of different sizes for the same two requests
-        request_index = torch.arange(r).repeat_interleave(n_cand)
-        cand_mask = expand_to_candidates(per_request, request_index)
-        masks.append(cand_mask)
-        for i in range(r):
-            assert (cand_mask[request_index == i] == per_request[i]).all()
-    assert torch.equal(masks[0][::3], masks[1][::11])
-    # Without noise (evaluation) the selection is a pure function of the request: recomputing it
-    # on a per-candidate expanded batch gives the very same rows.
-    det = select_subsequence(sim, l, proto, attach, context_ids, hist, noise=False)
-    idx = torch.tensor([0, 0, 0, 1, 1])
-    rows = select_subsequence(sim[idx], l[idx], proto[idx], attach[idx], context_ids[idx], hist[idx], noise=False)
-    assert torch.equal(rows, det[idx])
+def test_context_graph_offline_quantities_by_hand():
+    # one history, oldest first: contexts 3 1 3 2 3 (+ padding); category / price band per behaviour
+    ctx = torch.tensor([[3, 1, 3, 2, 3, 0]])
+    mask = torch.tensor([[True] * 5 + [False]])
+    attrs = torch.tensor([[[0, 1], [1, 0], [0, 0], [1, 1], [1, 1], [0, 0]]])  # groups of sizes 2 and 2
+    g = context_graph(ctx, mask, attrs, n_contexts=5, max_contexts=4, group_sizes=[2, 2], alpha=1.0)
+    assert g.node_context[0, :3].tolist() == [3, 1, 2] or g.node_context[0, :3].tolist() == [3, 2, 1]
+    assert g.node_ok.tolist() == [[True, True, True, False]]
+    node = {int(c): i for i, c in enumerate(g.node_context[0, :3])}
+    # context 3 holds behaviours 0, 2, 4: categories (0, 0, 1), prices (1, 0, 1) -> +1 smoothing
+    assert g.distribution[0, node[3]].tolist() == pytest.approx([3 / 5, 2 / 5, 2 / 5, 3 / 5])
+    # edges: 3-1, 1-3, 3-2, 2-3 (consecutive, different contexts); 1 and 2 never adjacent
+    adj = g.adjacency[0]
+    assert adj[node[3], node[1]] and adj[node[1], node[3]] and adj[node[3], node[2]] and adj[node[2], node[3]]
+    assert not adj[node[1], node[2]] and not adj.diagonal().any() and not adj[3].any()
+    assert g.last_node.tolist() == [node[3]]  # the newest real behaviour is in context 3
+    assert torch.allclose(g.divergence, pairwise_symmetric_kl(g.distribution, g.distribution))
+    # no history: no node, no newest behaviour
+    empty = context_graph(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.bool),
+                          torch.zeros(1, 3, 2, dtype=torch.long), 5, 4, [2, 2])
+    assert not empty.node_ok.any() and empty.last_node.tolist() == [-1]
+
+
+def test_attach_prototypes_and_temporal_graph():
+    sim = torch.tensor([[[0.9, 0.1, 0.2], [0.1, 0.8, 0.7]]])  # (R=1, P=2, M+1=3): node 0, node 1, target
+    node_ok = torch.tensor([[True, False]])
+    attach = attach_prototypes(sim, node_ok, sample=False)
+    # each column attaches to its most similar prototype; the empty node slot 1 to none
+    assert attach.tolist() == [[[True, False, False], [False, False, True]]]
+    drawn = attach_prototypes(sim, torch.ones(1, 2, dtype=torch.bool), tau=0.5, sample=True)
+    assert (drawn.sum(1) == 1).all(), "a Gumbel-softmax draw still attaches every column to one prototype"
+    adjacency = torch.tensor([[[False, True], [True, False]]])
+    adj = temporal_graph(adjacency, torch.tensor([1]), attach)
+    assert adj.shape == (1, 5, 5)  # [node 0, node 1, target, prototype 0, prototype 1]
+    assert adj[0, 0, 1] and adj[0, 2, 1] and adj[0, 1, 2]  # target joins the newest behaviour's node
+    assert adj[0, 3, 0] and adj[0, 0, 3] and adj[0, 4, 2] and adj[0, 2, 4]
+    assert torch.equal(adj, adj.transpose(1, 2))
+    assert not temporal_graph(adjacency, torch.tensor([-1]), attach)[0, 2, :2].any()
+
+
+def test_selection_picks_contexts_of_chosen_prototypes():
+    sim, short = torch.ones(1, 3), torch.tensor([[1.0, 0.0]])
+    proto = torch.tensor([[[2.0, 0.0], [-1.0, 0.0], [0.5, 0.0]]])
+    z = select_prototypes(sim, short, proto, noise=False)
+    assert z.tolist() == [[1.0, 0.0, 1.0]]  # logit sim·(õ·l) > 0
+    attach = torch.tensor([[[True, False, False], [False, True, False], [False, False, False]]])
+    assert selected_contexts(z, attach).tolist() == [[True, False, False]]
+
+
+def test_cofars_online_pass_has_no_history_or_candidate_input():
+    params = inspect.signature(CoFARS.forward).parameters
+    assert not any("cand" in p or "hist" in p for p in params), list(params)
+    cfg = CTRConfig(embed_dim=8, n_prototypes=3, max_contexts=4, short_term=2)
+    model = CoFARS(cfg, n_contexts=6, dim=8, group_sizes=[2, 2]).eval()
+    ctx = torch.tensor([[1, 2, 1, 3], [4, 4, 0, 0]])
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    graph = model.offline(ctx, mask, torch.zeros(2, 4, 2, dtype=torch.long))
+    ones = torch.ones(2, 2, dtype=torch.bool)
+    out = model(torch.randn(2, 8), torch.tensor([1, 5]), graph, torch.randn(2, 2, 8), ones)
+    assert out["chosen"].shape == (2, 4) and out["z"].shape == (2, 3) and out["prototypes"].shape == (2, 3, 8)
+    assert not (out["chosen"] & ~graph.node_ok).any(), "only real context nodes can be chosen"
+    # A server keeps only what scoring reads: without D(C) and the true JS the selection is the same.
+    user, window = torch.randn(2, 8), torch.randn(2, 2, 8)
+    full = model(user, torch.tensor([1, 5]), graph, window, ones)
+    lean = model(user, torch.tensor([1, 5]), graph._replace(distribution=None, divergence=None), window, ones)
+    assert torch.equal(full["chosen"], lean["chosen"]) and torch.equal(full["z"], lean["z"])
+    assert lean["l_mse"].item() == 0 and full["l_mse"].item() > 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,12 +233,12 @@ def test_served_aggregator_reads_precomputed_terms_and_gives_the_same_vector():
     assert deep.served(table) is None, "later layers mix the features: nothing to precompute per value"
 
 
-def test_alignment_loss_decreases():
+def test_scene_alignment_loss_decreases():
     agg = SceneAggregator(in_dim=8, n_features=3, d_model=16, n_heads=2, n_layers=1, dropout=0.0, collab_dim=8)
     x, collab = torch.randn(8, 3, 8), torch.randn(8, 8)
     losses = []
     for _ in range(20):
-        loss = alignment_loss(agg.scene_vector(x), collab, temperature=0.1)
+        loss = info_nce(agg.scene_vector(x), collab, temperature=0.1, normalize=True)
         agg.zero_grad()
         loss.backward()
         # Plain gradient descent: torch.optim's first step imports dynamo, seconds on a busy CPU.

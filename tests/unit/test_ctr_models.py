@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from components.config import CTRConfig
-from components.ctr.cofars import pairwise_symmetric_kl, symmetric_kl
+from components.ctr.cofars import (ContextPrototypes, attach_prototypes, pairwise_symmetric_kl, phase1_score,
+                                   select_prototypes, selected_contexts, subsequence_mask, temporal_graph)
 from components.ctr.metrics import auc, gauc
 from components.ctr.model import MODEL_SPECS, CTRModel, ModelShapes, gather_selected, last_positions
 from components.registry import decide
@@ -100,6 +101,93 @@ def test_cofars_selection_is_the_same_for_every_candidate_of_a_request():
     assert sel_a.any(-1).all(), "every request with a history keeps a sub-sequence (fallback: short term)"
 
 
+def _composed_select(model, b):
+    """CoFARS selection written out from the public functions of cofars.py, step by step."""
+    cf, cfg = model.cofars, model.cfg
+    hist, mask = model.history(b), b["hist_mask"]
+    user = model.user_emb(b["user"])
+    attrs = torch.stack([b["hist_category"], b["hist_price"], b["hist_rating"], b["hist_delivery"]], -1)
+    g = cf.offline(b["hist_context"], mask, attrs)  # offline: nodes, D(C), JS, edges
+    m = g.node_context.shape[1]
+    wm, window = gather_selected(last_positions(mask, cfg.short_term), cfg.short_term, hist)
+    short = cf.short_term(window, wm)  # l = GRU(last r)
+    c = user.unsqueeze(1) + cf.context_emb(g.node_context)
+    p_c = cf.prob(c)
+    l_mse = cf.prob.mse_loss(p_c, g.divergence, g.node_ok)
+    o = cf.prototypes(user)
+    p_o = cf.prob(o)
+    l_ind = ContextPrototypes.independence_loss(p_o)
+    c_t = user + cf.context_emb(b["context"])
+    p_t = cf.prob(c_t)
+    sim = 1 - pairwise_symmetric_kl(p_o, torch.cat([p_c, p_t.unsqueeze(1)], 1))
+    attach = attach_prototypes(sim, g.node_ok, cfg.attach_temperature, sample=cf.training)
+    adj = temporal_graph(g.adjacency, g.last_node, attach)
+    x = torch.cat([c, c_t.unsqueeze(1), o], 1)
+    for layer in cf.gat:
+        x = x + torch.nn.functional.elu(layer(x, adj))
+    sim_t = 1 - pairwise_symmetric_kl(cf.prob(x[:, m + 1:]), cf.prob(x[:, m]).unsqueeze(1)).squeeze(-1)
+    z = select_prototypes(sim_t, short, x[:, m + 1:], cfg.select_temperature, noise=cf.training)
+    chosen = selected_contexts(z, attach[:, :, :m])
+    keep = subsequence_mask(b["hist_context"], g.node_context, chosen) & mask
+    keep = torch.where(~keep.any(-1, keepdim=True), last_positions(mask, cfg.short_term), keep)
+    return {"mask": keep, "chosen": chosen, "z": z, "prototypes": x[:, m + 1:], "l_mse": l_mse, "l_ind": l_ind}
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_cofars_forward_is_the_composition_of_the_public_functions(training):
+    """The functions of cofars.py are what the model runs: recomposed by hand they give the same
+    selection, prototypes and losses (training: the same Gumbel draws from the same seed)."""
+    torch.manual_seed(0)
+    model = CTRModel("cofars", CFG, SHAPES).train(training)
+    b = make_batch([40, 12, 3, 0, 25], seed=11)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        got = model.select(b)
+        torch.manual_seed(5)
+        want = _composed_select(model, b)
+        for key in ("mask", "chosen", "z", "prototypes", "l_mse", "l_ind"):
+            assert torch.equal(got[key], want[key]), key
+        assert got["z"].any(), "something is selected, so the comparison is not vacuous"
+        torch.manual_seed(5)
+        out = model(b)
+        torch.manual_seed(5)
+        want = _composed_select(model, b)
+        cand = model.item(b["cand_poi"], None, b["cand_category"], b["cand_price"], b["cand_rating"],
+                          b["cand_delivery"])
+        assert torch.equal(out["phase1_logit"], phase1_score(want["z"], want["prototypes"], cand))
+
+
+def test_cofars_sub_sequence_from_each_contexts_newest_behaviours_alone():
+    """What a server stores per context suffices: the history cut to each node context's newest
+    ``max_subsequence`` behaviours plus the last ``short_term`` ones gives the same attended keys as
+    the full history (the graph computed offline from the full history)."""
+    torch.manual_seed(0)
+    model = CTRModel("cofars", CFG, SHAPES).eval()
+    b = make_batch([60, 45, 2], seed=4)
+    k, r = CFG.max_subsequence, CFG.short_term
+    with torch.no_grad():
+        hist = model.history(b)
+        full = model.select(b)
+        _, want = gather_selected(full["mask"], k, hist)
+        attrs = torch.stack([b["hist_category"], b["hist_price"], b["hist_rating"], b["hist_delivery"]], -1)
+        graph = model.cofars.offline(b["hist_context"], b["hist_mask"], attrs)
+        for i in range(len(b["user"])):
+            ctx, real = b["hist_context"][i], b["hist_mask"][i]
+            keep = last_positions(real, r)
+            for c in graph.node_context[i][graph.node_ok[i]]:
+                keep |= last_positions(real & (ctx == c), k)
+            pos = keep.nonzero().squeeze(-1)  # oldest first
+            chosen = full["chosen"][i:i + 1]
+            sub = subsequence_mask(ctx[pos][None], graph.node_context[i:i + 1], chosen) & real[pos][None]
+            sub = torch.where(~sub.any(-1, keepdim=True), last_positions(real[pos][None], r), sub)
+            _, got = gather_selected(sub, k, hist[i, pos][None])
+            n_real = int(full["mask"][i].sum().clamp(max=k))
+            assert torch.equal(got[0, -n_real:], want[i, -n_real:]), i
+            if i < 2:
+                assert len(pos) < int(real.sum()), "the cut history is shorter than the full one"
+        assert full["chosen"].any(), "contexts are chosen, not only the short-term fallback"
+
+
 def test_last_positions_and_gather_keep_the_newest_selected():
     mask = torch.tensor([[True, False, True, True, False, True], [False] * 6])
     kept = last_positions(mask, 2)
@@ -113,7 +201,8 @@ def test_last_positions_and_gather_keep_the_newest_selected():
 def test_pairwise_symmetric_kl_matches_the_broadcast_definition():
     torch.manual_seed(0)
     a, b = torch.softmax(torch.randn(2, 5, 7), -1), torch.softmax(torch.randn(2, 3, 7), -1)
-    ref = symmetric_kl(a.unsqueeze(-2), b.unsqueeze(-3))
+    p, q = a.unsqueeze(-2), b.unsqueeze(-3)
+    ref = 0.5 * ((p - q) * (p.log() - q.log())).sum(-1)  # ½[KL(p‖q) + KL(q‖p)], (2, 5, 3) by broadcasting
     assert torch.allclose(pairwise_symmetric_kl(a, b), ref, atol=1e-6)
     # hand-worked: p = (0.5, 0.5), q = (0.9, 0.1): ½[(−.4)(ln .5 − ln .9) + (.4)(ln .5 − ln .1)] = 0.4394449
     p, q = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.9, 0.1]])

@@ -7,7 +7,7 @@ import torch
 
 from components.config import DistillConfig, Params
 from components.llm import distill
-from components.llm import training
+from components.training import checkpoint
 from components.llm.pruning import (
     LlamaPruner, Shape, count_params, model_params, platon_update, resized_config, shape_of, structure_sums,
 )
@@ -242,19 +242,19 @@ def test_resume_restores_masks_and_continues_identically(teacher_project, tmp_pa
     class Interrupted(Exception):
         pass
 
-    real_save = training.save_checkpoint
+    real_publish = checkpoint.publish
 
-    def save_then_crash(acc, ckpt_dir, step, keep=2):
-        path = real_save(acc, ckpt_dir, step, keep)
+    def publish_then_crash(folder, ckpt_dir, step, *args, **kwargs):
+        path = real_publish(folder, ckpt_dir, step, *args, **kwargs)
         if step == 8:
             raise Interrupted
         return path
 
-    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(checkpoint, "publish", publish_then_crash)
     with pytest.raises(Interrupted):
         distill.homodistil(params, teacher_dir, tmp_path / "student")
-    monkeypatch.setattr(training, "save_checkpoint", real_save)
-    saved = torch.load(tmp_path / "student_ckpt" / "step_8" / "custom_checkpoint_0.pkl", weights_only=False)
+    monkeypatch.setattr(checkpoint, "publish", real_publish)
+    saved = torch.load(tmp_path / "student_ckpt" / "step_8" / checkpoint.STATE, weights_only=True)["pruner"]
     assert saved["masks"]["ffn"].sum() < saved["masks"]["ffn"].numel()  # pruning had started
 
     loaded = {}

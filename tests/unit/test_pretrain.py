@@ -14,6 +14,7 @@ from components.llm.corpus import build_corpus
 from components.llm.model import build_model, count_parameters
 from components.llm.pretrain import BlockOrder, WarmupCosine, pretrain
 from components.llm.text import SPECIAL_TOKENS
+from components.training.checkpoint import check
 from tests.unit.test_corpus import make_llm_project
 
 
@@ -100,7 +101,8 @@ def test_interrupted_run_resumes_to_the_same_weights(full_run, project):
     k = 7  # not a multiple of checkpoint_every: the stop itself must leave a checkpoint
     first = pretrain(twin, max_steps_this_run=k)
     assert first["steps"] == k and not (twin.path("llm_dir") / "pretrained").exists()
-    assert (twin.path("llm_dir") / "pretrain_ckpt" / f"step_{k}").is_dir()
+    saved = twin.path("llm_dir") / "pretrain_ckpt" / f"step_{k}"
+    assert check(saved) is None and (saved / "model.safetensors").exists()  # the one format, intact
     second = pretrain(twin)
     assert second["resumed_from"] == k and second["steps_this_run"] == params.llm.steps - k
     assert second["heldout_ppl_before"] == pytest.approx(full["heldout_ppl_before"])

@@ -1,12 +1,13 @@
-"""Reusable CTR layers (FuxiCTR habit: layers apart from the models that compose them).
+"""Layers shared by llm/, ctr/ and news/ (FuxiCTR habit: layers apart from the models that compose them).
 
-- ``MLP``: Linear -> activation -> dropout blocks and a final linear layer.
-- ``TargetAttention``: DIN-style attention of a target over a padded behaviour sequence.
-- ``ESMMHeads`` / ``esmm_loss``: ctr, cvr and ctcvr = ctr * cvr over the whole impression space.
+- ``MLP``: Linear -> activation -> dropout blocks and a final linear layer (LARR's text-encoder
+  head and scene projection, CoFARS's probability encoder, the CTR towers, PerCoNet's contrast head).
+- ``TargetAttention``: DIN-style attention of a target over a padded behaviour sequence (the CTR
+  models' DIN, SIM-hard and CoFARS phase 2).
+- ``info_nce``: InfoNCE with in-batch negatives (LARR's contrastive fine-tuning and scene alignment,
+  PerCoNet's cross-view loss).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,11 @@ _ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "gelu": nn.GELU, "sigmoid": 
 
 class MLP(nn.Module):
     """``in_dim -> hidden[0] -> … -> out_dim``; each hidden layer is Linear, activation, dropout.
-    The output layer is plain linear (logits / embeddings), no activation."""
+    The output layer is plain linear (logits / embeddings), no activation. x (..., in_dim) -> (..., out_dim).
+
+    The layers sit in ``self.net``; state dicts saved from a bare ``nn.Sequential`` of the same layers
+    (keys ``0.weight`` … instead of ``net.0.weight`` …: text-encoder heads and news models written
+    before this class was shared) load unchanged."""
 
     def __init__(self, in_dim: int, hidden: list[int] | tuple[int, ...] = (), out_dim: int = 1,
                  dropout: float = 0.0, activation: str = "relu"):
@@ -32,13 +37,24 @@ class MLP(nn.Module):
                 layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(dims[-1], out_dim))
         self.net = nn.Sequential(*layers)
+        self._register_load_state_dict_pre_hook(_legacy_sequential_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
+def _legacy_sequential_keys(state_dict, prefix, *_):
+    """``{prefix}0.weight`` -> ``{prefix}net.0.weight`` (a bare ``nn.Sequential``'s keys), in place."""
+    for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit()]:
+        state_dict[f"{prefix}net.{key[len(prefix):]}"] = state_dict.pop(key)
+
+
 class TargetAttention(nn.Module):
-    """DIN target attention: score_j = MLP([q, k_j, q-k_j, q*k_j]), output = Σ_j w_j k_j.
+    """DIN target attention: score_j = MLP([q, k_j, q-k_j, q*k_j]), output = Σ_j w_j v_j.
+
+    query (B, d) or (B, K, d) — K candidates sharing one sequence; keys (B, n, d) or (B, K, n, d);
+    mask (B, n) or (B, K, n) bool, True = real behaviour; values (same leading shape as keys, last
+    dim d_v) default to the keys. Output (B, d_v) or (B, K, d_v) (and the weights (B[, K], n)).
 
     ``normalize=True`` (our default): w = softmax over the unmasked positions, so the output is a
     weighted mean and its scale does not grow with history length. ``normalize=False``: DIN's
@@ -63,9 +79,6 @@ class TargetAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
                 values: torch.Tensor | None = None, return_weights: bool = False):
-        """query (B, d) or (B, K, d) — K candidates sharing one sequence; keys (B, n, d) or
-        (B, K, n, d); mask (B, n) or (B, K, n) bool with True = real behaviour; values default keys.
-        Returns (B, d_v) or (B, K, d_v) (and the weights)."""
         values = keys if values is None else values
         many = query.dim() == 3
         q = query.unsqueeze(-2)  # (B, 1, d) or (B, K, 1, d)
@@ -92,45 +105,20 @@ class TargetAttention(nn.Module):
         return (out, weights) if return_weights else out
 
 
-def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x < 0, accurate on both ends (Mächler 2012); x is clamped below 0 so
-    neither branch of the where() can produce inf/NaN gradients."""
-    x = x.clamp(max=-torch.finfo(x.dtype).tiny)
-    near_zero = torch.log(-torch.expm1(x.clamp(min=-math.log(2))))
-    far = torch.log1p(-torch.exp(x.clamp(max=-math.log(2))))
-    return torch.where(x > -math.log(2), near_zero, far)
-
-
-def esmm_loss(ctr_logit: torch.Tensor, cvr_logit: torch.Tensor, click: torch.Tensor, order: torch.Tensor,
-              ctcvr_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """ESMM loss BCE(ctr, click) + w·BCE(ctcvr, order), both from logits in log space so extreme logits
-    stay finite. Returns ``{"loss", "ctr", "ctcvr"}`` (means over the batch)."""
-    click, order = click.to(ctr_logit.dtype), order.to(ctr_logit.dtype)
-    ctr_bce = F.binary_cross_entropy_with_logits(ctr_logit, click)
-    log_ctcvr = F.logsigmoid(ctr_logit) + F.logsigmoid(cvr_logit)  # log(ctr * cvr)
-    ctcvr_bce = -(order * log_ctcvr + (1 - order) * _log1mexp(log_ctcvr)).mean()
-    return {"loss": ctr_bce + ctcvr_weight * ctcvr_bce, "ctr": ctr_bce, "ctcvr": ctcvr_bce}
-
-
-class ESMMHeads(nn.Module):
-    """Two towers over a shared representation: ctr = σ(ctr_logit), cvr = σ(cvr_logit),
-    ctcvr = ctr·cvr. The cvr tower is only supervised through ctcvr (ESMM), so it learns on all
-    impressions rather than on clicks alone."""
-
-    def __init__(self, in_dim: int, hidden: list[int] | tuple[int, ...] = (64,), dropout: float = 0.0,
-                 activation: str = "relu", ctcvr_weight: float = 1.0):
-        super().__init__()
-        self.ctr_tower = MLP(in_dim, hidden, 1, dropout=dropout, activation=activation)
-        self.cvr_tower = MLP(in_dim, hidden, 1, dropout=dropout, activation=activation)
-        self.ctcvr_weight = ctcvr_weight
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x (B, in_dim) -> dict of (B,) tensors: ctr_logit, cvr_logit, ctr, cvr, ctcvr."""
-        ctr_logit = self.ctr_tower(x).squeeze(-1)
-        cvr_logit = self.cvr_tower(x).squeeze(-1)
-        ctr, cvr = torch.sigmoid(ctr_logit), torch.sigmoid(cvr_logit)
-        return {"ctr_logit": ctr_logit, "cvr_logit": cvr_logit, "ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
-
-    def loss(self, out: dict[str, torch.Tensor], click: torch.Tensor, order: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``esmm_loss`` on the output of ``forward``."""
-        return esmm_loss(out["ctr_logit"], out["cvr_logit"], click, order, self.ctcvr_weight)
+def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float, normalize: bool = False,
+             symmetric: bool = True, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE with in-batch negatives: row i of queries (B, d) should pick row i of keys (B, d)
+    among all B keys, cross-entropy of ``q_i·k_j / τ`` over j (and, when ``symmetric``, the same from
+    the keys' side, the two averaged). ``normalize``: L2-normalise both first (cosine similarity; for
+    inputs that are not unit vectors already). ``exclude`` (B, B) bool, False on the diagonal: pairs
+    (i, j) left out of each other's negatives (its transpose applies to the keys' side). Returns a scalar."""
+    if normalize:
+        queries, keys = F.normalize(queries, dim=-1), F.normalize(keys, dim=-1)
+    logits = queries @ keys.T / temperature
+    target = torch.arange(len(queries), device=queries.device)
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
+    loss = F.cross_entropy(logits, target)
+    if not symmetric:
+        return loss
+    return (loss + F.cross_entropy(logits.T, target)) / 2
