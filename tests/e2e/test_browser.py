@@ -125,6 +125,7 @@ def browser(tmp_path):
     opts.binary_location = str(CHROMIUM)
     for flag in FLAGS + [f"--user-data-dir={tmp_path / 'chrome-profile'}"]:
         opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # failed requests, for the report
     driver = webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
     driver.implicitly_wait(0)
     yield driver
@@ -185,8 +186,14 @@ def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
         if shots:
             shots.mkdir(parents=True, exist_ok=True)
             browser.save_screenshot(str(shots / "prefect-form.png"))
-        submit = browser.find_element(By.XPATH, "//button[normalize-space()='Submit']")
-        browser.execute_script("arguments[0].click();", submit)
+        for _ in range(3):  # a loaded server can fail the UI's first request ("Oops"): submit again
+            submit = browser.find_element(By.XPATH, "//button[normalize-space()='Submit']")
+            browser.execute_script("arguments[0].click();", submit)
+            try:
+                _until(lambda: "/run" not in browser.current_url.split("?")[0][-4:], 45, "the form to submit")
+                break
+            except AssertionError:
+                continue
         # The UI goes back to the deployment's runs; the run it created is the deployment's only one.
         run_id = _until(lambda: _api(port, "/flow_runs/filter",
                                      {"deployments": {"id": {"any_": [dep["id"]]}}})[0]["id"], 120,
@@ -218,6 +225,10 @@ def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
             browser.save_screenshot(str(shots / "mlflow-version.png"))
         print(f"browser test: form to registry in {time.time() - t0:.0f} s")
     except BaseException:
+        for entry in browser.get_log("performance"):
+            m = json.loads(entry["message"])["message"]
+            if m["method"] == "Network.responseReceived" and m["params"]["response"]["status"] >= 400:
+                print("failed request:", m["params"]["response"]["status"], m["params"]["response"]["url"])
         browser.save_screenshot(str(tmp / "failure.png"))
         print(f"screenshot of the failure: {tmp / 'failure.png'}")
         raise
