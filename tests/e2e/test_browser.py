@@ -209,7 +209,10 @@ def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
         summary = by_key["ctr-summary"]["data"]
         assert f"http://127.0.0.1:{mport}/#/experiments/" in summary and "/runs/" in summary
         assert "/#/models/scenerec-ctr-small-overrides/versions/1" in summary
-        browser.get(f"http://127.0.0.1:{port}/runs/flow-run/{run_id}?tab=Artifacts")
+        browser.get(f"http://127.0.0.1:{port}/runs/flow-run/{run_id}")
+        tab = _until(lambda: browser.find_element(By.XPATH, "//*[normalize-space(text())='Artifacts']"), 60,
+                     "the run page")
+        browser.execute_script("arguments[0].click();", tab)
         _until(lambda: "ctr-summary" in browser.find_element(By.TAG_NAME, "body").text, 60, "the artifacts tab")
         if shots:
             browser.save_screenshot(str(shots / "prefect-artifacts.png"))
