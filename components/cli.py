@@ -137,9 +137,20 @@ def cmd_audit(args, params) -> int:
     from components import registry
 
     name = args.name or params.ctr.registered_name
-    for row in registry.history(params, name):
+    out = registry.audit(params, name)
+    shown = ", ".join(f"{a} = version {v}" for a, v in sorted(out["aliases"].items())) or "none"
+    print(f"{name} aliases now: {shown}")
+    for row in out["history"]:
         print(f"{row['at']}  v{row['version']:<4} {row['entry']}")
-    return 0
+    for u in out["unaudited"]:
+        print(f"UNAUDITED: @{u['alias']} is {_v(u['now'])} but the last audit entry left it at {_v(u['audited'])}: "
+              f"changed outside scenerec (e.g. MLflow's alias editor). Record it with `scenerec promote --name "
+              f"{name} --version {u['now'] or u['audited']} --reason ...`, or restore it the same way.")
+    return 1 if out["unaudited"] else 0
+
+
+def _v(version: str | None) -> str:
+    return f"version {version}" if version else "unset"
 
 
 def cmd_news_data(args, params) -> int:
@@ -211,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SceneRec: validated ingestion, feature store and LLM-aided CTR models, step by step.",
     )
     p.add_argument("--params", default=None, help="parameters file (default: ./params.yaml or $SCENEREC_PARAMS)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     g = sub.add_parser("generate", help="write a synthetic batch in the raw data contract (with the truth file)")
@@ -247,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr.set_defaults(func=cmd_ctr_register)
     for cmd, text, fn in [("promote", "give a model version the champion alias (manual path)", cmd_promote),
                           ("rollback", "give the champion alias back to the previous champion", cmd_rollback),
-                          ("audit", "list the promotion audit trail of a registered model", cmd_audit)]:
+                          ("audit", "show the aliases and the audit trail; flags alias changes made outside scenerec (exit 1)",
+                           cmd_audit)]:
         sp = sub.add_parser(cmd, help=text)
         sp.add_argument("--name", default=None, help="registered model (default: ctr.registered_name)")
         if cmd == "promote":
@@ -287,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(k, v)
     args = build_parser().parse_args(argv)
     from components.config import ParamsError, for_profile, is_profile, load_params
+    from components.data.validate import BatchRejected
+    from components.registry import RegistryError
 
     try:
         params = load_params(args.params)
@@ -296,11 +311,15 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as e:
         print(f"scenerec: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # the rejection path: a clear message, no traceback
-        if type(e).__name__ in ("BatchRejected", "MindRejected"):
-            print(f"scenerec {args.command}: batch rejected\n{e}", file=sys.stderr)
-            return 3
-        raise
+    except BatchRejected as e:  # the rejection path: a clear message, no traceback
+        print(f"scenerec {args.command}: batch rejected\n{e}", file=sys.stderr)
+        return 3
+    except Exception as e:  # noqa: BLE001 - one line for the user; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"scenerec {args.command}: {e if isinstance(e, RegistryError) else f'{type(e).__name__}: {e}'}"
+              " (--debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -349,6 +349,7 @@ class CTRConfig(Section):
     registered_name: str = "scenerec-ctr"
     promotion_metric: Literal["auc.ctr", "auc.ctcvr", "gauc.ctr", "gauc.ctcvr"] = "auc.ctr"
     promotion_margin: float = Field(0.002, ge=0)
+    promotion_floor_margin: float = Field(0.01, ge=0)
 
     @model_validator(mode="after")
     def _shapes(self):
@@ -444,6 +445,8 @@ class NewsConfig(Section):
     max_eval_impressions: int | None = Field(None, ge=1)  # None = every dev impression
     explain_top: int = Field(3, ge=1)                # persona entities named per recommendation
     registered_name: str = "news-perconet"           # MLflow Model Registry name (the lead's registry step)
+    promotion_margin: float = Field(0.002, ge=0)     # champion only when dev AUC beats the champion's by more
+    promotion_floor_margin: float = Field(0.01, ge=0)  # and beats chance and the popularity baseline by more
 
     @model_validator(mode="after")
     def _shapes(self):
@@ -501,6 +504,7 @@ class HKFRConfig(Section):
     embedding_dim: int = Field(16, ge=1)
     registered_name: str = "hkfr-instruct"
     promotion_margin: float = Field(0.002, ge=0)
+    promotion_floor_margin: float = Field(0.01, ge=0)
 
     @field_validator("tasks")
     @classmethod

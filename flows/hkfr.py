@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import DEFAULT_PARAMS, HKFRConfig
-from flows.settings import (flow_params, mlflow_links, mlflow_run, prefect_run, publish_comparison, retry_transient,
+from flows.settings import (flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run, publish_comparison, retry_transient,
                             tag_version)
 
 
@@ -27,7 +27,7 @@ def instruct_task(params, run_id: str) -> dict:
 
 @task(name="register-hkfr-model", tags=["io"], cache_policy=NO_CACHE)
 def register_task(params, run_id: str) -> dict:
-    return steps.hkfr_register_step(params, run_id=run_id)
+    return steps.hkfr_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
 
 @flow(name="hkfr", log_prints=True)

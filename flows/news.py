@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import DEFAULT_PARAMS, NewsConfig
-from flows.settings import (flow_params, mlflow_links, mlflow_run, prefect_run, publish_comparison, retry_transient,
+from flows.settings import (flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run, publish_comparison, retry_transient,
                             tag_version)
 
 
@@ -26,7 +26,7 @@ def train_task(params) -> dict:
 
 @task(name="register-news-model", tags=["io"], cache_policy=NO_CACHE)
 def register_task(params, run_id: str) -> dict:
-    return steps.news_register_step(params, run_id=run_id)
+    return steps.news_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
 
 @flow(name="news", log_prints=True)

@@ -96,6 +96,13 @@ def prefect_run() -> dict[str, str]:
     return out
 
 
+def flow_run_id() -> str | None:
+    """The id of the Prefect flow run this code runs in (None outside one); components take it as a value."""
+    from prefect.runtime import flow_run
+
+    return flow_run.id or None
+
+
 @contextmanager
 def mlflow_run(params: Params, flow: str, step: str | None = None,
                tags: Mapping[str, str] | None = None) -> Iterator[str]:
@@ -135,7 +142,8 @@ def publish_comparison(key: str, result: dict, links: str = "") -> str:
     the same data, described by the verdict and the MLflow links; returns the verdict (one line)."""
     from prefect.artifacts import create_table_artifact
 
-    rows = [{"metric": k, "challenger": v, "champion": (result["champion_metrics"] or {}).get(k, "—")}
+    rows = [{"metric": k, "challenger": v, "champion": (result["champion_metrics"] or {}).get(k, "—"),
+             "popularity baseline": (result.get("baseline_metrics") or {}).get(k, "—")}
             for k, v in result["challenger_metrics"].items()]
     verdict = (f"{result['name']} v{result['version']} -> {result['alias']}: "
                f"{result['reason']}")
