@@ -92,7 +92,9 @@ def _llm_command(step: str):
 def cmd_ctr(args, params) -> int:
     from components.steps import ctr_step
 
-    metrics = _tracked(params, "ctr", ctr_step, args.model)
+    if args.model:  # one way to choose the model: --model overrides ctr.model, so the run logs it
+        params = params.model_copy(update={"ctr": params.ctr.model_copy(update={"model": args.model})})
+    metrics = _tracked(params, "ctr", ctr_step)
     print(metrics.get("headline", ""))
     _print_metrics(f"CTR model {metrics.get('model')} trained and evaluated; saved in {params.path('ctr_dir')}",
                    {k: v for k, v in metrics.items() if k.startswith(("test.all", "train."))})
@@ -349,12 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
     args = build_parser().parse_args(argv)
-    from components.config import ParamsError, load_params
+    from components.config import ParamsError, for_profile, is_profile, load_params
     from components.data.validate import BatchRejected
     from components.registry import RegistryError
 
     try:
         params = load_params(args.params)
+        if is_profile(args.params):  # the same namespace as the flows give this params file
+            params = for_profile(params, args.params)
         return args.func(args, params)
     except ParamsError as e:
         print(f"scenerec: {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ function serves the CLI, the DVC stage and the Prefect task.
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS = "params.yaml"
+PROFILES = "params"  # folder of alternative parameter files (profiles), e.g. params/small.yaml
 
 
 class Section(BaseModel):
@@ -354,6 +356,7 @@ class CTRConfig(Section):
     cpu_threads: int = Field(1, ge=0)
     eval_batch_requests: int = Field(512, ge=1)
     calibration_bins: int = Field(10, ge=2)
+    require_scene_embeddings: bool = True
     registered_name: str = "scenerec-ctr"
     promotion_metric: Literal["auc.ctr", "auc.ctcvr", "gauc.ctr", "gauc.ctcvr"] = "auc.ctr"
     promotion_margin: float = Field(0.002, ge=0)
@@ -547,6 +550,7 @@ class ServeConfig(Section):
 class TrackingConfig(Section):
     experiment: str = "scenerec"
     tracking_uri: str = "sqlite:///mlflow.db"
+    ui_url: str = "http://127.0.0.1:5000"
 
 
 class ReliabilityConfig(Section):
@@ -594,6 +598,9 @@ def load_params(path: str | os.PathLike | None = None, overrides: dict | None = 
     ``params.tuned.yaml`` beside it when present (the best knobs `scenerec tune` found).
     """
     path = Path(path or os.environ.get("SCENEREC_PARAMS", DEFAULT_PARAMS)).resolve()
+    # A profile in <project>/params/ (e.g. params/small.yaml) resolves paths against the project.
+    root = path.parent.parent if path.parent.name == PROFILES and (path.parent.parent / DEFAULT_PARAMS).exists() \
+        else path.parent
     if not path.exists():
         raise ParamsError(f"{path}: parameters file not found (run from the project root or pass --params)")
     try:
@@ -613,7 +620,7 @@ def load_params(path: str | os.PathLike | None = None, overrides: dict | None = 
         raw = _merge(raw, extra)
     raw = _merge(raw, overrides or {})
     try:
-        return Params(**raw, root=path.parent)
+        return Params(**raw, root=root)
     except ValidationError as e:
         lines = [f"{path}: invalid parameters:"]
         for err in e.errors():
@@ -627,3 +634,146 @@ def _merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Namespaces: a run that does not match the project's params.yaml must not touch its models.
+
+REGISTERED_NAMES = (("contrastive", "registered_name"), ("ctr", "registered_name"), ("news", "registered_name"),
+                    ("hkfr", "registered_name"))
+
+
+def is_profile(params_file: str | os.PathLike | None) -> bool:
+    """True for a parameters file other than a project's ``params.yaml`` (e.g. ``params/small.yaml``)."""
+    return params_file is not None and Path(params_file).name != DEFAULT_PARAMS
+
+
+def _renamed(params: Params, suffix: str, only_defaults: bool = False) -> dict:
+    """Experiment and registered-model names with ``-suffix`` (``only_defaults``: only those still
+    equal to params.yaml's, i.e. that the file did not name itself)."""
+    update = {}
+    if not only_defaults or params.tracking.experiment == TrackingConfig.model_fields["experiment"].default:
+        update["tracking"] = params.tracking.model_copy(
+            update={"experiment": f"{params.tracking.experiment}-{suffix}"})
+    for section, field in REGISTERED_NAMES:
+        cfg = getattr(params, section)
+        if not only_defaults or getattr(cfg, field) == type(cfg).model_fields[field].default:
+            update[section] = cfg.model_copy(update={field: f"{getattr(cfg, field)}-{suffix}"})
+    return update
+
+
+def for_profile(params: Params, params_file: str | os.PathLike) -> Params:
+    """A profile's own namespace: experiment, registered models and data / reports folders named
+    after the file (``small``), except those the file already sets apart from params.yaml's."""
+    name = Path(params_file).stem
+    project = PathsConfig()
+    paths = {}
+    for field, value in params.paths.model_dump().items():
+        if value != getattr(project, field) or field == "feature_repo":
+            continue
+        for top in (project.data_dir, project.reports_dir):
+            if value == top or value.startswith(top + "/"):
+                paths[field] = f"{top}/{name}{value[len(top):]}"
+    return params.model_copy(update={**_renamed(params, name, only_defaults=True),
+                                     "paths": params.paths.model_copy(update=paths)})
+
+
+def for_overrides(params: Params, outputs: tuple[str, ...] | None) -> Params:
+    """An overridden run's own namespace: ``-overrides`` experiment and registered models, reports
+    in ``<reports_dir>/overrides`` and its ``outputs`` (``paths`` fields) in ``<folder>-overrides``,
+    so it still reads its inputs from the params file's folders. ``outputs`` None (the whole
+    pipeline): every data folder moves under ``<data_dir>-overrides``."""
+    data = params.paths.data_dir.rstrip("/")
+    fields = [f for f in PathsConfig.model_fields if f not in ("feature_repo", "reports_dir")] \
+        if outputs is None else list(outputs)
+    paths = {}
+    for f in fields:
+        value = getattr(params.paths, f).rstrip("/")
+        inside = outputs is None and (value == data or value.startswith(data + "/"))
+        paths[f] = data + "-overrides" + value[len(data):] if inside else value + "-overrides"
+    paths["reports_dir"] = params.paths.reports_dir.rstrip("/") + "/overrides"
+    return params.model_copy(update={**_renamed(params, "overrides"), "paths": params.paths.model_copy(update=paths)})
+
+
+# ------------------------------------------------------------------------------------------------
+# params.yaml is the one source of the forms: its comments describe the fields and its values are
+# the defaults a form shows (Prefect builds a flow's form from these models' JSON schema).
+
+_KEY = re.compile(r"^( *)([A-Za-z_]\w*):(.*)$")
+_COMMENT = re.compile(r"""^(?:[^#'"]|'[^']*'|"[^"]*")*?\s#\s?(.*)$""")
+
+
+def yaml_comments(text: str) -> dict[str, dict[str, str]]:
+    """{section: {field: comment}} from a params.yaml text; ``section`` '' holds top-level keys and
+    each section's own comment is under key ''. A comment line above a field (group header) or
+    indented below it (continuation) joins that field's comment."""
+    out: dict[str, dict[str, str]] = {"": {}}
+    section, last, pending = "", None, []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            indent = len(line) - len(line.lstrip())
+            note = stripped.lstrip("#").strip()
+            if last is not None and indent > 2 and note:
+                sec, key = last
+                out[sec][key] = (out[sec].get(key, "") + " " + note).strip()
+            elif indent == 2 and note:
+                pending.append(note)
+            continue
+        m = _KEY.match(line)
+        if not m:
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3)
+        c = _COMMENT.match(rest)
+        note = c.group(1).strip() if c else ""
+        if indent == 0:
+            section = key if not rest.strip() or rest.strip().startswith("#") else ""
+            out.setdefault(section, {})
+            target = (section, "") if section else ("", key)
+            if note:
+                out[target[0]][target[1]] = note
+            last, pending = target, []
+        elif indent == 2 and section:
+            if not note and pending:
+                note = pending[-1]
+            if note:
+                out[section][key] = note
+            last, pending = (section, key), []
+    return out
+
+
+def _form_defaults(path: Path) -> None:
+    """Give every section field the description of its params.yaml comment and the value of
+    params.yaml as its default (an unreadable or invalid file leaves the code defaults)."""
+    try:
+        text = path.read_text()
+        raw = yaml.safe_load(text) or {}
+        comments = yaml_comments(text)
+    except (OSError, yaml.YAMLError):
+        return
+    for name, info in Params.model_fields.items():
+        cls = info.annotation if isinstance(info.annotation, type) and issubclass(info.annotation, Section) else None
+        if cls is None:
+            if name in comments[""] and not info.description:
+                info.description = comments[""][name]
+            if name in raw:
+                info.default = raw[name]
+            continue
+        notes = comments.get(name, {})
+        for field, finfo in cls.model_fields.items():
+            if notes.get(field) and not finfo.description:
+                finfo.description = notes[field]
+        try:
+            values = cls.model_validate(raw.get(name) or {})
+        except ValidationError:
+            values = None
+        if values is not None:
+            for field, finfo in cls.model_fields.items():
+                finfo.default = getattr(values, field)
+        cls.model_rebuild(force=True)
+        info.default = cls()
+    Params.model_rebuild(force=True)
+
+
+_form_defaults(Path(os.environ.get("SCENEREC_PARAMS") or Path(__file__).resolve().parents[1] / DEFAULT_PARAMS))
+SEED: int = Params.model_fields["seed"].default  # params.yaml's seed: what a form shows as the default

@@ -257,11 +257,36 @@ def embed_step(params: Params, run_id: str | None = None) -> dict:
 # CTR stage (LARR stage 3 + CoFARS): model under paths.ctr_dir/model, reports/ctr*.json
 
 
-def ctr_step(params: Params, model: str | None = None, run_id: str | None = None) -> dict:
-    """Train the CTR/CTCVR model, evaluate it on the test split beside the oracle, save it."""
+class MissingPrerequisite(FileNotFoundError):
+    """A step's input from an earlier step is missing; the message names the step to run."""
+
+
+def ctr_prerequisites(params: Params) -> dict[str, str]:
+    """Check what ``ctr.model`` needs before any work; returns tags for the run (what it trains without).
+
+    A LARR model reads the llm flow's scene embeddings: without them it stops, unless
+    ``ctr.require_scene_embeddings`` is false, then it trains without and says so in the tags."""
+    if not (params.path("features_dir") / "training_set.parquet").exists():
+        raise MissingPrerequisite(f"{params.path('features_dir')}: no training set; run the `features` flow "
+                                  "(scenerec features) first")
+    emb = params.path("embeddings_dir") / "scene_embeddings.parquet"
+    if not params.ctr.model.startswith("larr") or emb.exists():
+        return {}
+    if params.ctr.require_scene_embeddings:
+        raise MissingPrerequisite(
+            f"ctr.model={params.ctr.model} needs the scene embeddings {emb}, which do not exist: run the `llm` "
+            "flow (scenerec embed, after corpus / pretrain / pairs / contrastive / distill) first, pick a model "
+            "without `larr`, or set ctr.require_scene_embeddings: false to train without them")
+    return {"scenerec.warning": f"{params.ctr.model} trained WITHOUT scene embeddings ({emb} missing)",
+            "scenerec.scene_embeddings": "missing"}
+
+
+def ctr_step(params: Params, run_id: str | None = None) -> dict:
+    """Train ``ctr.model``, evaluate it on the test split beside the oracle, save it."""
     from components.ctr.stage import train_and_evaluate
 
-    summary, plots = train_and_evaluate(params, run_id, model_name=model)
+    ctr_prerequisites(params)
+    summary, plots = train_and_evaluate(params, run_id)
     files = write_ctr_plots(params, plots)
     write_report(params, "ctr", {k: v for k, v in summary.items() if k not in ("model", "headline")})
     if run_id:

@@ -19,6 +19,7 @@ from typing import Iterator, Mapping
 from components.config import Params
 
 PROCESS_TAG = "scenerec.process"  # host:pid:start-time of the process that opened the run
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 def tracking_uri(params: Params) -> str:
@@ -41,13 +42,17 @@ def configure(params: Params) -> str:
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(params.tracking.experiment)
     if exp is not None:
+        if EXPERIMENT_KIND not in exp.tags:  # made before the UI was told: open it on runs too
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:"):
         # Keep artifacts beside the database instead of in the current working directory.
         location = (params.root / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(params.tracking.experiment, artifact_location=location)
+        # MLflow 3's UI opens an experiment on its GenAI overview unless told it holds model runs.
+        return client.create_experiment(params.tracking.experiment, artifact_location=location,
+                                        tags={EXPERIMENT_KIND: "custom_model_development"})
     except Exception:  # created concurrently by another process
         return client.get_experiment_by_name(params.tracking.experiment).experiment_id
 
