@@ -91,8 +91,11 @@ def cmd_tune(args, params) -> int:
 def cmd_promote(args, params) -> int:
     from components import registry
 
+    from components.locks import hold
+
     name = args.name or params.ctr.registered_name
-    out = registry.promote(params, name, args.version, args.reason, by=args.by)
+    with hold(params, "registry", f"promote {name}"):
+        out = registry.promote(params, name, args.version, args.reason, by=args.by)
     print(f"{name}: champion is version {out['champion']} (was {out['previous']}); reason: {args.reason}")
     return 0
 
@@ -100,8 +103,11 @@ def cmd_promote(args, params) -> int:
 def cmd_rollback(args, params) -> int:
     from components import registry
 
+    from components.locks import hold
+
     name = args.name or params.ctr.registered_name
-    out = registry.rollback(params, name, args.reason, by=args.by)
+    with hold(params, "registry", f"rollback {name}"):
+        out = registry.rollback(params, name, args.reason, by=args.by)
     print(f"{name}: rolled back from version {out['rolled_back']} to version {out['champion']}; reason: {args.reason}")
     return 0
 
@@ -219,12 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
     args = build_parser().parse_args(argv)
-    from components.config import ParamsError, load_params
+    from components.config import ParamsError, for_profile, is_profile, load_params
     from components.data.validate import BatchRejected
     from components.registry import RegistryError
 
     try:
         params = load_params(args.params)
+        if is_profile(args.params):  # the same namespace as the flows give this params file
+            params = for_profile(params, args.params)
         return args.func(args, params)
     except ParamsError as e:
         print(f"scenerec: {e}", file=sys.stderr)
@@ -235,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one line for the user; --debug for the traceback
         if args.debug:
             raise
+        if type(e).__name__ == "LockTimeout":  # another command holds the lock: say who
+            print(f"scenerec {args.command}: {e}", file=sys.stderr)
+            return 4
         print(f"scenerec {args.command}: {e if isinstance(e, RegistryError) else f'{type(e).__name__}: {e}'}"
               " (--debug for the traceback)", file=sys.stderr)
         return 1
