@@ -2,6 +2,7 @@
 import shutil
 
 import mlflow
+import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
 
@@ -51,8 +52,16 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
     registered = {m.name for m in client.search_registered_models()}
     assert {"scene-encoder", "scene-encoder-student", params.ctr.registered_name,
             params.news.registered_name, params.hkfr.registered_name} <= registered
-    assert 0 <= result["hkfr"]["metrics"]["test.auc"] <= 1 and "HKFR:" in result["summary"]
-    assert 0 <= result["news"]["metrics"]["dev.auc"] <= 1 and "news:" in result["summary"]
+    # HKFR's reported AUC is the one of its saved test scores (recomputed with sklearn); news is
+    # better than chance by a margin (its synthetic world's personas are learnable).
+    from sklearn.metrics import roc_auc_score
+
+    from components.hkfr.stage import eval_dir
+
+    scored = pd.read_parquet(eval_dir(params) / "test_scores.parquet")
+    assert result["hkfr"]["metrics"]["test.auc"] == pytest.approx(roc_auc_score(scored["label"], scored["p_yes"]))
+    assert "HKFR:" in result["summary"]
+    assert result["news"]["metrics"]["dev.auc"] > 0.55 and "news:" in result["summary"]
     # the default model (LARR + CoFARS) was trained, evaluated beside the oracle and promoted
     assert result["ctr"]["summary"]["model"] == "larr_cofars"
     assert "oracle" in result["ctr"]["summary"]["headline"]
@@ -61,7 +70,6 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
     assert str(champ.version) == str(result["ctr"]["registry"]["version"])
     assert "CTR model:" in result["summary"] and "champion" in result["summary"]
     from components.llm.embed import online_scene_embeddings
-    import pandas as pd
 
     imp = pd.read_parquet(params.path("curated_dir") / "impressions.parquet").iloc[0].to_dict()
     emb = online_scene_embeddings(params, imp)
