@@ -24,7 +24,7 @@ export PATH := $(BIN):$(PATH)
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 
-.PHONY: install demo test test-all ui ui-stop deploy worker bench clean help
+.PHONY: install demo test test-all ui ui-stop deploy worker bench serve clean help
 
 help:
 	@echo "make demo   - install (first time) and run the whole pipeline end to end"
@@ -33,6 +33,7 @@ help:
 	@echo "make deploy - register the flows' deployments on the local process work pool"
 	@echo "make worker - start a worker for that pool (run flows from the Prefect UI)"
 	@echo "make bench  - run the benchmarks in benchmarks/"
+	@echo "make serve  - serve the champion CTR model on http://127.0.0.1:8765 (see README: Serving)"
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -46,7 +47,11 @@ install: $(STAMP)
 demo: install
 	@start=$$(date +%s); \
 	scenerec pipeline; \
-	echo "make demo: finished in $$(( $$(date +%s) - start )) s"
+	echo "make demo: finished in $$(( $$(date +%s) - start )) s"; \
+	echo "serve the champion: make serve  (then the curl example in README.md, section Serving)"
+
+serve: install
+	scenerec serve
 
 test: install
 	$(BIN)/python -m pytest -m "not gpu and not browser" $(PYTEST_ARGS)

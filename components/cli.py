@@ -135,9 +135,20 @@ def cmd_audit(args, params) -> int:
     from components import registry
 
     name = args.name or params.ctr.registered_name
-    for row in registry.history(params, name):
+    out = registry.audit(params, name)
+    shown = ", ".join(f"{a} = version {v}" for a, v in sorted(out["aliases"].items())) or "none"
+    print(f"{name} aliases now: {shown}")
+    for row in out["history"]:
         print(f"{row['at']}  v{row['version']:<4} {row['entry']}")
-    return 0
+    for u in out["unaudited"]:
+        print(f"UNAUDITED: @{u['alias']} is {_v(u['now'])} but the last audit entry left it at {_v(u['audited'])}: "
+              f"changed outside scenerec (e.g. MLflow's alias editor). Record it with `scenerec promote --name "
+              f"{name} --version {u['now'] or u['audited']} --reason ...`, or restore it the same way.")
+    return 1 if out["unaudited"] else 0
+
+
+def _v(version: str | None) -> str:
+    return f"version {version}" if version else "unset"
 
 
 def cmd_news_data(args, params) -> int:
@@ -194,6 +205,31 @@ def cmd_online(args, params) -> int:
     return 0
 
 
+def cmd_serve(args, params) -> int:
+    from components.serve.app import serve
+
+    serve(params, args.host, args.port)
+    return 0
+
+
+def cmd_push(args, params) -> int:
+    import pandas as pd
+
+    from components.serve.online import push_behaviors
+    from components.serve.schema import InvalidRequest
+
+    path = Path(args.file)
+    df = (pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path) if path.suffix == ".csv"
+          else pd.read_json(path, lines=path.suffix == ".jsonl"))
+    try:
+        n = push_behaviors(params, df)
+    except InvalidRequest as e:
+        print(f"scenerec push: {path}: nothing pushed\n" + "\n".join(e.errors), file=sys.stderr)
+        return 3
+    print(f"pushed {n} behaviours from {path}: the next request sees them")
+    return 0
+
+
 def cmd_pipeline(args, params) -> int:
     from flows.pipeline import pipeline
 
@@ -209,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SceneRec: validated ingestion, feature store and LLM-aided CTR models, step by step.",
     )
     p.add_argument("--params", default=None, help="parameters file (default: ./params.yaml or $SCENEREC_PARAMS)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     g = sub.add_parser("generate", help="write a synthetic batch in the raw data contract (with the truth file)")
@@ -245,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr.set_defaults(func=cmd_ctr_register)
     for cmd, text, fn in [("promote", "give a model version the champion alias (manual path)", cmd_promote),
                           ("rollback", "give the champion alias back to the previous champion", cmd_rollback),
-                          ("audit", "list the promotion audit trail of a registered model", cmd_audit)]:
+                          ("audit", "show the aliases and the audit trail; flags alias changes made outside scenerec (exit 1)",
+                           cmd_audit)]:
         sp = sub.add_parser(cmd, help=text)
         sp.add_argument("--name", default=None, help="registered model (default: ctr.registered_name)")
         if cmd == "promote":
@@ -274,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--context-id", default=None, help='e.g. "office|lunch|rainy"')
     o.set_defaults(func=cmd_online)
 
+    sv = sub.add_parser("serve", help="serve the champion CTR model over HTTP (127.0.0.1 by default)")
+    sv.add_argument("--host", default=None, help="bind address (default: serve.host)")
+    sv.add_argument("--port", type=int, default=None, help="port (default: serve.port)")
+    sv.set_defaults(func=cmd_serve)
+    pu = sub.add_parser("push", help="push new behaviours (parquet/csv/json[l], curated behaviour columns) online")
+    pu.add_argument("file")
+    pu.set_defaults(func=cmd_push)
+
     pl = sub.add_parser("pipeline", help="run the whole pipeline as a Prefect flow (no server needed)")
     pl.add_argument("--batch", default=None, help="your own batch folder (default: generate a synthetic one)")
     pl.set_defaults(func=cmd_pipeline)
@@ -285,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(k, v)
     args = build_parser().parse_args(argv)
     from components.config import ParamsError, load_params
+    from components.data.validate import BatchRejected
+    from components.registry import RegistryError
 
     try:
         params = load_params(args.params)
@@ -292,11 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as e:
         print(f"scenerec: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # the rejection path: a clear message, no traceback
-        if type(e).__name__ in ("BatchRejected", "MindRejected"):
-            print(f"scenerec {args.command}: batch rejected\n{e}", file=sys.stderr)
-            return 3
-        raise
+    except BatchRejected as e:  # the rejection path: a clear message, no traceback
+        print(f"scenerec {args.command}: batch rejected\n{e}", file=sys.stderr)
+        return 3
+    except Exception as e:  # noqa: BLE001 - one line for the user; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"scenerec {args.command}: {e if isinstance(e, RegistryError) else f'{type(e).__name__}: {e}'}"
+              " (--debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -346,6 +346,7 @@ class CTRConfig(Section):
     registered_name: str = "scenerec-ctr"
     promotion_metric: Literal["auc.ctr", "auc.ctcvr", "gauc.ctr", "gauc.ctcvr"] = "auc.ctr"
     promotion_margin: float = Field(0.002, ge=0)
+    promotion_floor_margin: float = Field(0.01, ge=0)
 
     @model_validator(mode="after")
     def _shapes(self):
@@ -441,6 +442,8 @@ class NewsConfig(Section):
     max_eval_impressions: int | None = Field(None, ge=1)  # None = every dev impression
     explain_top: int = Field(3, ge=1)                # persona entities named per recommendation
     registered_name: str = "news-perconet"           # MLflow Model Registry name (the lead's registry step)
+    promotion_margin: float = Field(0.002, ge=0)     # champion only when dev AUC beats the champion's by more
+    promotion_floor_margin: float = Field(0.01, ge=0)  # and beats chance and the popularity baseline by more
 
     @model_validator(mode="after")
     def _shapes(self):
@@ -498,6 +501,7 @@ class HKFRConfig(Section):
     embedding_dim: int = Field(16, ge=1)
     registered_name: str = "hkfr-instruct"
     promotion_margin: float = Field(0.002, ge=0)
+    promotion_floor_margin: float = Field(0.01, ge=0)
 
     @field_validator("tasks")
     @classmethod
@@ -518,6 +522,17 @@ class HKFRConfig(Section):
         return self
 
 
+class ServeConfig(Section):
+    """`scenerec serve`: the online scoring service, its online stores and its limits."""
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    max_candidates: int = Field(2000, ge=1)
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    champion_poll_seconds: float = Field(5.0, gt=0)
+    model_name: str | None = None  # registered model to serve; null = ctr.registered_name
+
+
 class TrackingConfig(Section):
     experiment: str = "scenerec"
     tracking_uri: str = "sqlite:///mlflow.db"
@@ -536,6 +551,7 @@ class Params(Section):
     ctr: CTRConfig = CTRConfig()
     news: NewsConfig = NewsConfig()
     hkfr: HKFRConfig = HKFRConfig()
+    serve: ServeConfig = ServeConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     # Directory that relative paths are resolved against (the folder holding params.yaml).

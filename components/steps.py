@@ -28,7 +28,7 @@ def write_promotion_report(params: Params, name: str, result: dict, keep=lambda 
     the margin and both sides' metrics (those ``keep`` accepts)."""
     report = {"version": int(result["version"]), "promoted": int(result["promoted"]),
               "champion": int(result["champion"]) if result["champion"] else 0, "margin": result["margin"]}
-    for who in ("challenger", "champion"):
+    for who in ("challenger", "champion", "baseline"):
         report.update({f"{who}.{k}": v for k, v in (result.get(f"{who}_metrics") or {}).items() if keep(k)})
     return write_report(params, name, report)
 
@@ -87,6 +87,9 @@ def features_step(params: Params) -> dict:
     rows = build_feature_tables(params.path("curated_dir"), params.features, params.path("features_dir"))
     apply_definitions(params)
     mat = materialize(params)
+    from components.serve.online import load_behaviors
+
+    mat["behaviors"] = load_behaviors(params)  # the online behaviour store the service reads histories from
     training = build_training_set(params)
     train_rows = len(pd.read_parquet(training, columns=["user_id"]))
     metrics = {
@@ -151,8 +154,15 @@ STEP_SECTIONS = {"generate": "generate", "ingest": "ingest", "features": "featur
                  "contrastive_student": "contrastive", "distill": "distill", "embed": "embed", "ctr": "ctr",
                  "ctr_register": "ctr", "news_data": "news", "news": "news", "news_register": "news",
                  "knowledge": "hkfr", "instruct": "hkfr", "hkfr_register": "hkfr"}
-LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher", "scene-encoder"),
-                "student": ("student", "encoder_student", "scene-encoder-student")}
+# model -> (backbone folder, encoder folder) under paths.llm_dir
+LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher"), "student": ("student", "encoder_student")}
+
+
+def encoder_registered_name(params: Params, model: str) -> str:
+    """The registry name of the teacher's encoder is ``contrastive.registered_name``; the student's
+    is the same name with ``-student``."""
+    base = params.contrastive.registered_name
+    return base if model == "teacher" else f"{base}-{model}"
 
 
 def corpus_step(params: Params, run_id: str | None = None) -> dict:
@@ -187,7 +197,8 @@ def contrastive_step(params: Params, model: str = "teacher", run_id: str | None 
     """Contrastive fine-tuning of the teacher or the student into a text encoder; registers it."""
     from components.llm.contrastive import contrastive_step as finetune
 
-    backbone, encoder, registered = LLM_ENCODERS[model]
+    backbone, encoder = LLM_ENCODERS[model]
+    registered = encoder_registered_name(params, model)
     llm = params.path("llm_dir")
     metrics = _numbers(finetune(params, llm / backbone, llm / encoder, run_id=run_id, register_as=registered))
     write_report(params, f"contrastive_{model}", metrics)
@@ -291,12 +302,13 @@ def ctr_figures(params: Params, plots: dict) -> list[Path]:
     return paths
 
 
-def ctr_register_step(params: Params, run_id: str) -> dict:
-    """Register the trained CTR model in MLflow run ``run_id``; champion only if it beats the
-    current one by the margin."""
-    from components.ctr.stage import register_and_promote
+def ctr_register_step(params: Params, run_id: str, flow_run_id: str | None = None) -> dict:
+    """Register the trained CTR model in MLflow run ``run_id``; champion only if it clears the floor
+    and beats the current one by the margin. ``flow_run_id``: the Prefect flow run, tagged on the version."""
+    from components import registry
+    from components.ctr.stage import registry_candidate
 
-    result = register_and_promote(params, run_id)
+    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "ctr_promotion", result, lambda k: k.startswith("all.") and "oracle" not in k)
     return result
 
@@ -323,11 +335,12 @@ def news_step(params: Params, run_id: str | None = None) -> dict:
     return metrics
 
 
-def news_register_step(params: Params, run_id: str) -> dict:
-    """Register the news model; champion only if it beats the champion's dev AUC by the margin."""
-    from components.news.stage import register_and_promote
+def news_register_step(params: Params, run_id: str, flow_run_id: str | None = None) -> dict:
+    """Register the news model; champion only if it clears the floor and beats the champion's dev AUC by the margin."""
+    from components import registry
+    from components.news.stage import registry_candidate
 
-    result = register_and_promote(params, run_id)
+    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "news_promotion", result)
     return result
 
@@ -351,10 +364,11 @@ def instruct_step(params: Params, run_id: str | None = None) -> dict:
     return metrics
 
 
-def hkfr_register_step(params: Params, run_id: str) -> dict:
-    """Register the tuned LLM as ``hkfr-instruct``; champion only if its test AUC beats the champion's."""
-    from components.hkfr.stage import register_and_promote
+def hkfr_register_step(params: Params, run_id: str, flow_run_id: str | None = None) -> dict:
+    """Register the tuned LLM as ``hkfr-instruct``; champion only if its test AUC clears the floor and beats the champion's."""
+    from components import registry
+    from components.hkfr.stage import registry_candidate
 
-    result = register_and_promote(params, run_id)
+    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "hkfr_promotion", result)
     return result

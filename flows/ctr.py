@@ -1,6 +1,7 @@
 """Prefect flow `ctr`: train the CTR / CTCVR model (LARR + CoFARS by default) → evaluate it on the
 test split beside the oracle → register it in MLflow → promote it to `champion` only when it beats
-the current champion on the same test rows by `ctr.promotion_margin` (else it is `challenger`).
+the current champion on the same test rows by `ctr.promotion_margin` and clears the promotion floor
+(else it is `challenger`; components/registry.py:register_candidate).
 
 The training task carries the tag `gpu` (see flows/llm.py for GPU pools and concurrency limits).
 """
@@ -12,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import CTRConfig
-from flows.settings import flow_params
+from flows.settings import flow_params, flow_run_id
 
 
 @task(name="train-and-evaluate-ctr", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -23,15 +24,17 @@ def train_task(params, run_id: str, model: str | None) -> dict:
 
 @task(name="register-and-promote-ctr", tags=["io"], cache_policy=NO_CACHE)
 def register_task(params, run_id: str) -> dict:
-    return steps.ctr_register_step(params, run_id=run_id)
+    return steps.ctr_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
 
 def comparison_rows(result: dict) -> list[dict]:
-    """Champion vs challenger on the same test rows, for the Prefect artifact."""
+    """Champion vs challenger (and the floor's popularity baseline) on the same test rows, for the Prefect artifact."""
     ch, cp = result.get("challenger_metrics") or {}, result.get("champion_metrics") or {}
+    base = result.get("baseline_metrics") or {}
     rows = []
     for key in sorted(k for k in ch if k.startswith("all.") and not k.endswith("rows")):
-        rows.append({"metric": key[4:], "challenger": ch.get(key), "champion": cp.get(key, "—")})
+        rows.append({"metric": key[4:], "challenger": ch.get(key), "champion": cp.get(key, "—"),
+                     "popularity baseline": base.get(key, "—")})
     return rows
 
 

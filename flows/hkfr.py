@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import HKFRConfig
-from flows.settings import flow_params, publish_comparison
+from flows.settings import flow_params, flow_run_id, publish_comparison
 
 
 @task(name="knowledge-and-instructions", tags=["io"], cache_policy=NO_CACHE)
@@ -25,7 +25,7 @@ def instruct_task(params, run_id: str) -> dict:
 
 @task(name="register-hkfr-model", tags=["io"], cache_policy=NO_CACHE)
 def register_task(params, run_id: str) -> dict:
-    return steps.hkfr_register_step(params, run_id=run_id)
+    return steps.hkfr_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
 
 @flow(name="hkfr", log_prints=True)

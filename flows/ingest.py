@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import tracking
 from components.config import GenerateConfig, IngestConfig, Params
+from components.data.validate import BatchRejected
 from components.steps import generate_step, ingest_step
 from flows.settings import flow_params
 
@@ -21,8 +22,10 @@ def _not_rejected(task, task_run, state) -> bool:
     """Retry transient I/O errors, never a batch that failed validation."""
     try:
         state.result()
-    except Exception as e:  # noqa: BLE001 - inspecting the failure type only
-        return type(e).__name__ != "BatchRejected"
+    except BatchRejected:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
     return True
 
 
@@ -38,19 +41,18 @@ def generate_task(params: Params, run_id: str, out_dir: str | None = None) -> di
 def ingest_task(params: Params, run_id: str, batch_dir: str) -> dict:
     try:
         metrics = ingest_step(params, Path(batch_dir))
-    except Exception as e:
-        if type(e).__name__ == "BatchRejected":
-            rows = "\n".join(
-                f"| {f.table} | {f.column} | {f.rule} | {f.count} | {', '.join(map(str, f.examples))[:120]} |"
-                for f in e.failures
-            )
-            create_markdown_artifact(
-                key="validation-summary",
-                markdown=f"# Batch rejected: `{batch_dir}`\n\nQuarantined in `{e.quarantine_path}`.\n\n"
-                f"| table | column | rule | rows | examples |\n|---|---|---|---|---|\n{rows}\n",
-                description="Contract validation failed",
-            )
-            tracking.log_metrics(params, run_id, {"ingest.success": 0, "ingest.failed_rules": len(e.failures)})
+    except BatchRejected as e:
+        rows = "\n".join(
+            f"| {f.table} | {f.column} | {f.rule} | {f.count} | {', '.join(map(str, f.examples))[:120]} |"
+            for f in e.failures
+        )
+        create_markdown_artifact(
+            key="validation-summary",
+            markdown=f"# Batch rejected: `{batch_dir}`\n\nQuarantined in `{e.quarantine_path}`.\n\n"
+            f"| table | column | rule | rows | examples |\n|---|---|---|---|---|\n{rows}\n",
+            description="Contract validation failed",
+        )
+        tracking.log_metrics(params, run_id, {"ingest.success": 0, "ingest.failed_rules": len(e.failures)})
         raise
     tracking.log_metrics(params, run_id, {f"ingest.{k}": v for k, v in metrics.items()})
     table = [{"metric": k, "value": v} for k, v in metrics.items()]

@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import NewsConfig
-from flows.settings import flow_params, publish_comparison
+from flows.settings import flow_params, flow_run_id, publish_comparison
 
 
 @task(name="mind-data", tags=["io"], cache_policy=NO_CACHE)
@@ -24,7 +24,7 @@ def train_task(params) -> dict:
 
 @task(name="register-news-model", tags=["io"], cache_policy=NO_CACHE)
 def register_task(params, run_id: str) -> dict:
-    return steps.news_register_step(params, run_id=run_id)
+    return steps.news_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
 
 @flow(name="news", log_prints=True)

@@ -41,7 +41,8 @@ def ctr_lines(ctr: dict | None) -> list[str]:
         return []
     s, r = ctr["summary"], ctr["registry"]
     return [f"  CTR model:  {s['model']}: {s['headline']}",
-            f"  registry:   {r['name']} v{r['version']} -> {r['alias']} ({r['reason']}); champion = v{r['champion']}",
+            f"  registry:   {r['name']} v{r['version']} -> {r['alias']} ({r['reason']}); "
+            f"champion = {'v' + str(r['champion']) if r['champion'] else 'none yet'}",
             "              promote / roll back: scenerec promote --version N --reason ...; scenerec rollback --reason ..."]
 
 

@@ -20,12 +20,20 @@ def flow_params(params_file: str | None, **sections: BaseModel | dict | int | No
     return load_params(params_file, overrides=overrides), bool(overrides)
 
 
+def flow_run_id() -> str | None:
+    """The id of the Prefect flow run this code runs in (None outside one); components take it as a value."""
+    from prefect.runtime import flow_run
+
+    return flow_run.id or None
+
+
 def publish_comparison(key: str, result: dict) -> str:
     """A Prefect table artifact ``key``: the register step's metrics, challenger beside champion on
     the same data, described by the verdict; returns the verdict (one line)."""
     from prefect.artifacts import create_table_artifact
 
-    rows = [{"metric": k, "challenger": v, "champion": (result["champion_metrics"] or {}).get(k, "—")}
+    rows = [{"metric": k, "challenger": v, "champion": (result["champion_metrics"] or {}).get(k, "—"),
+             "popularity baseline": (result.get("baseline_metrics") or {}).get(k, "—")}
             for k, v in result["challenger_metrics"].items()]
     verdict = (f"{result['name']} v{result['version']} -> {result['alias']}: "
                f"{result['reason']}")

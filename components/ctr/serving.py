@@ -27,6 +27,8 @@ from components.features.engineering import KEYS
 FEATURE_VIEWS = KEYS  # every feature table the features stage writes -> its entity key
 KNOWLEDGE_VIEW = "user_knowledge"  # HKFR's user knowledge embedding (ctr.user_knowledge)
 SERVED_VIEWS = {**FEATURE_VIEWS, KNOWLEDGE_VIEW: "user_id"}
+OUTPUT_COLUMNS = {"request_id": object, "poi_id": object, "ctr": np.float64, "ctcvr": np.float64,
+                  "cold_poi": bool, "cold_user": bool}
 REQUEST_COLUMNS = ["request_id", "user_id", "poi_id", "ts", "geohash", "location_type", "weather",
                    "temperature_c", "is_holiday"]
 
@@ -148,16 +150,23 @@ class CTRPyfunc(mlflow.pyfunc.PythonModel):
         self.poi_embeddings, self.scene_embeddings = opt("poi_embeddings"), opt("scene_embeddings")
         self._tables = None
 
-    def _frame(self, model_input: pd.DataFrame) -> pd.DataFrame:
+    max_candidates: int | None = None  # per request; None = no limit (the service sets serve.max_candidates)
+
+    def _tables_once(self):
+        """Catalogue (with the cold-start row), history and scene table, built once per loaded model."""
+        if self._tables is None:
+            from components.serve.cold import with_cold_row
+
+            poi_table = PoiTable.build(self.pois, self.scorer.encoder, self.scorer.features, self.poi_embeddings)
+            history = History.build(self.behaviors, poi_table, self.scorer.encoder, self.scorer.cfg, self.scorer.features)
+            poi_table = with_cold_row(poi_table, self.scorer.encoder.n_categories)
+            self._tables = (poi_table, history, scene_embedding_table(self.scene_embeddings))
+        return self._tables
+
+    def _frame(self, df: pd.DataFrame) -> pd.DataFrame:
         from components.features.engineering import scene_features
 
-        missing = [c for c in REQUEST_COLUMNS if c not in model_input]
-        if missing:
-            raise ValueError(f"CTR model input lacks columns {missing}; expected {REQUEST_COLUMNS} (+ optional position)")
-        df = model_input.copy()
-        df["ts"] = pd.to_datetime(df["ts"], utc=True)
-        if "position" not in df:
-            df["position"] = 0
+        df = df.copy()
         df["context_id"] = scene_features(df[SCENE_COLUMNS], self.scorer.features)["context_id"].values
         for view, key in SERVED_VIEWS.items():
             if self.views[view] is not None:
@@ -165,21 +174,33 @@ class CTRPyfunc(mlflow.pyfunc.PythonModel):
         return df
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        df = self._frame(pd.DataFrame(model_input))
-        if self._tables is None:  # catalogue, history and scene table are built once per loaded model
-            poi_table = PoiTable.build(self.pois, self.scorer.encoder, self.scorer.features, self.poi_embeddings)
-            history = History.build(self.behaviors, poi_table, self.scorer.encoder, self.scorer.cfg, self.scorer.features)
-            self._tables = (poi_table, history, scene_embedding_table(self.scene_embeddings))
-        poi_table, history, (ids, table) = self._tables
+        """Validated (components/serve/schema.py) candidates in, ``ctr``/``ctcvr`` per candidate out,
+        in the input's order; unknown PoIs and users are scored on the cold-start path and flagged."""
+        from components.serve.cold import map_unknown
+        from components.serve.schema import validate_frame
+
+        clean = validate_frame(pd.DataFrame(model_input), self.max_candidates)
+        if clean.empty:
+            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in OUTPUT_COLUMNS.items()})
+        poi_table, history, (ids, table) = self._tables_once()
+        served_ids, cold_poi = map_unknown(clean["poi_id"].tolist(), poi_table)
+        df = self._frame(clean.assign(poi_id=served_ids))
         data = encode_requests(df, self.scorer.encoder, poi_table, history, None, None, self.scorer.features,
                                None, None, ids)
         scores = self.scorer.score(data, poi_table, history, table)
-        out = pd.DataFrame({"request_id": data.request_id[scores["row"]],
-                            "poi_id": np.asarray(poi_table.ids, dtype=object)[data.poi_row[scores["row"], scores["slot"]]],
-                            "ctr": scores["ctr"].astype(np.float64), "ctcvr": scores["ctcvr"].astype(np.float64)})
-        # Back in the caller's row order.
-        key = pd.MultiIndex.from_frame(df[["request_id", "poi_id"]].astype(str))
-        return out.set_index(["request_id", "poi_id"]).reindex(key).reset_index()
+        req = data.request_id[scores["row"]]
+        out = pd.DataFrame({"request_id": req, "slot": scores["slot"],
+                            "ctr": scores["ctr"].astype(np.float64), "ctcvr": scores["ctcvr"].astype(np.float64),
+                            "cold_user": data.user[scores["row"]] == 0})
+        # encode_requests orders candidates within a request by (ts, request_id, position), stably:
+        # the same order the clean frame's rows take when sorted that way.
+        order = clean.assign(_i=np.arange(len(clean))).sort_values(["ts", "request_id", "position"], kind="stable")
+        order["slot"] = order.groupby("request_id", sort=False).cumcount().to_numpy()
+        merged = order[["request_id", "slot", "_i"]].merge(out, on=["request_id", "slot"], how="left")
+        merged = merged.sort_values("_i")
+        return pd.DataFrame({"request_id": clean["request_id"].to_numpy(), "poi_id": clean["poi_id"].to_numpy(),
+                             "ctr": merged["ctr"].to_numpy(), "ctcvr": merged["ctcvr"].to_numpy(),
+                             "cold_poi": cold_poi, "cold_user": merged["cold_user"].to_numpy(bool)})
 
 
 def example_request(snapshot_dir: Path, n: int = 5) -> pd.DataFrame:

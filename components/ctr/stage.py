@@ -1,6 +1,7 @@
 """The CTR stage end to end: train → evaluate on the test split → save the model with its serving
-snapshot; then register the model in MLflow and let it take ``champion`` only when it beats the
-current champion on the same test rows by ``ctr.promotion_margin``."""
+snapshot; then register the model in MLflow (``registry.register_candidate``): it takes ``champion``
+only when it clears the promotion floor and beats the current champion on the same test rows by
+``ctr.promotion_margin``."""
 from __future__ import annotations
 
 import json
@@ -93,40 +94,49 @@ def compare_on_test(params: Params, scorers: dict, model_dir: Path) -> dict[str,
                           src.truth, test_start) for k, s in scorers.items()}
 
 
-def register_and_promote(params: Params, run_id: str, model_dir: Path | None = None, by: str | None = None) -> dict:
-    """Register ``<ctr_dir>/model`` as a new version of ``ctr.registered_name``; it becomes
-    ``champion`` if there is none or it beats the champion by the margin, else ``challenger``."""
-    import mlflow
+def popularity_baseline(params: Params, model_dir: Path) -> dict:
+    """The trivial scorer of the promotion floor on the same test rows: each PoI's smoothed click
+    (and order) rate in the training split, with the metric keys of ``compare_on_test``."""
+    from components import registry
+    from components.ctr.data import _ts_ns
+    from components.ctr.metrics import auc, gauc
+    from components.features.store import TRAINING_SET
 
+    split = json.loads((model_dir / "split.json").read_text())
+    df = pd.read_parquet(params.path("features_dir") / TRAINING_SET,
+                         columns=["request_id", "user_id", "poi_id", "event_timestamp", "click", "order"])
+    req_ns = _ts_ns(df.groupby("request_id")["event_timestamp"].transform("min"))
+    train, test = df[req_ns < split["valid_start_ns"]], df[req_ns >= split["test_start_ns"]]
+    out = {"all.rows": len(test)}
+    for task, label in (("ctr", "click"), ("ctcvr", "order")):
+        p = registry.popularity(train["poi_id"], train[label], test["poi_id"])
+        y = test[label].to_numpy()
+        out[f"all.auc.{task}"] = float(auc(y, p)) if len(set(y)) == 2 else float("nan")
+        out[f"all.gauc.{task}"] = float(gauc(y, p, test["user_id"].astype(str).to_numpy()))
+    return out
+
+
+def registry_candidate(params: Params, model_dir: Path | None = None, flow_run_id: str | None = None):
+    """``<ctr_dir>/model`` as a ``registry.Candidate`` of ``ctr.registered_name``: its pyfunc, scored with the
+    champion on the same test rows, ``ctr.promotion_metric`` / ``promotion_margin`` / ``promotion_floor_margin``."""
     from components import registry
     from components.ctr.serving import CTRPyfunc, example_request
+    from components.serve.schema import pyfunc_signature
 
     cfg = params.ctr
     model_dir = Path(model_dir or ctr_dir(params) / MODEL_DIR)
     if not (model_dir / "model.json").exists():
         raise FileNotFoundError(f"{model_dir}: no trained CTR model (run `scenerec ctr` first)")
-    example = example_request(model_dir / "serving")
-    py = CTRPyfunc()
+    architecture = json.loads((model_dir / "model.json").read_text())["name"]
 
-    class _Ctx:  # load_context needs only the artifact paths
-        artifacts = {"model": str(model_dir)}
+    def prepare(tmp: Path):
+        return {"model": str(model_dir)}, example_request(model_dir / "serving")
 
-    py.load_context(_Ctx())  # also the challenger's scorer for the comparison below
-    output = py.predict(None, example)
-    mv = registry.log_pyfunc(params, run_id, "ctr_model", CTRPyfunc(), {"model": str(model_dir)}, example, output,
-                             cfg.registered_name)
-    version = str(mv.version)
-    c = registry.client(params)
-    champion = registry.alias_version(c, cfg.registered_name, registry.CHAMPION)
-    scorers = {"challenger": py.scorer}
-    if champion is not None and champion != version:
-        loaded = mlflow.pyfunc.load_model(f"models:/{cfg.registered_name}@{registry.CHAMPION}")
-        scorers["champion"] = loaded.unwrap_python_model().scorer
-    compared = compare_on_test(params, scorers, model_dir)
-    metric = f"all.{cfg.promotion_metric}"
-    result = registry.settle(c, cfg.registered_name, version, champion, compared["challenger"],
-                             compared.get("champion"), metric, cfg.promotion_margin, by)
-    for k, v in compared["challenger"].items():
-        if isinstance(v, (int, float)):
-            c.set_model_version_tag(cfg.registered_name, version, f"test.{k}", str(v))
-    return result
+    def score(models: dict) -> dict:
+        return compare_on_test(params, {k: m.scorer for k, m in models.items()}, model_dir)
+
+    return registry.Candidate(
+        name=cfg.registered_name, artifact_name="ctr_model", python_model=CTRPyfunc, prepare=prepare, score=score,
+        metric=f"all.{cfg.promotion_metric}", margin=cfg.promotion_margin, floor_margin=cfg.promotion_floor_margin,
+        baseline=lambda: popularity_baseline(params, model_dir), baseline_name="popularity",
+        tags=registry.lineage_tags(params, "ctr", architecture, flow_run_id), signature=pyfunc_signature)

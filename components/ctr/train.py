@@ -54,7 +54,7 @@ def predict(model: CTRModel, data: RequestData, ds: CTRDataset, cfg: CTRConfig, 
 
 
 _NOT_TRAINING = {"cpu_threads", "eval_batch_requests", "calibration_bins", "registered_name", "promotion_metric",
-                 "promotion_margin", "mixed_precision"}
+                 "promotion_margin", "promotion_floor_margin", "mixed_precision"}
 
 
 def _fingerprint(name: str, cfg: CTRConfig, seed: int, ds: CTRDataset) -> str:

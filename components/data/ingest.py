@@ -19,10 +19,9 @@ import pandas as pd
 
 from components.config import Params
 from components.data.contract import CONTRACT, TABLES
-from components.data.validate import (
-    DOCS_DIR,
-    REPORT_NAME,
+from components.data.validate import (  # noqa: F401 - BatchRejected is raised here and imported from here too
     TRUTH,
+    BatchRejected,
     Failure,
     ValidationResult,
     validate_batch,
@@ -36,32 +35,6 @@ METRICS_NAME = "validation.json"
 # Rows that are "the same row" when appending: the contract keys; behaviours have none, so a
 # behaviour is a duplicate only when every column matches.
 TRUTH_KEY = ("request_id", "poi_id")
-
-
-class BatchRejected(Exception):
-    """The batch broke the contract; it was quarantined and nothing was curated."""
-
-    def __init__(self, failures: list[Failure], quarantine_path: Path, batch_dir: Path | None = None):
-        self.failures = failures
-        self.quarantine_path = quarantine_path
-        self.batch_dir = batch_dir
-        super().__init__(str(self))
-
-    def __reduce__(self):  # picklable (Prefect ships task exceptions between processes)
-        return type(self), (self.failures, self.quarantine_path, self.batch_dir)
-
-    def __str__(self) -> str:
-        name = f"batch {self.batch_dir}" if self.batch_dir else "batch"
-        lines = [f"{name} rejected: {len(self.failures)} contract rule(s) failed"]
-        files = {}
-        if self.batch_dir is not None and Path(self.batch_dir).is_dir():
-            files = {p.stem: p.name for p in sorted(Path(self.batch_dir).iterdir()) if p.is_file()}
-        lines += [f"  [{files.get(f.table, f.table)}] {f}" for f in self.failures]
-        lines.append(
-            f"Quarantined to {self.quarantine_path} (the batch, {REPORT_NAME}, {DOCS_DIR}/index.html); "
-            "curated data is unchanged. Fix the data and ingest it again."
-        )
-        return "\n".join(lines)
 
 
 @dataclass

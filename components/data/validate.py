@@ -57,6 +57,34 @@ class TableStats:
     expectations_passed: int = 0
 
 
+class BatchRejected(Exception):
+    """Input data broke its contract (a raw batch here, a MIND folder in news/mind.py as the subclass
+    ``MindRejected``): it was quarantined and nothing downstream was written; ``failures`` name
+    file, column and rule. The one exception flows and the CLI recognise as "rejected, never retry"."""
+
+    def __init__(self, failures: list[Failure], quarantine_path: Path, batch_dir: Path | None = None):
+        self.failures = failures
+        self.quarantine_path = quarantine_path
+        self.batch_dir = batch_dir
+        super().__init__(str(self))
+
+    def __reduce__(self):  # picklable (Prefect ships task exceptions between processes)
+        return type(self), (self.failures, self.quarantine_path, self.batch_dir)
+
+    def __str__(self) -> str:
+        name = f"batch {self.batch_dir}" if self.batch_dir else "batch"
+        lines = [f"{name} rejected: {len(self.failures)} contract rule(s) failed"]
+        files = {}
+        if self.batch_dir is not None and Path(self.batch_dir).is_dir():
+            files = {p.stem: p.name for p in sorted(Path(self.batch_dir).iterdir()) if p.is_file()}
+        lines += [f"  [{files.get(f.table, f.table)}] {f}" for f in self.failures]
+        lines.append(
+            f"Quarantined to {self.quarantine_path} (the batch, {REPORT_NAME}, {DOCS_DIR}/index.html); "
+            "curated data is unchanged. Fix the data and ingest it again."
+        )
+        return "\n".join(lines)
+
+
 @dataclass
 class ValidationResult:
     """Outcome of :func:`validate_batch`; ``tables`` holds the typed frames that could be read."""

@@ -90,6 +90,10 @@ def repo_config(params: Params) -> RepoConfig:
     if registry.get("registry_type", "file") == "file" and "://" not in registry.get("path", ""):
         raw["registry"] = {**registry, "path": str(where / "registry.db")}
     online = dict(raw.get("online_store") or {"type": "sqlite"})
+    if params.serve.online_store == "redis":  # the one switch (params.yaml serve.online_store)
+        from components.serve.online import feast_redis_store
+
+        online = raw["online_store"] = feast_redis_store(params)
     if online.get("type", "sqlite") == "sqlite":
         raw["online_store"] = {**online, "path": str(where / "online_store.db")}
     where.mkdir(parents=True, exist_ok=True)  # Feast's SQLite store creates one level only

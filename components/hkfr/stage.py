@@ -1,6 +1,6 @@
 """The HKFR stage end to end (METHODS.md §3): knowledge snapshots and the instruction dataset
 (``scenerec knowledge``), instruction tuning, evaluation and the user knowledge embedding
-(``scenerec instruct``), registration as ``hkfr-instruct`` (``scenerec hkfr-register``).
+(``scenerec instruct``), registration as ``hkfr-instruct`` (``scenerec hkfr-register``, through ``registry.register_candidate``).
 
 Files under ``paths.hkfr_dir``:
   knowledge/  snapshots.parquet (user, cutoff, text), train / test_order / test_choice.parquet
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -230,21 +229,19 @@ class HKFRPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"p_yes": p})
 
 
-def register_and_promote(params: Params, run_id: str, by: str | None = None) -> dict:
-    """Register ``hkfr_dir/model`` as ``hkfr.registered_name``; champion only when its test AUC of
-    P("yes") beats the current champion's on the same test rows by ``hkfr.promotion_margin``."""
-    import mlflow
-
+def registry_candidate(params: Params, flow_run_id: str | None = None):
+    """``hkfr_dir/model`` as a ``registry.Candidate`` of ``hkfr.registered_name``: test AUC of P("yes"),
+    scored with the champion on the same rows, ``hkfr.promotion_margin`` / ``promotion_floor_margin``."""
     from components import registry
 
-    name = params.hkfr.registered_name
+    cfg = params.hkfr
     mdir = tuning.model_dir(params)
     if not (mdir / "config.json").exists():
         raise FileNotFoundError(f"{mdir}: no tuned model (run `scenerec instruct` first)")
     sets = load_sets(params)
     d = _curated(params, "impressions", "pois")
-    tmp = Path(tempfile.mkdtemp(prefix="scenerec-hkfr-"))
-    try:
+
+    def prepare(tmp: Path):
         latest = sets["snapshots"].sort_values("event_timestamp").groupby("user_id", sort=False).tail(1)
         latest.to_parquet(tmp / "snapshots.parquet", index=False)
         d["pois"].to_parquet(tmp / "pois.parquet", index=False)
@@ -255,27 +252,28 @@ def register_and_promote(params: Params, run_id: str, by: str | None = None) -> 
         example = test[["request_id", "user_id", "poi_id", "ts", "geohash", "location_type", "weather",
                         "temperature_c", "is_holiday"]].reset_index(drop=True)
         example["ts"] = example["ts"].astype(str)
+        return artifacts, example
 
-        class _Ctx:
-            pass
+    def score(models: dict) -> dict:
+        saved = _saved_test_auc(params)  # the challenger was scored on these rows by `scenerec instruct`
+        return {k: (saved if k == "challenger" and saved else _test_auc(params, m.model, m.tok, sets))
+                for k, m in models.items()}
 
-        _Ctx.artifacts = artifacts
-        py = HKFRPyfunc()
-        py.load_context(_Ctx())
-        mv = registry.log_pyfunc(params, run_id, "hkfr_model", HKFRPyfunc(), artifacts, example,
-                                 py.predict(None, example), name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    version = str(mv.version)
-    c = registry.client(params)
-    champion = registry.alias_version(c, name, registry.CHAMPION)
-    challenger_m = _saved_test_auc(params) or _test_auc(params, py.model, py.tok, sets)
-    champion_m = None
-    if champion is not None and champion != version:
-        loaded = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}").unwrap_python_model()
-        champion_m = _test_auc(params, loaded.model, loaded.tok, sets)
-    return registry.settle(c, name, version, champion, challenger_m, champion_m, "test.auc",
-                           params.hkfr.promotion_margin, by)
+    return registry.Candidate(
+        name=cfg.registered_name, artifact_name="hkfr_model", python_model=HKFRPyfunc, prepare=prepare, score=score,
+        metric="test.auc", margin=cfg.promotion_margin, floor_margin=cfg.promotion_floor_margin,
+        baseline=lambda: popularity_baseline(sets), baseline_name="popularity",
+        tags=registry.lineage_tags(params, "hkfr", f"{cfg.base}+{cfg.method}", flow_run_id))
+
+
+def popularity_baseline(sets: dict[str, pd.DataFrame]) -> dict:
+    """The trivial scorer of the promotion floor on the test rows: each PoI's "yes" rate among the
+    training order questions (smoothed towards the overall rate)."""
+    from components import registry
+
+    train = sets["train"][sets["train"]["task"] == "order"]
+    test = sets["test_order"]
+    return {"test.auc": _auc(test["label"], registry.popularity(train["poi_id"], train["label"], test["poi_id"]))}
 
 
 def _saved_test_auc(params: Params) -> dict | None:

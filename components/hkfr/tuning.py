@@ -25,7 +25,8 @@ from components.config import Params
 from components.hkfr.instructions import NO, YES
 
 _NOT_TRAINING = {"cpu_threads", "log_every", "checkpoint_every", "keep_checkpoints", "eval_requests",
-                 "eval_option_examples", "eval_batch_size", "embedding_dim", "registered_name", "promotion_margin"}
+                 "eval_option_examples", "eval_batch_size", "embedding_dim", "registered_name", "promotion_margin",
+                 "promotion_floor_margin"}
 
 
 def base_dir(params: Params) -> Path:

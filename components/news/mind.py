@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.data.validate import Failure, _distinct, _jsonable, _new_context, write_json_atomic
+from components.data.validate import BatchRejected, Failure, _distinct, _jsonable, _new_context, write_json_atomic
 from components.config import NewsConfig
 
 log = logging.getLogger(__name__)
@@ -72,15 +72,12 @@ class MindValidation:
                 "failures": [asdict(f) for f in self.failures], "expectations": self.expectations}
 
 
-class MindRejected(Exception):
+class MindRejected(BatchRejected):
     """A MIND folder broke the format; it was quarantined whole and nothing was read from it."""
 
     def __init__(self, failures: list[Failure], quarantine_path: Path | None, folder: Path):
-        self.failures, self.quarantine_path, self.folder = failures, quarantine_path, folder
-        super().__init__(str(self))
-
-    def __reduce__(self):  # picklable (Prefect ships task exceptions between processes)
-        return type(self), (self.failures, self.quarantine_path, self.folder)
+        self.folder = folder
+        super().__init__(failures, quarantine_path, folder)
 
     def __str__(self) -> str:
         lines = [f"MIND folder {self.folder} rejected: {len(self.failures)} rule(s) failed"]

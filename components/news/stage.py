@@ -1,12 +1,12 @@
 """The news stage end to end: the MIND folder (synthetic by default) → PerCoNet trained and evaluated
-on its dev split → registered as an MLflow pyfunc with the CTR model's promotion rules.
+on its dev split → registered as an MLflow pyfunc through ``registry.register_candidate`` (its own margin and floor).
 
 Folders under ``paths.news_dir``: ``mind/`` (the synthetic world, train/ and dev/), ``model/``.
 """
 from __future__ import annotations
 
+import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -99,45 +99,61 @@ class NewsPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows, columns=["request", "news_id", "rank", "score", "persona"])
 
 
-def register_and_promote(params: Params, run_id: str, by: str | None = None) -> dict:
-    """Register ``news_dir/model`` as ``news.registered_name``; champion only when it beats the
-    current champion's dev AUC on the same dev impressions by ``ctr.promotion_margin``."""
-    import mlflow
+def _dev_impressions(params: Params) -> pd.DataFrame:
+    """The dev impressions the registry scores champion, challenger and baseline on."""
+    from components.news.mind import load_mind
 
+    beh = load_mind(mind_dir(params) / "dev").behaviors
+    return beh if params.news.max_eval_impressions is None else beh.iloc[:params.news.max_eval_impressions]
+
+
+def popularity_baseline(params: Params) -> dict:
+    """The trivial scorer of the promotion floor on the dev impressions: each article's click rate in
+    the train impressions (smoothed towards the overall rate), mean AUC per impression as ``dev.auc``."""
     from components import registry
     from components.news.mind import load_mind
-    from components.news.train import load_news_model
+    from components.news.train import impression_metrics
 
-    name = params.news.registered_name
+    train = load_mind(mind_dir(params) / "train").behaviors
+    dev = _dev_impressions(params)
+    scores = registry.popularity([n for c in train["candidates"] for n in c], [y for ys in train["labels"] for y in ys],
+                                 [n for c in dev["candidates"] for n in c])
+    ends = np.cumsum([len(c) for c in dev["candidates"]])
+    per = [m for ys, s in zip(dev["labels"], np.split(scores, ends[:-1]))
+           if (m := impression_metrics(ys, s)) is not None]
+    return {"dev.auc": float(np.mean([m["auc"] for m in per])) if per else float("nan"), "dev.impressions": len(per)}
+
+
+def registry_candidate(params: Params, flow_run_id: str | None = None):
+    """``news_dir/model`` as a ``registry.Candidate`` of ``news.registered_name``: dev AUC, scored with the
+    champion on the same dev impressions, ``news.promotion_margin`` / ``promotion_floor_margin``."""
+    from components import registry
+    from components.news.mind import load_mind
+
+    cfg = params.news
     mdir = model_dir(params)
     if not (mdir / "model.pt").exists():
         raise FileNotFoundError(f"{mdir}: no trained news model (run `scenerec news` first)")
-    # The article table travels with the model; written outside the DVC-tracked model folder.
-    tmp = Path(tempfile.mkdtemp(prefix="scenerec-news-"))
-    news_file = tmp / "news.parquet"
-    _news_table(mind_dir(params)).to_parquet(news_file, index=False)
-    dev = load_mind(mind_dir(params) / "dev").behaviors.head(2)
-    example = pd.DataFrame({"history": [" ".join(h) for h in dev["history"]],
-                            "candidates": [" ".join(c) for c in dev["candidates"]]})
-    py = NewsPyfunc()
+    from components.news.train import CONFIG_FILE
 
-    class _Ctx:
-        artifacts = {"model": str(mdir), "news": str(news_file)}
+    architecture = json.loads((mdir / CONFIG_FILE).read_text())["model"]
 
-    py.load_context(_Ctx())
-    mv = registry.log_pyfunc(params, run_id, "news_model", NewsPyfunc(), _Ctx.artifacts, example,
-                             py.predict(None, example), name)
-    version = str(mv.version)
-    c = registry.client(params)
-    champion = registry.alias_version(c, name, registry.CHAMPION)
-    challenger_m = evaluate_on_dev(params, load_news_model(mdir))
-    champion_m = None
-    if champion is not None and champion != version:
-        loaded = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}")
-        champion_m = evaluate_on_dev(params, loaded.unwrap_python_model().trained)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return registry.settle(c, name, version, champion, challenger_m, champion_m, "dev.auc",
-                           params.ctr.promotion_margin, by)
+    def prepare(tmp: Path):
+        # The article table travels with the model; written outside the DVC-tracked model folder.
+        _news_table(mind_dir(params)).to_parquet(tmp / "news.parquet", index=False)
+        dev = load_mind(mind_dir(params) / "dev").behaviors.head(2)
+        example = pd.DataFrame({"history": [" ".join(h) for h in dev["history"]],
+                                "candidates": [" ".join(c) for c in dev["candidates"]]})
+        return {"model": str(mdir), "news": str(tmp / "news.parquet")}, example
+
+    def score(models: dict) -> dict:
+        return {k: evaluate_on_dev(params, m.trained) for k, m in models.items()}
+
+    return registry.Candidate(
+        name=cfg.registered_name, artifact_name="news_model", python_model=NewsPyfunc, prepare=prepare, score=score,
+        metric="dev.auc", margin=cfg.promotion_margin, floor_margin=cfg.promotion_floor_margin,
+        baseline=lambda: popularity_baseline(params), baseline_name="popularity",
+        tags=registry.lineage_tags(params, "news", architecture, flow_run_id))
 
 
 def metric_row(metrics: dict) -> dict:

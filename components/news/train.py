@@ -213,7 +213,8 @@ def checkpoint_dir(out_dir: Path) -> Path:
 
 # Knobs that change neither the samples nor the updates: a checkpoint stays valid across them.
 _NOT_TRAINING = {"cpu_threads", "checkpoint", "eval_batch_size", "max_eval_impressions", "explain_top",
-                 "registered_name", "mind_dir", "mixed_precision"}
+                 "registered_name", "mind_dir", "mixed_precision", "promotion_margin",
+                 "promotion_floor_margin"}
 
 
 def _fingerprint(cfg: NewsConfig, kind: str, seed: int, train: MindData) -> str:

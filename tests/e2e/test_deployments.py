@@ -67,7 +67,8 @@ def test_flow_run_from_a_deployment_on_a_worker(tmp_path):
         prefect("work-pool", "create", "scenerec-local", "--type", "process")
         prefect("--no-prompt", "deploy", "--all")
         listed = prefect("deployment", "ls")
-        for name in ("pipeline", "ingest", "generate", "features", "llm", "hkfr", "ctr", "news"):
+        for name in ("pipeline", "ingest", "generate", "features", "llm", "hkfr", "ctr", "news", "promote", "rollback",
+                     "audit"):
             assert name in listed
 
         wlog = open(tmp_path / "worker.log", "w")

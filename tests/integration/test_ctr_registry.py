@@ -61,13 +61,27 @@ def test_training_reports_metrics_beside_the_oracle(project):
 
 def test_champion_challenger_promote_rollback(project):
     name = project.ctr.registered_name
-    if not (project.path("ctr_dir") / "model" / "model.json").exists():
-        steps.ctr_step(project, run_id=_run(project, "ctr"))
-    first = steps.ctr_register_step(project, run_id=_run(project, "register"))
-    assert first["promoted"] and first["reason"] == "no champion yet"
-    assert first["challenger_metrics"]["all.auc.ctr"] > 0.55, "the champion of this test must have learnt something"
     c = mlflow.MlflowClient(tracking_uri(project))
+    # Given a fresh registry, a barely trained first model does not clear the floor (chance and the
+    # PoI-popularity baseline on the same test rows, by ctr.promotion_floor_margin): it stays unpromoted.
+    worse = project.model_copy(update={"ctr": project.ctr.model_copy(update={"lr": 1e-7, "epochs": 1})})
+    steps.ctr_step(worse, run_id=_run(worse, "ctr-worse"))
+    floored = steps.ctr_register_step(worse, run_id=_run(worse, "register-floored"))
+    assert not floored["promoted"] and floored["champion"] is None
+    assert floored["reason"].startswith("below the promotion floor") and "popularity baseline" in floored["reason"]
+    baseline = floored["baseline_metrics"]["all.auc.ctr"]
+    assert 0.5 < baseline < 1, "PoI popularity is a real (better than chance) baseline in this world"
+
+    steps.ctr_step(project, run_id=_run(project, "ctr"))
+    first = steps.ctr_register_step(project, run_id=_run(project, "register"), flow_run_id="flow-run-1")
+    assert first["promoted"] and first["reason"] == "no champion yet", first["reason"]
+    assert first["challenger_metrics"]["all.auc.ctr"] > baseline + project.ctr.promotion_floor_margin
     assert str(c.get_model_version_by_alias(name, "champion").version) == first["version"]
+    # The version names what was trained and from what; its metrics stay on the run.
+    tags = c.get_model_version(name, first["version"]).tags
+    assert tags["architecture"] == "id_only" and tags["model_family"] == "ctr"
+    assert tags["prefect_flow_run_id"] == "flow-run-1" and tags["params_hash"] and tags["data_version"]
+    assert not [k for k in tags if k.startswith(("test.", "all."))]
 
     # The registered pyfunc scores a request: one row per candidate, in the caller's order.
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
@@ -82,7 +96,6 @@ def test_champion_challenger_promote_rollback(project):
     assert np.all((scores["ctr"] > 0) & (scores["ctr"] < 1) & (scores["ctcvr"] <= scores["ctr"]))
 
     # A worse challenger (barely trained) is registered but never takes champion.
-    worse = project.model_copy(update={"ctr": project.ctr.model_copy(update={"lr": 1e-7, "epochs": 1})})
     steps.ctr_step(worse, run_id=_run(worse, "ctr-worse"))
     second = steps.ctr_register_step(worse, run_id=_run(worse, "register-worse"))
     assert not second["promoted"], second["reason"]
@@ -107,7 +120,7 @@ def test_champion_challenger_promote_rollback(project):
     assert any("by=bob" in r["entry"] and "reason=CTR dropped online" in r["entry"] for r in trail)
 
     # A rollback with nothing before the first champion is refused clearly.
-    with pytest.raises(ValueError, match="no previous version"):
+    with pytest.raises(registry.RegistryError, match="nothing to roll back to"):
         registry.rollback(project, name, reason="again")
 
 

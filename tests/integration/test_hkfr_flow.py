@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from components import steps
+from components import registry, steps
 from components.config import load_params
 from components.hkfr.instructions import split_bounds
 from components.hkfr.stage import eval_dir
@@ -42,7 +42,13 @@ def test_hkfr_flow_tunes_scores_exports_and_registers(prefect_harness, project):
     assert m["test.rows"] == len(scored) > 0
     assert m["test.auc"] == pytest.approx(roc_auc_score(scored["label"], scored["p_yes"]), abs=1e-9)
     assert m["train.params.trainable"] < m["train.params.total"] / 2, "LoRA trains adapters, not the whole model"
-    assert first["registry"]["promoted"]
+    # A first champion must clear the floor: chance and PoI popularity on the same test rows. The
+    # tiny LLM of this test usually does not (test AUC 0.35 against popularity 0.68 when written).
+    reg = first["registry"]
+    assert 0.5 < reg["baseline_metrics"]["test.auc"] <= 1
+    champion = str(reg["version"]) if reg["promoted"] else None
+    if not reg["promoted"]:
+        assert reg["reason"].startswith("below the promotion floor") and reg["champion"] is None, reg["reason"]
 
     # Time split and no leak: every answer is after its split start and its knowledge counts only
     # behaviours strictly before it.
@@ -75,11 +81,12 @@ def test_hkfr_flow_tunes_scores_exports_and_registers(prefect_harness, project):
     assert not second["registry"]["promoted"]
     name = params.hkfr.registered_name
     client = mlflow.MlflowClient(tracking_uri(params))
-    assert str(client.get_model_version_by_alias(name, "champion").version) == first["registry"]["version"]
+    assert registry.alias_version(client, name, "champion") == champion
     assert str(client.get_model_version_by_alias(name, "challenger").version) == second["registry"]["version"]
+    assert client.get_model_version(name, second["registry"]["version"]).tags["architecture"] == "pretrained+lora"
 
     # The registered model scores (user, PoI, scene) rows from the contract's columns.
-    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{first['registry']['version']}")
     rows = imp.iloc[-6:][["request_id", "user_id", "poi_id", "ts", "geohash", "location_type", "weather",
                           "temperature_c", "is_holiday"]].assign(ts=lambda d: d["ts"].astype(str))
     p = model.predict(rows)["p_yes"].to_numpy()

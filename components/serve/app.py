@@ -1,0 +1,217 @@
+"""`scenerec serve`: the champion CTR model behind HTTP (FastAPI + uvicorn), on 127.0.0.1 by default.
+
+- ``POST /score``: one request (user, ts, scene columns, up to ``serve.max_candidates`` PoIs) ->
+  ``ctr``/``ctcvr`` per candidate, the model name and version, the age of the freshest feature.
+  A bad request is a 422 (400 for a body that is not JSON) naming field, value and rule.
+- ``POST /push``: behaviours for the online behaviour store (what ``scenerec push`` does).
+- ``GET /health`` (the process answers), ``/ready`` (a model is loaded; the last failed swap, if
+  any), ``/metrics`` (Prometheus text).
+
+Hot swap: a background thread polls the registry's ``champion`` alias every
+``serve.champion_poll_seconds``; a new version is loaded beside the old one and swapped in with
+one reference assignment, so a request in flight finishes on the model it started with; a failed
+load leaves the old model serving and is reported by ``/ready`` and the log.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+
+from components.config import Params
+
+log = logging.getLogger("scenerec.serve")
+
+
+class Metrics:
+    """Request counters and latency histogram (prometheus_client, in a registry of our own)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("scenerec_requests", "Scoring requests by HTTP status", ["status"],
+                                registry=self.registry)
+        self.latency = Histogram("scenerec_score_seconds", "Scoring latency", registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+        self.candidates = Counter("scenerec_candidates", "Candidates scored", registry=self.registry)
+        self.cold = Counter("scenerec_cold_candidates", "Candidates scored on the cold-start path",
+                            registry=self.registry)
+        self.swaps = Counter("scenerec_model_swaps", "Champion versions swapped in", registry=self.registry)
+        self.swap_failures = Counter("scenerec_model_swap_failures", "Champion versions that failed to load",
+                                     registry=self.registry)
+        self.version = Gauge("scenerec_model_version", "Registered version being served", registry=self.registry)
+        self.pushed = Counter("scenerec_pushed_behaviors", "Behaviours pushed", registry=self.registry)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class ModelHolder:
+    """The model being served and the swap logic (see the module docstring)."""
+
+    def __init__(self, params: Params, metrics: Metrics, loader=None):
+        from components.serve.scoring import ServedModel
+        from components.tracking import tracking_uri
+
+        self.params, self.metrics = params, metrics
+        self.name = params.serve.model_name or params.ctr.registered_name
+        self.uri = tracking_uri(params)
+        self.loader = loader or (lambda version: ServedModel.load(self.name, version, self.uri))
+        self.current = None  # a ServedModel; replaced whole, never mutated
+        self.last_error: str | None = None
+        self.failed_version: str | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one load at a time
+        self._thread: threading.Thread | None = None
+
+    def champion_version(self) -> str | None:
+        from components import registry
+
+        return registry.alias_version(registry.client(self.params), self.name, registry.CHAMPION)
+
+    def refresh(self) -> bool:
+        """Load and swap in the champion if it moved; True when a new version is now served."""
+        with self._lock:
+            try:
+                version = self.champion_version()
+            except Exception as e:  # registry unreachable: keep serving what we have
+                self.last_error = f"registry lookup failed: {type(e).__name__}: {e}"
+                log.warning(self.last_error)
+                return False
+            if version is None:
+                if self.current is None:
+                    self.last_error = f"no '{self.name}@champion' in the registry yet"
+                return False
+            if self.current is not None and self.current.version == str(version):
+                return False
+            if version == self.failed_version:
+                return False  # already tried; wait for the alias to move again
+            t0 = time.perf_counter()
+            try:
+                model = self.loader(str(version))
+            except Exception as e:
+                self.failed_version = str(version)
+                self.last_error = (f"loading {self.name} version {version} failed ({type(e).__name__}: {e}); "
+                                   f"still serving version {self.current.version if self.current else 'none'}")
+                self.metrics.swap_failures.inc()
+                log.error(self.last_error)
+                return False
+            old = self.current
+            self.current = model  # the atomic switch: requests that already hold `old` finish on it
+            self.failed_version, self.last_error = None, None
+            self.metrics.swaps.inc()
+            self.metrics.version.set(float(version))
+            log.info("serving %s version %s (was %s), loaded in %.2f s", self.name, version,
+                     old.version if old else "none", time.perf_counter() - t0)
+            return True
+
+    def start(self) -> None:
+        def loop():
+            while not self._stop.wait(self.params.serve.champion_poll_seconds):
+                self.refresh()
+
+        self._thread = threading.Thread(target=loop, name="champion-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def create_app(params: Params, holder: ModelHolder | None = None, watch: bool = True):
+    """The FastAPI app: loads the champion at startup, then watches the alias (``watch``)."""
+    import pandas as pd
+    from fastapi import Body, FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
+    from components.serve.online import OnlineFeatures, behavior_store, push_behaviors
+    from components.serve.schema import InvalidRequest, parse_request
+    from components.serve.scoring import StateCache, score_request
+
+    metrics = holder.metrics if holder is not None else Metrics()
+    holder = holder or ModelHolder(params, metrics)
+    data = {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        data["online"] = OnlineFeatures(params)
+        data["behaviors"] = behavior_store(params)
+        data["states"] = StateCache()
+        await run_in_threadpool(holder.refresh)
+        if watch:
+            holder.start()
+        yield
+        holder.stop()
+
+    app = FastAPI(title="SceneRec CTR scoring", lifespan=lifespan)
+    app.state.holder = holder
+
+    def bad(status: int, errors: list[str]):
+        metrics.requests.labels(str(status)).inc()
+        return JSONResponse(status_code=status, content={"detail": errors})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(request, exc):  # e.g. a body that is not JSON
+        return bad(400, [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()])
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready():
+        m = holder.current
+        body = {"ready": m is not None, "model": None if m is None else {"name": m.name, "version": m.version},
+                "last_error": holder.last_error}
+        return JSONResponse(status_code=200 if m is not None else 503, content=body)
+
+    @app.get("/metrics")
+    def prometheus():
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/score")
+    def score(payload=Body(...)):
+        t0 = time.perf_counter()
+        if not isinstance(payload, dict):
+            return bad(422, [f"request: a JSON object expected, got {type(payload).__name__}"])
+        try:
+            req = parse_request(payload, params.serve.max_candidates)
+        except InvalidRequest as e:
+            return bad(422, e.errors)
+        model = holder.current  # this request finishes on this model whatever a swap does meanwhile
+        if model is None:
+            return bad(503, [holder.last_error or "no model loaded yet"])
+        out = score_request(model, req, data["online"], data["behaviors"], data["states"])
+        metrics.requests.labels("200").inc()
+        metrics.candidates.inc(len(req.candidates))
+        metrics.cold.inc(sum(s["cold_poi"] for s in out["scores"]))
+        metrics.latency.observe(time.perf_counter() - t0)
+        return out
+
+    @app.post("/push")
+    def push(payload=Body(...)):
+        rows = payload.get("behaviors") if isinstance(payload, dict) else payload
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            return bad(422, ["behaviors: a non-empty list of behaviour objects expected"])
+        try:
+            n = push_behaviors(params, pd.DataFrame(rows), data["behaviors"])
+        except InvalidRequest as e:
+            return bad(422, e.errors)
+        metrics.pushed.inc(n)
+        return {"pushed": n}
+
+    return app
+
+
+def serve(params: Params, host: str | None = None, port: int | None = None) -> None:
+    """Run the service with uvicorn (blocking)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    uvicorn.run(create_app(params), host=host or params.serve.host, port=port or params.serve.port,
+                log_level="info")
