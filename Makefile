@@ -88,6 +88,7 @@ worker: install
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api} prefect worker start --pool scenerec-local --type process
 
 bench: install
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[bench]'  # the CTR peers
 	@for b in benchmarks/*.py; do echo "== $$b"; python $$b; done
 
 clean:

@@ -1,12 +1,21 @@
-"""Test AUC of every CTR model and baseline, mean and spread over seeds, beside the oracle AUC.
+"""Test AUC of every CTR model, its baselines and the peers a user would train instead (LightGBM,
+DeepCTR-Torch DIN and ESMM), mean and spread over seeds, beside the oracle AUC, on one world or
+on the family of worlds (benchmarks/worlds.py).
 
-    python benchmarks/ctr_quality.py [--params params.yaml] [--seeds 0 1 2] [--models ...] [--epochs N]
+    python benchmarks/ctr_quality.py [--quick] [--worlds default | family | NAME ...] [--seeds 0 1 2]
+                                     [--models ...] [--peers lightgbm deepctr_din deepctr_esmm]
 
-Needs the project's features and embeddings (``scenerec pipeline`` or ``dvc repro embed``). Every
-model is trained by the same loop (components/ctr/train.py) on the same split with the ``ctr:``
-settings of params.yaml; only the seed changes. Prints per model: CTR / CTCVR AUC and GAUC (mean ±
-std over seeds), cold-start-user CTR AUC, the gap to the oracle and the share of the best-baseline →
-oracle gap the model closes; writes reports/benchmarks/ctr_quality.json.
+Needs the project's features and embeddings (``scenerec pipeline`` or ``dvc repro embed``); the
+variant worlds are built on first use into data/worlds/. Every model sees the same split of the
+same world; ours train with the ``ctr:`` settings of params.yaml (only the seed changes), the
+peers with their libraries' usual settings and early stopping on the same validation split.
+Every model runs on one CPU thread, so training rows/s (training rows x epochs / seconds; for
+LightGBM rows / seconds of fitting the chosen variant's two boosters) and scoring rows/s (test
+rows / seconds) compare like with like. ``--quick``: seed 0, larr_cofars and din_full only.
+``--combine REPORT ...`` trains nothing: it merges per-world reports (worlds run in parallel
+processes) into ``--out`` with the family average.
+Prints per world and model CTR / CTCVR AUC (mean ± std over seeds), GAUC, cold-user AUC, the
+gap to the oracle and both speeds, then the family average; writes reports/benchmarks/ctr_quality.json.
 """
 from __future__ import annotations
 
@@ -28,78 +37,221 @@ from report import ctr_benchmark_setup, save_report  # noqa: E402  (benchmarks/r
 BASELINES = ("id_only", "avg_pool", "din_full", "sim_hard")
 FULL = "larr_cofars"
 ALL = BASELINES + ("cofars", "larr_din", FULL)
+QUICK = ("din_full", FULL)
 KEYS = ("all.auc.ctr", "all.auc.ctcvr", "all.gauc.ctr", "cold_user.auc.ctr", "cold_poi.auc.ctr")
+SPEEDS = ("train_rows_per_s", "score_rows_per_s")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(ALL))
-    setup = ctr_benchmark_setup(ap, argv, "ctr_quality")
-    if setup is None:
-        return 2
-    args, params, cfg = setup
-    from components.ctr.data import build_dataset
-    from components.ctr.evaluate import evaluate
-    from components.ctr.train import train_model
+def run_ours(name, ds, cfg, seed):
+    """Train and score one of our models; metrics with timings."""
+    from components.ctr.evaluate import score_metrics
+    from components.ctr.train import predict, train_model
 
-    t0 = time.perf_counter()
-    ds = build_dataset(params)
-    print(f"data: {len(ds.train)} / {len(ds.valid)} / {len(ds.test)} requests (train / valid / test), "
-          f"{time.perf_counter() - t0:.1f} s")
-    runs: dict[str, list[dict]] = {m: [] for m in args.models}
-    oracle: dict = {}
-    for seed in args.seeds:
-        for name in args.models:
-            t1 = time.perf_counter()
-            model, info = train_model(name, ds, cfg, seed=seed, progress=False)
-            metrics, _ = evaluate(model, ds, cfg)
-            metrics["train_seconds"] = info["seconds"]
-            metrics["epochs"] = info["epochs_run"]
-            runs[name].append(metrics)
-            oracle = {k: v for k, v in metrics.items() if "oracle_auc" in k or "oracle_gauc" in k}
-            print(f"  seed {seed} {name:<12} CTR AUC {metrics['all.auc.ctr']:.4f}  CTCVR AUC "
-                  f"{metrics['all.auc.ctcvr']:.4f}  ({time.perf_counter() - t1:.0f} s)", flush=True)
+    model, info = train_model(name, ds, cfg, seed=seed, progress=False)
+    t = time.perf_counter()
+    scores = predict(model, ds.test, ds, cfg)
+    score_s = time.perf_counter() - t
+    metrics = score_metrics(scores, ds.test)
+    rows = int(ds.train.mask.sum())
+    metrics.update(train_seconds=info["seconds"], epochs=info["epochs_run"], best_epoch=info["best_epoch"],
+                   train_rows_per_s=rows * info["epochs_run"] / info["seconds"],
+                   score_rows_per_s=len(scores["ctr"]) / score_s)
+    return metrics
 
+
+def run_peer(name, ds, cfg, seed):
+    """Train and score one peer (benchmarks/ctr_peers.py); metrics with timings."""
+    import torch
+
+    from components.ctr.evaluate import score_metrics
+    from components.ctr.tabular import train_gbdt
+
+    torch.set_num_threads(1)  # the same one core as ours (ctr.cpu_threads)
+    if name == "lightgbm":
+        model, info = train_gbdt(ds, seed=seed, max_history=cfg.max_history)
+        chosen = info["variants"][info["variant"]]
+        train_rows_per_s = info["train_rows"] / chosen["seconds"]
+        extra = {"variant": info["variant"], "variant_valid_auc": {k: round(v["valid_auc_ctr"], 4)
+                                                                   for k, v in info["variants"].items()}}
+    else:
+        from ctr_peers import train_deepctr
+
+        model, info = train_deepctr(name.split("_", 1)[1], ds, seed=seed)
+        train_rows_per_s = info["train_rows"] * info["epochs_run"] / info["seconds"]
+        extra = {}
+    t = time.perf_counter()
+    scores = model.predict(ds.test, ds)
+    score_s = time.perf_counter() - t
+    metrics = score_metrics(scores, ds.test)
+    metrics.update(train_seconds=info["seconds"], epochs=info["epochs_run"], train_rows_per_s=train_rows_per_s,
+                   score_rows_per_s=len(scores["ctr"]) / score_s, **extra)
+    return metrics
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    """Mean / std / values over seeds of each metric and speed, per model."""
     table = {}
     for name, rs in runs.items():
         row = {}
-        for k in KEYS + ("all.auc.ctcvr",):
+        for k in KEYS + SPEEDS:
             vals = np.array([r.get(k, np.nan) for r in rs], dtype=float)
-            row[k] = {"mean": round(float(np.nanmean(vals)), 4), "std": round(float(np.nanstd(vals)), 4),
-                      "values": [round(float(v), 4) for v in vals]}
+            nd = 1 if k in SPEEDS else 4
+            row[k] = {"mean": round(float(np.nanmean(vals)), nd), "std": round(float(np.nanstd(vals)), nd),
+                      "values": [round(float(v), nd) for v in vals]}
         row["train_seconds"] = round(float(np.mean([r["train_seconds"] for r in rs])), 1)
+        row["epochs"] = [r["epochs"] for r in rs]
+        if "variant" in rs[0]:
+            row["variant"] = [r["variant"] for r in rs]
         table[name] = row
+    return table
 
+
+def verdict(table: dict, rivals: list[str]) -> dict:
+    """larr_cofars against the best rival per task: margin, seed spread, beaten beyond the spread."""
+    out = {}
+    present = [b for b in rivals if b in table]
+    if FULL not in table or not present:
+        return out
+    for task in ("ctr", "ctcvr"):
+        key = f"all.auc.{task}"
+        best = max(present, key=lambda b: table[b][key]["mean"])
+        full, base = table[FULL][key], table[best][key]
+        out[task] = {"best": best, "margin": round(full["mean"] - base["mean"], 4),
+                     "seed_spread": max(full["std"], base["std"]),
+                     "beats_every_one_beyond_spread": all(
+                         full["mean"] - table[b][key]["mean"] > max(full["std"], table[b][key]["std"]) for b in present)}
+    return out
+
+
+def print_world(world: str, table: dict, oracle: dict, seeds) -> None:
     o_ctr, o_ctcvr = oracle.get("all.oracle_auc.ctr"), oracle.get("all.oracle_auc.ctcvr")
-    present = [b for b in BASELINES if b in table]
-    verdict = {}
-    if FULL in table and present:
-        for task, o in (("ctr", o_ctr), ("ctcvr", o_ctcvr)):
-            key = f"all.auc.{task}"
-            best = max(present, key=lambda b: table[b][key]["mean"])
-            full, base = table[FULL][key], table[best][key]
-            spread = max(full["std"], base["std"])
-            closed = (full["mean"] - base["mean"]) / (o - base["mean"]) if o and o > base["mean"] else float("nan")
-            verdict[task] = {"best_baseline": best, "margin": round(full["mean"] - base["mean"], 4),
-                             "seed_spread": spread, "beats_every_baseline_beyond_spread":
-                             all(full["mean"] - table[b][key]["mean"] > max(full["std"], table[b][key]["std"])
-                                 for b in present),
-                             "share_of_gap_to_oracle_closed": round(closed, 3)}
-
-    print(f"\nTest AUC over seeds {args.seeds} (mean ± std); oracle CTR {o_ctr}, CTCVR {o_ctcvr}")
-    print(f"{'model':<14}{'CTR AUC':>16}{'CTCVR AUC':>16}{'GAUC ctr':>16}{'cold user':>16}{'× oracle gap':>14}")
+    print(f"\n[{world}] test AUC over seeds {seeds} (mean ± std); oracle CTR {o_ctr}, CTCVR {o_ctcvr}")
+    print(f"{'model':<14}{'CTR AUC':>17}{'CTCVR AUC':>17}{'GAUC ctr':>17}{'cold user':>17}{'oracle gap':>11}"
+          f"{'train rows/s':>13}{'score rows/s':>13}")
     for name, row in table.items():
         gap = (o_ctr - row["all.auc.ctr"]["mean"]) if o_ctr else float("nan")
         cells = [f"{row[k]['mean']:.4f} ± {row[k]['std']:.4f}" for k in
                  ("all.auc.ctr", "all.auc.ctcvr", "all.gauc.ctr", "cold_user.auc.ctr")]
-        print(f"{name:<14}" + "".join(f"{c:>16}" for c in cells) + f"{gap:>14.4f}")
-    for task, v in verdict.items():
-        print(f"{FULL} vs best baseline ({v['best_baseline']}) on {task.upper()}: {v['margin']:+.4f} "
-              f"(seed spread {v['seed_spread']:.4f}); beats every baseline beyond the spread: "
-              f"{v['beats_every_baseline_beyond_spread']}; share of the gap to the oracle closed: "
-              f"{v['share_of_gap_to_oracle_closed']}")
-    save_report({"benchmark": "ctr_quality", "machine": platform.platform(), "seeds": args.seeds,
-                 "oracle": oracle, "models": table, "verdict": verdict, "runs": runs,
+        print(f"{name:<14}" + "".join(f"{c:>17}" for c in cells) + f"{gap:>11.4f}"
+              f"{row['train_rows_per_s']['mean']:>13.0f}{row['score_rows_per_s']['mean']:>13.0f}"
+              + (f"  ({', '.join(sorted(set(row['variant'])))})" if "variant" in row else ""))
+
+
+def family_summary(worlds: dict, models: list[str], peers: list[str]) -> tuple[dict, dict]:
+    """Each model's AUC averaged over the worlds (per seed, then mean ± std over seeds), printed,
+    and larr_cofars against the best peer on that average and on every world."""
+    avg = {}
+    for name in models:
+        if not all(name in w["runs"] for w in worlds.values()):
+            continue  # a family average only over worlds that all ran the model
+        row = {}
+        for k in ("all.auc.ctr", "all.auc.ctcvr"):
+            n = min(len(w["runs"][name]) for w in worlds.values())
+            per_seed = np.array([[r.get(k, np.nan) for r in w["runs"][name][:n]] for w in worlds.values()], float)
+            fam = np.nanmean(per_seed, 0)  # one family mean per seed
+            row[k] = {"mean": round(float(fam.mean()), 4), "std": round(float(fam.std()), 4)}
+        avg[name] = row
+    if len(worlds) > 1:
+        print(f"\nFamily average over {list(worlds)} (mean ± std over seeds of the per-seed family mean)")
+        print(f"{'model':<14}{'CTR AUC':>18}{'CTCVR AUC':>18}")
+        for name, row in avg.items():
+            print(f"{name:<14}{row['all.auc.ctr']['mean']:>9.4f} ± {row['all.auc.ctr']['std']:.4f}"
+                  f"{row['all.auc.ctcvr']['mean']:>9.4f} ± {row['all.auc.ctcvr']['std']:.4f}")
+    peers = [p for p in peers if p in avg]
+    summary = {}
+    if FULL in avg and peers:
+        best = max(peers, key=lambda p: avg[p]["all.auc.ctr"]["mean"])
+        summary = {"best_peer_on_family_ctr": best,
+                   "family_margin_ctr": round(avg[FULL]["all.auc.ctr"]["mean"] - avg[best]["all.auc.ctr"]["mean"], 4),
+                   "beats_best_peer_beyond_spread_on_every_world": {
+                       w: {t: v["beats_every_one_beyond_spread"] for t, v in d["verdict_vs_peers"].items()}
+                       for w, d in worlds.items()}}
+        print(f"\n{FULL} vs best peer on the family average ({best}): CTR AUC {summary['family_margin_ctr']:+.4f} "
+              f"(target >= +0.005)")
+        for w, d in worlds.items():
+            for task, v in d["verdict_vs_peers"].items():
+                print(f"  [{w}] {task.upper()}: best peer {v['best']}, margin {v['margin']:+.4f} (spread "
+                      f"{v['seed_spread']:.4f}); beats every peer beyond the spread: {v['beats_every_one_beyond_spread']}")
+    return avg, summary
+
+
+def combine(paths: list[str], out: Path) -> int:
+    """Merge the worlds of several ctr_quality reports (runs split over processes) into one report
+    with the family average, and print it."""
+    import json
+
+    from ctr_peers import PEERS
+
+    worlds, first = {}, None
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        first = first or d
+        for w, v in d["worlds"].items():
+            worlds[w] = v
+            print_world(w, v["models"], v["oracle"], d["seeds"])
+    models = list(dict.fromkeys(m for w in worlds.values() for m in w["models"]))
+    avg, summary = family_summary(worlds, models, [p for p in PEERS if p in models])
+    default = worlds.get("default") or next(iter(worlds.values()))
+    save_report({**first, "worlds": worlds, "family_average": avg, "summary": summary, "combined_from": paths,
+                 "oracle": default["oracle"], "models": default["models"]}, out)
+    return 0
+
+
+def main(argv=None) -> int:
+    from ctr_peers import PEERS
+    from worlds import WORLDS, family, world_params
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", default=None, help=f"our models (default: all; --quick: {QUICK})")
+    ap.add_argument("--peers", nargs="*", default=list(PEERS), help="peers to train beside them ([] = none)")
+    ap.add_argument("--worlds", nargs="+", default=["default"], help=f"default | family | any of {list(WORLDS)}")
+    ap.add_argument("--quick", action="store_true", help="seed 0 only, larr_cofars and din_full only")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="REPORT",
+                    help="train nothing: merge the worlds of these reports into --out with the family average")
+    setup = ctr_benchmark_setup(ap, argv, "ctr_quality")
+    if setup is None:
+        return 2
+    args, params, cfg = setup
+    if args.combine:
+        return combine(args.combine, Path(args.out))
+    from components.ctr.data import build_dataset
+
+    seeds = [args.seeds[0]] if args.quick else args.seeds
+    ours = args.models if args.models is not None else list(QUICK if args.quick else ALL)
+    models = ours + [p for p in args.peers if p not in ours]
+    t0 = time.perf_counter()
+    worlds = {}
+    for world in family(args.worlds):
+        wp = world_params(params, world)
+        wcfg = wp.ctr if args.epochs is None else wp.ctr.model_copy(update={"epochs": args.epochs})
+        t1 = time.perf_counter()
+        ds = build_dataset(wp)
+        print(f"[{world}] data: {int(ds.train.mask.sum())} / {int(ds.valid.mask.sum())} / {int(ds.test.mask.sum())} "
+              f"impressions (train / valid / test), {time.perf_counter() - t1:.1f} s", flush=True)
+        runs: dict[str, list[dict]] = {m: [] for m in models}
+        oracle: dict = {}
+        for seed in seeds:
+            for name in models:
+                t1 = time.perf_counter()
+                m = (run_ours if name in ALL else run_peer)(name, ds, wcfg, seed)
+                runs[name].append(m)
+                oracle = {k: v for k, v in m.items() if "oracle_auc" in k or "oracle_gauc" in k} or oracle
+                print(f"  [{world}] seed {seed} {name:<13} CTR AUC {m['all.auc.ctr']:.4f}  CTCVR AUC "
+                      f"{m['all.auc.ctcvr']:.4f}  epochs {m['epochs']}  ({time.perf_counter() - t1:.0f} s)", flush=True)
+        table = summarise(runs)
+        worlds[world] = {"oracle": oracle, "models": table, "runs": runs,
+                         "verdict_vs_peers": verdict(table, [p for p in args.peers if p in table]),
+                         "verdict_vs_baselines": verdict(table, [b for b in BASELINES if b in table]),
+                         "generate": wp.generate.model_dump(mode="json")}
+        print_world(world, table, oracle, seeds)
+        del ds
+
+    avg, summary = family_summary(worlds, models, args.peers)
+    default = worlds.get("default") or next(iter(worlds.values()))
+    save_report({"benchmark": "ctr_quality", "machine": platform.platform(), "seeds": seeds, "quick": args.quick,
+                 "worlds": worlds, "family_average": avg, "summary": summary,
+                 # the default world's figures at the top level, as before the world family
+                 "oracle": default["oracle"], "models": default["models"],
                  "ctr": cfg.model_dump(mode="json"), "seconds": round(time.perf_counter() - t0, 1)}, Path(args.out))
     return 0
 

@@ -92,10 +92,21 @@ def _llm_command(step: str):
 def cmd_ctr(args, params) -> int:
     from components.steps import ctr_step
 
-    metrics = _tracked(params, "ctr", ctr_step, args.model)
+    if args.model:  # one way to choose the model: --model overrides ctr.model, so the run logs it
+        params = params.model_copy(update={"ctr": params.ctr.model_copy(update={"model": args.model})})
+    metrics = _tracked(params, "ctr", ctr_step)
     print(metrics.get("headline", ""))
     _print_metrics(f"CTR model {metrics.get('model')} trained and evaluated; saved in {params.path('ctr_dir')}",
                    {k: v for k, v in metrics.items() if k.startswith(("test.all", "train."))})
+    return 0
+
+
+def cmd_tune(args, params) -> int:
+    from components.steps import tune_step
+
+    out = _tracked(params, "tune", tune_step, args.trials, args.budget_seconds)
+    print(f"best validation CTR AUC {out['best_valid_auc_ctr']} after {out['trials']} trials: {out['best']}")
+    print(f"  written to {out['written']} (merged over params.yaml: `scenerec ctr` / `dvc repro` train with it)")
     return 0
 
 
@@ -116,8 +127,11 @@ def cmd_ctr_register(args, params) -> int:
 def cmd_promote(args, params) -> int:
     from components import registry
 
+    from components.locks import hold
+
     name = args.name or params.ctr.registered_name
-    out = registry.promote(params, name, args.version, args.reason, by=args.by)
+    with hold(params, "registry", f"promote {name}"):
+        out = registry.promote(params, name, args.version, args.reason, by=args.by)
     print(f"{name}: champion is version {out['champion']} (was {out['previous']}); reason: {args.reason}")
     return 0
 
@@ -125,8 +139,11 @@ def cmd_promote(args, params) -> int:
 def cmd_rollback(args, params) -> int:
     from components import registry
 
+    from components.locks import hold
+
     name = args.name or params.ctr.registered_name
-    out = registry.rollback(params, name, args.reason, by=args.by)
+    with hold(params, "registry", f"rollback {name}"):
+        out = registry.rollback(params, name, args.reason, by=args.by)
     print(f"{name}: rolled back from version {out['rolled_back']} to version {out['champion']}; reason: {args.reason}")
     return 0
 
@@ -280,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_ctr)
     cr = sub.add_parser("ctr-register", help="register the trained CTR model; champion only if better by the margin")
     cr.set_defaults(func=cmd_ctr_register)
+    tu = sub.add_parser("tune", help="Optuna search over the CTR knobs on the validation split; best -> params.tuned.yaml")
+    tu.add_argument("--trials", type=int, default=20, help="at most this many trials")
+    tu.add_argument("--budget-seconds", type=float, default=1800.0, help="stop starting trials after this long")
+    tu.set_defaults(func=cmd_tune)
     for cmd, text, fn in [("promote", "give a model version the champion alias (manual path)", cmd_promote),
                           ("rollback", "give the champion alias back to the previous champion", cmd_rollback),
                           ("audit", "show the aliases and the audit trail; flags alias changes made outside scenerec (exit 1)",
@@ -330,12 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
     args = build_parser().parse_args(argv)
-    from components.config import ParamsError, load_params
+    from components.config import ParamsError, for_profile, is_profile, load_params
     from components.data.validate import BatchRejected
     from components.registry import RegistryError
 
     try:
         params = load_params(args.params)
+        if is_profile(args.params):  # the same namespace as the flows give this params file
+            params = for_profile(params, args.params)
         return args.func(args, params)
     except ParamsError as e:
         print(f"scenerec: {e}", file=sys.stderr)
@@ -346,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one line for the user; --debug for the traceback
         if args.debug:
             raise
+        if type(e).__name__ == "LockTimeout":  # another command holds the lock: say who
+            print(f"scenerec {args.command}: {e}", file=sys.stderr)
+            return 4
         print(f"scenerec {args.command}: {e if isinstance(e, RegistryError) else f'{type(e).__name__}: {e}'}"
               " (--debug for the traceback)", file=sys.stderr)
         return 1

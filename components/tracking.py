@@ -10,12 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
 
 from components.config import Params
+
+PROCESS_TAG = "scenerec.process"  # host:pid:start-time of the process that opened the run
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 def tracking_uri(params: Params) -> str:
@@ -38,13 +42,17 @@ def configure(params: Params) -> str:
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(params.tracking.experiment)
     if exp is not None:
+        if EXPERIMENT_KIND not in exp.tags:  # made before the UI was told: open it on runs too
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:"):
         # Keep artifacts beside the database instead of in the current working directory.
         location = (params.root / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(params.tracking.experiment, artifact_location=location)
+        # MLflow 3's UI opens an experiment on its GenAI overview unless told it holds model runs.
+        return client.create_experiment(params.tracking.experiment, artifact_location=location,
+                                        tags={EXPERIMENT_KIND: "custom_model_development"})
     except Exception:  # created concurrently by another process
         return client.get_experiment_by_name(params.tracking.experiment).experiment_id
 
@@ -82,17 +90,58 @@ def data_version(root: Path) -> dict[str, str]:
 
 
 def lineage_tags(params: Params) -> dict[str, str]:
-    """Tags that tie a run to the code and data it saw."""
-    return {"git_commit": git_commit(params.root), **data_version(params.root)}
+    """Tags that tie a run to the code and data it saw; dvc.lock's hashes only when the run's
+    parameters are those dvc.lock records (params.yaml), else ``data_version: unversioned``."""
+    from components.versioning import params_differ
+
+    differ = params_differ(params)
+    if differ is None:
+        return {"git_commit": git_commit(params.root), **data_version(params.root)}
+    return {"git_commit": git_commit(params.root), "data_version": "unversioned",
+            "scenerec.params_differ": differ[:4000]}
+
+
+def _process_tag(pid: int) -> str | None:
+    """``host:pid:start-time`` of a live process (start time: /proc, so a reused pid differs)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    start = stat.rsplit(")", 1)[1].split()[19]  # field 22, after the parenthesised command name
+    return f"{socket.gethostname()}:{pid}:{start}"
+
+
+def mark_dead_runs(params: Params, exp_id: str | None = None) -> list[str]:
+    """Runs still ``RUNNING`` whose process on this machine is gone (killed, crashed) are marked
+    ``KILLED``; returns their ids. Runs of other machines and of live processes are left alone."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(params))
+    exp_id = exp_id or configure(params)
+    host = socket.gethostname()
+    runs = client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    killed = []
+    for run in runs:
+        owner = run.data.tags.get(PROCESS_TAG, "")
+        who, _, rest = owner.partition(":")
+        if who != host or not rest:
+            continue
+        if _process_tag(int(rest.split(":")[0])) != owner:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            client.set_tag(run.info.run_id, "scenerec.ended", "process gone; marked KILLED by the next run")
+            killed.append(run.info.run_id)
+    return killed
 
 
 def start_run(params: Params, run_name: str, parent_run_id: str | None = None,
               tags: Mapping[str, str] | None = None) -> str:
-    """Open an MLflow run (nested under ``parent_run_id`` when given) and return its id."""
+    """Open an MLflow run (nested under ``parent_run_id`` when given) and return its id; runs
+    left ``RUNNING`` by dead processes are marked ``KILLED`` first."""
     import mlflow
 
     exp_id = configure(params)
-    all_tags = {**lineage_tags(params), **(tags or {})}
+    mark_dead_runs(params, exp_id)
+    all_tags = {**lineage_tags(params), **(tags or {}), PROCESS_TAG: _process_tag(os.getpid()) or ""}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = mlflow.MlflowClient(tracking_uri(params)).create_run(exp_id, run_name=run_name, tags=all_tags)

@@ -8,36 +8,48 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
-from components.config import HKFRConfig
-from flows.settings import flow_params, flow_run_id, publish_comparison
+from components.config import DEFAULT_PARAMS, HKFRConfig
+from flows.settings import (IO_RETRIES, TRAIN_RETRIES, flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run, publish_comparison,
+                            tag_version)
 
 
-@task(name="knowledge-and-instructions", tags=["io"], cache_policy=NO_CACHE)
+@task(name="knowledge-and-instructions", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def knowledge_task(params) -> dict:
     return steps.knowledge_step(params)
 
 
-@task(name="instruction-tuning", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="instruction-tuning", tags=["gpu"], cache_policy=NO_CACHE, **TRAIN_RETRIES)
 def instruct_task(params, run_id: str) -> dict:
     # A retry resumes from the newest checkpoint.
     return steps.instruct_step(params, run_id=run_id)
 
 
-@task(name="register-hkfr-model", tags=["io"], cache_policy=NO_CACHE)
+@task(name="register-hkfr-model", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def register_task(params, run_id: str) -> dict:
     return steps.hkfr_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
 
 @flow(name="hkfr", log_prints=True)
-def hkfr(hkfr: HKFRConfig | None = None, params_file: str | None = None, parent_run_id: str | None = None) -> dict:
-    """Instruction-tune the LLM on heterogeneous-knowledge tasks and export the user knowledge feature."""
-    params, _ = flow_params(params_file, hkfr=hkfr)
-    with tracking.tracked_run(params, "hkfr", parent_run_id, tags={"scenerec.flow": "hkfr"}) as run_id:
+def hkfr(hkfr: HKFRConfig = HKFRConfig(), params_file: str = DEFAULT_PARAMS, isolate: bool = True) -> dict:
+    """Instruction-tune the LLM on heterogeneous-knowledge tasks and export the user knowledge feature.
+
+    Run after `llm` (it tunes the LLM that flow trained); `ctr` with ctr.user_knowledge reads its output.
+
+    Args:
+        hkfr: The hkfr section of the params file. Fields you leave as shown keep the params file's
+            values; a changed field is an override.
+        params_file: Parameters file, relative to the project folder (e.g. params/small.yaml).
+        isolate: Runs with overrides or another params file log to their own MLflow experiment and
+            registered model and write to their own folders; untick to write into the params file's.
+    """
+    params, _ = flow_params(params_file, "hkfr", isolate, hkfr=hkfr)
+    with mlflow_run(params, "hkfr") as run_id:
         tracking.log_params(params, run_id, {"seed": params.seed, "hkfr": params.hkfr.model_dump(mode="json")})
         data = knowledge_task(params)
         metrics = instruct_task(params, run_id)
         tracking.log_metrics(params, run_id, {f"knowledge.{k}": v for k, v in data.items()})
         result = register_task(params, run_id)
-    verdict = publish_comparison("hkfr-champion-vs-challenger", result)
+        tag_version(params, result, {"architecture": f"{params.hkfr.base}-{params.hkfr.method}", **prefect_run()})
+    verdict = publish_comparison("hkfr-champion-vs-challenger", result, mlflow_links(params, run_id, result))
     print(verdict)
     return {"metrics": metrics, "registry": {k: v for k, v in result.items() if not k.endswith("_metrics")}}

@@ -12,32 +12,25 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import tracking
-from components.config import GenerateConfig, IngestConfig, Params
+from components.config import DEFAULT_PARAMS, SEED, GenerateConfig, IngestConfig, Params
 from components.data.validate import BatchRejected
 from components.steps import generate_step, ingest_step
-from flows.settings import flow_params
+from flows.settings import IO_RETRIES, flow_params, mlflow_links, mlflow_run
 
 
-def _not_rejected(task, task_run, state) -> bool:
-    """Retry transient I/O errors, never a batch that failed validation."""
-    try:
-        state.result()
-    except BatchRejected:
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return True
-
-
-@task(name="generate-batch", tags=["io"], retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="generate-batch", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def generate_task(params: Params, run_id: str, out_dir: str | None = None) -> dict:
     metrics = generate_step(params, Path(out_dir) if out_dir else None)
     tracking.log_metrics(params, run_id, {f"generate.{k}": v for k, v in metrics.items()})
+    where = Path(out_dir) if out_dir else params.path("raw_batch")
+    files = sorted(p.name for p in where.iterdir() if p.is_file()) if where.is_dir() else []
+    create_table_artifact(key="generated-batch", table=[{"metric": k, "value": v} for k, v in metrics.items()],
+                          description=f"Synthetic batch written to `{where}`: {', '.join(files)}\n\n"
+                          + mlflow_links(params, run_id))
     return metrics
 
 
-@task(name="validate-and-curate", tags=["io"], retries=2, retry_delay_seconds=2,
-      retry_condition_fn=_not_rejected, cache_policy=NO_CACHE)
+@task(name="validate-and-curate", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def ingest_task(params: Params, run_id: str, batch_dir: str) -> dict:
     try:
         metrics = ingest_step(params, Path(batch_dir))
@@ -57,17 +50,28 @@ def ingest_task(params: Params, run_id: str, batch_dir: str) -> dict:
     tracking.log_metrics(params, run_id, {f"ingest.{k}": v for k, v in metrics.items()})
     table = [{"metric": k, "value": v} for k, v in metrics.items()]
     create_table_artifact(key="validation-summary", table=table,
-                          description=f"Batch `{batch_dir}` passed every contract rule")
+                          description=f"Batch `{batch_dir}` passed every contract rule\n\n" + mlflow_links(params, run_id))
     return metrics
 
 
 @flow(name="ingest", log_prints=True)
-def ingest(batch_dir: str | None = None, ingest: IngestConfig | None = None,
-           params_file: str | None = None, parent_run_id: str | None = None) -> dict:
-    """Validate a batch folder (default: paths.raw_batch) and write it as curated Parquet."""
-    params, _ = flow_params(params_file, ingest=ingest)
+def ingest(batch_dir: str = "", ingest: IngestConfig = IngestConfig(), params_file: str = DEFAULT_PARAMS,
+           isolate: bool = True) -> dict:
+    """Validate a batch folder against the data contract and write it as curated Parquet.
+
+    Run after `generate` (or on your own batch); `features` reads what it writes.
+
+    Args:
+        batch_dir: The batch folder; empty = paths.raw_batch of the params file (where `generate` writes).
+        ingest: The ingest section of the params file. Fields you leave as shown keep the params file's
+            values; a changed field is an override.
+        params_file: Parameters file, relative to the project folder (e.g. params/small.yaml).
+        isolate: Runs with overrides or another params file log to their own MLflow experiment and
+            write to their own folders; untick to write into the params file's.
+    """
+    params, _ = flow_params(params_file, "ingest", isolate, ingest=ingest)
     batch = batch_dir or str(params.path("raw_batch"))
-    with tracking.tracked_run(params, "ingest", parent_run_id, tags={"scenerec.flow": "ingest"}) as run_id:
+    with mlflow_run(params, "ingest") as run_id:
         tracking.log_params(params, run_id, {"ingest": params.ingest.model_dump(mode="json"), "batch_dir": batch})
         metrics = ingest_task(params, run_id, batch)
     get_run_logger().info("batch %s accepted: %s", batch, metrics)
@@ -75,10 +79,23 @@ def ingest(batch_dir: str | None = None, ingest: IngestConfig | None = None,
 
 
 @flow(name="generate", log_prints=True)
-def generate(out_dir: str | None = None, generate: GenerateConfig | None = None, seed: int | None = None,
-             params_file: str | None = None, parent_run_id: str | None = None) -> dict:
-    """Write a synthetic batch in the raw data contract, with the oracle truth file."""
-    params, _ = flow_params(params_file, generate=generate, seed=seed)
-    with tracking.tracked_run(params, "generate", parent_run_id, tags={"scenerec.flow": "generate"}) as run_id:
+def generate(out_dir: str = "", generate: GenerateConfig = GenerateConfig(), seed: int = SEED,
+             params_file: str = DEFAULT_PARAMS, isolate: bool = True) -> dict:
+    """Write a synthetic batch in the raw data contract, with the oracle truth file.
+
+    The first flow of a tour: then `ingest`, `features`, `llm`, `hkfr`, `ctr`; `news` stands alone.
+
+    Args:
+        out_dir: Where to write the batch; empty = paths.raw_batch of the params file.
+        generate: The generate section of the params file (size of the synthetic world). Fields you
+            leave as shown keep the params file's values; a changed field is an override.
+        seed: Random seed; as shown = the params file's.
+        params_file: Parameters file, relative to the project folder (e.g. params/small.yaml).
+        isolate: Runs with overrides or another params file log to their own MLflow experiment and
+            write to their own folders; untick to write into the params file's.
+    """
+    params, _ = flow_params(params_file, "generate", isolate, generate=generate,
+                            seed=None if seed == SEED else seed)
+    with mlflow_run(params, "generate") as run_id:
         tracking.log_params(params, run_id, {"seed": params.seed, "generate": params.generate.model_dump(mode="json")})
-        return generate_task(params, run_id, out_dir)
+        return generate_task(params, run_id, out_dir or None)

@@ -12,8 +12,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
-from components.config import ContrastiveConfig, DistillConfig, EmbedConfig, LLMConfig, Params
-from flows.settings import flow_params
+from components.config import DEFAULT_PARAMS, ContrastiveConfig, DistillConfig, EmbedConfig, LLMConfig, Params
+from flows.settings import IO_RETRIES, TRAIN_RETRIES, flow_params, mlflow_links, mlflow_run
 
 
 def _logged(params: Params, run_id: str, prefix: str, metrics: dict) -> dict:
@@ -21,51 +21,68 @@ def _logged(params: Params, run_id: str, prefix: str, metrics: dict) -> dict:
     return metrics
 
 
-@task(name="build-corpus", tags=["io"], cache_policy=NO_CACHE)
+@task(name="build-corpus", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def corpus_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "corpus", steps.corpus_step(params))
 
 
-@task(name="continual-pretraining", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="continual-pretraining", tags=["gpu"], cache_policy=NO_CACHE, **TRAIN_RETRIES)
 def pretrain_task(params: Params, run_id: str) -> dict:
     # A retry resumes from the last checkpoint instead of starting over.
     return steps.pretrain_step(params, run_id=run_id)
 
 
-@task(name="mine-pairs", tags=["io"], cache_policy=NO_CACHE)
+@task(name="mine-pairs", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def pairs_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "pairs", steps.pairs_step(params))
 
 
-@task(name="contrastive-fine-tuning", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="contrastive-fine-tuning", tags=["gpu"], cache_policy=NO_CACHE, **TRAIN_RETRIES)
 def contrastive_task(params: Params, run_id: str, model: str) -> dict:
     return steps.contrastive_step(params, model, run_id=run_id)
 
 
-@task(name="homodistil", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="homodistil", tags=["gpu"], cache_policy=NO_CACHE, **TRAIN_RETRIES)
 def distill_task(params: Params, run_id: str) -> dict:
     return steps.distill_step(params, run_id=run_id)
 
 
-@task(name="embed-scenes-and-pois", tags=["gpu"], cache_policy=NO_CACHE, log_prints=False)
+@task(name="embed-scenes-and-pois", tags=["gpu"], cache_policy=NO_CACHE, log_prints=False, **IO_RETRIES)
 def embed_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "embed", steps.embed_step(params))
 
 
 @flow(name="llm", log_prints=True)
-def llm(llm: LLMConfig | None = None, contrastive: ContrastiveConfig | None = None,
-        distill: DistillConfig | None = None, embed: EmbedConfig | None = None,
-        params_file: str | None = None, parent_run_id: str | None = None) -> dict:
+def llm(llm: LLMConfig = LLMConfig(), contrastive: ContrastiveConfig = ContrastiveConfig(),
+        distill: DistillConfig = DistillConfig(), embed: EmbedConfig = EmbedConfig(),
+        params_file: str = DEFAULT_PARAMS, isolate: bool = True) -> dict:
     """Turn the curated data into a pretrained LM, a scene encoder, its distilled student and
-    cached scene / PoI embeddings in the feature store."""
-    params, _ = flow_params(params_file, llm=llm, contrastive=contrastive, distill=distill, embed=embed)
+    cached scene / PoI embeddings in the feature store.
+
+    Run after `features`; `hkfr` and the LARR models of `ctr` read what it writes.
+
+    Args:
+        llm: Corpus, tokenizer, model and continual pretraining (the llm section of the params file).
+        contrastive: Pair mining and contrastive fine-tuning of the scene encoder.
+        distill: HomoDistil: pruning the pretrained model while distilling it.
+        embed: The embed section: which encoder writes the scene / PoI embeddings into Feast.
+        params_file: Parameters file, relative to the project folder (e.g. params/small.yaml).
+        isolate: Runs with overrides or another params file log to their own MLflow experiment and
+            registered models and write to their own folders; untick to write into the params file's.
+
+    In every section, fields you leave as shown keep the params file's values; a changed field is an override.
+    """
+    params, _ = flow_params(params_file, "llm", isolate, llm=llm, contrastive=contrastive, distill=distill,
+                            embed=embed)
     results: dict = {}
+    runs: dict = {}
 
     def stage(name: str, fn, *args):
-        with tracking.tracked_run(params, name, parent_run_id, tags={"scenerec.flow": "llm"}) as run_id:
+        with mlflow_run(params, "llm", step=name) as run_id:
             section = steps.STEP_SECTIONS[name]
             tracking.log_params(params, run_id, {section: getattr(params, section).model_dump(mode="json")})
             results[name] = fn(params, run_id, *args)
+            runs[name] = run_id
         return results[name]
 
     stage("corpus", corpus_task)
@@ -77,5 +94,7 @@ def llm(llm: LLMConfig | None = None, contrastive: ContrastiveConfig | None = No
     stage("embed", embed_task)
     table = [{"stage": s, "metric": k, "value": v} for s, m in results.items() for k, v in m.items()
              if any(w in k for w in ("loss", "ppl", "recall", "mrr", "params", "tokens_per_s", "texts_per_s"))]
-    create_table_artifact(key="llm-summary", table=table, description="LLM stages: losses, perplexity, retrieval")
+    links = "\n".join(f"{s}: " + mlflow_links(params, r)[2:] for s, r in runs.items())
+    create_table_artifact(key="llm-summary", table=table,
+                          description="LLM stages: losses, perplexity, retrieval\n\n" + links)
     return results

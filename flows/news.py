@@ -7,40 +7,54 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
-from components.config import NewsConfig
-from flows.settings import flow_params, flow_run_id, publish_comparison
+from components.config import DEFAULT_PARAMS, NewsConfig
+from flows.settings import (IO_RETRIES, TRAIN_RETRIES, flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run, publish_comparison,
+                            tag_version)
 
 
-@task(name="mind-data", tags=["io"], cache_policy=NO_CACHE)
+@task(name="mind-data", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def data_task(params) -> dict:
     return steps.news_data_step(params)
 
 
-@task(name="train-perconet", tags=["gpu"], cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="train-perconet", tags=["gpu"], cache_policy=NO_CACHE, **TRAIN_RETRIES)
 def train_task(params) -> dict:
     # A retry resumes from the last finished epoch.
     return steps.news_step(params)
 
 
-@task(name="register-news-model", tags=["io"], cache_policy=NO_CACHE)
+@task(name="register-news-model", tags=["io"], cache_policy=NO_CACHE, **IO_RETRIES)
 def register_task(params, run_id: str) -> dict:
     return steps.news_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
 
 @flow(name="news", log_prints=True)
-def news(mind_dir: str | None = None, news: NewsConfig | None = None, params_file: str | None = None,
-         parent_run_id: str | None = None) -> dict:
-    """Train and register the news recommender on a MIND folder (path; empty = synthetic world)."""
-    section = news.model_dump(mode="json") if news is not None else {}
+def news(mind_dir: str = "", news: NewsConfig = NewsConfig(), params_file: str = DEFAULT_PARAMS,
+         isolate: bool = True) -> dict:
+    """Train and register the news recommender on a MIND folder (empty = synthetic world).
+
+    Independent of the other flows: it needs no earlier step.
+
+    Args:
+        mind_dir: A folder with train/ and dev/ in the MIND format; empty = news.mind_dir of the params
+            file (null there = generate the synthetic world).
+        news: The news section of the params file. Fields you leave as shown keep the params file's
+            values; a changed field is an override.
+        params_file: Parameters file, relative to the project folder (e.g. params/small.yaml).
+        isolate: Runs with overrides or another params file log to their own MLflow experiment and
+            registered model and write to their own folders; untick to write into the params file's.
+    """
+    section = news.model_dump(mode="json", exclude_defaults=True)
     if mind_dir:
         section["mind_dir"] = mind_dir
-    params, _ = flow_params(params_file, news=section or None)
-    with tracking.tracked_run(params, "news", parent_run_id, tags={"scenerec.flow": "news"}) as run_id:
+    params, _ = flow_params(params_file, "news", isolate, news=section)
+    with mlflow_run(params, "news") as run_id:
         tracking.log_params(params, run_id, {"seed": params.seed, "news": params.news.model_dump(mode="json")})
         data = data_task(params)
         metrics = train_task(params)
         tracking.log_metrics(params, run_id, {**{f"data.{k}": v for k, v in data.items()}, **metrics})
         result = register_task(params, run_id)
-    verdict = publish_comparison("news-champion-vs-challenger", result)
+        tag_version(params, result, {"architecture": "perconet", **prefect_run()})
+    verdict = publish_comparison("news-champion-vs-challenger", result, mlflow_links(params, run_id, result))
     print(verdict)
     return {"metrics": metrics, "registry": {k: v for k, v in result.items() if not k.endswith("_metrics")}}

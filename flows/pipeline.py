@@ -13,9 +13,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import tracking
-from components.config import (ContrastiveConfig, CTRConfig, DistillConfig, EmbedConfig, FeaturesConfig,
-                               GenerateConfig, HKFRConfig, IngestConfig, LLMConfig, NewsConfig, Params)
-from components.versioning import record_outputs
+from components.config import (DEFAULT_PARAMS, SEED, ContrastiveConfig, CTRConfig, DistillConfig, EmbedConfig,
+                               FeaturesConfig, GenerateConfig, HKFRConfig, IngestConfig, LLMConfig, NewsConfig, Params,
+                               is_profile)
+from components.versioning import record_run
 from flows.ctr import ctr as ctr_flow
 from flows.features import features as features_flow
 from flows.hkfr import hkfr as hkfr_flow
@@ -23,16 +24,16 @@ from flows.ingest import generate as generate_flow
 from flows.ingest import ingest as ingest_flow
 from flows.llm import llm as llm_flow
 from flows.news import news as news_flow
-from flows.settings import flow_params
+from flows.settings import IO_RETRIES, flow_params, mlflow_links, mlflow_run, pipeline_context
 
 DVC_STAGES = ["generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher", "distill",
               "contrastive_student", "embed", "knowledge", "instruct", "hkfr_register", "ctr", "ctr_register", "news_data", "news",
               "news_register"]
 
 
-@task(name="record-in-dvc", cache_policy=NO_CACHE)
-def record_task(params: Params) -> str:
-    return record_outputs(params.root, DVC_STAGES)
+@task(name="record-in-dvc", cache_policy=NO_CACHE, **IO_RETRIES)
+def record_task(params: Params, custom_batch: bool) -> str:
+    return record_run(params, DVC_STAGES, custom_batch)
 
 
 def ctr_lines(ctr: dict | None) -> list[str]:
@@ -92,37 +93,57 @@ def where_to_look(params: Params, metrics: dict) -> str:
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: GenerateConfig | None = None,
-             ingest: IngestConfig | None = None, features: FeaturesConfig | None = None,
-             llm: LLMConfig | None = None, contrastive: ContrastiveConfig | None = None,
-             distill: DistillConfig | None = None, embed: EmbedConfig | None = None,
-             hkfr: HKFRConfig | None = None, ctr: CTRConfig | None = None, news: NewsConfig | None = None,
-             params_file: str | None = None) -> dict:
-    """Run the platform end to end on a synthetic batch (default) or on your own batch folder."""
-    params, overridden = flow_params(params_file, seed=seed, generate=generate, ingest=ingest, features=features,
-                                     llm=llm, contrastive=contrastive, distill=distill, embed=embed, hkfr=hkfr,
-                                     ctr=ctr, news=news)
+def pipeline(batch_dir: str = "", seed: int = SEED, generate: GenerateConfig = GenerateConfig(),
+             ingest: IngestConfig = IngestConfig(), features: FeaturesConfig = FeaturesConfig(),
+             llm: LLMConfig = LLMConfig(), contrastive: ContrastiveConfig = ContrastiveConfig(),
+             distill: DistillConfig = DistillConfig(), embed: EmbedConfig = EmbedConfig(),
+             hkfr: HKFRConfig = HKFRConfig(), ctr: CTRConfig = CTRConfig(), news: NewsConfig = NewsConfig(),
+             params_file: str = DEFAULT_PARAMS, isolate: bool = True) -> dict:
+    """Run the platform end to end: generate, ingest, features, llm, hkfr, ctr, news.
+
+    Args:
+        batch_dir: Your batch folder (the data contract); empty = generate a synthetic batch first.
+        seed: Random seed; as shown = the params file's.
+        generate: Size of the synthetic world (the generate section of the params file).
+        ingest: Validation and curation.
+        features: Feature tables and Feast.
+        llm: Corpus, tokenizer, model and continual pretraining.
+        contrastive: Pair mining and contrastive fine-tuning of the scene encoder.
+        distill: HomoDistil.
+        embed: Which encoder writes the scene / PoI embeddings.
+        hkfr: HKFR instruction tuning.
+        ctr: The CTR / CTCVR model; pick it from the drop-down.
+        news: PerCoNet news recommendation.
+        params_file: Parameters file, relative to the project folder (e.g. params/small.yaml for the
+            two-minute tour).
+        isolate: With overrides or another params file, the whole run logs to its own MLflow
+            experiment and registered models and writes to its own data folder; untick to write
+            into the params file's.
+
+    In every section, fields you leave as shown keep the params file's values; a changed field is an override.
+    """
+    seed_override = None if seed == SEED else seed
+    sections = dict(generate=generate, ingest=ingest, features=features, llm=llm, contrastive=contrastive,
+                    distill=distill, embed=embed, hkfr=hkfr, ctr=ctr, news=news)
+    params, overridden = flow_params(params_file, None, isolate, seed=seed_override, **sections)
     logger = get_run_logger()
-    params_path = str(params.root / "params.yaml") if params_file is None else params_file
-    sections = dict(generate=generate, ingest=ingest, features=features)
-    with tracking.tracked_run(params, "pipeline", tags={"scenerec.flow": "pipeline"}) as run_id:
-        if batch_dir is None:
-            generate_flow(generate=sections["generate"], seed=seed, params_file=params_path, parent_run_id=run_id)
+    common = dict(params_file=params_file, isolate=isolate)
+    with mlflow_run(params, "pipeline") as run_id, pipeline_context(run_id, overridden, isolate):
+        if not batch_dir:
+            generate_flow(generate=generate, seed=seed, **common)
             batch = str(params.path("raw_batch"))
         else:
             batch = batch_dir
-        ingested = ingest_flow(batch_dir=batch, ingest=sections["ingest"], params_file=params_path,
-                               parent_run_id=run_id)
-        feats = features_flow(features=sections["features"], params_file=params_path, parent_run_id=run_id)
-        llm_results = llm_flow(llm=llm, contrastive=contrastive, distill=distill, embed=embed,
-                               params_file=params_path, parent_run_id=run_id)
-        hkfr_results = hkfr_flow(hkfr=hkfr, params_file=params_path, parent_run_id=run_id)
-        ctr_results = ctr_flow(ctr=ctr, params_file=params_path, parent_run_id=run_id)
-        news_results = news_flow(news=news, params_file=params_path, parent_run_id=run_id)
-        if batch_dir is None and not overridden:
-            logger.info(record_task(params))
+        ingested = ingest_flow(batch_dir=batch, ingest=ingest, **common)
+        feats = features_flow(features=features, **common)
+        llm_results = llm_flow(llm=llm, contrastive=contrastive, distill=distill, embed=embed, **common)
+        hkfr_results = hkfr_flow(hkfr=hkfr, **common)
+        ctr_results = ctr_flow(ctr=ctr, **common)
+        news_results = news_flow(news=news, **common)
+        if overridden or is_profile(params_file):
+            logger.info("profile or overridden parameters: outputs not recorded in dvc.lock")
         else:
-            logger.info("custom batch or overridden parameters: outputs not recorded in dvc.lock")
+            logger.info(record_task(params, bool(batch_dir)))
         metrics = {"ingest": ingested, "features": feats, "llm": llm_results, "hkfr": hkfr_results,
                    "ctr": ctr_results,
                    "news": news_results}
@@ -133,6 +154,7 @@ def pipeline(batch_dir: str | None = None, seed: int | None = None, generate: Ge
         except Exception:  # noqa: BLE001 - only for the closing hint
             pass
         summary = where_to_look(params, metrics)
-        create_markdown_artifact(key="pipeline-summary", markdown="```\n" + summary + "\n```")
+        create_markdown_artifact(key="pipeline-summary",
+                                 markdown="```\n" + summary + "\n```\n\n" + mlflow_links(params, run_id))
         tracking.log_dict(params, run_id, metrics, "pipeline_metrics.json")
     return {"summary": summary, **metrics}

@@ -1,23 +1,110 @@
-"""How a flow run turns its UI form / call arguments into one validated ``Params``."""
+"""How a flow run turns its UI form / call arguments into one validated ``Params``, opens its MLflow
+run linked to the Prefect run, and links its artifacts back to MLflow."""
 from __future__ import annotations
 
-from pydantic import BaseModel
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator, Mapping
 
-from components.config import Params, load_params
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel, ValidationError
+
+from components import tracking
+from components.config import DEFAULT_PARAMS, Params, ParamsError, for_overrides, for_profile, is_profile, load_params
+
+# Set by the pipeline flow for the flows it calls: its MLflow run (the parent of theirs) and its
+# namespace decision, so that parent_run_id is no form parameter and every step agrees.
+_PIPELINE: ContextVar[dict | None] = ContextVar("scenerec_pipeline", default=None)
+
+# The `paths` fields each flow writes: an overridden run writes these into folders of its own.
+FLOW_OUTPUTS = {"generate": ("raw_batch",), "ingest": ("curated_dir", "quarantine_dir"),
+                "features": ("features_dir",), "llm": ("llm_dir", "embeddings_dir"), "hkfr": ("hkfr_dir",),
+                "ctr": ("ctr_dir",), "news": ("news_dir",)}
+
+# Failures a retry cannot fix: the data, the parameters or the code are wrong (a pydantic
+# ValidationError is a ValueError), a required input is missing, or the lock wait was already
+# as long as the user allowed (reliability.lock_timeout_s).
+PERMANENT_ERRORS = (ValueError, TypeError, KeyError, IndexError, AssertionError, NotImplementedError,
+                    FileNotFoundError, TimeoutError, ValidationError, ParamsError)
+PERMANENT_NAMES = {"BatchRejected", "MindRejected", "ParamsError", "LockTimeout"}
 
 
-def flow_params(params_file: str | None, **sections: BaseModel | dict | int | None) -> tuple[Params, bool]:
-    """Load params.yaml and lay the sections given to the flow over it.
+def transient_only(task, task_run, state) -> bool:
+    """Prefect retry condition: retry I/O trouble (a locked SQLite store, a network blip, a full
+    queue), never an error that would fail again the same way."""
+    try:
+        state.result()
+    except Exception as e:  # noqa: BLE001 - classifying the failure only
+        return not isinstance(e, PERMANENT_ERRORS) and type(e).__name__ not in PERMANENT_NAMES
+    return True
 
-    Returns the params and whether anything was overridden (an overridden run does not match
-    params.yaml, so its outputs must not be recorded in dvc.lock).
-    """
-    overrides = {}
+
+# Tasks that touch MLflow, Feast or the file system: 3 retries after ~2, 4, 8 s (+/- jitter).
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+              "retry_jitter_factor": 0.5, "retry_condition_fn": transient_only}
+# Training tasks resume from their checkpoint: one retry, same condition.
+TRAIN_RETRIES = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": transient_only}
+
+
+def overrides_of(**sections: BaseModel | dict | int | None) -> dict:
+    """The parts of the given sections that differ from what the form showed (params.yaml's values,
+    the models' defaults); an untouched section is no override."""
+    out = {}
     for name, value in sections.items():
-        if value is None:
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json", exclude_defaults=True)
+        if value is None or value == {}:
             continue
-        overrides[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-    return load_params(params_file, overrides=overrides), bool(overrides)
+        out[name] = value
+    return out
+
+
+def flow_params(params_file: str | None, flow: str | None = None, isolate: bool = True,
+                **sections: BaseModel | dict | int | None) -> tuple[Params, bool]:
+    """Load params.yaml (or ``params_file``) and lay the changed fields of the sections over it.
+
+    Returns the params and whether anything was overridden. With ``isolate`` (default), another
+    params file runs in its own namespace (experiment, registered models, data folder named after
+    it) and an overridden run in ``-overrides`` ones, writing ``flow``'s outputs to folders of its
+    own; inside a pipeline run, every flow takes the pipeline's decision.
+    """
+    overrides = overrides_of(**sections)
+    params_file = None if params_file in (None, "", DEFAULT_PARAMS) else params_file
+    params = load_params(params_file, overrides=overrides)
+    outer = _PIPELINE.get()
+    if outer is not None:
+        overridden, isolate, outputs = outer["overridden"], outer["isolate"], None
+    else:
+        overridden, outputs = bool(overrides), FLOW_OUTPUTS.get(flow or "")
+    if isolate and is_profile(params_file):
+        params = for_profile(params, params_file)
+    if isolate and overridden:
+        params = for_overrides(params, outputs)
+    return params, overridden
+
+
+@contextmanager
+def pipeline_context(run_id: str, overridden: bool, isolate: bool) -> Iterator[None]:
+    """Inside this block, flows called by the pipeline nest their MLflow runs under ``run_id``."""
+    token = _PIPELINE.set({"run_id": run_id, "overridden": overridden, "isolate": isolate})
+    try:
+        yield
+    finally:
+        _PIPELINE.reset(token)
+
+
+def prefect_run() -> dict[str, str]:
+    """Id, name and UI address of the current Prefect flow run (empty outside one)."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    if not run_id:
+        return {}
+    out = {"prefect.flow_run_id": str(run_id), "prefect.flow_run_name": str(flow_run.get_name() or "")}
+    url = flow_run.get_flow_run_ui_url()
+    if url:
+        out["prefect.flow_run_url"] = str(url)
+    return out
 
 
 def flow_run_id() -> str | None:
@@ -27,9 +114,43 @@ def flow_run_id() -> str | None:
     return flow_run.id or None
 
 
-def publish_comparison(key: str, result: dict) -> str:
+@contextmanager
+def mlflow_run(params: Params, flow: str, step: str | None = None,
+               tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """The flow's MLflow run, named ``<flow>/<prefect run name>[/<step>]`` and tagged with the Prefect
+    flow run (id, name, UI URL); nested under the pipeline's run inside a pipeline."""
+    prefect = prefect_run()
+    name = "/".join(x for x in (flow, prefect.get("prefect.flow_run_name"), step) if x)
+    all_tags = {"scenerec.flow": flow, "scenerec.step": step or flow, **prefect, **(tags or {})}
+    parent = (_PIPELINE.get() or {}).get("run_id")
+    with tracking.tracked_run(params, name, parent, tags=all_tags) as run_id:
+        yield run_id
+
+
+def mlflow_links(params: Params, run_id: str, registry: Mapping | None = None) -> str:
+    """Markdown links to the MLflow run (and the registered model version, when given)."""
+    base = params.tracking.ui_url.rstrip("/")
+    exp = tracking.configure(params)
+    lines = [f"- MLflow run: [{run_id}]({base}/#/experiments/{exp}/runs/{run_id})"]
+    if registry:
+        name, version = registry["name"], registry["version"]
+        lines.append(f"- Model version: [{name} v{version}]({base}/#/models/{name}/versions/{version})"
+                     + (f" (alias `{registry['alias']}`)" if registry.get("alias") else ""))
+    return "\n".join(lines)
+
+
+def tag_version(params: Params, registry: Mapping, tags: Mapping[str, str]) -> None:
+    """Tag the registered model version with the Prefect flow run that made it."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking.tracking_uri(params))
+    for k, v in tags.items():
+        client.set_model_version_tag(registry["name"], str(registry["version"]), k, v)
+
+
+def publish_comparison(key: str, result: dict, links: str = "") -> str:
     """A Prefect table artifact ``key``: the register step's metrics, challenger beside champion on
-    the same data, described by the verdict; returns the verdict (one line)."""
+    the same data, described by the verdict and the MLflow links; returns the verdict (one line)."""
     from prefect.artifacts import create_table_artifact
 
     rows = [{"metric": k, "challenger": v, "champion": (result["champion_metrics"] or {}).get(k, "—"),
@@ -37,5 +158,5 @@ def publish_comparison(key: str, result: dict) -> str:
             for k, v in result["challenger_metrics"].items()]
     verdict = (f"{result['name']} v{result['version']} -> {result['alias']}: "
                f"{result['reason']}")
-    create_table_artifact(key=key, table=rows, description=verdict)
+    create_table_artifact(key=key, table=rows, description=verdict + ("\n\n" + links if links else ""))
     return verdict

@@ -17,7 +17,7 @@ Choices of ours:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +159,23 @@ def with_user_knowledge(params: Params, training_set: pd.DataFrame) -> pd.DataFr
     return out
 
 
+def with_scene_numeric(df: pd.DataFrame, cfg_features) -> pd.DataFrame:
+    """``df`` with ``scene__<col>`` numeric copies of the scene columns (hour / weekday from ``ts``
+    or ``event_timestamp`` when the frame lacks them)."""
+    if all(f"scene__{c}" in df for c in SCENE_NUMERIC):
+        return df
+    from components.features.engineering import scene_features
+
+    src = df.rename(columns={"event_timestamp": "ts"}) if "ts" not in df else df
+    if not all(c in src for c in ("hour", "day_of_week", "is_weekend")):
+        src = scene_features(src[SCENE_COLUMNS], cfg_features)
+    out = df.copy()
+    for c in SCENE_NUMERIC:
+        v = src[c].astype(object).map(lambda x: float(x) if isinstance(x, (bool, np.bool_)) else x)
+        out[f"scene__{c}"] = pd.to_numeric(v, errors="coerce").to_numpy(np.float64)
+    return out
+
+
 def time_split(request_ts: np.ndarray, cfg: CTRConfig) -> tuple[int, int]:
     """(valid_start_ns, test_start_ns): request-time quantiles of the split."""
     t = np.sort(np.asarray(request_ts))
@@ -173,7 +190,10 @@ def time_split(request_ts: np.ndarray, cfg: CTRConfig) -> tuple[int, int]:
 # Encoder: fitted on the training period, then applied to any frame (training, test, serving)
 
 FEATURE_PREFIXES = ("user_stats__", "user_profile__", "poi_stats__", "context_stats__", "poi_profile__",
-                    "user_knowledge__")
+                    "user_knowledge__", "scene__")
+# Scene columns the models also read as numbers (besides their IDs / LLM embeddings), so a world with
+# another temperature range or a stronger temperature effect needs no band edges to be learnt.
+SCENE_NUMERIC = ("temperature_c", "hour", "day_of_week", "is_weekend", "is_holiday")
 # Dense descriptions of the user (their stated profile, HKFR's knowledge embedding): besides the
 # numeric input, the model projects them into the user embedding, so they meet every candidate
 # in the user x item interaction, which is what a cold user (no ID embedding of their own) lacks.
@@ -200,11 +220,16 @@ class FeatureEncoder:
     std: np.ndarray
     n_categories: int
     n_bands: dict[str, int]
+    # Quantile bin edges of the PoI attributes (price, rating, delivery), learnt on the PoIs open in
+    # the training period; empty = the fixed ``features.*_band_edges`` (encoders saved before).
+    bin_edges: dict[str, list[float]] = field(default_factory=dict)
 
     # -- fitting -------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, train: pd.DataFrame, behaviors: pd.DataFrame, pois: pd.DataFrame, cutoff_ns: int) -> "FeatureEncoder":
-        """Fit on training impressions and the behaviours logged before ``cutoff_ns``."""
+    def fit(cls, train: pd.DataFrame, behaviors: pd.DataFrame, pois: pd.DataFrame, cutoff_ns: int,
+            n_bins: int = 4) -> "FeatureEncoder":
+        """Fit on training impressions and the behaviours logged before ``cutoff_ns``; PoI price,
+        rating and delivery bins are ``n_bins`` quantiles of the PoIs open before it."""
         seen_b = behaviors[_ts_ns(behaviors["ts"]) < cutoff_ns]
         users = Vocab(sorted(set(train["user_id"].astype(str)) | set(seen_b["user_id"].astype(str))))
         poi_ids = set(train["poi_id"].astype(str)) | set(seen_b["poi_id"].dropna().astype(str))
@@ -221,10 +246,11 @@ class FeatureEncoder:
         mean = np.where(np.isfinite(mean), mean, 0.0)
         std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
         n_cat = int(max(pois_category_index(pois).max() + 1, 1))
-        bands = {k: int(train[f"poi_profile__{k}"].max()) + 2 for k in ("price_band", "rating_band", "delivery_band")
-                 if f"poi_profile__{k}" in train}
+        open_pois = pois[_ts_ns(pois["opened_at"]) < cutoff_ns]
+        edges = {k: quantile_edges(open_pois[col], n_bins) for k, col in POI_BINNED.items()}
+        bands = {k: len(e) + 2 for k, e in edges.items()}  # 0 = unknown, then len(e) + 1 bins
         return cls(users, known_pois, contexts, scene, numeric, mean.astype(np.float32), std.astype(np.float32),
-                   n_cat, bands)
+                   n_cat, bands, edges)
 
     @staticmethod
     def _numeric_raw(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
@@ -239,14 +265,15 @@ class FeatureEncoder:
         return {"users": self.users.to_list(), "pois": self.pois.to_list(), "contexts": self.contexts.to_list(),
                 "scene": {k: v.to_list() for k, v in self.scene.items()}, "numeric": self.numeric,
                 "mean": self.mean.tolist(), "std": self.std.tolist(), "n_categories": self.n_categories,
-                "n_bands": self.n_bands}
+                "n_bands": self.n_bands, "bin_edges": self.bin_edges}
 
     @classmethod
     def from_json(cls, d: dict) -> "FeatureEncoder":
         return cls(Vocab.from_list(d["users"]), Vocab.from_list(d["pois"]), Vocab.from_list(d["contexts"]),
                    {k: Vocab.from_list(v) for k, v in d["scene"].items()}, list(d["numeric"]),
                    np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32), int(d["n_categories"]),
-                   {k: int(v) for k, v in d["n_bands"].items()})
+                   {k: int(v) for k, v in d["n_bands"].items()},
+                   {k: [float(x) for x in v] for k, v in d.get("bin_edges", {}).items()})
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json()))
@@ -276,6 +303,17 @@ class FeatureEncoder:
                  for v in views]
         out = np.nan_to_num(z, nan=0.0).astype(np.float32)
         return np.concatenate([out, np.stack(flags, 1).astype(np.float32)], 1) if flags else out
+
+
+POI_BINNED = {"price_band": "price", "rating_band": "rating", "delivery_band": "delivery_minutes"}
+
+
+def quantile_edges(values, n_bins: int) -> list[float]:
+    """Inner edges of ``n_bins`` equal-count bins of the non-null ``values`` (fewer when values tie)."""
+    x = pd.to_numeric(pd.Series(values), errors="coerce").dropna().to_numpy(np.float64)
+    if len(x) == 0 or n_bins < 2:
+        return []
+    return [float(e) for e in np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)[1:-1]))]
 
 
 def time_slot_index(slots, cfg_features) -> np.ndarray:
@@ -322,12 +360,14 @@ class PoiTable:
             dim = len(next(iter(m.values())))
             emb = np.stack([np.asarray(m[i], np.float32) if i in m else np.zeros(dim, np.float32) for i in ids])
         rating = pd.to_numeric(pois["rating"], errors="coerce").to_numpy()
+        edges = {k: enc.bin_edges.get(k, getattr(cfg_features, f"{k}_edges")) for k in POI_BINNED}
+        price_raw = pd.to_numeric(pois["price"], errors="coerce")
         return cls(
             ids, {p: i for i, p in enumerate(ids)}, enc.pois.encode(ids), pois_category_index(pois),
-            _bands(pd.to_numeric(pois["price"]).to_numpy(), cfg_features.price_band_edges) + 1,
-            np.where(np.isnan(rating), 0, _bands(np.nan_to_num(rating), cfg_features.rating_band_edges) + 1),
-            _bands(pd.to_numeric(pois["delivery_minutes"]).to_numpy(), cfg_features.delivery_band_edges) + 1,
-            lat, lon, emb, np.log(np.clip(pd.to_numeric(pois["price"], errors="coerce").fillna(30.0).to_numpy(), 1.0, None))
+            _bands(pd.to_numeric(pois["price"]).to_numpy(), edges["price_band"]) + 1,
+            np.where(np.isnan(rating), 0, _bands(np.nan_to_num(rating), edges["rating_band"]) + 1),
+            _bands(pd.to_numeric(pois["delivery_minutes"]).to_numpy(), edges["delivery_band"]) + 1,
+            lat, lon, emb, np.log(np.clip(price_raw.fillna(price_raw.median()).to_numpy(), 1e-3, None))
             .astype(np.float32),
         )
 
@@ -424,7 +464,7 @@ def encode_requests(frame: pd.DataFrame, enc: FeatureEncoder, pois: PoiTable, hi
                     scene_value_ids: list[str] | None = None) -> RequestData:
     """Group a training-set-like frame (one row per candidate; ``event_timestamp`` or ``ts``) by request.
     ``scene_value_ids`` are the rows of the scene-embedding table the batches will read."""
-    df = frame.rename(columns={"event_timestamp": "ts"}).copy()
+    df = with_scene_numeric(frame.rename(columns={"event_timestamp": "ts"}), cfg_features)
     df["ts"] = pd.to_datetime(df["ts"], utc=True)
     if truth is not None and len(truth):
         df = df.merge(truth[["request_id", "poi_id", "p_click", "p_order"]], on=["request_id", "poi_id"], how="left")
@@ -615,7 +655,7 @@ def build_dataset(params: Params, sources: CTRSources | None = None) -> CTRDatas
     """Split, fit the encoder on the training period and encode the three splits."""
     cfg = params.ctr
     src = sources or load_sources(params)
-    df = src.training_set
+    df = with_scene_numeric(src.training_set, params.features)
     req_ts = df.groupby("request_id")["event_timestamp"].min()
     valid_start, test_start = time_split(_ts_ns(req_ts), cfg)
     rts = _ts_ns(df["request_id"].map(req_ts))
@@ -624,7 +664,7 @@ def build_dataset(params: Params, sources: CTRSources | None = None) -> CTRDatas
     for name, part in parts.items():
         if part.empty:
             raise ValueError(f"the {name} split is empty: too few requests ({len(req_ts)}) for the ctr split fractions")
-    enc = FeatureEncoder.fit(parts["train"], src.behaviors, src.pois, valid_start)
+    enc = FeatureEncoder.fit(parts["train"], src.behaviors, src.pois, valid_start, cfg.numeric_bins)
     poi_table = PoiTable.build(src.pois, enc, params.features, src.poi_embeddings)
     opened = dict(zip(src.pois["poi_id"].astype(str), src.pois["opened_at"]))
     hist = History.build(src.behaviors, poi_table, enc, cfg, params.features)

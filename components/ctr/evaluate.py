@@ -51,7 +51,7 @@ def score_metrics(scores: dict, data: RequestData) -> dict:
 def evaluate(model, ds: CTRDataset, cfg: CTRConfig, data: RequestData | None = None) -> tuple[dict, dict]:
     """(metrics, plots) of ``model`` on the test split (or ``data``)."""
     data = data or ds.test
-    scores = predict(model, data, ds, cfg)
+    scores = model.predict(data, ds) if model.name == "lightgbm" else predict(model, data, ds, cfg)
     metrics = score_metrics(scores, data)
     plots = {
         "roc": [dict(task=t, **pt) for t, (label, _) in TASKS.items() for pt in roc_points(scores[label], scores[t])],

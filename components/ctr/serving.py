@@ -43,9 +43,13 @@ class CTRScorer:
     def save(self, out_dir: Path) -> Path:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), out_dir / "model.pt")
         meta = {"name": self.model.name, "ctr": self.cfg.model_dump(mode="json"),
-                "features": self.features.model_dump(mode="json"), "shapes": self.model.shapes.__dict__}
+                "features": self.features.model_dump(mode="json")}
+        if self.model.name == "lightgbm":  # the GBDT family (components/ctr/tabular.py)
+            self.model.save(out_dir)
+        else:
+            torch.save(self.model.state_dict(), out_dir / "model.pt")
+            meta["shapes"] = self.model.shapes.__dict__
         (out_dir / "model.json").write_text(json.dumps(meta, indent=2))
         self.encoder.save(out_dir / "encoder.json")
         return out_dir
@@ -57,9 +61,14 @@ class CTRScorer:
             raise FileNotFoundError(f"{model_dir}: no CTR model here (model.json missing; run `scenerec ctr` first)")
         meta = json.loads((model_dir / "model.json").read_text())
         cfg, features = CTRConfig(**meta["ctr"]), FeaturesConfig(**meta["features"])
+        encoder = FeatureEncoder.load(model_dir / "encoder.json")
+        if meta["name"] == "lightgbm":
+            from components.ctr.tabular import GBDTModel
+
+            return cls(GBDTModel.load(model_dir), encoder, cfg, features)
         model = CTRModel(meta["name"], cfg, ModelShapes(**meta["shapes"]))
         model.load_state_dict(torch.load(model_dir / "model.pt", map_location=device))
-        return cls(model.to(device), FeatureEncoder.load(model_dir / "encoder.json"), cfg, features)
+        return cls(model.to(device), encoder, cfg, features)
 
     def prepare(self, frame: pd.DataFrame, behaviors: pd.DataFrame, pois: pd.DataFrame,
                 poi_embeddings: pd.DataFrame | None, scene_embeddings: pd.DataFrame | None,
@@ -81,6 +90,8 @@ class CTRScorer:
         from components.ctr.train import predict
 
         ds = CTRDataset(self.encoder, poi_table, history, data, data, data, scene_table, 0, 0)
+        if self.model.name == "lightgbm":
+            return self.model.predict(data, ds)
         if scene_table is not None and self._cached_table is not scene_table:  # rows index this table
             self.model.use_scene_table(scene_table)
             self._cached_table = scene_table

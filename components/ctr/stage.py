@@ -42,7 +42,14 @@ def train_and_evaluate(params: Params, run_id: str | None = None, model_name: st
         if run_id:
             tracking.log_metrics(params, run_id, {f"train.{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
 
-    model, info = train_model(name, ds, cfg, seed=params.seed, ckpt_dir=out_dir / CHECKPOINTS, log=log)
+    if name == "lightgbm":  # the GBDT family: variant chosen on validation, no epochs to resume
+        from components.ctr.tabular import train_gbdt
+
+        model, info = train_gbdt(ds, seed=params.seed, max_history=cfg.max_history,
+                                 log=lambda row, _: log(row, 0))
+        info.update(history=[], best_epoch=0, parameters=sum(b.num_trees() for b in model.boosters.values()))
+    else:
+        model, info = train_model(name, ds, cfg, seed=params.seed, ckpt_dir=out_dir / CHECKPOINTS, log=log)
     metrics, plots = evaluate(model, ds, cfg)
     model_dir = out_dir / MODEL_DIR
     if model_dir.exists():

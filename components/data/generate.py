@@ -382,6 +382,8 @@ class Clock:
 class Climate:
     weather: np.ndarray  # [city, hour] WEATHERS index
     temp: np.ndarray  # [city, hour] °C
+    offset: float = 0.0  # GenerateConfig.temperature_offset
+    effect: float = 1.0  # GenerateConfig.temperature_effect
 
 
 def _clock(cfg: GenerateConfig) -> Clock:
@@ -401,7 +403,9 @@ def _clock(cfg: GenerateConfig) -> Clock:
     return Clock(start_s, span, int(cfg.cold_start_after * span), start_s // 3600 - 24, int(day0), hol, weekday)
 
 
-def _climate(clock: Clock, rng: np.random.Generator) -> Climate:
+def _climate(clock: Clock, rng: np.random.Generator, offset: float = 0.0) -> Climate:
+    """Weather and temperature per city and hour; ``offset`` moves every city's seasonal mean
+    (a company in a colder or warmer market sees another temperature range)."""
     n_hours = (clock.span_s + 3600) // 3600 + 48
     hours = clock.hour0 + np.arange(n_hours)
     n_days = n_hours // 24 + 2
@@ -417,7 +421,7 @@ def _climate(clock: Clock, rng: np.random.Generator) -> Climate:
         for d in range(1, n_days):
             anom[d] = 0.7 * anom[d - 1] + eps[d]
         a_h = np.interp(np.arange(n_hours) / 24.0, np.arange(n_days), anom)
-        base = city["t_mean"] - city["t_amp"] * np.cos(2 * np.pi * (doy - 20) / 365.2425) + a_h
+        base = offset + city["t_mean"] - city["t_amp"] * np.cos(2 * np.pi * (doy - 20) / 365.2425) + a_h
         # Weather: Markov chain on 6-hour blocks (each block keeps the last with WEATHER_STAY).
         n_blocks = n_hours // 6 + 1
         draws = WEATHER_OF_MIX[rng.choice(5, n_blocks, p=np.array(city["mix"]) / sum(city["mix"]))]
@@ -429,7 +433,7 @@ def _climate(clock: Clock, rng: np.random.Generator) -> Climate:
         diurnal = city["diurnal"] * WEATHER_DIURNAL[w] * np.cos(2 * np.pi * (hod - 15) / 24)
         t = base + diurnal + WEATHER_TEMP[w] + rng.normal(0, 0.4, n_hours)
         weather[c], temp[c] = w, np.clip(np.round(t, 1), -40, 50)
-    return Climate(weather, temp)
+    return Climate(weather, temp, offset)
 
 
 @dataclass
@@ -541,7 +545,8 @@ def _pois(cfg: GenerateConfig, clock: Clock, districts, rng) -> Pois:
     city_price = np.array([c["price"] for c in CITIES])[city]
     price = np.round(CAT_PRICE[cat] * city_price * np.exp(rng.normal(0, 0.25, n) + 0.1 * quality), 1)
     price = np.maximum(price, 3.0)
-    rating = np.clip(np.round(4.3 + 0.35 * quality + rng.normal(0, 0.1, n), 1), 1.0, 5.0)
+    # Platforms differ in how ratings are written (inflated near 5, or spread out): same quality, other scale.
+    rating = np.clip(np.round(cfg.rating_mean + cfg.rating_spread * quality + rng.normal(0, 0.1, n), 1), 1.0, 5.0)
     delivery = CAT_DELIVERY[cat] * np.exp(rng.normal(0, 0.18, n)) + rng.normal(0, 3, n)
     delivery = np.clip(np.round(delivery), 10, 90).astype(np.int64)
     pop = rng.normal(0, 0.5, n) + 0.2 * quality
@@ -560,7 +565,9 @@ def _pois(cfg: GenerateConfig, clock: Clock, districts, rng) -> Pois:
         "poi_id": np.array([f"p{i:06d}" for i in range(n)], dtype=object),
         "name": names,
         "category": np.array([CATEGORIES[k].name for k in cat], dtype=object),
-        "price": price.astype(np.float64),
+        # Currencies and price levels differ between companies: only the written scale changes, the
+        # utility reads the internal log price, so the world's behaviour is the same at any scale.
+        "price": np.round(price * cfg.price_scale, 2).astype(np.float64),
         "rating": rating.astype(np.float64),
         "delivery_minutes": delivery,
         "geohash": geohash_encode(lat, lon, POI_PRECISION),
@@ -685,14 +692,17 @@ def _scenes(users: Users, clock: Clock, climate: Climate, districts, rng, user: 
     weather = climate.weather[city, h]
     temp = climate.temp[city, h]
     dtemp = temp - climate.temp[city, h - 24]
+    temp_offset, temp_effect = climate.offset, climate.effect
 
     # The scene's shift of what is wanted (TASTE_DIMS: warm, spicy, heavy, sweet, snack).
     sh = np.zeros((n, len(TASTE_DIMS)), np.float32)
-    hot = np.maximum(temp - 22, 0)
-    sh[:, 0] = -0.07 * (temp - 15) - 0.06 * np.minimum(dtemp, 0) + WEATHER_WARM[weather]
-    sh[:, 2] = WEATHER_HEAVY[weather] - 0.03 * hot
-    sh[:, 3] = 0.04 * hot
-    sh[:, 4] = 0.03 * hot
+    hot = np.maximum(temp - 22 - temp_offset, 0)  # "hot" and "cold" are relative to what the market is used to
+    # How much temperature matters differs by market and cuisine (``temperature_effect`` scales it).
+    te = np.float32(temp_effect)
+    sh[:, 0] = te * (-0.07 * (temp - 15 - temp_offset) - 0.06 * np.minimum(dtemp, 0)) + WEATHER_WARM[weather]
+    sh[:, 2] = WEATHER_HEAVY[weather] - te * 0.03 * hot
+    sh[:, 3] = te * 0.04 * hot
+    sh[:, 4] = te * 0.03 * hot
     sh += SLOT_SHIFT[slot] + LOCATION_SHIFT[loc] + DAYTYPE_SHIFT[daytype]
     theta = users.taste[user] + sh
     office_lunch = (loc == 1) & (slot == 1)
@@ -976,7 +986,8 @@ def _world(cfg: GenerateConfig, seed: int):
     the log is drawn from ``streams[5:]`` afterwards."""
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
     clock = _clock(cfg)
-    climate = _climate(clock, streams[0])
+    climate = _climate(clock, streams[0], cfg.temperature_offset)
+    climate.effect = cfg.temperature_effect
     districts = _districts(streams[1])
     pois = _pois(cfg, clock, districts, streams[2])
     users = _users(cfg, clock, districts, streams[3])

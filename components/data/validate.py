@@ -223,7 +223,13 @@ def _read_file(path: Path) -> pd.DataFrame:
 
 
 def _find_table_file(batch_dir: Path, name: str) -> list[Path]:
-    return [p for p in (batch_dir / f"{name}.parquet", batch_dir / f"{name}.csv") if p.is_file()]
+    return [p for p in (batch_dir / f"{name}.parquet", batch_dir / f"{name}.csv") if p.is_file() or p.is_symlink()]
+
+
+def _symlink_failure(table: str, path: Path) -> Failure:
+    """A batch holds real files: a link could point anywhere (or change after validation)."""
+    return Failure(table, "*", "symlink", 0, [f"{path.name} -> {os.readlink(path)}"],
+                   f"{path} is a symbolic link; copy the file into the batch folder instead")
 
 
 def read_table(path: Path, table: Table, max_examples: int) -> tuple[pd.DataFrame | None, list[Failure], list[str]]:
@@ -284,6 +290,9 @@ def _read_batch(batch_dir: Path, cfg: IngestConfig):
             failures.append(Failure(name, "*", "ambiguous_file", 0, [f.name for f in files],
                                     "keep exactly one of the Parquet and CSV files"))
             continue
+        if files[0].is_symlink():
+            failures.append(_symlink_failure(name, files[0]))
+            continue
         df, fails, warns = read_table(files[0], CONTRACT[name], cfg.max_examples)
         failures += fails
         warnings += warns
@@ -294,6 +303,10 @@ def _read_batch(batch_dir: Path, cfg: IngestConfig):
             bad_columns[name] = set(df.columns) if df.empty else {f.column for f in fails if f.rule == "type"}
 
     truth_path = batch_dir / TRUTH / "impressions.parquet"
+    for link in (batch_dir / TRUTH, truth_path):
+        if link.is_symlink():
+            failures.append(_symlink_failure(TRUTH, link))
+            return tables, failures, warnings, bad_columns
     if (batch_dir / TRUTH).is_dir():
         truth, fails = _read_truth(truth_path, cfg.max_examples)
         failures += fails

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from components.atomic import crash_point, sweep_temp_files, write_parquet_atomic, write_text_atomic
 from components.config import FeaturesConfig
 from components.data.contract import AGE_GROUPS, BEHAVIORS, GENDERS
 
@@ -532,12 +533,14 @@ def build_feature_tables(curated_dir: Path, cfg: FeaturesConfig, out_dir: Path) 
         "context_stats": context_stats(b, attrs, cfg),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_temp_files(out_dir)  # left by a killed run; the caller holds the features lock
     schema = feature_schema(cfg)
     for name, df in tables.items():
         expected = [KEYS[name], TIMESTAMP] + [c for c, _ in schema[name]]
         assert list(df.columns) == expected, f"{name}: columns {list(df.columns)} != schema {expected}"
-        df.to_parquet(out_dir / f"{name}.parquet", index=False)
-    (out_dir / "vocab.json").write_text(json.dumps(asdict(vocab), indent=2) + "\n")
+        write_parquet_atomic(df, out_dir / f"{name}.parquet")
+        crash_point("features.tables")
+    write_text_atomic(out_dir / "vocab.json", json.dumps(asdict(vocab), indent=2) + "\n")
     rows = {name: int(len(df)) for name, df in tables.items()}
     stats = {
         "rows": rows,
@@ -547,5 +550,5 @@ def build_feature_tables(curated_dir: Path, cfg: FeaturesConfig, out_dir: Path) 
         "last_snapshot": str(tables["user_stats"][TIMESTAMP].max()) if rows["user_stats"] else None,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_text_atomic(out_dir / "stats.json", json.dumps(stats, indent=2) + "\n")
     return rows

@@ -8,6 +8,7 @@ the Parquet feature tables under ``paths.features_dir`` (see feature_repo/data_s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import io
 import json
@@ -29,6 +30,7 @@ from feast.repo_config import RepoConfig
 from feast.repo_contents import RepoContents
 from feast.repo_operations import apply_total_with_repo_instance, get_repo_files
 
+from components.atomic import crash_point, write_parquet_atomic, write_text_atomic
 from components.config import Params, load_params
 from components.features.engineering import KEYS, TABLES, TIMESTAMP, scene_features
 
@@ -212,24 +214,66 @@ def _fingerprint(fv: FeatureView) -> str:
     return json.dumps([schema, fv.batch_source.path if fv.batch_source else None, str(fv.ttl)])
 
 
+def _content_hash(path: Path) -> str:
+    """md5 of a feature table's bytes: whether its rows may have changed since the last load."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _reset_online_table(store: FeatureStore, fv: FeatureView) -> None:
+    """Drop and recreate the online table of ``fv``: rows of entities a new batch no longer has
+    must not be served (materialisation only upserts)."""
+    online = store._get_provider().online_store
+    online.update(store.config, tables_to_delete=[fv], tables_to_keep=[], entities_to_delete=[],
+                  entities_to_keep=[], partial=True)  # drops first, so two calls: drop, then create
+    online.update(store.config, tables_to_delete=[], tables_to_keep=[fv], entities_to_delete=[],
+                  entities_to_keep=[], partial=True)
+
+
+def recover_stuck_views(params: Params, store: FeatureStore | None = None) -> list[str]:
+    """Views a killed materialisation left ``MATERIALIZING`` (Feast then refuses to serve them) go
+    back to ``GENERATED`` and lose their materialisation state, so the next :func:`materialize`
+    reloads them. Call it holding the features lock: then no live run is materialising them."""
+    from feast.feature_view import FeatureViewState
+
+    store = store or get_store(params)
+    stuck = [fv.name for fv in store.list_feature_views()
+             if getattr(fv, "state", None) == FeatureViewState.MATERIALIZING]
+    if not stuck:
+        return []
+    for name in stuck:
+        store.set_feature_view_state(name, FeatureViewState.GENERATED)
+    state_file = feast_dir(params) / "materialized.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    write_text_atomic(state_file, json.dumps({k: v for k, v in state.items() if k not in stuck}, indent=1) + "\n")
+    log.warning("feature views left MATERIALIZING by a killed run, reset for reloading: %s", stuck)
+    return stuck
+
+
 def materialize(params: Params, end: datetime | None = None, views: list[str] | None = None,
                 full: bool = False) -> dict:
-    """Incremental materialisation of every view up to ``end`` (default: latest feature time + 1 s).
+    """Make the online store hold exactly the latest row per entity of every view's offline table,
+    up to ``end`` (default: latest feature time + 1 s).
 
-    Each view restarts from its last materialised end minus ``materialize_overlap_hours`` (late
-    data); a view never materialised, or whose schema / source changed since, starts at
-    ``end - ttl`` (static views: at the epoch). Feast's ``materialize_incremental`` would start a
-    first run at *now* - ttl, which skips all data of a replayed or historical batch, and keeps
-    its old intervals across a schema change, hence the explicit windows.
-    ``views`` restricts the run to those views; a view whose table has not been written yet
-    (e.g. the LLM embeddings before the LLM stages ran) is skipped. ``full`` reloads the whole
-    table (for tables rewritten in place with unchanged timestamps, like re-computed embeddings).
-    Returns entity rows written, rows read, seconds per view and overall rows/s.
+    The feature tables are rebuilt whole from curated data on every run, so a replaced batch, an
+    appended one or late data may change rows at *any* timestamp; a watermark (re-read from the
+    last end minus an overlap) would keep stale rows and miss older ones. So a view whose table
+    changed (md5), whose schema / source / ttl changed, or that was never loaded, is reloaded in
+    full: its online table is emptied, then materialised from ``end - ttl`` (static views: the
+    epoch), the same window the point-in-time join honours. An unchanged table only loads rows
+    past the end it was loaded to. ``full`` reloads every view. The view's state entry is dropped
+    before its reload and written after it, so a run killed half-way reloads that view next time.
+    ``views`` restricts the run to those views; a view whose table does not exist yet (e.g. the LLM
+    embeddings before the LLM stages ran) is skipped. Returns entity rows written, rows read,
+    seconds per view, views reloaded and overall rows/s.
     """
     end = end or latest_feature_time(params) + timedelta(seconds=1)
     end = end if end.tzinfo else end.replace(tzinfo=timezone.utc)
     store = get_store(params)
-    overlap = timedelta(hours=params.features.materialize_overlap_hours)
+    recovered = recover_stuck_views(params, store)
     state_file = feast_dir(params) / "materialized.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     only = views
@@ -237,34 +281,43 @@ def materialize(params: Params, end: datetime | None = None, views: list[str] | 
     views = [v for v in views if (only is None or v.name in only) and _source_path(params, v.name).exists()]
     if not views:
         raise RuntimeError(f"no feature views in the registry under {feast_dir(params)}: run apply_definitions first")
-    written, read, seconds = {}, {}, {}
+    written, read, seconds, reloaded = {}, {}, {}, []
     for fv in views:
-        last = fv.most_recent_end_time if state.get(fv.name) == _fingerprint(fv) and not full else None
-        if full:
-            start = _EPOCH
-        elif last is not None:
-            start = (last if last.tzinfo else last.replace(tzinfo=timezone.utc)) - overlap
-        elif fv.ttl and fv.ttl.total_seconds() > 0:
-            start = end - fv.ttl
-        else:
-            start = _EPOCH
         table = fv.name
-        if start >= end:
-            written[fv.name], read[fv.name], seconds[fv.name] = 0, 0, 0.0
-            continue
+        source = _content_hash(_source_path(params, table))
+        entry = state.get(fv.name)
+        entry = entry if isinstance(entry, dict) else {}  # an older state format: reload
+        floor = end - fv.ttl if fv.ttl and fv.ttl.total_seconds() > 0 else _EPOCH
+        same = not full and entry.get("view") == _fingerprint(fv) and entry.get("source") == source
+        if same:
+            start = max(datetime.fromisoformat(entry["end"]), floor)
+        else:
+            state.pop(fv.name, None)
+            write_text_atomic(state_file, json.dumps(state, indent=1) + "\n")
+            _reset_online_table(store, fv)
+            crash_point("materialize.after_reset")
+            reloaded.append(fv.name)
+            start = floor
         t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):  # progress bars and banners
-            store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
+        if start < end:
+            with contextlib.redirect_stdout(io.StringIO()):  # progress bars and banners
+                store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
+            read[fv.name], written[fv.name] = _window_rows(params, table, start, end, fv.entity_columns[0].name)
+        else:
+            read[fv.name], written[fv.name] = 0, 0
         seconds[fv.name] = round(time.perf_counter() - t0, 3)
-        read[fv.name], written[fv.name] = _window_rows(params, table, start, end, fv.entity_columns[0].name)
-        state[fv.name] = _fingerprint(fv)
-        state_file.write_text(json.dumps(state, indent=1) + "\n")
+        loaded_to = max(end, datetime.fromisoformat(entry["end"])) if same else end
+        state[fv.name] = {"view": _fingerprint(fv), "source": source, "end": loaded_to.isoformat()}
+        write_text_atomic(state_file, json.dumps(state, indent=1) + "\n")
     total_s = sum(seconds.values())
     total = sum(written.values())
     return {
         "rows": written,
         "rows_read": read,
         "seconds": seconds,
+        "reloaded": reloaded,
+        "views_reloaded": len(reloaded),
+        "views_recovered": len(recovered),
         "rows_total": total,
         "rows_per_s": round(total / total_s, 1) if total_s > 0 else 0.0,
         "end": end.isoformat(),
@@ -347,9 +400,28 @@ def build_training_set(params: Params) -> Path:
         raise FileNotFoundError(f"{path}: curated impressions missing (run `scenerec ingest` first)")
     df = training_frame(params, pd.read_parquet(path))
     out = params.path("features_dir") / TRAINING_SET
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(out, index=False)
+    write_parquet_atomic(df, out)
     return out
+
+
+def ensure_servable(params: Params, store: FeatureStore | None = None) -> list[str]:
+    """Reload the views a killed materialisation left unservable (``MATERIALIZING``), unless a live
+    run holds the features lock (then it is materialising them now); returns the views reloaded."""
+    from feast.feature_view import FeatureViewState
+
+    from components.locks import LockTimeout, hold
+
+    store = store or get_store(params)
+    stuck = [fv.name for fv in store.list_feature_views()
+             if getattr(fv, "state", None) == FeatureViewState.MATERIALIZING and _source_path(params, fv.name).exists()]
+    if not stuck:
+        return []
+    try:
+        with hold(params, "features", "reload of feature views a killed run left MATERIALIZING", timeout_s=0):
+            materialize(params, views=stuck)
+    except LockTimeout:
+        return []
+    return stuck
 
 
 def online_features(params: Params, user_id: str, poi_id: str, context_id: str | None = None) -> dict:
@@ -358,6 +430,8 @@ def online_features(params: Params, user_id: str, poi_id: str, context_id: str |
     Without ``context_id`` the context features are left out.
     """
     store = get_store(params)
+    if ensure_servable(params, store):
+        store = get_store(params)
     row = {"user_id": str(user_id), "poi_id": str(poi_id)}
     if context_id is not None:
         row["context_id"] = str(context_id)

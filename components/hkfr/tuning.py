@@ -107,13 +107,14 @@ def _instruct(params: Params, train: pd.DataFrame, run_id: str | None) -> dict:
     from torch.optim.lr_scheduler import LambdaLR
 
     from components.llm.contrastive import batch_indices
-    from components.llm.model import count_parameters, load_pretrained
+    from components.llm.model import count_parameters, load_pretrained, require_causal
     from components.training import MlflowLog, Recipe, fit, make_accelerator
 
     cfg = params.hkfr
     t0 = time.perf_counter()
     acc = make_accelerator(cfg.mixed_precision, seed=params.seed)
     model, tok = load_pretrained(base_dir(params))
+    require_causal(model, "HKFR instruction tuning")
     examples = encode(tok, train, cfg.max_knowledge_tokens, cfg.max_length)
     per_process = max(1, cfg.batch_size // acc.num_processes)
 

@@ -25,7 +25,7 @@ import torch
 from components.config import Params
 from components.layers import info_nce
 from components.llm.encoder import TextEncoder, register_encoder
-from components.llm.pairs import STRATEGIES, by_strategy, load_pairs
+from components.llm.pairs import STRATEGIES, by_strategy, load_pairs, shares_identifying_span
 from components.training import MlflowLog, Recipe, cpu_threads, fingerprint, fit, make_accelerator
 
 
@@ -123,7 +123,8 @@ def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
         head = list(model.head.parameters())
         head_ids = {id(p) for p in head}
         body = [p for p in model.parameters() if id(p) not in head_ids]
-        return AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
+        groups = [{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}]
+        return AdamW([g for g in groups if g["params"]],  # head_hidden 0: no head group
                      weight_decay=cfg.weight_decay)
 
     def loss(model, step: int):
@@ -177,11 +178,17 @@ def retrieval_metrics(queries: np.ndarray, candidates: np.ndarray, target: np.nd
     """(recall@k, MRR) of finding candidate ``target[i]`` for query i by dot product; ``exclude``:
     (n_queries, n_candidates) cells left out of the ranking (other known positives, the query itself).
     Ties count half, so a constant embedding scores like chance rather than perfectly."""
+    rank = retrieval_ranks(queries, candidates, target, exclude)
+    return float(np.mean(rank < k)), float(np.mean(1.0 / (rank + 1)))
+
+
+def retrieval_ranks(queries: np.ndarray, candidates: np.ndarray, target: np.ndarray, exclude: np.ndarray
+                    ) -> np.ndarray:
+    """0-based rank of each query's target among the candidates it is ranked against (ties count half)."""
     s = queries @ candidates.T
     s = np.where(exclude, -np.inf, s)
     hit = s[np.arange(len(s)), target][:, None]
-    rank = (s > hit).sum(1) + 0.5 * ((s == hit).sum(1) - 1)
-    return float(np.mean(rank < k)), float(np.mean(1.0 / (rank + 1)))
+    return (s > hit).sum(1) + 0.5 * ((s == hit).sum(1) - 1)
 
 
 def retrieval_task(pairs: pd.DataFrame) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
@@ -200,11 +207,16 @@ def retrieval_task(pairs: pd.DataFrame) -> tuple[list[str], list[str], np.ndarra
     return pairs["anchor_text"].tolist(), cands["positive_text"].tolist(), target, exclude
 
 
+def _score(out: dict, prefix: str, q, c, target, exclude, k: int) -> None:
+    out[f"{prefix}.recall_at_{k}"], out[f"{prefix}.mrr"] = retrieval_metrics(q, c, target, exclude, k)
+
+
 def evaluate(encoder: TextEncoder, heldout_pairs: dict[str, pd.DataFrame], untuned: TextEncoder | None = None,
              k: int = 10, batch_size: int = 64, seed: int = 0) -> dict:
     """Per strategy, recall@k and MRR of retrieving each held-out positive among all held-out positives,
     for the fine-tuned encoder, the ``untuned`` one (when given: e.g. the pretrained LM's raw pooled
-    state) and random unit vectors. Keys ``{strategy}.{model}.recall_at_{k}`` / ``.mrr``, plus means."""
+    state) and random unit vectors. Keys ``{strategy}.{model}.recall_at_{k}`` / ``.mrr``, plus means;
+    ``{strategy}.clean.{model}.*``: the same over the queries whose pair shares no identifying span."""
     models = {"finetuned": encoder}
     if untuned is not None:
         models["untuned"] = untuned
@@ -213,8 +225,12 @@ def evaluate(encoder: TextEncoder, heldout_pairs: dict[str, pd.DataFrame], untun
     for strategy, pairs in heldout_pairs.items():
         if len(pairs) == 0:
             continue
-        queries, cands, target, exclude = retrieval_task(pairs.reset_index(drop=True))
+        pairs = pairs.reset_index(drop=True)
+        queries, cands, target, exclude = retrieval_task(pairs)
+        clean = ~np.array([shares_identifying_span(a, p) for a, p in
+                           zip(pairs["anchor_text"], pairs["positive_text"])], dtype=bool)
         out[f"{strategy}.queries"] = len(queries)
+        out[f"{strategy}.clean_queries"] = int(clean.sum())
         out[f"{strategy}.candidates"] = len(cands)
         for name, model in models.items():
             texts = list(dict.fromkeys(queries + cands))  # PoI texts can be both query and candidate
@@ -222,18 +238,23 @@ def evaluate(encoder: TextEncoder, heldout_pairs: dict[str, pd.DataFrame], untun
             pos = {t: i for i, t in enumerate(texts)}
             q = emb[[pos[t] for t in queries]]
             c = emb[[pos[t] for t in cands]]
-            out[f"{strategy}.{name}.recall_at_{k}"], out[f"{strategy}.{name}.mrr"] = \
-                retrieval_metrics(q, c, target, exclude, k)
+            _score(out, f"{strategy}.{name}", q, c, target, exclude, k)
+            if clean.any():
+                _score(out, f"{strategy}.clean.{name}", q[clean], c, target[clean], exclude[clean], k)
         q = rng.standard_normal((len(queries), 64))
         c = rng.standard_normal((len(cands), 64))
-        out[f"{strategy}.random.recall_at_{k}"], out[f"{strategy}.random.mrr"] = \
-            retrieval_metrics(q, c, target, exclude, k)
+        _score(out, f"{strategy}.random", q, c, target, exclude, k)
+        if clean.any():
+            _score(out, f"{strategy}.clean.random", q[clean], c, target[clean], exclude[clean], k)
     strategies = [s for s in heldout_pairs if f"{s}.queries" in out]
     for name in [*models, "random"]:
         for m in (f"recall_at_{k}", "mrr"):
             vals = [out[f"{s}.{name}.{m}"] for s in strategies]
             if vals:
                 out[f"mean.{name}.{m}"] = float(np.mean(vals))
+            vals = [out[f"{s}.clean.{name}.{m}"] for s in strategies if f"{s}.clean.{name}.{m}" in out]
+            if vals:
+                out[f"mean.clean.{name}.{m}"] = float(np.mean(vals))
     return out
 
 

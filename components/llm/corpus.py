@@ -148,22 +148,25 @@ def train_tokenizer(lines: list[str], vocab_size: int, model_max_length: int):
     )
 
 
-def base_tokenizer(base_model: str | Path):
+def base_tokenizer(base_model: str | Path, root: Path | None = None):
     """The base model's own tokenizer (local files only) with our field markers added as special tokens.
 
-    The model's embeddings must then grow to ``len(tokenizer)``: model.build_model does it.
+    ``base_model``: a folder or an installed model package (model.resolve_base_model). The model's
+    embeddings must then grow to ``len(tokenizer)``: model.build_model does it.
     """
     from transformers import AutoTokenizer
 
-    path = Path(base_model)
-    if not path.is_dir():
-        raise FileNotFoundError(f"llm.base_model: {path} is not a folder (a local Hugging Face model is expected)")
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    from components.llm.model import resolve_base_model
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_base_model(base_model, root)), local_files_only=True)
     extra = {"extra_special_tokens": _special_tokens()}
+    # An encoder's documents are [CLS] doc [SEP]: its own markers serve as bos/eos, no new tokens.
+    if tok.bos_token is None and tok.cls_token is not None and tok.sep_token is not None:
+        extra["bos_token"], extra["eos_token"] = tok.cls_token, tok.sep_token
     # Causal-LM tokenizers often lack a pad (and some a bos/eos); packing needs all three.
-    if tok.eos_token is None:
+    elif tok.eos_token is None:
         extra["eos_token"] = EOS
-    if tok.bos_token is None:
+    if tok.bos_token is None and "bos_token" not in extra:
         extra["bos_token"] = tok.eos_token or EOS
     if tok.pad_token is None:
         extra["pad_token"] = PAD
@@ -234,8 +237,7 @@ def build_corpus(params: Params) -> dict:
     (corpus_dir / "heldout.txt").write_text("\n".join(heldout) + "\n", encoding="utf-8")
 
     if cfg.base_model:
-        base = Path(cfg.base_model)
-        tokenizer = base_tokenizer(base if base.is_absolute() else params.root / base)
+        tokenizer = base_tokenizer(cfg.base_model, params.root)
     else:
         tokenizer = train_tokenizer(train, cfg.vocab_size, cfg.max_position)
     check_special_tokens(tokenizer)

@@ -1,8 +1,10 @@
-"""The text embedding model of LARR stage 2: a causal LM backbone, pooling, an MLP head, L2 norm.
+"""The text embedding model of LARR stage 2: a transformer backbone, pooling, an MLP head, L2 norm.
 
 LARR takes the **last token's** hidden state (the only position of a causal LM that has read the
 whole text) through an MLP; cosine similarity is then a dot product of the normalised outputs.
-``pooling="mean"`` (masked mean over tokens) is there to compare against.
+An encoder backbone (BERT family) sees the whole text at every position and is pooled by the masked
+mean, as Sentence-BERT does. ``pooling="auto"`` picks by architecture (model.default_pooling);
+``last`` / ``mean`` force one.
 
 On disk (``TextEncoder.save``)::
 
@@ -80,11 +82,15 @@ def load_backbone(model_dir: str | Path):
 class TextEncoder(nn.Module):
     """Backbone + pooling + MLP head -> L2-normalised embedding of a text."""
 
-    def __init__(self, backbone: nn.Module, tokenizer, pooling: str = "last", head_hidden: int | None = 256,
+    def __init__(self, backbone: nn.Module, tokenizer, pooling: str = "auto", head_hidden: int | None = 256,
                  embed_dim: int | None = 128, max_length: int = 256, truncation_side: str = "left"):
         super().__init__()
+        if pooling == "auto":
+            from components.llm.model import default_pooling
+
+            pooling = default_pooling(backbone.config)
         if pooling not in ("last", "mean"):
-            raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
+            raise ValueError(f"pooling must be 'auto', 'last' or 'mean', got {pooling!r}")
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.pooling = pooling
@@ -167,6 +173,7 @@ class TextEncoder(nn.Module):
                 "attention_mask": batch["attention_mask"].to(self.device)}
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(batch, hidden) from (batch, seq, hidden): the masked mean, or the last non-pad position."""
         if self.pooling == "mean":
             m = mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)

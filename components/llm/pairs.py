@@ -8,8 +8,9 @@ pair positive) and seeded:
   among the user's session starts (a behaviour at least ``history_gap_minutes`` after the previous
   one, with at least ``min_history`` behaviours on each side), so no session is split in two; the
   anchor is the user text of the ``history_window`` behaviours before the cut, the positive the
-  text of the ``history_window`` behaviours from the cut on. ``anchor_id == positive_id`` (the same
-  user; both texts open with the same profile, so part of this task is recognising the user).
+  text of the ``history_window`` behaviours from the cut on, written **without the profile**
+  (age / gender / home): with it, both texts opened with the same verbatim header and matching it
+  solved the task without reading a single behaviour. ``anchor_id == positive_id`` (the same user).
   Held out **by user**: a ``heldout_fraction`` of the eligible users never appear in training.
 * ``poi_poi`` — **PoIs engaged with by the same user in the same scene context.** A basket is the
   set of PoIs a user clicked / favourited / ordered (``poi_behaviors``) in one context (the
@@ -29,6 +30,12 @@ pair positive) and seeded:
 Pairs are spread over their anchors (round-robin over a seeded shuffle) before the caps
 ``pairs_per_strategy`` (train) and ``heldout_pairs`` apply, so heavy users and hit PoIs do not fill
 the quota.
+Shortcuts left in the data are measured, not hidden: :func:`identifying_spans` lists the spans of a
+text that name an entity (the profile header, each ``<name>``), and ``shares_identifying_span``
+marks the pairs whose two texts share one (a user who orders from the same PoI in both halves, or
+whose history already names the PoI they order next). The evaluation reports recall on the pairs
+without such a span beside the overall figure (contrastive.evaluate).
+
 Every frame has ``anchor_text, positive_text, anchor_id, positive_id, anchor_ts, positive_ts``
 (``anchor_ts``: the last behaviour the anchor text shows; ``positive_ts``: the first evidence of the
 positive; NaT for PoI–PoI pairs, which rest on counts) and is written to
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +60,7 @@ SPLITS = ("train", "heldout")
 PAIR_COLUMNS = ["anchor_text", "positive_text", "anchor_id", "positive_id", "anchor_ts", "positive_ts"]
 _BEHAVIOR_COLUMNS = ["ts", "user_id", "poi_id", "behavior", "query", "geohash", "location_type", "weather",
                      "temperature_c", "is_holiday"]
+_MINING_RULES = 2  # 2: user-user positives without the profile header
 _SEED_OFFSET = {"user_user": 11, "poi_poi": 23, "user_poi": 37}
 
 
@@ -93,10 +102,11 @@ class Logs:
             cutoff=cutoff,
         )
 
-    def user_text(self, user_id: str, lo: int, hi: int, window: int, features: FeaturesConfig) -> str:
+    def user_text(self, user_id: str, lo: int, hi: int, window: int, features: FeaturesConfig,
+                  profile: bool = True) -> str:
         """User text of behaviour rows [lo, hi) of ``behaviors`` (only the last ``window`` are written)."""
         return user_text(self.users.loc[user_id], self.behaviors.iloc[max(lo, hi - window):hi], self.pois,
-                         max_events=window, cfg=features)
+                         max_events=window, cfg=features, profile=profile)
 
     def poi_text(self, poi_id: str) -> str:
         return poi_text(self.pois.loc[poi_id])
@@ -106,6 +116,20 @@ def _ns(ts: pd.Series) -> np.ndarray:
     """UTC nanoseconds of a timestamp column (tz-aware ``to_numpy`` would give slow Python objects)."""
     ts = pd.to_datetime(ts, utc=True)
     return ts.dt.tz_localize(None).astype("datetime64[ns]").to_numpy().view("int64")
+
+
+_PROFILE = re.compile(r"<age> .*? <gender> .*? <home> \S+")
+_NAME = re.compile(r"<name> (.*?) (?=<)")
+
+
+def identifying_spans(text: str) -> set[str]:
+    """Spans of a pair text that name an entity: the user profile header and every ``<name>`` value."""
+    return {m.group(0) for m in _PROFILE.finditer(text)} | {"<name> " + m.group(1) for m in _NAME.finditer(text)}
+
+
+def shares_identifying_span(anchor_text: str, positive_text: str) -> bool:
+    """True when the two texts of a pair share a span that names an entity (a shortcut to the match)."""
+    return bool(identifying_spans(anchor_text) & identifying_spans(positive_text))
 
 
 def _utc(ns: int) -> pd.Timestamp:
@@ -161,7 +185,7 @@ def mine_user_user(logs: Logs, cfg: ContrastiveConfig, features: FeaturesConfig,
             end = min(hi, c + cfg.history_window)
             rows.append({
                 "anchor_text": logs.user_text(uid, lo, c, cfg.history_window, features),
-                "positive_text": logs.user_text(uid, c, end, cfg.history_window, features),
+                "positive_text": logs.user_text(uid, c, end, cfg.history_window, features, profile=False),
                 "anchor_id": uid, "positive_id": uid,
                 "anchor_ts": _utc(ts[c - 1]), "positive_ts": _utc(ts[c]),
             })
@@ -285,7 +309,8 @@ def _fingerprint(params: Params) -> dict:
         # Content, not mtime: a `dvc checkout` rewrites the files without changing them.
         p = params.path("curated_dir") / f"{name}.parquet"
         files[name] = _file_hash(p) if p.exists() else None
-    blob = json.dumps([knobs, params.seed, params.features.model_dump(mode="json"), files,
+    # _MINING_RULES: a change to the rules themselves (not a knob) must also re-mine stale pairs.
+    blob = json.dumps([_MINING_RULES, knobs, params.seed, params.features.model_dump(mode="json"), files,
                        active_strategies(cfg)], sort_keys=True, default=str)
     return {"knobs": knobs, "seed": params.seed, "strategies": active_strategies(cfg),
             "hash": hashlib.sha256(blob.encode()).hexdigest()[:16]}

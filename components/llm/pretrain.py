@@ -1,4 +1,7 @@
-"""Continual pretraining of the causal LM on the SceneRec corpus (LARR stage 1, METHODS.md §1).
+"""Continual pretraining of the LM on the SceneRec corpus (LARR stage 1, METHODS.md §1).
+
+The objective fits the model (model.LMObjective): next-token prediction for a causal LM, masked-LM
+(BERT's 80/10/10, the field markers never masked) for an encoder base such as MiniLM.
 
 The loop, nanoGPT-style, in one function:
 
@@ -39,7 +42,7 @@ import torch
 from components.config import Params
 from components import training
 from components.llm.corpus import check_special_tokens, encode_documents, read_lines
-from components.llm.model import build_model, count_parameters
+from components.llm.model import LMObjective, build_model, count_parameters, step_generator
 
 # Knobs that change how often we look or save, not what the model learns: a changed value of
 # one of these still resumes from the existing checkpoints.
@@ -103,15 +106,20 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 
 @torch.no_grad()
-def heldout_perplexity(model, blocks: torch.Tensor, batch_size: int, accelerator) -> float:
-    """exp(mean next-token loss) over ``blocks``; runs on the unwrapped model (no collectives)."""
+def heldout_perplexity(model, blocks: torch.Tensor, batch_size: int, accelerator,
+                       objective: LMObjective | None = None, seed: int = 0) -> float:
+    """exp(mean LM loss) over ``blocks``: next-token perplexity, or for a masked LM the perplexity of
+    the masked tokens under one fixed masking (the same at every evaluation, so the figures compare).
+    Runs on the unwrapped model (no collectives)."""
+    objective = objective or LMObjective()
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    generator = step_generator(seed, -1)
     for i in range(0, len(blocks), batch_size):
         x = blocks[i:i + batch_size].to(accelerator.device)
         with accelerator.autocast():
-            loss = model(input_ids=x, labels=x).loss
+            loss = objective.loss(model, x, generator)
         total += float(loss) * len(x)
         count += len(x)
     model.train(was_training)
@@ -168,12 +176,15 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
     eval_blocks = eval_blocks[np.unique(pick)] if len(eval_blocks) else eval_blocks
 
     model = build_model(cfg, tokenizer, root=params.root)
+    objective = LMObjective.for_model(model, tokenizer, cfg.objective, cfg.mask_probability)
     n_params = count_parameters(model)
     order = BlockOrder(len(train_blocks), cfg.batch_size, params.seed)
     rank = acc.process_index
 
-    def batch(step: int) -> torch.Tensor:
-        return train_blocks[order.batch(step)[rank * per_rank:(rank + 1) * per_rank]].to(acc.device)
+    def batch(step: int) -> tuple[torch.Tensor, torch.Generator]:
+        # The generator draws a masked LM's masks: a pure function of the step, like the blocks.
+        return (train_blocks[order.batch(step)[rank * per_rank:(rank + 1) * per_rank]].to(acc.device),
+                step_generator(params.seed, step, rank))
 
     recipe = training.Recipe(
         model=model,
@@ -183,8 +194,8 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
         scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(
             o, WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)),
         batches=batch,
-        loss=lambda m, x: m(input_ids=x, labels=x).loss,  # labels are shifted inside the model
-        evaluate=lambda m: {"heldout_ppl": heldout_perplexity(m, eval_blocks, per_rank, acc)},
+        loss=lambda m, b: objective.loss(m, *b),  # next-token (labels shifted inside the model) or masked LM
+        evaluate=lambda m: {"heldout_ppl": heldout_perplexity(m, eval_blocks, per_rank, acc, objective, params.seed)},
     )
     logger = training.MlflowLog(params, run_id, prefix="pretrain.")
     fit = training.fit(acc, recipe, steps=cfg.steps, ckpt_dir=ckpt_dir,

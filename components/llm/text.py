@@ -124,14 +124,15 @@ def behavior_texts(events: pd.DataFrame, pois: pd.DataFrame | None = None,
 
 
 def user_text(user, events: pd.DataFrame, pois: pd.DataFrame | None = None, max_events: int = 32,
-              cfg: FeaturesConfig | None = None) -> str:
+              cfg: FeaturesConfig | None = None, profile: bool = True) -> str:
     """A user and their most recent behaviours in their scenes.
 
     ``events``: that user's behaviour rows (ts, behavior, poi_id, query + scene columns), any order;
     ``pois``: curated pois indexed by poi_id, to name the PoIs. Only the last ``max_events`` are
-    written, so users with thousands of behaviours stay bounded.
+    written, so users with thousands of behaviours stay bounded. ``profile=False`` leaves out the
+    age / gender / home fields (the behaviours alone must then say who the user is).
     """
-    head = user_head(user)
+    head = user_head(user) if profile else "<user>"
     if events is None or len(events) == 0:
         return head + " </user>"
     # Stable sort: behaviours in the same second keep their logged order (click before order).

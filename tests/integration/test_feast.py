@@ -121,10 +121,10 @@ def test_apply_and_materialize_under_the_data_folder(project):
                                                   "context_stats")} | {
         f"../data/embeddings/{t}.parquet" for t in ("scene_embeddings", "poi_embeddings")} | {
         "../data/hkfr/user_knowledge.parquet"}
-    # A second, incremental run restarts at the last end (Jan 6 00:00:01) minus the 48 h overlap:
-    # only u1's Jan 5 and u2's Jan 6 snapshots are re-read, not u1's older ones.
+    # A second run over unchanged tables reloads nothing and reads only past the last end
+    # (Jan 6 00:00:01), where there is no row.
     again = materialize(params, end=T("2026-01-07").to_pydatetime())
-    assert again["rows"]["user_stats"] == again["rows_read"]["user_stats"] == 2
+    assert again["reloaded"] == [] and again["rows_read"]["user_stats"] == 0
 
 
 def test_online_features_match_the_latest_snapshot(project):

@@ -42,13 +42,17 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
     client = mlflow.MlflowClient(tracking_uri(params))
     exp = client.get_experiment_by_name(params.tracking.experiment)
     runs = client.search_runs([exp.experiment_id])
-    names = {r.info.run_name for r in runs}
+    names = {r.data.tags["scenerec.step"] for r in runs}
     steps = {"generate", "ingest", "features", "corpus", "pretrain", "pairs", "contrastive_teacher", "distill",
              "contrastive_student", "embed", "hkfr", "ctr", "news"}
     assert {"pipeline"} | steps <= names
-    parent = next(r for r in runs if r.info.run_name == "pipeline")
-    children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    parent = next(r for r in runs if r.data.tags["scenerec.step"] == "pipeline")
+    children = {r.data.tags["scenerec.step"] for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert children == steps
+    # named <flow>/<Prefect run name>[/<step>] and tagged with the Prefect flow run
+    assert all(r.info.run_name.startswith(r.data.tags["scenerec.flow"] + "/") for r in runs)
+    assert all(r.data.tags.get("prefect.flow_run_id") for r in runs)
 
     # both encoders registered; the scene embeddings are in the online store
     registered = {m.name for m in client.search_registered_models()}
@@ -88,7 +92,7 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
     assert all(v is not None and v.ndim == 1 and v.size > 0 for v in emb.values())
     for r in runs:
         assert "git_commit" in r.data.tags and "data_version" in r.data.tags
-    ingest_run = next(r for r in runs if r.info.run_name == "ingest")
+    ingest_run = next(r for r in runs if r.data.tags["scenerec.step"] == "ingest")
     assert ingest_run.data.metrics, "validation metrics were logged"
 
     # Prefect artifacts with the validation summary and feature statistics

@@ -55,3 +55,20 @@ def test_overrides_merge_without_dropping_siblings():
     base = load_params(REPO / "params.yaml")
     assert p.generate.n_users == 77
     assert p.generate.n_pois == base.generate.n_pois
+
+
+def test_tuned_params_file_is_merged_over_params_yaml(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert load_params(tmp_path / "params.yaml").ctr.lr == raw["ctr"]["lr"]
+    (tmp_path / "params.tuned.yaml").write_text("ctr: {lr: 0.00123, embed_dim: 8}\n")
+    p = load_params(tmp_path / "params.yaml")
+    assert (p.ctr.lr, p.ctr.embed_dim) == (0.00123, 8)
+    assert p.ctr.epochs == raw["ctr"]["epochs"]  # siblings kept
+    assert load_params(tmp_path / "params.yaml", {"ctr": {"lr": 0.5}}).ctr.lr == 0.5  # explicit overrides win
+    (tmp_path / "params.tuned.yaml").write_text("ctr: {lr: -1}\n")
+    with pytest.raises(ParamsError, match="ctr.lr"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.tuned.yaml").write_text("- not a mapping\n")
+    with pytest.raises(ParamsError, match="params.tuned.yaml"):
+        load_params(tmp_path / "params.yaml")

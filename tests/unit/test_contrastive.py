@@ -92,6 +92,11 @@ def test_finetuned_encoder_beats_random_on_heldout_pairs(world):
             assert scores[f"mean.{model}.{m}"] == pytest.approx(np.mean(per))
     assert scores["mean.finetuned.recall_at_10"] > scores["mean.random.recall_at_10"]
     assert scores["mean.finetuned.mrr"] > scores["mean.random.mrr"]
+    # the shortcut-free subset is reported beside the overall figure, over fewer (or as many) queries
+    for s in STRATEGIES:
+        assert 0 < scores[f"{s}.clean_queries"] <= scores[f"{s}.queries"]
+        assert 0.0 <= scores[f"{s}.clean.finetuned.recall_at_10"] <= 1.0
+    assert "mean.clean.finetuned.mrr" in scores
 
 
 def test_encoder_save_load_roundtrip_is_exact(world, tmp_path):

@@ -254,3 +254,33 @@ def test_encoder_marks_profile_and_knowledge_columns_as_user_dense():
                          np.ones(5, np.float32), 1, {})
     assert enc.sizes()["user_dense"] == [1, 3]
     assert enc.numeric_matrix(pd.DataFrame({c: [1.0] for c in cols})).shape == (1, 5 + 4)
+
+
+def test_quantile_edges_follow_the_data_not_a_fixed_scale():
+    from components.ctr.data import quantile_edges
+
+    rng = np.random.default_rng(0)
+    prices = rng.lognormal(3.5, 0.5, 4000)
+    edges = quantile_edges(prices, 4)
+    assert len(edges) == 3
+    np.testing.assert_allclose(quantile_edges(prices * 7.0, 4), np.array(edges) * 7.0, rtol=1e-9)
+    counts = np.bincount(np.searchsorted(edges, prices, side="right"), minlength=4)
+    assert counts.min() > 900  # equal-count bins
+    assert quantile_edges([np.nan, None], 4) == []
+
+
+def test_scene_columns_reach_the_model_as_numbers():
+    import pandas as pd
+
+    from components.config import FeaturesConfig
+    from components.ctr.data import SCENE_NUMERIC, with_scene_numeric
+
+    df = pd.DataFrame({"ts": pd.to_datetime(["2026-01-01T12:30:00Z", "2026-01-03T20:00:00Z"]),
+                       "geohash": ["wx4g0", "wx4g0"], "location_type": ["home", "office"],
+                       "weather": ["sunny", "rainy"], "temperature_c": [3.5, -2.0], "is_holiday": [True, None]})
+    out = with_scene_numeric(df, FeaturesConfig())
+    assert [f"scene__{c}" for c in SCENE_NUMERIC] == [c for c in out.columns if c.startswith("scene__")]
+    assert out["scene__temperature_c"].tolist() == [3.5, -2.0]
+    assert out["scene__hour"].tolist() == [12.0, 20.0]
+    assert out["scene__is_weekend"].tolist() == [0.0, 1.0]  # 2026-01-03 is a Saturday
+    assert out["scene__is_holiday"].iloc[0] == 1.0 and np.isnan(out["scene__is_holiday"].iloc[1])

@@ -278,3 +278,26 @@ def test_hidden_variables_are_the_worlds_latents():
         assert residual.std() == pytest.approx(std, abs=0.05 + 0.1 * std)
         want = hidden["requests"][[c for c in hidden["requests"] if c.startswith("want_")]]
         assert want.notna().all().all() and want.shape[1] == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# World-family knobs (benchmarks/worlds.py): what real logs change between companies
+# ---------------------------------------------------------------------------------------------
+def test_price_scale_changes_only_the_written_prices():
+    base = generate_tables(SMALL, seed=5)
+    scaled = generate_tables(SMALL.model_copy(update={"price_scale": 7.0}), seed=5)
+    np.testing.assert_allclose(scaled["pois"]["price"], np.round(base["pois"]["price"] * 7.0, 2))
+    # Same world behind the currency: the same clicks and orders.
+    pd.testing.assert_frame_equal(base["impressions"], scaled["impressions"])
+
+
+def test_rating_scale_and_temperature_knobs_move_what_is_written():
+    base = generate_tables(SMALL, seed=5)
+    inflated = generate_tables(SMALL.model_copy(update={"rating_mean": 4.7, "rating_spread": 0.1}), seed=5)
+    assert inflated["pois"]["rating"].std() < base["pois"]["rating"].std()
+    assert inflated["pois"]["rating"].mean() > base["pois"]["rating"].mean() + 0.2
+    warm = generate_tables(SMALL.model_copy(update={"temperature_offset": 10.0}), seed=5)
+    diff = warm["impressions"]["temperature_c"].mean() - base["impressions"]["temperature_c"].mean()
+    assert 9.0 < diff < 11.0
+    strong = generate_tables(SMALL.model_copy(update={"temperature_effect": 3.0}), seed=5)
+    assert not strong["impressions"]["click"].equals(base["impressions"]["click"])

@@ -6,7 +6,8 @@ import pytest
 
 from components.config import ContrastiveConfig
 from components.llm.pairs import (
-    PAIR_COLUMNS, Logs, by_strategy, cooccurrence_pairs, load_pairs, mine_pairs, pairs_dir, read_curated,
+    PAIR_COLUMNS, Logs, by_strategy, cooccurrence_pairs, identifying_spans, load_pairs, mine_pairs, pairs_dir,
+    read_curated, shares_identifying_span,
 )
 from tests.factories import make_tiny_params, tiny_root
 
@@ -110,3 +111,35 @@ def test_logs_split_cutoff_follows_heldout_fraction(mined):
     logs = Logs.build(behaviors, users, pois, heldout_fraction=0.25)
     share = (logs.behaviors["ts"] >= logs.cutoff).mean()
     assert 0.2 < share < 0.3
+
+
+def test_user_user_texts_share_no_profile_header(mined):
+    _, pairs, _, users, _ = mined
+    from components.llm.text import user_head
+
+    heads = {u["user_id"]: user_head(u) for u in users.to_dict("records")}
+    for split in ("train", "heldout"):
+        df = pairs[f"user_user_{split}"]
+        assert df["anchor_text"].str.contains("<age>").all()  # the anchor is a full user text
+        for a_id, a, p in zip(df["anchor_id"], df["anchor_text"], df["positive_text"]):
+            assert a.startswith(heads[a_id])
+            assert "<age>" not in p and "<home>" not in p and not p.startswith(heads[a_id])
+
+
+def test_identifying_spans_find_profiles_and_names_only():
+    a = ("<user> <age> 25-34 <gender> f <home> wx4g0 <scene> <loctype> office <slot> lunch <weather> rainy"
+         " <act> order <cate> noodles <name> Fiery Dragon Noodles </user>")
+    p_same_name = "<poi> <name> Fiery Dragon Noodles <cate> noodles <price> 32 </poi>"
+    p_other = "<poi> <name> Blue Lotus <cate> noodles <price> 32 </poi>"
+    assert identifying_spans(a) == {"<age> 25-34 <gender> f <home> wx4g0", "<name> Fiery Dragon Noodles"}
+    assert shares_identifying_span(a, p_same_name)
+    assert not shares_identifying_span(a, p_other)  # a shared category is meaning, not identity
+    assert shares_identifying_span(a, a.replace("Fiery Dragon Noodles", "Blue Lotus"))  # same profile
+
+
+def test_some_heldout_pairs_are_free_of_shortcuts(mined):
+    _, pairs, *_ = mined
+    for s in ("user_user", "poi_poi", "user_poi"):
+        df = pairs[f"{s}_heldout"]
+        clean = [not shares_identifying_span(a, p) for a, p in zip(df["anchor_text"], df["positive_text"])]
+        assert any(clean), s

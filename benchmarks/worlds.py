@@ -1,0 +1,108 @@
+"""A family of synthetic worlds for the CTR benchmarks: the default world and variants that change
+what real logs change between companies. No model is tuned on any of them; defaults are judged
+by the family average (benchmarks/ctr_quality.py --worlds family).
+
+Each variant overrides ``generate:`` knobs only (components/config.py GenerateConfig), so the
+same contract, pipeline and params serve every world. A variant is built once into
+``data/worlds/<name>/`` (generate -> ingest -> features, then the per-feature scene and PoI
+embeddings written by the default project's fine-tuned encoder: the LLM is not retrained per
+world, as a user would reuse one encoder across markets) and reused by later runs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+# Why each variant: the property of real logs it mimics.
+WORLDS: dict[str, dict] = {
+    "default": {},
+    # Another currency and a platform whose ratings are inflated (most shops 4.6-4.9): the same
+    # shops, other written scales; fixed price / rating band edges would put every shop in one band.
+    "currency_ratings": {"price_scale": 7.0, "rating_mean": 4.7, "rating_spread": 0.12},
+    # A warm market where temperature matters more (cold drinks, desserts in the heat): another
+    # temperature range, and a stronger scene effect.
+    "hot_market": {"temperature_offset": 10.0, "temperature_effect": 2.0},
+    # A young platform: many new users and shops, short behaviour logs.
+    "young_platform": {"cold_user_fraction": 0.3, "cold_poi_fraction": 0.25, "mean_behaviors_per_user": 40},
+    # A feed with long pages and weak position bias, and noisier clicks (less of the click explained
+    # by anything logged); as many impressions as the default world.
+    "long_noisy_pages": {"impressions_per_request": 20, "n_requests": 5000, "position_bias": 0.05,
+                         "hidden_noise_std": 0.9},
+    # A cold market in a cheap currency where temperature matters little.
+    "cold_cheap": {"temperature_offset": -12.0, "temperature_effect": 0.5, "price_scale": 0.15},
+}
+
+
+def world_params(base, name: str, log=print):
+    """Params of world ``name`` (the base project's for ``default``), building it first if needed."""
+    from components.config import load_params
+
+    if name not in WORLDS:
+        raise ValueError(f"unknown world {name!r}; choose from {sorted(WORLDS)}")
+    if name == "default":
+        return base
+    root = base.path("data_dir") / "worlds" / name
+    params_file = root / "params.yaml"
+    raw = yaml.safe_load((base.root / "params.yaml").read_text())
+    raw["generate"] = {**raw.get("generate", {}), **WORLDS[name]}
+    raw["paths"]["feature_repo"] = "feature_repo"
+    text = yaml.safe_dump(raw, sort_keys=False)
+    done = root / ".built"
+    if not (done.exists() and params_file.exists() and params_file.read_text() == text):
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        shutil.copytree(base.path("feature_repo"), root / "feature_repo",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.db", "data"))
+        params_file.write_text(text)
+        _build(load_params(params_file), log)
+        done.write_text("ok\n")
+    params = load_params(params_file)
+    if not (params.path("embeddings_dir") / "scene_embeddings.parquet").exists():
+        _embed(base, params, log)
+    return params
+
+
+def _build(params, log) -> None:
+    """generate -> ingest -> features in the world's own project folder."""
+    from components import steps
+
+    cwd = os.getcwd()
+    os.chdir(params.root)
+    try:
+        log(f"  building world {params.root.name}: generate, ingest, features ...", flush=True)
+        g = steps.generate_step(params)
+        steps.ingest_step(params)
+        steps.features_step(params)
+        log(f"  world {params.root.name} built (oracle CTR AUC {g.get('oracle_auc.ctr')})", flush=True)
+    finally:
+        os.chdir(cwd)
+
+
+def _embed(base, params, log) -> None:
+    """Scene-value and PoI embeddings of the world by the base project's fine-tuned encoder."""
+    from components.llm.embed import build_embedding_tables, encoder_dir
+
+    enc = encoder_dir(base)
+    if not enc.exists():
+        raise FileNotFoundError(f"{enc}: the world {params.root.name} needs the base project's encoder for its "
+                                "scene / PoI embeddings (run the LLM stages first: `dvc repro embed`)")
+    log(f"  world {params.root.name}: embeddings with {enc}", flush=True)
+    cwd = os.getcwd()
+    os.chdir(params.root)
+    try:
+        build_embedding_tables(params, enc)
+    finally:
+        os.chdir(cwd)
+
+
+def family(names: list[str] | None) -> list[str]:
+    """World names from ``--worlds``: ``family`` = all, ``default`` = the base project only."""
+    if not names or names == ["default"]:
+        return ["default"]
+    if names == ["family"]:
+        return list(WORLDS)
+    return names
