@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from components.cli import OFFLINE_ENV
-from tests.factories import make_project
+from tests.factories import REPO, TINY, make_project  # noqa: F401  (older imports of tests.conftest keep working)
 
 # The same offline, no-telemetry defaults as the `scenerec` command.
 for _k, _v in OFFLINE_ENV.items():

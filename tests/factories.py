@@ -327,3 +327,10 @@ def make_ctr_batch(lengths, k=4, seed=0, cand_seed=None):
     }
     b["order"] = b["click"] * (gc.random((r, k)) < 0.5)
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
+
+
+# A synthetic MIND world and PerCoNet small enough for seconds (tests/unit/news, tests/integration/news).
+TINY_NEWS = dict(n_users=120, n_news=400, n_categories=4, n_entities=40, topic_words=10, common_words=30,
+                 train_impressions=900, dev_impressions=200, impression_size=8, max_history=10, train_days=3,
+                 embed_dim=32, num_heads=2, attention_hidden=16, history_len=10, epochs=3, batch_size=32,
+                 max_abstract_len=24, max_title_len=12)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, make_project
+from tests.factories import REPO, make_project
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

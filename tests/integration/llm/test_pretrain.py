@@ -17,6 +17,8 @@ from components.llm.text import SPECIAL_TOKENS
 from components.training.checkpoint import check
 from tests.factories import make_llm_project
 
+pytestmark = pytest.mark.slow  # trains a tiny LM and writes MLflow runs
+
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file

@@ -18,6 +18,8 @@ from components.llm.encoder import TextEncoder
 from components.llm.pairs import STRATEGIES, by_strategy, load_pairs
 from tests.factories import build_tiny_lm, make_tiny_params, tiny_root
 
+pytestmark = pytest.mark.slow  # trains a tiny LM and writes MLflow runs
+
 TRAINING = dict(steps=24, batch_size=8, max_length=96, lr=1e-3, head_lr=3e-3, warmup_steps=2,
                 checkpoint_every=12, log_every=4, head_hidden=64, embed_dim=32, temperature=0.1, cpu_threads=1)
 
