@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_project
+from tests.factories import REPO, make_project
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
