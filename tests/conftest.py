@@ -2,85 +2,19 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from components.cli import OFFLINE_ENV
-
-REPO = Path(__file__).resolve().parents[1]
-
-# Small enough for seconds per stage, large enough that every table has cold-start rows,
-# clicks and orders.
-TINY = {
-    "generate": {
-        "n_users": 60,
-        "n_pois": 40,
-        "n_requests": 300,
-        "impressions_per_request": 5,
-        "mean_behaviors_per_user": 30,
-        "days": 20,
-    },
-    # A 2-layer, 32-wide Llama and a few steps per LLM stage: seconds, not minutes.
-    "llm": {"vocab_size": 400, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
-            "seq_len": 64, "batch_size": 4, "steps": 8, "warmup_steps": 2, "checkpoint_every": 4,
-            "eval_every": 4, "eval_blocks": 4},
-    "contrastive": {"pairs_per_strategy": 40, "heldout_pairs": 20, "head_hidden": 32, "embed_dim": 16,
-                    "max_length": 64, "steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2,
-                    "log_every": 2},
-    "distill": {"steps": 16, "warmup_steps": 2, "recovery_steps": 4, "prune_every": 2, "seq_len": 64,
-                "batch_size": 4, "lr_warmup_steps": 2, "checkpoint_every": 8, "log_every": 4, "eval_blocks": 4},
-    "ctr": {"epochs": 2, "batch_requests": 32, "max_history": 32, "embed_dim": 8, "mlp_hidden": [16, 8],
-            "tower_hidden": [8], "attention_hidden": [8], "larr_d_model": 8, "collab_dim": 8, "n_prototypes": 4,
-            "max_contexts": 8, "max_subsequence": 8, "sim_max": 8, "short_term": 4},
-    "news": {"n_users": 40, "n_news": 200, "n_entities": 30, "train_impressions": 150, "dev_impressions": 60,
-             "impression_size": 10, "epochs": 1, "embed_dim": 16, "num_heads": 2, "attention_hidden": 16,
-             "batch_size": 32, "max_history": 10, "history_len": 10},
-    # The tiny teacher (no distillation needed), a handful of steps and scored requests.
-    "hkfr": {"base": "pretrained", "steps": 6, "batch_size": 4, "train_examples": 40, "max_knowledge_tokens": 48,
-             "max_length": 96, "eval_requests": 20, "eval_option_examples": 10, "embedding_dim": 4,
-             "checkpoint_every": 3, "log_every": 2, "snapshot_days": 5, "knowledge_max_chars": 300},
-}
+from tests.factories import REPO, TINY, make_project  # noqa: F401  (older imports of tests.conftest keep working)
 
 # The same offline, no-telemetry defaults as the `scenerec` command.
 for _k, _v in OFFLINE_ENV.items():
     os.environ.setdefault(_k, _v)
 # Tests never write to a developer's real MLflow store.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def make_project(dest: Path, overrides: dict | None = None, git: bool = False) -> Path:
-    """Copy what a pipeline run needs into ``dest`` and write a tiny params.yaml there."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "feature_repo", "components"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.db"))
-        elif src.exists():
-            shutil.copy2(src, dest / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = _merge(_merge(params, TINY), overrides or {})
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    if git:
-        run = lambda *a: subprocess.run(a, cwd=dest, check=True, capture_output=True, text=True)  # noqa: E731
-        run("git", "init", "-q")
-        run("git", "config", "user.email", "test@scenerec.invalid")
-        run("git", "config", "user.name", "test")
-        run("dvc", "init", "-q")
-        (dest / ".gitignore").write_text("/data/\n/mlflow.db\n/mlartifacts/\n")
-        run("git", "add", "-A")
-        run("git", "commit", "-qm", "project")
-    return dest
 
 
 @pytest.fixture(autouse=True)
@@ -112,3 +46,44 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# A world big enough that a trained CTR model ranks clearly better than chance (the size the CTR
+# registry tests use), trained briefly: a CoFARS model on ID features only (no LLM stages needed).
+CTR_WORLD = {"generate": {"n_users": 200, "n_pois": 60, "n_requests": 2000}, "ctr": {"model": "cofars", "epochs": 4}}
+
+
+@dataclass
+class TrainedCTR:
+    """A trained CTR model with what scoring a hand-made request needs."""
+
+    params: object  # components.config.Params
+    sources: object  # components.ctr.data.CTRSources
+    dataset: object  # components.ctr.data.CTRDataset
+    scorer: object  # components.ctr.serving.CTRScorer
+    info: dict  # train_model's history
+
+
+@pytest.fixture(scope="session")
+def trained_ctr(tmp_path_factory) -> TrainedCTR:
+    """generate → ingest (GX) → features (Feast) on ``CTR_WORLD``, then ``ctr.model`` trained on it, once
+    per session (slow: minutes on two shared cores)."""
+    from components import steps
+    from components.config import load_params
+    from components.ctr.data import build_dataset, load_sources
+    from components.ctr.serving import CTRScorer
+    from components.ctr.train import train_model
+
+    root = make_project(tmp_path_factory.mktemp("ctr_world") / "project", CTR_WORLD)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        params = load_params(root / "params.yaml")
+        for step in (steps.generate_step, steps.ingest_step, steps.features_step):
+            step(params)
+        sources = load_sources(params)
+        ds = build_dataset(params, sources)
+        model, info = train_model(params.ctr.model, ds, params.ctr, seed=params.seed, progress=False)
+    finally:
+        os.chdir(cwd)
+    return TrainedCTR(params, sources, ds, CTRScorer(model, ds.encoder, params.ctr, params.features), info)

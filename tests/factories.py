@@ -1,14 +1,24 @@
-"""Hand-built tiny batches that satisfy the raw data contract (shared/DATA_CONTRACT.md).
+"""Shared test builders; test modules import from here (or take conftest's fixtures), never from
+each other.
 
-``tiny_batch()`` is the smallest batch that still exercises every rule: nullable columns hold
-nulls, searches have no PoI, orders follow clicks. Tests break one thing in a copy of it.
+``tiny_batch()`` is the smallest hand-built batch that still exercises every rule of the raw data
+contract (shared/DATA_CONTRACT.md): nullable columns hold nulls, searches have no PoI, orders follow
+clicks. Tests break one thing in a copy of it. ``make_project`` writes a throw-away SceneRec project
+with a tiny params.yaml; ``make_llm_project`` / ``make_tiny_params`` add a generated world's curated
+tables; ``build_tiny_lm`` writes a 2-layer Llama and its tokenizer.
 """
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import yaml
 
+from components.config import ContrastiveConfig, CTRConfig, GenerateConfig, Params, load_params
+from components.ctr.model import ModelShapes
 from components.data.contract import CONTRACT, TRUTH_COLUMNS
 
 
@@ -111,3 +121,216 @@ def write_batch(tables: dict[str, pd.DataFrame], dir: Path, fmt: str = "parquet"
         else:
             raise ValueError(f"fmt must be 'parquet' or 'csv', got {fmt!r}")
     return dir
+
+
+# ------------------------------------------------------------------------------------------------
+# Tiny projects and worlds (a params.yaml, DVC and Feast files, curated tables, a tiny LLM)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds per stage, large enough that every table has cold-start rows,
+# clicks and orders.
+TINY = {
+    "generate": {
+        "n_users": 60,
+        "n_pois": 40,
+        "n_requests": 300,
+        "impressions_per_request": 5,
+        "mean_behaviors_per_user": 30,
+        "days": 20,
+    },
+    # A 2-layer, 32-wide Llama and a few steps per LLM stage: seconds, not minutes.
+    "llm": {"vocab_size": 400, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
+            "seq_len": 64, "batch_size": 4, "steps": 8, "warmup_steps": 2, "checkpoint_every": 4,
+            "eval_every": 4, "eval_blocks": 4},
+    "contrastive": {"pairs_per_strategy": 40, "heldout_pairs": 20, "head_hidden": 32, "embed_dim": 16,
+                    "max_length": 64, "steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2,
+                    "log_every": 2},
+    "distill": {"steps": 16, "warmup_steps": 2, "recovery_steps": 4, "prune_every": 2, "seq_len": 64,
+                "batch_size": 4, "lr_warmup_steps": 2, "checkpoint_every": 8, "log_every": 4, "eval_blocks": 4},
+    "ctr": {"epochs": 2, "batch_requests": 32, "max_history": 32, "embed_dim": 8, "mlp_hidden": [16, 8],
+            "tower_hidden": [8], "attention_hidden": [8], "larr_d_model": 8, "collab_dim": 8, "n_prototypes": 4,
+            "max_contexts": 8, "max_subsequence": 8, "sim_max": 8, "short_term": 4},
+    "news": {"n_users": 40, "n_news": 200, "n_entities": 30, "train_impressions": 150, "dev_impressions": 60,
+             "impression_size": 10, "epochs": 1, "embed_dim": 16, "num_heads": 2, "attention_hidden": 16,
+             "batch_size": 32, "max_history": 10, "history_len": 10},
+    # The tiny teacher (no distillation needed), a handful of steps and scored requests.
+    "hkfr": {"base": "pretrained", "steps": 6, "batch_size": 4, "train_examples": 40, "max_knowledge_tokens": 48,
+             "max_length": 96, "eval_requests": 20, "eval_option_examples": 10, "embedding_dim": 4,
+             "checkpoint_every": 3, "log_every": 2, "snapshot_days": 5, "knowledge_max_chars": 300},
+}
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_project(dest: Path, overrides: dict | None = None, git: bool = False) -> Path:
+    """Copy what a pipeline run needs into ``dest`` and write a tiny params.yaml there."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.tuned.yaml", "feature_repo", "components"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.db"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = _merge(_merge(params, TINY), overrides or {})
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if git:
+        run = lambda *a: subprocess.run(a, cwd=dest, check=True, capture_output=True, text=True)  # noqa: E731
+        run("git", "init", "-q")
+        run("git", "config", "user.email", "test@scenerec.invalid")
+        run("git", "config", "user.name", "test")
+        run("dvc", "init", "-q")
+        (dest / ".gitignore").write_text("/data/\n/mlflow.db\n/mlartifacts/\n")
+        run("git", "add", "-A")
+        run("git", "commit", "-qm", "project")
+    return dest
+
+
+
+# A 2-layer, hidden-32 model on a few hundred documents: every stage runs in about a second.
+TINY_LLM = {
+    "vocab_size": 400, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
+    "max_position": 64, "seq_len": 32, "batch_size": 4, "steps": 30, "warmup_steps": 3, "lr": 2e-2,
+    "checkpoint_every": 5, "eval_every": 10, "eval_blocks": 8,
+    "max_events_per_user_doc": 8, "max_docs_per_user": 2, "heldout_fraction": 0.15,
+}
+
+
+def make_llm_project(dest: Path, llm: dict | None = None, seed: int = 0) -> Path:
+    """A tiny project with curated tables written straight from the generator (no ingestion needed)."""
+    from components.data.generate import generate_tables
+
+    root = make_project(dest, {"seed": seed, "llm": {**TINY_LLM, **(llm or {})}})
+    params = load_params(root / "params.yaml")
+    curated = params.path("curated_dir")
+    curated.mkdir(parents=True, exist_ok=True)
+    for name, df in generate_tables(GenerateConfig(**TINY["generate"]), seed).items():
+        if name != "truth":
+            df.to_parquet(curated / f"{name}.parquet", index=False)
+    return root
+
+
+
+TINY_WORLD = GenerateConfig(n_users=120, n_pois=50, n_requests=100, impressions_per_request=5,
+                            mean_behaviors_per_user=40, days=20)
+TINY_MINING = dict(heldout_fraction=0.3, min_cooccurrence=1, min_history=3, history_window=4,
+                   pairs_per_strategy=200, heldout_pairs=60)
+
+
+def make_tiny_params(root: Path, **contrastive) -> Params:
+    """A project in ``root`` whose curated tables hold a tiny generated world (no ingest: the
+    generator already writes the contract). Modules share one ``root`` per session, so the pairs
+    are mined once (``load_pairs`` reuses them while the mining knobs agree)."""
+    from components.data.generate import generate_tables
+
+    root.mkdir(parents=True, exist_ok=True)
+    params = Params(root=root, seed=7, contrastive=ContrastiveConfig(**{**TINY_MINING, **contrastive}))
+    cur = params.path("curated_dir")
+    if not (cur / "behaviors.parquet").exists():
+        cur.mkdir(parents=True, exist_ok=True)
+        for name, df in generate_tables(TINY_WORLD, params.seed).items():
+            if name in ("pois", "users", "behaviors"):
+                df.to_parquet(cur / f"{name}.parquet", index=False)
+    return params
+
+
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "tiny-world"
+
+
+
+def build_tiny_lm(texts: list[str], out_dir) -> None:
+    """A byte-level BPE on ``texts`` (our special tokens kept whole) and a 2-layer, 64-wide Llama."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from components.llm.text import SPECIAL_TOKENS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["<pad>", "<s>", "</s>", *SPECIAL_TOKENS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                         pad_token_id=hf_tok.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    hf_tok.save_pretrained(out_dir)
+
+
+def mean_impression_auc(news_model, dev_dir: Path) -> tuple[int, float]:
+    """(impressions with a click and a non-click, their mean AUC) of a news pyfunc on a MIND dev folder,
+    scored in one call and computed with sklearn: an independent recomputation of ``dev.auc``."""
+    from sklearn.metrics import roc_auc_score
+
+    beh = pd.read_csv(Path(dev_dir) / "behaviors.tsv", sep="\t", header=None)
+    reqs = [(h if isinstance(h, str) else "", [t.split("-") for t in i.split()]) for h, i in zip(beh[3], beh[4])]
+    scored = news_model.predict(pd.DataFrame({"history": [h for h, _ in reqs],
+                                              "candidates": [" ".join(n for n, _ in c) for _, c in reqs]}))
+    aucs = []
+    for i, (_, cands) in enumerate(reqs):
+        labels = {n: int(y) for n, y in cands}
+        if len(set(labels.values())) == 2:
+            mine = scored[scored["request"] == i]
+            aucs.append(roc_auc_score([labels[n] for n in mine["news_id"]], mine["score"]))
+    return len(aucs), float(np.mean(aucs)) if aucs else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------
+# Hand-made CTR batches (tests/unit/ctr, the served CoFARS tests): a tiny model config and input sizes
+
+CTR_CFG = CTRConfig(embed_dim=8, mlp_hidden=[16, 8], tower_hidden=[8], attention_hidden=[8], larr_d_model=8,
+                    larr_heads=2, collab_dim=8, n_prototypes=4, max_contexts=6, max_subsequence=5, sim_max=3,
+                    short_term=3, max_history=64)
+CTR_SHAPES = ModelShapes(n_users=10, n_pois=20, n_contexts=7, scene={"location_type": 4, "weather": 4,
+                         "temperature_band": 4, "time_slot": 4, "day_type": 3, "area": 5}, n_numeric=5,
+                         n_categories=6, n_bands={"price_band": 5, "rating_band": 5, "delivery_band": 5}, text_dim=12)
+
+
+def make_ctr_batch(lengths, k=4, seed=0, cand_seed=None):
+    """A batch of len(lengths) requests with k candidates; history i has lengths[i] behaviours."""
+    import torch
+
+    g = np.random.default_rng(seed)
+    gc = np.random.default_rng(seed if cand_seed is None else cand_seed)
+    r, n = len(lengths), max(max(lengths), 1)
+    mask = np.arange(n)[None, :] < np.asarray(lengths)[:, None]
+
+    def hist(high):
+        return np.where(mask, g.integers(1, high, (r, n)), 0)
+
+    b = {
+        "user": g.integers(0, 10, r), "context": g.integers(1, 7, r), "scene": g.integers(0, 3, (r, 6)),
+        "scene_value": g.integers(0, 9, (r, 6)), "scene_feats": g.normal(size=(r, 6, 12)).astype(np.float32),
+        "scene_mask": np.ones((r, 6), bool), "scene_full": g.normal(size=(r, 12)).astype(np.float32),
+        "cand_poi": gc.integers(0, 20, (r, k)), "cand_row": gc.integers(0, 20, (r, k)),
+        "cand_category": gc.integers(0, 6, (r, k)), "cand_price": gc.integers(0, 5, (r, k)),
+        "cand_rating": gc.integers(0, 5, (r, k)), "cand_delivery": gc.integers(0, 5, (r, k)),
+        "cand_text": gc.normal(size=(r, k, 12)).astype(np.float32),
+        "position": np.tile(np.arange(k), (r, 1)), "numeric": gc.normal(size=(r, k, 9)).astype(np.float32),
+        "distance": gc.random((r, k)).astype(np.float32),
+        "click": (gc.random((r, k)) < 0.3).astype(np.float32), "mask": np.ones((r, k), bool),
+        "hist_poi": hist(20), "hist_row": hist(20), "hist_category": hist(6), "hist_price": hist(5),
+        "hist_rating": hist(5), "hist_delivery": hist(5), "hist_behavior": hist(5), "hist_context": hist(7),
+        "hist_text": g.normal(size=(r, n, 12)).astype(np.float32), "hist_mask": mask,
+        "slot": g.integers(0, 6, r), "hist_slot": hist(6), "cand_logp": gc.normal(3.5, 0.5, (r, k)).astype(np.float32),
+        "hist_logp": np.where(mask, g.normal(3.5, 0.5, (r, n)), 0).astype(np.float32),
+    }
+    b["order"] = b["click"] * (gc.random((r, k)) < 0.5)
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
+
+
+# A synthetic MIND world and PerCoNet small enough for seconds (tests/unit/news, tests/integration/news).
+TINY_NEWS = dict(n_users=120, n_news=400, n_categories=4, n_entities=40, topic_words=10, common_words=30,
+                 train_impressions=900, dev_impressions=200, impression_size=8, max_history=10, train_days=3,
+                 embed_dim=32, num_heads=2, attention_hidden=16, history_len=10, epochs=3, batch_size=32,
+                 max_abstract_len=24, max_title_len=12)

@@ -78,7 +78,7 @@ class ServedAggregator:
     feed-forward block, the final norm and the projection MLP run on a single vector (LayerNorm
     scales folded into the next linear layer, the residual stream kept centred by folding the
     centring into what adds to it, as inference compilers do): the same numbers as ``scene_vector``
-    (tests/unit/test_ctr_layers.py) in a handful of numpy calls, which is what a request pays for when
+    (tests/unit/ctr/test_larr.py) in a handful of numpy calls, which is what a request pays for when
     other work has left the CPU's caches cold. Row -1 (a missing feature) reads a sentinel row of
     zeros (weight 0), as the padding mask would make it.
     """

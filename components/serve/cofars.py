@@ -11,7 +11,7 @@ r behaviours, the temporal graph over the |C| context nodes, target and |O| prot
 the prototype selection), then the target attention
 over the selected sub-sequence (at most ``max_subsequence`` keys) and the profile looked up from the
 aggregates: nothing reads the history, so the cost does not grow with its length n. The scores are
-those of ``CTRModel.forward`` on the same window (tests/unit/test_serve_cofars.py).
+those of ``CTRModel.forward`` on the same window (tests/unit/serve/test_cofars.py).
 
 Built on the model's own functions and submodules (``model.cofars.offline`` / ``model.cofars``,
 ``model.attention``, ``model.bottom`` / ``heads``), so it follows any retraining.

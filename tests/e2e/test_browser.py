@@ -17,8 +17,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import REPO, make_project
+from tests.factories import REPO, make_project
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -174,7 +175,8 @@ def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
         assert "larr_cofars | larr_din" in body, "field descriptions come from params.yaml's comments"
         Select(model).select_by_visible_text("id_only")
         epochs = _field(browser, "Epochs", "input")
-        assert epochs.get_attribute("value") == "8", "the section shows params.yaml's value"
+        expected = str(yaml.safe_load((REPO / "params.yaml").read_text())["ctr"]["epochs"])
+        assert epochs.get_attribute("value") == expected, "the section shows params.yaml's value"
         epochs.send_keys(Keys.CONTROL, "a")
         epochs.send_keys("1")
         params_file = _field(browser, "params_file", "textarea")
@@ -209,11 +211,18 @@ def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
         summary = by_key["ctr-summary"]["data"]
         assert f"http://127.0.0.1:{mport}/#/experiments/" in summary and "/runs/" in summary
         assert "/#/models/scenerec-ctr-small-overrides/versions/1" in summary
+        # The run page's tabs are <li class="p-tab"> that answer a real (not a scripted) click.
         browser.get(f"http://127.0.0.1:{port}/runs/flow-run/{run_id}")
-        tab = _until(lambda: browser.find_element(By.XPATH, "//*[normalize-space(text())='Artifacts']"), 60,
-                     "the run page")
-        browser.execute_script("arguments[0].click();", tab)
-        _until(lambda: "ctr-summary" in browser.find_element(By.TAG_NAME, "body").text, 60, "the artifacts tab")
+        tab = _until(lambda: [t for t in browser.find_elements(
+            By.XPATH, "//li[contains(@class, 'p-tab')][normalize-space(.)='Artifacts']") if t.is_displayed()],
+            60, "the run page's Artifacts tab")[0]
+
+        def artifacts_shown():
+            if "tab=Artifacts" not in browser.current_url:
+                tab.click()
+            return "ctr-summary" in browser.find_element(By.TAG_NAME, "body").text
+
+        _until(artifacts_shown, 60, "the artifacts tab")
         if shots:
             browser.save_screenshot(str(shots / "prefect-artifacts.png"))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, make_project
+from tests.factories import REPO, make_project
 
 pytestmark = [pytest.mark.slow]
 

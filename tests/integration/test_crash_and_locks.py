@@ -20,7 +20,7 @@ from components import steps
 from components.config import load_params
 from components.data.ingest import recover_curated, staging_dir
 from components.locks import LockTimeout, hold, lock_path
-from tests.conftest import REPO
+from tests.factories import REPO
 from tests.factories import tiny_batch, write_batch
 
 REFERENCE = datetime(2026, 6, 1, tzinfo=timezone.utc)

@@ -10,7 +10,7 @@ import pytest
 
 from components import steps, tracking
 from components.config import load_params
-from tests.conftest import make_project
+from tests.factories import make_project
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("lightgbm")

@@ -9,7 +9,7 @@ import yaml
 from components import steps, tracking
 from components.config import load_params
 from components.tracking import tracking_uri
-from tests.conftest import make_project
+from tests.factories import make_project
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("optuna")

@@ -13,7 +13,7 @@ import torch
 
 from components.config import load_params
 from components.llm.corpus import build_corpus
-from tests.unit.test_corpus import make_llm_project
+from tests.factories import make_llm_project
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from components import steps
 from components.config import load_params
 from components.tracking import lineage_tags
 from components.versioning import record_run
-from tests.conftest import make_project
+from tests.factories import make_project
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from components.steps import STEPS
-from tests.conftest import make_project
+from tests.factories import make_project
 
 pytestmark = pytest.mark.slow
 

@@ -2,6 +2,7 @@
 import shutil
 
 import mlflow
+import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
 
@@ -9,6 +10,7 @@ from components import registry
 from components.config import load_params
 from components.steps import STEPS
 from components.tracking import tracking_uri
+from tests.factories import mean_impression_auc
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +59,22 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
     registered = {m.name for m in client.search_registered_models()}
     assert {"scene-encoder", "scene-encoder-student", params.ctr.registered_name,
             params.news.registered_name, params.hkfr.registered_name} <= registered
-    assert 0 <= result["hkfr"]["metrics"]["test.auc"] <= 1 and "HKFR:" in result["summary"]
-    assert 0 <= result["news"]["metrics"]["dev.auc"] <= 1 and "news:" in result["summary"]
+    # HKFR's and news's reported AUCs are recomputed independently (sklearn): HKFR's from its saved
+    # test scores, news's by the registered news model on the dev impressions.
+    from sklearn.metrics import roc_auc_score
+
+    from components.hkfr.stage import eval_dir
+
+    scored = pd.read_parquet(eval_dir(params) / "test_scores.parquet")
+    assert result["hkfr"]["metrics"]["test.auc"] == pytest.approx(roc_auc_score(scored["label"], scored["p_yes"]))
+    assert "HKFR:" in result["summary"]
+    from components.news.stage import mind_dir
+
+    news_version = result["news"]["registry"]["version"]  # champion or not (promotion floor)
+    news_model = mlflow.pyfunc.load_model(f"models:/{params.news.registered_name}/{news_version}")
+    n, mean_auc = mean_impression_auc(news_model, mind_dir(params) / "dev")
+    assert n == result["news"]["metrics"]["dev.impressions"] > 0
+    assert result["news"]["metrics"]["dev.auc"] == pytest.approx(mean_auc, abs=1e-6) and "news:" in result["summary"]
     # the default model (LARR + CoFARS) was trained, evaluated beside the oracle and registered
     assert result["ctr"]["summary"]["model"] == "larr_cofars"
     assert "oracle" in result["ctr"]["summary"]["headline"]
@@ -71,7 +87,6 @@ def test_pipeline_flow_end_to_end(prefect_harness, tiny_project):
         assert champion is None and reg["reason"].startswith("below the promotion floor"), reg["reason"]
     assert "CTR model:" in result["summary"] and reg["reason"] in result["summary"]
     from components.llm.embed import online_scene_embeddings
-    import pandas as pd
 
     imp = pd.read_parquet(params.path("curated_dir") / "impressions.parquet").iloc[0].to_dict()
     emb = online_scene_embeddings(params, imp)

@@ -8,7 +8,7 @@ import pytest
 from components import steps, tracking
 from components.config import load_params
 from components.news import stage
-from tests.conftest import make_project
+from tests.factories import make_project
 
 pytestmark = pytest.mark.slow
 

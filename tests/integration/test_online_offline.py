@@ -17,7 +17,7 @@ from components.config import load_params
 from components.data.generate import generate_batch
 from components.features.engineering import KEYS, TIMESTAMP
 from components.features.store import SERVICE, _view_refs, get_store, online_features
-from tests.conftest import REPO, make_project
+from tests.factories import REPO, make_project
 
 VIEWS = ("user_stats", "user_profile", "poi_profile", "poi_stats", "context_stats")
 

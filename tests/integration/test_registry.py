@@ -10,7 +10,7 @@ import yaml
 from components import registry, tracking
 from components.cli import main
 from components.config import load_params
-from tests.conftest import REPO, make_project
+from tests.factories import REPO, make_project
 from tests.registry_factories import quality_candidate
 
 LINEAGE = {"model_family", "architecture", "params_hash", "data_version", "git_commit", "prefect_flow_run_id"}

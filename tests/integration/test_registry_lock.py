@@ -10,7 +10,7 @@ import pytest
 from components import registry, steps
 from components.config import load_params
 from components.tracking import start_run, tracking_uri
-from tests.conftest import REPO, make_project
+from tests.factories import REPO, make_project
 
 pytestmark = pytest.mark.slow
 

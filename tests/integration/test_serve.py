@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from components import registry, steps
 from components.config import load_params
 from components.serve.schema import InvalidRequest
-from tests.conftest import make_project
+from tests.factories import make_project
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def features_project(tmp_path_factory):
-    from tests.conftest import make_project
+    from tests.factories import make_project
 
     root = make_project(tmp_path_factory.mktemp("ui") / "project")
     params = load_params(root / "params.yaml")

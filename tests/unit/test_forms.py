@@ -14,7 +14,7 @@ from flows.llm import llm
 from flows.news import news
 from flows.pipeline import pipeline
 from flows.settings import flow_params, transient_only as retry_transient
-from tests.conftest import REPO
+from tests.factories import REPO
 
 FLOWS = [pipeline, generate, ingest, features, llm, hkfr, ctr, news]
 

@@ -9,7 +9,7 @@ import yaml
 from components.cli import build_parser
 from components.config import load_params
 from components.steps import STEPS
-from tests.conftest import REPO
+from tests.factories import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 

@@ -11,7 +11,7 @@ import torch
 from components.hkfr import tuning
 from components.hkfr.instructions import attach_knowledge, price_band_words
 from components.llm.model import load_pretrained
-from tests.unit.test_contrastive import build_tiny_lm
+from tests.factories import build_tiny_lm
 
 KNOWLEDGE = ["<user> age 25-34, gender f </user> <orders> noodles x3, pizza x1 </orders>",
              "<user> age 18-24, gender m </user> <none> no behaviour yet </none>"]

@@ -27,13 +27,11 @@ from components.news.train import (
     auc,
     dcg,
     impression_metrics,
-    load_news_model,
     mrr,
     ndcg,
     prepare_impressions,
-    score,
-    train_news,
 )
+from tests.factories import TINY_NEWS as TINY
 
 
 @pytest.fixture(autouse=True)
@@ -287,12 +285,8 @@ def test_config_is_validated():
 
 
 # ------------------------------------------------------------------------------------------------
-# Synthetic world and a tiny training run
+# Synthetic world (the tiny training run: tests/integration/news/test_train.py)
 
-TINY = dict(n_users=120, n_news=400, n_categories=4, n_entities=40, topic_words=10, common_words=30,
-            train_impressions=900, dev_impressions=200, impression_size=8, max_history=10, train_days=3,
-            embed_dim=32, num_heads=2, attention_hidden=16, history_len=10, epochs=3, batch_size=32,
-            max_abstract_len=24, max_title_len=12)
 
 
 def test_generated_world_is_mind_format(tmp_path):
@@ -309,25 +303,3 @@ def test_generated_world_is_mind_format(tmp_path):
     assert len(line) == 5 and line[2].endswith(("AM", "PM"))
     assert generate_mind(tmp_path / "again", cfg, seed=1) == figures  # seeded
     assert (tmp_path / "again" / "dev" / "news.tsv").read_bytes() == (tmp_path / "dev" / "news.tsv").read_bytes()
-
-
-def test_tiny_training_beats_random_and_saves_a_usable_model(tmp_path):
-    cfg = NewsConfig(**TINY)
-    generate_mind(tmp_path / "mind", cfg, seed=0)
-    out = tmp_path / "model"
-    m = train_news(cfg, tmp_path / "mind", out, model="perconet", seed=0)
-    assert m["dev.auc"] > 0.58 and m["train.loss"] < m["train.loss_first"]
-    assert m["dev.impressions"] + m["dev.skipped"] == 200 and m["train.impressions_per_s"] > 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "entities.json", "metrics.json", "model.pt",
-                                                     "vocab.json"]
-
-    trained = load_news_model(out)
-    dev = load_mind(tmp_path / "mind" / "dev")
-    b = dev.behaviors.iloc[:3]
-    scores = score(trained, dev.news, b["history"].tolist(), b["candidates"].tolist())
-    assert [len(s) for s in scores] == [len(c) for c in b["candidates"]]
-    ex = trained.explain(dev.news, b["history"].iloc[0], b["candidates"].iloc[0])
-    assert ex[0]["score"] == pytest.approx(float(np.max(scores[0])), rel=1e-4, abs=1e-5)
-
-    again = train_news(cfg, tmp_path / "mind", out, model="perconet", seed=0)  # resumes at the last epoch
-    assert again["resumed_from_epoch"] == cfg.epochs and again["dev.auc"] == pytest.approx(m["dev.auc"])

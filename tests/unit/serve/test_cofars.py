@@ -6,7 +6,7 @@ import torch
 
 from components.ctr.model import CTRModel
 from components.serve.cofars import HIST_KEYS, build_state, served_forward
-from tests.unit.test_ctr_models import CFG, SHAPES, make_batch
+from tests.factories import CTR_CFG as CFG, CTR_SHAPES as SHAPES, make_ctr_batch as make_batch
 
 
 def one_request(b, i, length):

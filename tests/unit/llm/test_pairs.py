@@ -1,42 +1,16 @@
 """Pair miners (components/llm/pairs.py) on a tiny generated world: valid, point-in-time, no leakage."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
-from components.config import ContrastiveConfig, GenerateConfig, Params
+from components.config import ContrastiveConfig
 from components.llm.pairs import (
     PAIR_COLUMNS, Logs, by_strategy, cooccurrence_pairs, identifying_spans, load_pairs, mine_pairs, pairs_dir,
     read_curated, shares_identifying_span,
 )
+from tests.factories import make_tiny_params, tiny_root
 
-TINY_WORLD = GenerateConfig(n_users=120, n_pois=50, n_requests=100, impressions_per_request=5,
-                            mean_behaviors_per_user=40, days=20)
-TINY_MINING = dict(heldout_fraction=0.3, min_cooccurrence=1, min_history=3, history_window=4,
-                   pairs_per_strategy=200, heldout_pairs=60)
-
-
-def make_tiny_params(root: Path, **contrastive) -> Params:
-    """A project in ``root`` whose curated tables hold a tiny generated world (no ingest: the
-    generator already writes the contract). Modules share one ``root`` per session, so the pairs
-    are mined once (``load_pairs`` reuses them while the mining knobs agree)."""
-    from components.data.generate import generate_tables
-
-    root.mkdir(parents=True, exist_ok=True)
-    params = Params(root=root, seed=7, contrastive=ContrastiveConfig(**{**TINY_MINING, **contrastive}))
-    cur = params.path("curated_dir")
-    if not (cur / "behaviors.parquet").exists():
-        cur.mkdir(parents=True, exist_ok=True)
-        for name, df in generate_tables(TINY_WORLD, params.seed).items():
-            if name in ("pois", "users", "behaviors"):
-                df.to_parquet(cur / f"{name}.parquet", index=False)
-    return params
-
-
-def tiny_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "tiny-world"
 
 
 @pytest.fixture(scope="module")

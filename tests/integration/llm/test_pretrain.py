@@ -15,7 +15,9 @@ from components.llm.model import build_model, count_parameters
 from components.llm.pretrain import BlockOrder, WarmupCosine, pretrain
 from components.llm.text import SPECIAL_TOKENS
 from components.training.checkpoint import check
-from tests.unit.test_corpus import make_llm_project
+from tests.factories import make_llm_project
+
+pytestmark = pytest.mark.slow  # trains a tiny LM and writes MLflow runs
 
 
 def _weights(model_dir: Path) -> dict[str, torch.Tensor]:

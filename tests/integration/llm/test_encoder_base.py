@@ -19,7 +19,9 @@ from components.llm.model import (
 )
 from components.llm.pretrain import pretrain
 from components.llm.text import SPECIAL_TOKENS
-from tests.unit.test_corpus import make_llm_project
+from tests.factories import make_llm_project
+
+pytestmark = pytest.mark.slow  # pretrains a tiny BERT (masked LM)
 
 BERT_LLM = {"steps": 8, "warmup_steps": 1, "batch_size": 4, "seq_len": 64, "lr": 1e-3, "eval_every": 8,
             "checkpoint_every": 8, "eval_blocks": 8}

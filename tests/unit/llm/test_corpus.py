@@ -8,33 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import GenerateConfig, load_params
+from components.config import load_params
 from components.llm.corpus import build_corpus, heldout_mask, user_windows
 from components.llm.text import SCENE_FEATURES, SPECIAL_TOKENS, scene_feature_text, user_text
-from tests.conftest import TINY, make_project
-
-# A 2-layer, hidden-32 model on a few hundred documents: every stage runs in about a second.
-TINY_LLM = {
-    "vocab_size": 400, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
-    "max_position": 64, "seq_len": 32, "batch_size": 4, "steps": 30, "warmup_steps": 3, "lr": 2e-2,
-    "checkpoint_every": 5, "eval_every": 10, "eval_blocks": 8,
-    "max_events_per_user_doc": 8, "max_docs_per_user": 2, "heldout_fraction": 0.15,
-}
-
-
-def make_llm_project(dest: Path, llm: dict | None = None, seed: int = 0) -> Path:
-    """A tiny project with curated tables written straight from the generator (no ingestion needed)."""
-    from components.data.generate import generate_tables
-
-    root = make_project(dest, {"seed": seed, "llm": {**TINY_LLM, **(llm or {})}})
-    params = load_params(root / "params.yaml")
-    curated = params.path("curated_dir")
-    curated.mkdir(parents=True, exist_ok=True)
-    for name, df in generate_tables(GenerateConfig(**TINY["generate"]), seed).items():
-        if name != "truth":
-            df.to_parquet(curated / f"{name}.parquet", index=False)
-    return root
-
+from tests.factories import TINY, make_llm_project
 
 @pytest.fixture(scope="module")
 def corpus_project(tmp_path_factory):

@@ -4,50 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import CTRConfig
 from components.ctr.cofars import (ContextPrototypes, attach_prototypes, pairwise_symmetric_kl, phase1_score,
                                    select_prototypes, selected_contexts, subsequence_mask, temporal_graph)
 from components.ctr.metrics import auc, gauc
 from components.ctr.model import MODEL_SPECS, CTRModel, ModelShapes, gather_selected, last_positions
 from components.registry import decide
-
-CFG = CTRConfig(embed_dim=8, mlp_hidden=[16, 8], tower_hidden=[8], attention_hidden=[8], larr_d_model=8,
-                larr_heads=2, collab_dim=8, n_prototypes=4, max_contexts=6, max_subsequence=5, sim_max=3,
-                short_term=3, max_history=64)
-SHAPES = ModelShapes(n_users=10, n_pois=20, n_contexts=7, scene={"location_type": 4, "weather": 4,
-                     "temperature_band": 4, "time_slot": 4, "day_type": 3, "area": 5}, n_numeric=5,
-                     n_categories=6, n_bands={"price_band": 5, "rating_band": 5, "delivery_band": 5}, text_dim=12)
-
-
-def make_batch(lengths, k=4, seed=0, cand_seed=None):
-    """A batch of len(lengths) requests with k candidates; history i has lengths[i] behaviours."""
-    g = np.random.default_rng(seed)
-    gc = np.random.default_rng(seed if cand_seed is None else cand_seed)
-    r, n = len(lengths), max(max(lengths), 1)
-    mask = np.arange(n)[None, :] < np.asarray(lengths)[:, None]
-
-    def hist(high):
-        return np.where(mask, g.integers(1, high, (r, n)), 0)
-
-    b = {
-        "user": g.integers(0, 10, r), "context": g.integers(1, 7, r), "scene": g.integers(0, 3, (r, 6)),
-        "scene_value": g.integers(0, 9, (r, 6)), "scene_feats": g.normal(size=(r, 6, 12)).astype(np.float32),
-        "scene_mask": np.ones((r, 6), bool), "scene_full": g.normal(size=(r, 12)).astype(np.float32),
-        "cand_poi": gc.integers(0, 20, (r, k)), "cand_row": gc.integers(0, 20, (r, k)),
-        "cand_category": gc.integers(0, 6, (r, k)), "cand_price": gc.integers(0, 5, (r, k)),
-        "cand_rating": gc.integers(0, 5, (r, k)), "cand_delivery": gc.integers(0, 5, (r, k)),
-        "cand_text": gc.normal(size=(r, k, 12)).astype(np.float32),
-        "position": np.tile(np.arange(k), (r, 1)), "numeric": gc.normal(size=(r, k, 9)).astype(np.float32),
-        "distance": gc.random((r, k)).astype(np.float32),
-        "click": (gc.random((r, k)) < 0.3).astype(np.float32), "mask": np.ones((r, k), bool),
-        "hist_poi": hist(20), "hist_row": hist(20), "hist_category": hist(6), "hist_price": hist(5),
-        "hist_rating": hist(5), "hist_delivery": hist(5), "hist_behavior": hist(5), "hist_context": hist(7),
-        "hist_text": g.normal(size=(r, n, 12)).astype(np.float32), "hist_mask": mask,
-        "slot": g.integers(0, 6, r), "hist_slot": hist(6), "cand_logp": gc.normal(3.5, 0.5, (r, k)).astype(np.float32),
-        "hist_logp": np.where(mask, g.normal(3.5, 0.5, (r, n)), 0).astype(np.float32),
-    }
-    b["order"] = b["click"] * (gc.random((r, k)) < 0.5)
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
+from tests.factories import CTR_CFG as CFG, CTR_SHAPES as SHAPES, make_ctr_batch as make_batch
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_SPECS))
