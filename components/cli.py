@@ -21,6 +21,8 @@ OFFLINE_ENV = {
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_ENABLE_TELEMETRY": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # Prefect's own default (20 s) is too short for its temporary server on a busy 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
 
