@@ -170,7 +170,7 @@ def cmd_push(args, params) -> int:
 def cmd_pipeline(args, params) -> int:
     from flows.pipeline import pipeline
 
-    result = pipeline(batch_dir=args.batch, params_file=str(params.root / "params.yaml")
+    result = pipeline(batch_dir=args.batch or "", params_file=str(params.root / "params.yaml")
                       if args.params is None else args.params)
     print(result["summary"] if isinstance(result, dict) and "summary" in result else result)
     return 0
