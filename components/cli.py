@@ -167,11 +167,16 @@ def cmd_push(args, params) -> int:
     return 0
 
 
+def pipeline_arguments(args, params) -> dict:
+    """The `pipeline` flow's parameters for ``scenerec pipeline`` (typed as its form types them)."""
+    return {"batch_dir": args.batch or "",
+            "params_file": str(params.root / "params.yaml") if args.params is None else args.params}
+
+
 def cmd_pipeline(args, params) -> int:
     from flows.pipeline import pipeline
 
-    result = pipeline(batch_dir=args.batch or "", params_file=str(params.root / "params.yaml")
-                      if args.params is None else args.params)
+    result = pipeline(**pipeline_arguments(args, params))
     print(result["summary"] if isinstance(result, dict) and "summary" in result else result)
     return 0
 

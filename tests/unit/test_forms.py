@@ -96,3 +96,15 @@ def test_permanent_errors_are_not_retried():
     assert not retry_transient(None, None, _State(ValueError("bad value")))
     assert not retry_transient(None, None, _State(FileNotFoundError("run features first")))
     assert retry_transient(None, None, _State(ConnectionError("flaky")))
+
+
+def test_the_cli_calls_the_pipeline_flow_with_parameters_its_form_accepts(tmp_path):
+    # `scenerec pipeline` passed batch_dir=None to a flow whose form types it as a string: make demo
+    # failed at parameter validation.
+    from components.cli import build_parser, pipeline_arguments
+    from flows.pipeline import pipeline
+
+    params = load_params()
+    for argv in (["pipeline"], ["pipeline", "--batch", str(tmp_path)]):
+        kwargs = pipeline_arguments(build_parser().parse_args(argv), params)
+        assert pipeline.validate_parameters(kwargs)["batch_dir"] == (str(tmp_path) if "--batch" in argv else "")
