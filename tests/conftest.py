@@ -19,14 +19,12 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 @pytest.fixture(autouse=True)
 def _own_mlflow_store():
-    """tracking.configure exports MLFLOW_TRACKING_URI for child processes; without this, a test
-    would log into the store of the project of the test before it."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    """tracking.configure exports MLFLOW_TRACKING_URI for child processes, and tracking_uri prefers
+    it; without this, a test would log into the store of the project a session- or module-scoped
+    fixture configured before it. Each test starts with none: its project's own store is used."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture
