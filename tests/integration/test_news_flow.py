@@ -6,6 +6,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from components import registry
 from components.config import load_params
 from components.news.mind import generate_mind
 from components.tracking import tracking_uri
@@ -25,12 +26,15 @@ def test_news_flow_on_a_mind_folder_given_by_path(prefect_harness, tmp_path):
         folder = tmp_path / "MINDsmall"  # a MIND folder outside the project, train/ and dev/ as MIND ships them
         generate_mind(folder, params.news, seed=3)
         first = news(mind_dir=str(folder), params_file=str(root / "params.yaml"))
-        assert first["registry"]["promoted"]
+        name = first["registry"]["name"]  # an override run (mind_dir) registers in its own namespace
+        if not first["registry"]["promoted"]:
+            # The tiny world's one-epoch model sits near chance: the promotion floor holds it back.
+            assert first["registry"]["reason"].startswith("below the promotion floor"), first["registry"]["reason"]
+            registry.promote(params, name, first["registry"]["version"], reason="test: tiny model", by="test")
 
         second = news(mind_dir=str(folder), params_file=str(root / "params.yaml"))
         assert not second["registry"]["promoted"], "the same model again is not better by the margin"
 
-        name = params.news.registered_name
         client = mlflow.MlflowClient(tracking_uri(params))
         assert str(client.get_model_version_by_alias(name, "champion").version) == first["registry"]["version"]
         assert str(client.get_model_version_by_alias(name, "challenger").version) == second["registry"]["version"]
