@@ -67,7 +67,7 @@ class CTRScorer:
 
             return cls(GBDTModel.load(model_dir), encoder, cfg, features)
         model = CTRModel(meta["name"], cfg, ModelShapes(**meta["shapes"]))
-        model.load_state_dict(torch.load(model_dir / "model.pt", map_location=device))
+        model.load_state_dict(torch.load(model_dir / "model.pt", map_location=device, weights_only=True))
         return cls(model.to(device), encoder, cfg, features)
 
     def prepare(self, frame: pd.DataFrame, behaviors: pd.DataFrame, pois: pd.DataFrame,
