@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from components import steps, tracking
 from components.config import DEFAULT_PARAMS, CTRConfig
 from flows.settings import (IO_RETRIES, TRAIN_RETRIES, flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run,
-                            tag_version)
+                            registry_summary, tag_version)
 from flows.tasks import step_task
 
 
@@ -72,7 +72,7 @@ def ctr(ctr: CTRConfig = CTRConfig(), params_file: str = DEFAULT_PARAMS, isolate
                              markdown=f"{verdict}\n\n{summary['model']}: {summary['headline']}\n\n{links}")
     print(verdict.replace("**", "").replace("`", ""))
     return {"summary": summary, "run_id": run_id,
-            "registry": {k: v for k, v in result.items() if not k.endswith("_metrics")}}
+            "registry": registry_summary(result)}
 
 
 @task(name="tune-ctr", tags=["gpu"], cache_policy=NO_CACHE)

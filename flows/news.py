@@ -8,7 +8,7 @@ from prefect import flow
 from components import steps, tracking
 from components.config import DEFAULT_PARAMS, NewsConfig
 from flows.settings import (IO_RETRIES, TRAIN_RETRIES, flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run, publish_comparison,
-                            tag_version)
+                            registry_summary, tag_version)
 from flows.tasks import step_task
 
 
@@ -57,4 +57,4 @@ def news(mind_dir: str = "", news: NewsConfig = NewsConfig(), params_file: str =
         tag_version(params, result, {"architecture": "perconet", **prefect_run()})
     verdict = publish_comparison("news-champion-vs-challenger", result, mlflow_links(params, run_id, result))
     print(verdict)
-    return {"metrics": metrics, "registry": {k: v for k, v in result.items() if not k.endswith("_metrics")}}
+    return {"metrics": metrics, "registry": registry_summary(result)}

@@ -148,6 +148,12 @@ def tag_version(params: Params, registry: Mapping, tags: Mapping[str, str]) -> N
         client.set_model_version_tag(registry["name"], str(registry["version"]), k, v)
 
 
+def registry_summary(result: Mapping) -> dict:
+    """The register step's result as a flow returns it: the verdict, version, alias and floor with the
+    baseline it was judged against; the challenger's and champion's metrics are left to MLflow."""
+    return {k: v for k, v in result.items() if k == "baseline_metrics" or not k.endswith("_metrics")}
+
+
 def publish_comparison(key: str, result: dict, links: str = "") -> str:
     """A Prefect table artifact ``key``: the register step's metrics, challenger beside champion on
     the same data, described by the verdict and the MLflow links; returns the verdict (one line)."""
