@@ -71,9 +71,7 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
 def train_and_register(params, names: list[str], epochs: int, folder: Path) -> dict[str, str]:
     """Train each model, register it as champion of ``bench-serving-<name>``; returns name -> registered name."""
     from components import registry, tracking
-    from components.ctr.serving import CTRPyfunc, example_request
-    from components.ctr.stage import train_and_evaluate
-    from components.serve.schema import pyfunc_signature
+    from components.ctr.stage import registry_candidate, train_and_evaluate
 
     out = {}
     for name in names:
@@ -81,21 +79,13 @@ def train_and_register(params, names: list[str], epochs: int, folder: Path) -> d
         p = params.model_copy(update={"ctr": cfg})
         model_dir = folder / name
         summary, _ = train_and_evaluate(p, None, model_name=name, out_dir=model_dir)
-        mdir = model_dir / "model"
-        example = example_request(mdir / "serving")
-        py = CTRPyfunc()
-
-        class _Ctx:
-            artifacts = {"model": str(mdir)}
-
-        py.load_context(_Ctx())
-        output = py.predict(None, example)
         reg = f"bench-serving-{name}"
-        run_id = tracking.start_run(p, f"bench-serving-{name}")
-        mv = registry.log_pyfunc(p, run_id, "ctr_model", CTRPyfunc(), {"model": str(mdir)}, example, output, reg,
-                                 signature=pyfunc_signature(output))
-        registry.client(p).set_registered_model_alias(reg, registry.CHAMPION, str(mv.version))
-        print(f"{name}: test AUC {summary.get('test.all.auc.ctr')}, registered {reg} v{mv.version}")
+        pr = p.model_copy(update={"ctr": cfg.model_copy(update={"registered_name": reg})})
+        run_id = tracking.start_run(pr, f"bench-serving-{name}")
+        result = registry.register_candidate(pr, run_id, registry_candidate(pr, model_dir / "model"), by="benchmark:serving")
+        if not result["promoted"]:  # the benchmark serves each model it trained, whatever the floor says
+            registry.set_champion(registry.client(pr), reg, result["version"], "benchmark:serving", result["reason"])
+        print(f"{name}: test AUC {summary.get('test.all.auc.ctr')}, registered {reg} v{result['version']}")
         out[name] = reg
     return out
 

@@ -239,6 +239,8 @@ class ContrastiveConfig(Section):
     eval_k: int = Field(10, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     registered_name: str = "scene-encoder"
+    promotion_margin: float = Field(0.005, ge=0)       # champion only when held-out MRR beats the champion's on the same pairs by more
+    promotion_floor_margin: float = Field(0.01, ge=0)  # ... and beats random vectors and the untuned backbone by more
 
     @field_validator("weights")
     @classmethod

@@ -183,6 +183,7 @@ class Candidate:
     floor_margin: float                                # better than chance and the baseline by more than this
     baseline: Callable[[], dict] | None = None         # metrics of a trivial scorer on the same rows
     baseline_name: str = "popularity"
+    chance: float = CHANCE_AUC                         # the metric of a random scorer (AUC 0.5; a retrieval metric's random level)
     tags: dict = field(default_factory=dict)           # lineage_tags(...)
     pip_requirements: list[str] | None = None
     signature: Callable[[Any], Any] | None = None      # (output example) -> MLflow signature; None: inferred
@@ -224,7 +225,7 @@ def register_candidate(params, run_id: str, candidate: Candidate, by: str | None
                                                           dst_path=str(dst)).unwrap_python_model()
         scored = candidate.score(models)
         baseline = candidate.baseline() if candidate.baseline else None
-        floor = {"chance": CHANCE_AUC, "baseline": (baseline or {}).get(candidate.metric),
+        floor = {"chance": candidate.chance, "baseline": (baseline or {}).get(candidate.metric),
                  "baseline_name": candidate.baseline_name, "margin": candidate.floor_margin}
         result = settle(c, name, version, champion, scored["challenger"], scored.get("champion"), candidate.metric,
                         candidate.margin, by, floor)

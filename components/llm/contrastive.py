@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 
 from components.config import Params
 from components.layers import info_nce
-from components.llm.encoder import TextEncoder, register_encoder
+from components.llm.encoder import TextEncoder, encoder_candidate
 from components.llm.pairs import STRATEGIES, by_strategy, load_pairs, shares_identifying_span
 from components.training import MlflowLog, Recipe, cpu_threads, fingerprint, fit, make_accelerator
 
@@ -269,7 +270,7 @@ def contrastive_step(params: Params, model_dir: str | Path | None = None, out_di
     Model Registry. Writes ``out_dir/metrics.json``; returns the flat metrics."""
     from accelerate import PartialState
 
-    from components import tracking
+    from components import registry, tracking
 
     cfg = params.contrastive
     model_dir = Path(model_dir or default_model_dir(params))
@@ -296,12 +297,22 @@ def contrastive_step(params: Params, model_dir: str | Path | None = None, out_di
         tracking.log_params(params, run_id, {"contrastive": cfg.model_dump(mode="json")})
         tracking.log_metrics(params, run_id, metrics)
     if register_as:
-        example = [df["anchor_text"].iloc[0] for df in by_strategy(pairs, "heldout").values()][:2]
-        if run_id:
-            version = register_encoder(params, run_id, out_dir, register_as, input_texts=example or None)
-        else:
-            with tracking.tracked_run(params, "contrastive") as rid:
+        heldout = by_strategy(pairs, "heldout")
+        example = [df["anchor_text"].iloc[0] for df in heldout.values()][:2]
+
+        def heldout_mrr(enc: TextEncoder) -> float:  # the challenger and the champion, on the same pairs
+            with cpu_threads(cfg.cpu_threads):
+                return evaluate(enc, heldout, k=cfg.eval_k, batch_size=cfg.eval_batch_size,
+                                seed=params.seed)["mean.finetuned.mrr"]
+
+        candidate = encoder_candidate(
+            params, out_dir, register_as, heldout_mrr, chance=scores["mean.random.mrr"], input_texts=example or None,
+            baseline={"heldout.mrr": scores["mean.untuned.mrr"]} if "mean.untuned.mrr" in scores else None)
+        with tracking.tracked_run(params, "contrastive") if not run_id else nullcontext(run_id) as rid:
+            if not run_id:
                 tracking.log_metrics(params, rid, metrics)
-                version = register_encoder(params, rid, out_dir, register_as, input_texts=example or None)
-        metrics["registered_version"] = int(version.version)
+            result = registry.register_candidate(params, rid, candidate)
+        metrics["registered_version"] = int(result["version"])
+        metrics["promoted"] = int(bool(result["promoted"]))
+        print(f"{result['name']} v{result['version']} -> {result['alias']}: {result['reason']}")
     return metrics

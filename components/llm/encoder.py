@@ -13,7 +13,7 @@ On disk (``TextEncoder.save``)::
     head.safetensors      the MLP head (absent for head-less encoders)
 
 ``EncoderModel`` wraps a saved encoder as an MLflow pyfunc (DataFrame with a ``text`` column in,
-embeddings out) and ``register_encoder`` logs it under a run and registers it in the Model Registry.
+embeddings out) and ``encoder_candidate`` hands it to ``registry.register_candidate``.
 """
 from __future__ import annotations
 
@@ -230,18 +230,33 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         return self.encoder.encode(texts, batch_size=batch_size)
 
 
-def register_encoder(params, run_id: str, encoder_dir: str | Path, name: str | None = None,
-                     input_texts: list[str] | None = None):
-    """Log the encoder in ``encoder_dir`` as a pyfunc model of run ``run_id`` and register it as
-    ``name`` (default ``contrastive.registered_name``); returns the ``ModelVersion``."""
-    from components.registry import log_pyfunc, requirements
+ENCODER_REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "mlflow")
 
+
+def encoder_candidate(params, encoder_dir: str | Path, name: str, score_texts, baseline: dict | None = None,
+                      chance: float = 0.0, metric: str = "heldout.mrr", input_texts: list[str] | None = None,
+                      flow_run_id: str | None = None):
+    """The encoder in ``encoder_dir`` as a ``registry.Candidate`` named ``name``: ``score_texts(encoder)``
+    gives its ``metric`` (e.g. held-out retrieval MRR); the same function scores the champion, so both
+    are measured on the same pairs. ``baseline``/``chance``: the floor's metrics (untuned backbone, random)."""
+    from components import registry
+
+    cfg = params.contrastive
     example = pd.DataFrame({"text": input_texts or ["<scene> <weather> rainy </scene>",
                                                     "<poi> <name> Noodle Bar <cate> noodles </poi>"]})
-    output = TextEncoder.load(encoder_dir, device="cpu").encode(example["text"].tolist())
-    return log_pyfunc(params, run_id, "encoder", EncoderModel(), {"encoder": str(encoder_dir)}, example, output,
-                      name or params.contrastive.registered_name,
-                      requirements(("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "mlflow")))
+
+    def prepare(tmp: Path):
+        return {"encoder": str(encoder_dir)}, example
+
+    def score(models: dict) -> dict:
+        return {role: {metric: float(score_texts(m.encoder))} for role, m in models.items()}
+
+    return registry.Candidate(
+        name=name, artifact_name="encoder", python_model=EncoderModel, prepare=prepare, score=score,
+        metric=metric, margin=cfg.promotion_margin, floor_margin=cfg.promotion_floor_margin,
+        baseline=(lambda: dict(baseline)) if baseline else None, baseline_name="untuned backbone", chance=chance,
+        tags=registry.lineage_tags(params, "encoder", f"{params.llm.base_model or 'llama'}+contrastive", flow_run_id),
+        pip_requirements=registry.requirements(ENCODER_REQUIREMENTS))
 
 
 def load_registered(name: str, version: str | int | None = None, alias: str | None = None):

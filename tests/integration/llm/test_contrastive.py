@@ -139,6 +139,13 @@ def test_step_registers_a_pyfunc_that_reproduces_the_embeddings(world, tmp_path,
         assert "eval.mean.untuned.mrr" in metrics and (tmp_path / "enc" / "metrics.json").exists()
         client = mlflow.MlflowClient(tracking.tracking_uri(short))
         assert client.get_run(run_id).info.status == "RUNNING"  # the caller still owns its run
+        # The one registration path: lineage tags and the floor (random vectors, the untuned backbone).
+        version = client.get_model_version("scene-encoder-test", "1")
+        assert version.tags["model_family"] == "encoder" and version.tags["params_hash"]
+        floor = max(metrics["eval.mean.untuned.mrr"], metrics["eval.mean.random.mrr"]) + short.contrastive.promotion_floor_margin
+        clears = metrics["eval.mean.finetuned.mrr"] > floor
+        assert metrics["promoted"] == int(clears)
+        assert version.aliases == (["champion"] if clears else ["challenger"])
 
         texts = pairs["user_poi_heldout"]["anchor_text"].tolist()[:4] + ["<scene> <weather> rainy </scene>"]
         served = mlflow.pyfunc.load_model("models:/scene-encoder-test/1")
