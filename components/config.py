@@ -562,6 +562,8 @@ class TrackingConfig(Section):
 class ReliabilityConfig(Section):
     # How long a command waits for another one holding the curated / features / registry lock.
     lock_timeout_s: float = Field(600.0, ge=0)
+    # A registration whose model files and data version equal an existing version's reuses it.
+    reuse_unchanged_models: bool = True
 
 
 class Params(Section):

@@ -19,7 +19,9 @@ def test_two_registrations_at_once_make_one_champion_change(tmp_path):
     # A world and training long enough that the model clears the promotion floor (the CTR registry
     # test's size): otherwise neither registration may take champion and there is no race to see.
     root = make_project(tmp_path / "project", {"generate": {"n_users": 200, "n_pois": 60, "n_requests": 2000},
-                                               "ctr": {"model": "id_only", "epochs": 6}})
+                                               "ctr": {"model": "id_only", "epochs": 6},
+                                               # the same model twice: two versions, not one reused
+                                               "reliability": {"reuse_unchanged_models": False}})
     cwd = os.getcwd()
     os.chdir(root)
     try:
