@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from components.atomic import file_digest
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 ALIASES = (CHAMPION, CHALLENGER)
@@ -200,10 +202,7 @@ def artifact_fingerprint(artifacts: dict, data_version: str | None = None) -> st
         root = Path(artifacts[key])
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
-            h.update(f"{key}/{f.relative_to(root) if f != root else f.name}".encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+            h.update(f"{key}/{f.relative_to(root) if f != root else f.name}:{file_digest(f)}".encode())
     return h.hexdigest()[:16]
 
 
