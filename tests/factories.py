@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -192,6 +194,26 @@ def make_project(dest: Path, overrides: dict | None = None, git: bool = False) -
         run("git", "commit", "-qm", "project")
     return dest
 
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the servers the tests start bind loopback only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group twice (Prefect 3.8 servers and workers need a second), then SIGKILL."""
+    for _ in range(2):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @contextmanager
