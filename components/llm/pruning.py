@@ -262,11 +262,11 @@ class Pruner:
             # the pruned ones: what the sliced LayerNorm of the small model computes.
             if not self._is_pruned["hidden"]:
                 return None
-            x, m = args[0], self.masks["hidden"].to(args[0].dtype)
+            x, m = args[0].float(), self.masks["hidden"].float()  # fp32 like nn.LayerNorm under autocast
             mean = (x * m).sum(-1, keepdim=True) / self._n_hidden
             var = ((x - mean).pow(2) * m).sum(-1, keepdim=True) / self._n_hidden
             y = (x - mean) * torch.rsqrt(var + norm.eps)
-            return (y * norm.weight + norm.bias) * m
+            return ((y * norm.weight.float() + norm.bias.float()) * m).to(out.dtype)
 
         h.append(model.bert.embeddings.LayerNorm.register_forward_hook(masked_layernorm))
         h.append(model.cls.predictions.transform.LayerNorm.register_forward_hook(masked_layernorm))
