@@ -469,18 +469,26 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['texts_per_s_1_thread'] / o['texts_per_s_1_thread']:>13.2f}")
         rows[name]["distill"] = {key: dj[key] for key in ("method", "shape", "param_ratio", "heldout_ppl",
                                                           "teacher_heldout_ppl", "materialise_max_abs_diff", "steps")}
+    students_ci = {}
     for ratio in ratios:
         pct = round(100 * ratio)
         h, one, plain = (rows[f"minilm_{lab}_{pct}"] for lab in MINILM_SCHEDULES)
-        targets[f"homodistil_{pct}_beats_oneshot_recall"] = h[rec] > one[rec]
-        targets[f"homodistil_{pct}_beats_plain_recall"] = h[rec] > plain[rec]
+        for lab, other in (("oneshot", one), ("plain", plain)):
+            ci_ = paired_bootstrap(ret["ranks"][f"minilm_homodistil_{pct}"], ret["ranks"][f"minilm_{lab}_{pct}"], k,
+                                   seed=params.seed)
+            students_ci[f"homodistil_{pct}_minus_{lab}_{pct}"] = ci_
+            print(f"minilm_homodistil_{pct} - minilm_{lab}_{pct}: recall@{k} {h[rec] - other[rec]:+.3f} "
+                  f"(95% CI {ci_['recall'][0]:+.3f} .. {ci_['recall'][1]:+.3f}), MRR {h['mean.mrr'] - other['mean.mrr']:+.3f} "
+                  f"(95% CI {ci_['mrr'][0]:+.3f} .. {ci_['mrr'][1]:+.3f})")
+            targets[f"homodistil_{pct}_beats_{lab}_recall"] = h[rec] > other[rec]
+            targets[f"homodistil_{pct}_beats_{lab}_recall_beyond_ci"] = ci_["recall"][0] > 0
         if ratio <= 0.25:
             targets[f"homodistil_{pct}_keeps_95pct_recall"] = h[rec] >= 0.95 * o[rec]
             targets[f"homodistil_{pct}_3x_faster_1_thread"] = h["texts_per_s_1_thread"] >= 3 * o["texts_per_s_1_thread"]
     print("targets: " + ", ".join(f"{k_}={'met' if v else 'NOT met'}" for k_, v in targets.items()))
     report = {
         "embedders": rows, "probe_references": {"category_onehot": probe["category_onehot"], "tfidf": probe["tfidf"]},
-        "ours_minus_mnrl_ci95": ci, "targets": targets,
+        "ours_minus_mnrl_ci95": ci, "students_ci95": students_ci, "targets": targets,
         "heldout_pairs": {s: len(df) for s, df in held.items()},
         "clean_heldout_pairs": {s: int(c.sum()) for s, c in ret["clean"].items()},
         "minilm_mlm_heldout_ppl": {"before": mlm_ppl[0], "after": mlm_ppl[1]},
