@@ -85,14 +85,15 @@ def _composed_select(model, b):
     attach = attach_prototypes(sim, g.node_ok, cfg.attach_temperature, sample=cf.training)
     adj = temporal_graph(g.adjacency, g.last_node, attach)
     x = torch.cat([c, c_t.unsqueeze(1), o], 1)
-    for layer in cf.gat:
-        x = x + torch.nn.functional.elu(layer(x, adj))
-    sim_t = 1 - pairwise_symmetric_kl(cf.prob(x[:, m + 1:]), cf.prob(x[:, m]).unsqueeze(1)).squeeze(-1)
-    z = select_prototypes(sim_t, short, x[:, m + 1:], cfg.select_temperature, noise=cf.training)
+    for i, layer in enumerate(cf.gat):  # the last layer refines only the nodes read after it
+        rows = slice(m, None) if i == len(cf.gat) - 1 else None
+        x = (x if rows is None else x[:, rows]) + torch.nn.functional.elu(layer(x, adj, rows))
+    sim_t = 1 - pairwise_symmetric_kl(cf.prob(x[:, 1:]), cf.prob(x[:, 0]).unsqueeze(1)).squeeze(-1)
+    z = select_prototypes(sim_t, short, x[:, 1:], cfg.select_temperature, noise=cf.training)
     chosen = selected_contexts(z, attach[:, :, :m])
     keep = subsequence_mask(b["hist_context"], g.node_context, chosen) & mask
     keep = torch.where(~keep.any(-1, keepdim=True), last_positions(mask, cfg.short_term), keep)
-    return {"mask": keep, "chosen": chosen, "z": z, "prototypes": x[:, m + 1:], "l_mse": l_mse, "l_ind": l_ind}
+    return {"mask": keep, "chosen": chosen, "z": z, "prototypes": x[:, 1:], "l_mse": l_mse, "l_ind": l_ind}
 
 
 @pytest.mark.parametrize("training", [False, True])
