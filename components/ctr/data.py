@@ -574,10 +574,12 @@ def gather_history(history: History, pois: PoiTable, start: np.ndarray, end: np.
 
 def make_batch(data: RequestData, idx: np.ndarray, history: History, pois: PoiTable, max_history: int,
                id_dropout: float = 0.0, rng: np.random.Generator | None = None,
-               scene_table: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               scene_table: np.ndarray | None = None,
+               constants: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Numpy arrays of one batch of requests (history gathered, PoI attributes looked up). With a
     ``scene_table`` (and PoI text embeddings) the batch also carries the LLM embeddings LARR reads:
-    per-feature scene vectors and the text vectors of candidates and history."""
+    per-feature scene vectors and the text vectors of candidates and history. ``constants``: arrays
+    with one row per request of ``data`` (the model's ``request_constants``), taken for the batch."""
     d = data.take(idx)
     h = gather_history(history, pois, d.hist_start, d.hist_end, max_history)
     user = d.user.copy()
@@ -610,6 +612,8 @@ def make_batch(data: RequestData, idx: np.ndarray, history: History, pois: PoiTa
         out["hist_text"] = pois.text_emb[h["hist_poi"]]
     if d.scene_full is not None:
         out["scene_full"] = d.scene_full
+    for k, v in (constants or {}).items():
+        out[k] = v[idx]
     return out
 
 

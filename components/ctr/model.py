@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from components.config import CTRConfig
-from components.ctr.cofars import CoFARS, phase1_score, subsequence_mask
+from components.ctr.cofars import CoFARS, ContextGraph, phase1_score, subsequence_mask
 from components.ctr.esmm import ESMMHeads
 from components.ctr.larr import SceneAggregator
 from components.layers import MLP, TargetAttention, info_nce
@@ -263,29 +263,60 @@ class CTRModel(nn.Module):
 
     def profile(self, b, selection=None):
         """(R, K, F) history-profile statistics per scope (``history_profile``): the whole history,
-        the behaviours in the request's time slot and (CoFARS) the selected sub-sequence."""
-        mask = b["hist_mask"]
-        w = self.behavior_weight[b["hist_behavior"].clamp(0, 4)] * mask
-        scopes = [w]
+        the behaviours in the request's time slot and (CoFARS) the selected sub-sequence. The first
+        two depend on the request alone: read from ``b["profile_fixed"]`` when precomputed."""
+        fixed = b["profile_fixed"] if "profile_fixed" in b else self._profile(b, self._fixed_scopes(b))
+        if self.profile_scopes < 3:
+            return fixed
+        w = self._behaviour_weight(b)
+        return torch.cat([fixed, self._profile(b, [w * (selection if selection is not None else b["hist_mask"])])], -1)
+
+    def _behaviour_weight(self, b):
+        return self.behavior_weight[b["hist_behavior"].clamp(0, 4)] * b["hist_mask"]
+
+    def _fixed_scopes(self, b):
+        """Weights (R, n) of the request-only scopes: the whole history and the request's time slot."""
+        w = self._behaviour_weight(b)
         slot, hist_slot = b.get("slot"), b.get("hist_slot")
         same_slot = (hist_slot == slot.unsqueeze(1)) & (slot.unsqueeze(1) > 0) if slot is not None and \
-            hist_slot is not None else torch.zeros_like(mask)
-        scopes.append(w * same_slot)
-        if self.profile_scopes == 3:
-            scopes.append(w * (selection if selection is not None else mask))
+            hist_slot is not None else torch.zeros_like(b["hist_mask"])
+        return [w, w * same_slot]
+
+    def _profile(self, b, scopes):
         text = (b.get("hist_text"), b.get("cand_text")) if self.use_text else (None, None)
         return torch.cat([history_profile(sw, b["hist_row"], b["cand_row"], b["hist_category"], b["cand_category"],
                                           b.get("hist_logp"), b.get("cand_logp"), *text) for sw in scopes], -1)
 
+    @torch.no_grad()
+    def request_constants(self, b) -> dict[str, torch.Tensor]:
+        """What this model computes from a request's data alone, no parameter involved (the profile of
+        the request-only scopes; CoFARS's offline graph): the same for every step, so a trainer computes
+        it once per request and passes it in the batch under these keys (``graph_*``: ``ContextGraph``)."""
+        out = {}
+        if self.profile_scopes:
+            out["profile_fixed"] = self._profile(b, self._fixed_scopes(b))
+        if self.sequence == "cofars":
+            g = self._offline_graph(b)
+            out.update(graph_node_context=g.node_context, graph_node_ok=g.node_ok, graph_adjacency=g.adjacency,
+                       graph_last_node=g.last_node, graph_divergence=g.divergence)
+        return out
+
+    def _offline_graph(self, b) -> ContextGraph:
+        if "graph_node_context" in b:
+            return ContextGraph(b["graph_node_context"], b["graph_node_ok"], b["graph_adjacency"],
+                                b["graph_last_node"], None, b["graph_divergence"])
+        attributes = torch.stack([b["hist_category"], b["hist_price"], b["hist_rating"], b["hist_delivery"]], -1)
+        return self.cofars.offline(b["hist_context"], b["hist_mask"], attributes)
+
     def select(self, b, hist=None):
         """CoFARS for each request of the batch: the offline part from the batch's history
-        (``CoFARS.offline``), the online pass (``CoFARS.forward``) and the (R, n) sub-sequence mask of
-        the chosen contexts, falling back to the short-term window when none is chosen. Candidate-independent."""
+        (``CoFARS.offline``, or ``graph_*`` of ``request_constants``), the online pass (``CoFARS.forward``)
+        and the (R, n) sub-sequence mask of the chosen contexts, falling back to the short-term window
+        when none is chosen. Candidate-independent."""
         hist = self.history(b) if hist is None else hist
         mask = b["hist_mask"]
         user = self.user_emb(b["user"])
-        attributes = torch.stack([b["hist_category"], b["hist_price"], b["hist_rating"], b["hist_delivery"]], -1)
-        graph = self.cofars.offline(b["hist_context"], mask, attributes)
+        graph = self._offline_graph(b)
         window_mask, window = gather_selected(last_positions(mask, self.cfg.short_term), self.cfg.short_term, hist)
         sel = self.cofars(user, b["context"], graph, window, window_mask)
         keep = subsequence_mask(b["hist_context"], graph.node_context, sel["chosen"]) & mask

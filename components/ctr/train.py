@@ -31,15 +31,31 @@ def build_model(name: str, cfg: CTRConfig, ds: CTRDataset, seed: int) -> CTRMode
 
 
 @torch.no_grad()
+def request_constants(model: CTRModel, data: RequestData, ds: CTRDataset, cfg: CTRConfig,
+                      device=None) -> dict[str, np.ndarray]:
+    """``model.request_constants`` of every request of ``data`` (row i = request i), computed once so
+    that no training step or evaluation recomputes what depends on the data alone."""
+    device = device or next(model.parameters()).device
+    parts: dict[str, list] = {}
+    for idx in batch_order(data.history_lengths(), cfg.eval_batch_requests, None):  # in request order
+        b = to_tensors(make_batch(data, idx, ds.history, ds.pois, cfg.max_history,
+                                  scene_table=ds.scene_table if model.use_text else None), device)
+        for k, v in model.request_constants(b).items():
+            parts.setdefault(k, []).append(v.cpu().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+@torch.no_grad()
 def predict(model: CTRModel, data: RequestData, ds: CTRDataset, cfg: CTRConfig, device=None,
-            max_history: int | None = None) -> dict[str, np.ndarray]:
-    """Scores of every real candidate, flat in (request, slot) order: ctr, ctcvr and the labels."""
+            max_history: int | None = None, constants: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Scores of every real candidate, flat in (request, slot) order: ctr, ctcvr and the labels.
+    ``constants``: ``request_constants`` of ``data`` (computed with the same ``max_history``)."""
     model.eval()
     device = device or next(model.parameters()).device
     out = {k: [] for k in ("ctr", "ctcvr", "click", "order", "user", "row", "slot")}
     for idx in batch_order(data.history_lengths(), cfg.eval_batch_requests, None):
         b = make_batch(data, idx, ds.history, ds.pois, max_history or cfg.max_history,
-                       scene_table=ds.scene_table if model.use_text else None)
+                       scene_table=ds.scene_table if model.use_text else None, constants=constants)
         t = to_tensors(b, device)
         pred = model(t)
         m = b["mask"]
@@ -66,8 +82,9 @@ class _EpochBatches:
     """The request batches of each epoch for this process, drawn as one seeded stream: epoch e's order
     and id-dropout seed come after epoch e-1's draws, so a resumed run replays the draws it skips."""
 
-    def __init__(self, ds: CTRDataset, cfg: CTRConfig, seed: int, use_text: bool, acc):
-        self.ds, self.cfg, self.use_text, self.acc = ds, cfg, use_text, acc
+    def __init__(self, ds: CTRDataset, cfg: CTRConfig, seed: int, use_text: bool, acc,
+                 constants: dict[str, np.ndarray] | None = None):
+        self.ds, self.cfg, self.use_text, self.acc, self.constants = ds, cfg, use_text, acc, constants
         self.rng, self.drawn = np.random.default_rng(seed), 0
 
     def __call__(self, epoch: int) -> "_Epoch":
@@ -91,8 +108,8 @@ class _Epoch:
     def __getitem__(self, i: int) -> dict:
         p = self.p
         return to_tensors(make_batch(p.ds.train, self.batches[i], p.ds.history, p.ds.pois, p.cfg.max_history,
-                                     p.cfg.id_dropout, self.drop_rng, p.ds.scene_table if p.use_text else None),
-                          p.acc.device)
+                                     p.cfg.id_dropout, self.drop_rng, p.ds.scene_table if p.use_text else None,
+                                     p.constants), p.acc.device)
 
 
 def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path | None = None,
@@ -108,13 +125,17 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
         losses = net.loss(model(b), b)
         return losses["loss"], {k: float(v.detach()) for k, v in losses.items() if k != "loss"}
 
+    # Computed once: what depends on the requests alone (history profile, CoFARS's offline graph).
+    train_constants = request_constants(net, ds.train, ds, cfg, acc.device)
+    valid_constants = request_constants(net, ds.valid, ds, cfg, acc.device)
+
     def evaluate(model) -> dict:
-        scores = predict(model, ds.valid, ds, cfg, acc.device)
+        scores = predict(model, ds.valid, ds, cfg, acc.device, constants=valid_constants)
         return {"valid_auc_ctr": auc(scores["click"], scores["ctr"]),
                 "valid_auc_ctcvr": auc(scores["order"], scores["ctcvr"])}
 
-    recipe = Recipe(model=net, batches=_EpochBatches(ds, cfg, seed, net.use_text, acc), loss=loss, evaluate=evaluate,
-                    optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
+    recipe = Recipe(model=net, batches=_EpochBatches(ds, cfg, seed, net.use_text, acc, train_constants), loss=loss,
+                    evaluate=evaluate, optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
     with cpu_threads(cfg.cpu_threads):
         out = fit(acc, recipe, epochs=cfg.epochs, ckpt_dir=ckpt_dir,
                   fingerprint=_fingerprint(name, cfg, seed, ds) if ckpt_dir is not None else "",

@@ -49,6 +49,37 @@ def test_padding_never_changes_a_score(name):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["din_full", "cofars", "larr_cofars"])
+@pytest.mark.parametrize("training", [False, True])
+def test_request_constants_in_the_batch_give_the_same_scores_and_losses(name, training):
+    """A trainer passes ``request_constants`` (computed once per request) in the batch instead of
+    letting every step recompute them: the same scores, losses and gradients (training: the same draws)."""
+    torch.manual_seed(0)
+    model = CTRModel(name, CFG, SHAPES).train(training)
+    b = make_batch([40, 12, 3, 0, 25], seed=11)
+    const = model.request_constants(b)
+    assert "profile_fixed" in const and ("graph_divergence" in const) == (name != "din_full")
+    runs = []
+    for batch in (b, {**b, **const}):
+        model.zero_grad()
+        torch.manual_seed(5)
+        out = model(batch)
+        loss = model.loss(out, batch)["loss"]
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        runs.append((out["ctr"].detach(), loss.detach(), grads))
+    (ctr_a, loss_a, grads_a), (ctr_b, loss_b, grads_b) = runs
+    torch.testing.assert_close(ctr_b, ctr_a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    assert len(grads_a) == len(grads_b)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # not vacuous: the model reads what the batch carries
+        torch.manual_seed(5)
+        moved = model({**b, **const, "profile_fixed": const["profile_fixed"] + 1.0})["ctr"]
+    assert not torch.allclose(moved, ctr_a, atol=1e-4)
+
+
 def test_cofars_selection_is_the_same_for_every_candidate_of_a_request():
     torch.manual_seed(0)
     model = CTRModel("cofars", CFG, SHAPES).eval()
