@@ -30,6 +30,14 @@ def build_model(name: str, cfg: CTRConfig, ds: CTRDataset, seed: int) -> CTRMode
     return CTRModel(name, cfg, shapes)
 
 
+def _by_length(data: RequestData, size: int) -> list[np.ndarray]:
+    """Request indices in batches of ``size`` sorted by history length: a batch pads its histories
+    to its longest one, so requests of similar length are scored together (results are put back
+    in request order)."""
+    order = np.argsort(data.history_lengths(), kind="stable")
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
 @torch.no_grad()
 def request_constants(model: CTRModel, data: RequestData, ds: CTRDataset, cfg: CTRConfig,
                       device=None) -> dict[str, np.ndarray]:
@@ -37,12 +45,16 @@ def request_constants(model: CTRModel, data: RequestData, ds: CTRDataset, cfg: C
     that no training step or evaluation recomputes what depends on the data alone."""
     device = device or next(model.parameters()).device
     parts: dict[str, list] = {}
-    for idx in batch_order(data.history_lengths(), cfg.eval_batch_requests, None):  # in request order
+    batches = _by_length(data, cfg.eval_batch_requests)
+    for idx in batches:
         b = to_tensors(make_batch(data, idx, ds.history, ds.pois, cfg.max_history,
                                   scene_table=ds.scene_table if model.use_text else None), device)
         for k, v in model.request_constants(b).items():
             parts.setdefault(k, []).append(v.cpu().numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    if not parts:
+        return {}
+    where = np.argsort(np.concatenate(batches), kind="stable")  # back to request order
+    return {k: np.concatenate(v)[where] for k, v in parts.items()}
 
 
 @torch.no_grad()
@@ -53,7 +65,7 @@ def predict(model: CTRModel, data: RequestData, ds: CTRDataset, cfg: CTRConfig, 
     model.eval()
     device = device or next(model.parameters()).device
     out = {k: [] for k in ("ctr", "ctcvr", "click", "order", "user", "row", "slot")}
-    for idx in batch_order(data.history_lengths(), cfg.eval_batch_requests, None):
+    for idx in _by_length(data, cfg.eval_batch_requests):
         b = make_batch(data, idx, ds.history, ds.pois, max_history or cfg.max_history,
                        scene_table=ds.scene_table if model.use_text else None, constants=constants)
         t = to_tensors(b, device)
@@ -66,7 +78,9 @@ def predict(model: CTRModel, data: RequestData, ds: CTRDataset, cfg: CTRConfig, 
         out["user"].append(np.broadcast_to(data.user_id[idx][:, None], m.shape)[m])
         out["row"].append(np.broadcast_to(idx[:, None], m.shape)[m])
         out["slot"].append(np.broadcast_to(np.arange(m.shape[1])[None, :], m.shape)[m])
-    return {k: np.concatenate(v) if v else np.array([]) for k, v in out.items()}
+    flat = {k: np.concatenate(v) if v else np.array([]) for k, v in out.items()}
+    order = np.lexsort((flat["slot"], flat["row"]))
+    return {k: v[order] for k, v in flat.items()}
 
 
 _NOT_TRAINING = {"cpu_threads", "eval_batch_requests", "calibration_bins", "registered_name", "promotion_metric",
