@@ -215,6 +215,9 @@ def main(argv=None) -> int:
     if args.combine:
         return combine(args.combine, Path(args.out))
     from components.ctr.data import build_dataset
+    # The first optimizer a process builds imports torch._dynamo (seconds): paid here, not by whichever
+    # model happens to train first.
+    import torch._dynamo  # noqa: F401
 
     seeds = [args.seeds[0]] if args.quick else args.seeds
     ours = args.models if args.models is not None else list(QUICK if args.quick else ALL)
