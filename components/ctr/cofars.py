@@ -66,12 +66,18 @@ def pairwise_symmetric_kl(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -
 
     Expanded as ½[Σ a log a + Σ b log b − a·log bᵀ − log a·bᵀ] so the n×m×V work runs as two matrix
     products instead of an (n, m, V) broadcast (7× faster on CPU; same value up to rounding)."""
-    a, b = a.clamp(min=eps), b.clamp(min=eps)
-    la, lb = a.log(), b.log()
-    self_a = (a * la).sum(-1).unsqueeze(-1)  # (..., n, 1)
+    same = b is a
+    a = a.clamp(min=eps)
+    la = a.log()
+    self_a = (a * la).sum(-1)  # (..., n)
+    if same:  # one set against itself (L_MSE, L_IND): a·log aᵀ + log a·aᵀ = C + Cᵀ
+        c = a @ la.transpose(-1, -2)
+        return (0.5 * (self_a.unsqueeze(-1) + self_a.unsqueeze(-2) - (c + c.transpose(-1, -2)))).clamp(min=0)
+    b = b.clamp(min=eps)
+    lb = b.log()
     self_b = (b * lb).sum(-1).unsqueeze(-2)  # (..., 1, m)
     cross = a @ lb.transpose(-1, -2) + la @ b.transpose(-1, -2)
-    return (0.5 * (self_a + self_b - cross)).clamp(min=0)
+    return (0.5 * (self_a.unsqueeze(-1) + self_b - cross)).clamp(min=0)
 
 
 # ------------------------------------------------------------------------------------------------
