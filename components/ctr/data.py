@@ -601,6 +601,11 @@ def make_batch(data: RequestData, idx: np.ndarray, history: History, pois: PoiTa
         "hist_context": h["hist_context"], "hist_mask": h["hist_mask"], "hist_slot": h["hist_slot"],
         "slot": d.slot if d.slot is not None else np.zeros(len(idx), np.int64),
     }
+    # The batch's distinct history PoIs: the model embeds each once (CTRModel.history).
+    item_row, hist_item = np.unique(h["hist_poi"], return_inverse=True)
+    out.update(hist_item=hist_item.reshape(h["hist_poi"].shape), item_poi=pois.vocab_id[item_row],
+               item_category=pois.category[item_row], item_price=pois.price_band[item_row],
+               item_rating=pois.rating_band[item_row], item_delivery=pois.delivery_band[item_row])
     if pois.log_price is not None:
         out["cand_logp"] = pois.log_price[d.poi_row]
         out["hist_logp"] = pois.log_price[h["hist_poi"]]
@@ -610,6 +615,7 @@ def make_batch(data: RequestData, idx: np.ndarray, history: History, pois: PoiTa
         out["scene_mask"] = sv >= 0
         out["cand_text"] = pois.text_emb[d.poi_row]
         out["hist_text"] = pois.text_emb[h["hist_poi"]]
+        out["item_text"] = pois.text_emb[item_row]
     if d.scene_full is not None:
         out["scene_full"] = d.scene_full
     for k, v in (constants or {}).items():

@@ -230,8 +230,15 @@ class CTRModel(nn.Module):
         return self._served_scene is not None
 
     def history(self, b):
-        h = self.item(b["hist_poi"], b.get("hist_text"), b["hist_category"], b["hist_price"], b["hist_rating"],
-                      b["hist_delivery"])
+        """(R, n, d) behaviour embeddings. With ``hist_item`` (make_batch) the batch's distinct PoIs
+        (``item_*``) are embedded once and gathered: a history repeats few PoIs many times."""
+        if "hist_item" in b:
+            items = self.item(b["item_poi"], b.get("item_text"), b["item_category"], b["item_price"],
+                              b["item_rating"], b["item_delivery"])
+            h = items[b["hist_item"]]
+        else:
+            h = self.item(b["hist_poi"], b.get("hist_text"), b["hist_category"], b["hist_price"], b["hist_rating"],
+                          b["hist_delivery"])
         return h + self.behavior_emb(b["hist_behavior"])
 
     def sequence_vector(self, b, cand, hist, aux):

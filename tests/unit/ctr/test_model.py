@@ -316,3 +316,36 @@ def test_scene_columns_reach_the_model_as_numbers():
     assert out["scene__hour"].tolist() == [12.0, 20.0]
     assert out["scene__is_weekend"].tolist() == [0.0, 1.0]  # 2026-01-03 is a Saturday
     assert out["scene__is_holiday"].iloc[0] == 1.0 and np.isnan(out["scene__is_holiday"].iloc[1])
+
+
+def test_distinct_history_items_give_the_same_behaviour_embeddings():
+    """make_batch lists the batch's distinct history PoIs (``item_*``, ``hist_item``); the model
+    embeds each once and gathers: the same (R, n, d) as embedding every position, text included."""
+    from components.ctr.data import History, PoiTable, RequestData, make_batch, to_tensors
+
+    g = np.random.default_rng(0)
+    n_poi, r, k = 20, 3, 4
+    pois = PoiTable([f"p{i}" for i in range(n_poi)], {f"p{i}": i for i in range(n_poi)}, g.integers(0, 20, n_poi),
+                    g.integers(0, 6, n_poi), g.integers(0, 5, n_poi), g.integers(0, 5, n_poi), g.integers(0, 5, n_poi),
+                    np.zeros(n_poi), np.zeros(n_poi), g.normal(size=(n_poi, 12)).astype(np.float32),
+                    g.normal(3.5, 0.5, n_poi).astype(np.float32))
+    n_hist = 30
+    history = History(np.arange(n_hist), g.integers(0, n_poi, n_hist), g.integers(1, 5, n_hist),
+                      g.integers(1, 7, n_hist), {}, {}, g.integers(1, 6, n_hist))
+    data = RequestData(
+        request_id=np.arange(r).astype(object), user_id=np.array(["a", "b", "c"], object), user=np.arange(r),
+        context=np.ones(r, np.int64), scene=np.zeros((r, 6), np.int64), scene_value=g.integers(0, 9, (r, 6)),
+        hist_start=np.array([0, 10, 25]), hist_end=np.array([10, 25, 25]), poi_row=g.integers(0, n_poi, (r, k)),
+        position=np.tile(np.arange(k), (r, 1)), numeric=g.normal(size=(r, k, 9)).astype(np.float32),
+        distance=np.zeros((r, k), np.float32), click=np.zeros((r, k), np.float32),
+        order=np.zeros((r, k), np.float32), mask=np.ones((r, k), bool), cold_user=np.zeros(r, bool),
+        cold_poi=np.zeros((r, k), bool), slot=np.ones(r, np.int64))
+    batch = make_batch(data, np.arange(r), history, pois, 8, scene_table=g.normal(size=(9, 12)).astype(np.float32))
+    for attr in ("poi", "category", "price", "rating", "delivery", "text"):
+        np.testing.assert_array_equal(batch[f"item_{attr}"][batch["hist_item"]], batch[f"hist_{attr}"])
+    assert len(batch["item_poi"]) < batch["hist_item"].size, "distinct PoIs are fewer than positions"
+    b = to_tensors(batch)
+    torch.manual_seed(0)
+    model = CTRModel("larr_cofars", CFG, SHAPES)
+    per_position = {key: v for key, v in b.items() if key != "hist_item"}
+    torch.testing.assert_close(model.history(b), model.history(per_position), rtol=1e-6, atol=1e-6)
