@@ -123,6 +123,14 @@ def verdict(table: dict, rivals: list[str]) -> dict:
     return out
 
 
+def speed_ratios(table: dict, peers: list[str]) -> dict:
+    """larr_cofars's training and scoring rows/s over each peer's (issue 14: training >= 1.5x DIN's)."""
+    if FULL not in table:
+        return {}
+    return {p: {k: round(table[FULL][k]["mean"] / table[p][k]["mean"], 2) for k in SPEEDS}
+            for p in peers if p in table and all(table[p][k]["mean"] > 0 for k in SPEEDS)}
+
+
 def print_world(world: str, table: dict, oracle: dict, seeds) -> None:
     o_ctr, o_ctcvr = oracle.get("all.oracle_auc.ctr"), oracle.get("all.oracle_auc.ctcvr")
     print(f"\n[{world}] test AUC over seeds {seeds} (mean ± std); oracle CTR {o_ctr}, CTCVR {o_ctcvr}")
@@ -247,6 +255,10 @@ def main(argv=None) -> int:
                          "verdict_vs_baselines": verdict(table, [b for b in BASELINES if b in table]),
                          "generate": wp.generate.model_dump(mode="json")}
         print_world(world, table, oracle, seeds)
+        worlds[world]["speed_vs_peers"] = speed_ratios(table, args.peers)
+        for p, r in worlds[world]["speed_vs_peers"].items():
+            print(f"  [{world}] {FULL} / {p}: training rows/s x{r['train_rows_per_s']:.2f}, "
+                  f"scoring rows/s x{r['score_rows_per_s']:.2f}")
         del ds
 
     avg, summary = family_summary(worlds, models, args.peers)
