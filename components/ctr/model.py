@@ -111,13 +111,15 @@ def weight_on(hist_key: torch.Tensor, w: torch.Tensor, cand_key: torch.Tensor) -
 
 def history_profile(w: torch.Tensor, hist_row: torch.Tensor, cand_row: torch.Tensor, hist_cat: torch.Tensor,
                     cand_cat: torch.Tensor, hist_logp: torch.Tensor | None, cand_logp: torch.Tensor | None,
-                    hist_text: torch.Tensor | None = None, cand_text: torch.Tensor | None = None) -> torch.Tensor:
+                    hist_text: torch.Tensor | None = None, cand_text: torch.Tensor | None = None,
+                    hist_item: torch.Tensor | None = None) -> torch.Tensor:
     """Candidate-relative statistics of a weighted history: w (R, n) behaviour weights (0 = not in
     the scope), rows/categories (R, n) against the candidates' (R, K). Returns (R, K, F): log1p of
     the weight on the candidate PoI, its share and its category's share (both smoothed by one
     pseudo-behaviour), the candidate's log price minus the history's weighted mean log price (and
     its absolute value), log1p total weight; with text, the cosine of the candidate's text embedding
-    and the weighted mean history text embedding. Empty scopes give zeros."""
+    and the weighted mean history text embedding. Empty scopes give zeros. With ``hist_item`` (R, n),
+    ``hist_text`` (U, D) holds one row per distinct PoI that it indexes (make_batch's ``item_text``)."""
     tot = w.sum(-1, keepdim=True)  # (R, 1)
     poi_w = weight_on(hist_row, w, cand_row)
     cat_w = weight_on(hist_cat, w, cand_cat)
@@ -131,7 +133,11 @@ def history_profile(w: torch.Tensor, hist_row: torch.Tensor, cand_row: torch.Ten
         feats += [torch.zeros_like(poi_w), torch.zeros_like(poi_w)]
     feats.append(torch.log1p(tot).expand_as(poi_w))
     if hist_text is not None and cand_text is not None:
-        u = torch.einsum("rn,rnd->rd", w, F.normalize(hist_text, dim=-1))
+        if hist_item is None:
+            u = torch.einsum("rn,rnd->rd", w, F.normalize(hist_text, dim=-1))
+        else:  # each request's weight per distinct PoI, then one product with their normalised texts
+            per_item = w.new_zeros(w.shape[0], hist_text.shape[0]).scatter_add_(1, hist_item, w)
+            u = per_item @ F.normalize(hist_text, dim=-1)
         feats.append(torch.einsum("rkd,rd->rk", F.normalize(cand_text, dim=-1), F.normalize(u, dim=-1)) * has)
     return torch.stack(feats, -1)
 
@@ -290,9 +296,13 @@ class CTRModel(nn.Module):
         return [w, w * same_slot]
 
     def _profile(self, b, scopes):
-        text = (b.get("hist_text"), b.get("cand_text")) if self.use_text else (None, None)
+        text, item = (None, None), None
+        if self.use_text and "hist_item" in b and "item_text" in b:
+            text, item = (b["item_text"], b.get("cand_text")), b["hist_item"]
+        elif self.use_text:
+            text = (b.get("hist_text"), b.get("cand_text"))
         return torch.cat([history_profile(sw, b["hist_row"], b["cand_row"], b["hist_category"], b["cand_category"],
-                                          b.get("hist_logp"), b.get("cand_logp"), *text) for sw in scopes], -1)
+                                          b.get("hist_logp"), b.get("cand_logp"), *text, item) for sw in scopes], -1)
 
     @torch.no_grad()
     def request_constants(self, b) -> dict[str, torch.Tensor]:

@@ -349,3 +349,6 @@ def test_distinct_history_items_give_the_same_behaviour_embeddings():
     model = CTRModel("larr_cofars", CFG, SHAPES)
     per_position = {key: v for key, v in b.items() if key != "hist_item"}
     torch.testing.assert_close(model.history(b), model.history(per_position), rtol=1e-6, atol=1e-6)
+    # ... and the same history profile (its text cosine reads the distinct PoIs' texts)
+    scopes = model._fixed_scopes(b)
+    torch.testing.assert_close(model._profile(b, scopes), model._profile(per_position, scopes), rtol=1e-5, atol=1e-6)
