@@ -562,6 +562,11 @@ class TrackingConfig(Section):
 class ReliabilityConfig(Section):
     # How long a command waits for another one holding the curated / features / registry lock.
     lock_timeout_s: float = Field(600.0, ge=0)
+    # Retries of Prefect tasks after a transient failure (a locked store, a network blip); never after
+    # bad data, parameters or code. Training tasks resume from their checkpoint.
+    io_retries: int = Field(3, ge=0, le=20)
+    train_retries: int = Field(1, ge=0, le=20)
+    retry_backoff_s: float = Field(2.0, ge=0)
     # A registration whose model files and data version equal an existing version's reuses it.
     reuse_unchanged_models: bool = True
 
