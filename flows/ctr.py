@@ -62,7 +62,7 @@ def ctr(ctr: CTRConfig = CTRConfig(), params_file: str = DEFAULT_PARAMS, isolate
         tracking.log_metrics(params, run_id, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         print(f"{summary['model']}: {summary['headline']}")
         result = register_task(params, run_id)
-        tag_version(params, result, {"architecture": summary["model"], **prefect_run(), **tags})
+        tag_version(params, result, {**prefect_run(), **tags})
     links = mlflow_links(params, run_id, result)
     verdict = (f"**{result['name']} v{result['version']}** → "
                + ("`champion`" if result["promoted"] else "`challenger`") + f": {result['reason']}")

@@ -49,7 +49,7 @@ def hkfr(hkfr: HKFRConfig = HKFRConfig(), params_file: str = DEFAULT_PARAMS, iso
         metrics = instruct_task(params, run_id)
         tracking.log_metrics(params, run_id, {f"knowledge.{k}": v for k, v in data.items()})
         result = register_task(params, run_id)
-        tag_version(params, result, {"architecture": f"{params.hkfr.base}-{params.hkfr.method}", **prefect_run()})
+        tag_version(params, result, prefect_run())
     verdict = publish_comparison("hkfr-champion-vs-challenger", result, mlflow_links(params, run_id, result))
     print(verdict)
     return {"metrics": metrics, "registry": registry_summary(result)}

@@ -54,7 +54,7 @@ def news(mind_dir: str = "", news: NewsConfig = NewsConfig(), params_file: str =
         metrics = train_task(params)
         tracking.log_metrics(params, run_id, {**{f"data.{k}": v for k, v in data.items()}, **metrics})
         result = register_task(params, run_id)
-        tag_version(params, result, {"architecture": "perconet", **prefect_run()})
+        tag_version(params, result, prefect_run())
     verdict = publish_comparison("news-champion-vs-challenger", result, mlflow_links(params, run_id, result))
     print(verdict)
     return {"metrics": metrics, "registry": registry_summary(result)}

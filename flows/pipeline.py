@@ -75,7 +75,7 @@ def where_to_look(params: Params, metrics: dict) -> str:
         "SceneRec pipeline finished.",
         f"  data:       curated {params.path('curated_dir')}, features {params.path('features_dir')}",
         f"  metrics:    {params.path('reports_dir')} (also: dvc metrics show; dvc plots show)",
-        f"  MLflow:     {uri}   (UI: make ui, then http://127.0.0.1:5000)",
+        f"  MLflow:     {uri}   (UI: make ui, then {params.tracking.ui_url})",
         "  Prefect:    make ui, then http://127.0.0.1:4200 (flow runs, artifacts)",
         *hkfr_lines(metrics.get("hkfr")),
         *ctr_lines(metrics.get("ctr")),

@@ -24,9 +24,10 @@ FLOW_OUTPUTS = {"generate": ("raw_batch",), "ingest": ("curated_dir", "quarantin
 
 # Failures a retry cannot fix: the data, the parameters or the code are wrong (a pydantic
 # ValidationError is a ValueError), a required input is missing, or the lock wait was already
-# as long as the user allowed (reliability.lock_timeout_s).
+# as long as the user allowed (LockTimeout, by name). A network timeout (socket.timeout, a
+# TimeoutError) is transient and retried.
 PERMANENT_ERRORS = (ValueError, TypeError, KeyError, IndexError, AssertionError, NotImplementedError,
-                    FileNotFoundError, TimeoutError, ValidationError, ParamsError)
+                    FileNotFoundError, ValidationError, ParamsError)
 PERMANENT_NAMES = {"BatchRejected", "MindRejected", "ParamsError", "LockTimeout"}
 
 
@@ -152,9 +153,12 @@ def mlflow_links(params: Params, run_id: str, registry: Mapping | None = None) -
 
 
 def tag_version(params: Params, registry: Mapping, tags: Mapping[str, str]) -> None:
-    """Tag the registered model version with the Prefect flow run that made it."""
+    """Tag the version the register step just created with the Prefect flow run that made it (id,
+    name, UI link) and the run's warnings; a reused version keeps the tags of the run that made it."""
     import mlflow
 
+    if registry.get("reused"):
+        return
     client = mlflow.MlflowClient(tracking.tracking_uri(params))
     for k, v in tags.items():
         client.set_model_version_tag(registry["name"], str(registry["version"]), k, v)
