@@ -174,6 +174,7 @@ def serve_snapshot(params, registered: str, port: int) -> None:
     import mlflow
     import uvicorn
     from fastapi import Body, FastAPI
+    from fastapi.responses import JSONResponse
 
     from components.serve.schema import SCENE_FIELDS, parse_request
     from components.tracking import tracking_uri
@@ -192,7 +193,7 @@ def serve_snapshot(params, registered: str, port: int) -> None:
         frame = pd.DataFrame({"request_id": "r", "user_id": req.user_id, "poi_id": req.candidates,
                               **{f: getattr(req, f) for f in SCENE_FIELDS}})
         out = model.predict(frame)
-        return {"scores": out[["poi_id", "ctr", "ctcvr"]].to_dict("records")}
+        return JSONResponse({"scores": out[["poi_id", "ctr", "ctcvr"]].to_dict("records")})  # as the service answers
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -257,7 +258,7 @@ def main(argv=None) -> int:
                         for k in args.clients:
                             r = asyncio.run(load(port, body, k, args.requests, args.seconds))
                             row = {"store": store_kind if name != "snapshot_pyfunc" else "snapshot", "model": name,
-                                   "n": n, "clients": k, **r}
+                                   "n": n, "clients": k, **r, "load1": round(os.getloadavg()[0], 2)}
                             rows.append(row)
                             print("  ", row)
                 finally:
@@ -290,9 +291,14 @@ def main(argv=None) -> int:
             targets[f"cofars_{store_kind}_p50_ratio_n{c.index[-1]}_vs_n{c.index[0]}"] = round(ratio, 2)
             targets[f"cofars_{store_kind}_within_1.5x"] = bool(ratio <= 1.5)
     print("targets:", json.dumps(targets))
+    world = {k: getattr(params.generate, k) for k in ("n_users", "n_pois", "n_requests")}
+    model_size = {k: getattr(params.ctr, k) for k in ("embed_dim", "mlp_hidden", "max_history", "short_term",
+                                                      "max_contexts", "max_subsequence", "n_prototypes")}
+    print("world:", world, "model:", model_size, "load average (1, 5, 15 min):", os.getloadavg())
     save_report({"benchmark": "serving", "candidates": args.candidates, "lengths": args.lengths,
                  "clients": args.clients, "requests": args.requests, "seconds": args.seconds,
-                 "cpus": os.cpu_count(), "rows": rows, "targets": targets,
+                 "cpus": os.cpu_count(), "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                 "world": world, "model_size": model_size, "rows": rows, "targets": targets,
                  "alternative": "snapshot_pyfunc: the registered pyfunc's predict on its frozen snapshot"}, args.out)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

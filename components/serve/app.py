@@ -213,7 +213,7 @@ def create_app(params: Params, holder: ModelHolder | None = None, watch: bool = 
         metrics.candidates.inc(len(req.candidates))
         metrics.cold.inc(sum(s["cold_poi"] for s in out["scores"]))
         metrics.latency.observe(time.perf_counter() - t0)
-        return out
+        return JSONResponse(out)  # plain JSON types already: FastAPI's jsonable_encoder took ~30 ms on 500 scores
 
     @app.post("/push")
     def push(payload=Body(...)):
