@@ -225,9 +225,11 @@ class OnlineFeatures:
         self.views, self.by_key = views, by_key  # replaced whole: a request holds a consistent set
 
     def _stamp(self) -> tuple:
-        """The PoI views' materialisations as the registry records them (changes when one runs)."""
+        """The PoI views' materialisations as the registry records them (a run, or an apply, changes
+        the view's interval list and its last-updated time)."""
         return tuple((fv.name, len(fv.materialization_intervals),
-                      str(fv.materialization_intervals[-1][1]) if fv.materialization_intervals else "")
+                      str(fv.materialization_intervals[-1][1]) if fv.materialization_intervals else "",
+                      str(fv.last_updated_timestamp))
                      for fv in self.by_key.get("poi_id", []))
 
     def _online_store(self):
