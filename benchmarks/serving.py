@@ -149,6 +149,7 @@ async def load(port: int, body: dict, clients: int, requests: int, seconds: floa
     async with httpx.AsyncClient(timeout=60) as c:
         for _ in range(2):  # warm-up (first request per user builds served CoFARS's state)
             await c.post(url, json=body)
+        before = await handler_seconds(c, port)
         left, deadline = [requests], time.perf_counter() + seconds
         t_start = time.perf_counter()
 
@@ -163,10 +164,31 @@ async def load(port: int, body: dict, clients: int, requests: int, seconds: floa
 
         await asyncio.gather(*[client() for _ in range(clients)])
         wall = time.perf_counter() - t_start
+        after = await handler_seconds(c, port)
+    # The service's own time per request, measured in its handler thread from validation to scores
+    # (GIL waits included; HTTP, JSON and the wait for a worker thread not): the rest is the front.
+    # And its thread's CPU time per request: what a request costs whatever else shares the cores.
+    ok = before and after and after[1] > before[1]
+    handler = round((after[0] - before[0]) / (after[1] - before[1]) * 1000, 2) if ok else None
+    cpu = round((after[2] - before[2]) / (after[1] - before[1]) * 1000, 2) if ok else None
     ms = np.array(lat) * 1000
     return {"requests": len(lat), "errors": len(errors), "p50_ms": round(float(np.percentile(ms, 50)), 2),
             "p95_ms": round(float(np.percentile(ms, 95)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "req_per_s": round(len(lat) / wall, 2)}
+            "req_per_s": round(len(lat) / wall, 2), "handler_ms": handler, "handler_cpu_ms": cpu}
+
+
+async def handler_seconds(c, port: int) -> tuple[float, float, float] | None:
+    """(time sum, count, CPU sum) of the service's own scoring metrics (/metrics); None without them."""
+    r = await c.get(f"http://127.0.0.1:{port}/metrics")
+    if r.status_code != 200:
+        return None
+    got = {}
+    keys = ("scenerec_score_seconds_sum", "scenerec_score_seconds_count", "scenerec_score_cpu_seconds_total")
+    for line in r.text.splitlines():
+        for k in keys:
+            if line.startswith(k + " "):
+                got[k] = float(line.split()[1])
+    return tuple(got[k] for k in keys) if len(got) == len(keys) else None
 
 
 def serve_snapshot(params, registered: str, port: int) -> None:

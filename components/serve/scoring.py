@@ -217,11 +217,13 @@ def _served_cofars(model: ServedModel, data, history: History, state) -> dict:
 def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, states: StateCache | None = None) -> dict:
     """Scores for every candidate of ``req``: ctr, ctcvr, cold flags, model version, feature age.
     CoFARS models read the user's served state (``states``) instead of the history."""
-    from components.serve.cold import map_unknown
+    from components.serve.cold import COLD_POI
 
     scorer = model.scorer
-    served_ids, cold_poi = map_unknown(req.candidates, model.poi_table)
-    rows = model.poi_table.rows(served_ids)
+    # One pass over the candidates: an unknown PoI (or the cold row's own id) is the cold-start row.
+    index, cold_row = model.poi_table.index, model.poi_table.index[COLD_POI]
+    rows = np.fromiter((index.get(p, cold_row) for p in req.candidates), np.int64, count=len(req.candidates))
+    cold_poi = rows == cold_row
     scene = request_scene(req, scorer.features)
     block = online.poi_block((model.name, model.version), model.poi_table.ids)
     views = request_layout(model, block).views
