@@ -15,8 +15,10 @@ behaviours (their real log tiled, one second apart, before the request time) in 
 behaviour store. Load: ``--clients`` asyncio/httpx clients send requests back to back until
 ``--requests`` are done or ``--seconds`` have passed (after two warm-up requests); every request
 has the same user, scene and B distinct PoIs. Redis: a real ``redis-server`` on 127.0.0.1 in a
-temporary folder. The project's SQLite behaviour store is reloaded from the curated behaviours at
-the end. Writes reports/benchmarks/serving.json.
+temporary folder. Per row: client-side p50/p95/p99 and requests/s, the service's own handler time
+and its CPU time per request (from /metrics: what a request costs whatever else shares the
+cores), and the 1-minute load average. The project's SQLite behaviour store is reloaded from the
+curated behaviours at the end. Writes reports/benchmarks/serving.json.
 """
 from __future__ import annotations
 
@@ -237,6 +239,8 @@ def main(argv=None) -> int:
     from components.serve.online import behavior_store, load_behaviors
 
     params_file = Path(args.params).resolve()
+    load_start = os.getloadavg()  # the cores are shared (CI, other jobs): the figures depend on it
+    print("load average at start (1, 5, 15 min):", load_start)
     tmp = Path(tempfile.mkdtemp(prefix="scenerec-serving-bench-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     registered = train_and_register(params, args.models, args.epochs or 1, tmp)
@@ -319,7 +323,8 @@ def main(argv=None) -> int:
     print("world:", world, "model:", model_size, "load average (1, 5, 15 min):", os.getloadavg())
     save_report({"benchmark": "serving", "candidates": args.candidates, "lengths": args.lengths,
                  "clients": args.clients, "requests": args.requests, "seconds": args.seconds,
-                 "cpus": os.cpu_count(), "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                 "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_start],
+                 "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
                  "world": world, "model_size": model_size, "rows": rows, "targets": targets,
                  "alternative": "snapshot_pyfunc: the registered pyfunc's predict on its frozen snapshot"}, args.out)
     shutil.rmtree(tmp, ignore_errors=True)
