@@ -10,7 +10,8 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ValidationError
 
 from components import tracking
-from components.config import DEFAULT_PARAMS, Params, ParamsError, for_overrides, for_profile, is_profile, load_params
+from components.config import (DEFAULT_PARAMS, Params, ParamsError, ReliabilityConfig, for_overrides, for_profile, is_profile,
+                               load_params)
 
 # Set by the pipeline flow for the flows it calls: its MLflow run (the parent of theirs) and its
 # namespace decision, so that parent_run_id is no form parameter and every step agrees.
@@ -39,11 +40,22 @@ def transient_only(task, task_run, state) -> bool:
     return True
 
 
-# Tasks that touch MLflow, Feast or the file system: 3 retries after ~2, 4, 8 s (+/- jitter).
-IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-              "retry_jitter_factor": 0.5, "retry_condition_fn": transient_only}
-# Training tasks resume from their checkpoint: one retry, same condition.
-TRAIN_RETRIES = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": transient_only}
+def retry_options(reliability: ReliabilityConfig, kind: str) -> dict:
+    """Prefect task options for ``kind`` "io" (MLflow, Feast, files: ``io_retries`` with exponential
+    backoff and jitter) or "train" (``train_retries``, a fixed wait; the task resumes from its
+    checkpoint); both retry transient failures only."""
+    if kind == "io":
+        return {"retries": reliability.io_retries, "retry_jitter_factor": 0.5, "retry_condition_fn": transient_only,
+                "retry_delay_seconds": exponential_backoff(backoff_factor=reliability.retry_backoff_s)}
+    if kind == "train":
+        return {"retries": reliability.train_retries, "retry_delay_seconds": reliability.retry_backoff_s,
+                "retry_condition_fn": transient_only}
+    raise ValueError(f"retry kind must be 'io' or 'train', got {kind!r}")
+
+
+# The defaults (params.yaml's reliability section as shipped); a run's own values apply per call (flows/tasks.py).
+IO_RETRIES = retry_options(ReliabilityConfig(), "io")
+TRAIN_RETRIES = retry_options(ReliabilityConfig(), "train")
 
 
 def overrides_of(**sections: BaseModel | dict | int | None) -> dict:

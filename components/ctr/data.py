@@ -187,6 +187,14 @@ def time_split(request_ts: np.ndarray, cfg: CTRConfig) -> tuple[int, int]:
     return int(t[max(train_end, 1)]), int(t[min(max(valid_end, train_end + 1), len(t) - 1)])
 
 
+def split_bounds(impressions: pd.DataFrame, params) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """(valid_start, test_start): the CTR model's time split of the requests."""
+    req = pd.to_datetime(impressions.groupby("request_id")["ts"].min(), utc=True)
+    valid_ns, test_ns = time_split(req.dt.tz_convert(None).to_numpy().astype("datetime64[ns]").astype(np.int64),
+                                   params.ctr)
+    return pd.Timestamp(valid_ns, tz="UTC"), pd.Timestamp(test_ns, tz="UTC")
+
+
 # ------------------------------------------------------------------------------------------------
 # Encoder: fitted on the training period, then applied to any frame (training, test, serving)
 
