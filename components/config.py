@@ -550,6 +550,8 @@ class ServeConfig(Section):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
     champion_poll_seconds: float = Field(5.0, gt=0)
+    feature_poll_seconds: float = Field(5.0, gt=0)  # how often the in-process PoI feature block checks for a materialisation
+    torch_threads: int = Field(1, ge=1)  # torch CPU threads per scoring process (requests run in parallel threads)
     model_name: str | None = None  # registered model to serve; null = ctr.registered_name
 
 
