@@ -62,13 +62,27 @@ class SQLiteBehaviorStore:
     def clear(self) -> None:
         self._conn().execute("DELETE FROM behaviors")
 
-    def append(self, rows: pd.DataFrame) -> int:
+    def _write(self, rows: pd.DataFrame, replace: bool) -> int:
         c = self._conn()
-        c.execute("BEGIN")
-        c.executemany("INSERT INTO behaviors VALUES (?, ?, ?, ?, ?, ?)",
-                      rows[["user_id", *BEHAVIOR_FIELDS]].itertuples(index=False, name=None))
-        c.execute("COMMIT")
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            if replace:
+                c.execute("DELETE FROM behaviors")
+            c.executemany("INSERT INTO behaviors VALUES (?, ?, ?, ?, ?, ?)",
+                          rows[["user_id", *BEHAVIOR_FIELDS]].itertuples(index=False, name=None))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")  # never leave this thread's connection inside a failed transaction
+            raise
         return len(rows)
+
+    def append(self, rows: pd.DataFrame) -> int:
+        """Add ``rows`` in one transaction (all or none)."""
+        return self._write(rows, replace=False)
+
+    def replace(self, rows: pd.DataFrame) -> int:
+        """Swap the whole store for ``rows`` in one transaction: a reader sees the old or the new log."""
+        return self._write(rows, replace=True)
 
     def recent(self, user_id: str, n: int, before_ns: int | None = None) -> pd.DataFrame:
         """The user's newest ``n`` behaviours strictly before ``before_ns``, oldest first."""
@@ -103,6 +117,28 @@ class RedisBehaviorStore:
         keys = list(self.r.scan_iter(f"{self.prefix}*"))
         if keys:
             self.r.delete(*keys)
+
+    def replace(self, rows: pd.DataFrame) -> int:
+        """Swap the store for ``rows`` user by user: each user's set is deleted and refilled in one
+        MULTI, so a reader sees that user's old or new history, never none; users no longer in
+        ``rows`` are dropped afterwards."""
+        seq = self.r.incrby(f"{self.prefix}__seq__", len(rows)) - len(rows)
+        keep, pipe, i, users = set(), self.r.pipeline(transaction=True), 0, 0
+        frame = rows[["user_id", *BEHAVIOR_FIELDS]].reset_index(drop=True)
+        for u, part in frame.groupby("user_id", sort=False):
+            key = self.prefix + str(u)
+            keep.add(key.encode())
+            pipe.delete(key)
+            pipe.zadd(key, {json.dumps([seq + i + j, int(ts), *rest]): int(ts)
+                            for j, (ts, *rest) in enumerate(part[list(BEHAVIOR_FIELDS)].itertuples(index=False, name=None))})
+            i, users = i + len(part), users + 1
+            if users % 200 == 0:
+                pipe.execute()
+        pipe.execute()
+        stale = [k for k in self.r.scan_iter(f"{self.prefix}*") if k not in keep and not k.endswith(b"__seq__")]
+        if stale:
+            self.r.delete(*stale)
+        return len(rows)
 
     def append(self, rows: pd.DataFrame) -> int:
         pipe = self.r.pipeline(transaction=False)
@@ -156,8 +192,7 @@ def load_behaviors(params: Params, store=None) -> int:
     path = params.path("curated_dir") / "behaviors.parquet"
     b = pd.read_parquet(path, columns=["user_id", "poi_id", "behavior"] + SCENE_COLUMNS)
     b = b[b["poi_id"].notna() & b["behavior"].isin(params.ctr.history_behaviors)]
-    store.clear()
-    return store.append(behavior_rows(b, params))
+    return store.replace(behavior_rows(b, params))  # atomic: the live service never reads an empty store
 
 
 def push_behaviors(params: Params, behaviors: pd.DataFrame, store=None) -> int:

@@ -170,17 +170,23 @@ class StateCache:
     a state is built once per user and window, and a pushed behaviour (a newer time) rebuilds it."""
 
     def __init__(self, size: int = 100_000):
+        import threading
         from collections import OrderedDict
 
-        self.size, self.items = size, OrderedDict()
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
 
     def get(self, key, build):
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        value = self.items[key] = build()
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
+        """The cached state of ``key``, else ``build()`` (outside the lock: two threads may both build
+        a missing state; the lookup and the eviction are atomic, so none sees a half-evicted cache)."""
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = build()
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
         return value
 
 

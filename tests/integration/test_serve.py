@@ -250,9 +250,13 @@ def test_hot_swap_under_a_stream_of_requests_fails_none(project, client):
     threads = [threading.Thread(target=stream) for _ in range(3)]
     for t in threads:
         t.start()
+    for _ in range(600):  # promote only once the old version has answered (else the race is unseen)
+        if old in seen or failures:
+            break
+        threading.Event().wait(0.05)
     registry.promote(project, name, new, reason="hot swap test", by="test")
     assert holder.refresh() is True
-    for _ in range(20):
+    for _ in range(600):
         if new in seen:
             break
         threading.Event().wait(0.1)
