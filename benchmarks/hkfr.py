@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     from components.ctr.evaluate import evaluate as evaluate_ctr
     from components.ctr.train import train_model
     from components.hkfr import stage, tuning
-    from components.hkfr.instructions import split_bounds
+    from components.ctr.data import split_bounds
     from components.training import cpu_threads
 
     import signal

@@ -5,6 +5,7 @@ rename is atomic on one file system), so a reader or a killed run never sees hal
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,6 +17,15 @@ from typing import Callable
 CRASH_ENV = "SCENEREC_CRASH_AT"
 PAUSE_ENV = "SCENEREC_PAUSE_AT"  # "name=seconds": hold a run there, so a test can start a rival
 TMP_GLOB = ".*.tmp"
+
+
+def file_digest(path: Path, h=None) -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks; ``h`` a hashlib object to update (SHA-256 by default)."""
+    h = h if h is not None else hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def crash_point(name: str) -> None:

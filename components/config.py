@@ -92,9 +92,13 @@ def _increasing(v: list) -> list:
 
 class FeaturesConfig(Section):
     snapshot_hours: int = Field(24, ge=1, le=24 * 31)
-    price_band_edges: list[float] = [25.0, 50.0, 90.0]
-    rating_band_edges: list[float] = [3.5, 4.2, 4.7]
-    delivery_band_edges: list[float] = [20, 35, 50]
+    # Band edges of the PoI attributes (shares in user/context stats, bands in poi_profile, HKFR's price
+    # words). null = learned: quantiles over the PoIs opened before the CTR validation start, in
+    # `learned_bands` bands, so no currency, rating scale or delivery-time constant is written here.
+    price_band_edges: list[float] | None = None
+    rating_band_edges: list[float] | None = None
+    delivery_band_edges: list[float] | None = None
+    learned_bands: int = Field(4, ge=2, le=16)
     top_categories: int = Field(16, ge=1, le=256)
     ttl_days: int = Field(120, ge=1)
     popularity_prior: float = Field(20.0, ge=0)
@@ -105,7 +109,7 @@ class FeaturesConfig(Section):
 
     _check_edges = field_validator(
         "price_band_edges", "rating_band_edges", "delivery_band_edges", "temperature_band_edges"
-    )(classmethod(lambda cls, v: _increasing(v)))
+    )(classmethod(lambda cls, v: v if v is None else _increasing(v)))
 
     @field_validator("time_slots")
     @classmethod
@@ -546,6 +550,8 @@ class ServeConfig(Section):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
     champion_poll_seconds: float = Field(5.0, gt=0)
+    feature_poll_seconds: float = Field(5.0, gt=0)  # how often the in-process PoI feature block checks for a materialisation
+    torch_threads: int = Field(1, ge=1)  # torch CPU threads per scoring process (requests run in parallel threads)
     model_name: str | None = None  # registered model to serve; null = ctr.registered_name
 
 
@@ -558,6 +564,13 @@ class TrackingConfig(Section):
 class ReliabilityConfig(Section):
     # How long a command waits for another one holding the curated / features / registry lock.
     lock_timeout_s: float = Field(600.0, ge=0)
+    # Retries of Prefect tasks after a transient failure (a locked store, a network blip); never after
+    # bad data, parameters or code. Training tasks resume from their checkpoint.
+    io_retries: int = Field(3, ge=0, le=20)
+    train_retries: int = Field(1, ge=0, le=20)
+    retry_backoff_s: float = Field(2.0, ge=0)
+    # A registration whose model files and data version equal an existing version's reuses it.
+    reuse_unchanged_models: bool = True
 
 
 class Params(Section):

@@ -13,7 +13,8 @@ pyfunc, registers it and settles its alias, then manual promotion and rollback, 
   compares the aliases now with the last audit entry's, so a change made elsewhere (MLflow's own
   alias editor) is flagged.
 - Per-version tags are lineage and audit only (architecture, params hash, data version, git commit,
-  Prefect flow run); metrics stay on the MLflow run.
+  model fingerprint, Prefect flow run; a flow adds its run's name and UI link and the run's
+  warnings); metrics stay on the MLflow run.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+
+from components.atomic import file_digest
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -189,16 +192,66 @@ class Candidate:
     signature: Callable[[Any], Any] | None = None      # (output example) -> MLflow signature; None: inferred
 
 
+FINGERPRINT_TAG = "scenerec.fingerprint"
+
+
+def artifact_fingerprint(artifacts: dict, data_version: str | None = None) -> str:
+    """SHA-256 over every file of the pyfunc's artifacts (relative path and bytes, in a fixed order)
+    and the data version: equal fingerprints mean the same model trained on the same data."""
+    h = hashlib.sha256(f"data:{data_version}".encode())
+    for key in sorted(artifacts):
+        root = Path(artifacts[key])
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            h.update(f"{key}/{f.relative_to(root) if f != root else f.name}:{file_digest(f)}".encode())
+    return h.hexdigest()[:16]
+
+
+def unchanged_version(c, name: str, fingerprint: str) -> str | None:
+    """The newest version of ``name`` registered with ``fingerprint``, or None."""
+    same = [int(v.version) for v in c.search_model_versions(f"name='{name}'") if (v.tags or {}).get(FINGERPRINT_TAG) == fingerprint]
+    return str(max(same)) if same else None
+
+
+def _reused(c, name: str, version: str, candidate, challenger) -> dict:
+    """What ``register_candidate`` reports when the candidate equals ``version``: no new version, no alias moved."""
+    champion = alias_version(c, name, CHAMPION)
+    alias = CHAMPION if champion == version else CHALLENGER if alias_version(c, name, CHALLENGER) == version else "none"
+    metrics = candidate.score({"challenger": challenger})["challenger"]
+    baseline = candidate.baseline() if candidate.baseline else None
+    return {"name": name, "version": version, "previous_champion": champion, "champion": champion, "promoted": False,
+            "alias": alias, "reason": f"unchanged: v{version} has the same model files and data version; no new version",
+            "metric": candidate.metric, "margin": candidate.margin, "reused": True, "challenger_metrics": metrics,
+            "champion_metrics": None, "baseline_metrics": baseline, "floor": None, "tags": dict(candidate.tags)}
+
+
 def _context(artifacts: dict):
     from mlflow.pyfunc import PythonModelContext
 
     return PythonModelContext(artifacts, {})
 
 
+def _registry_locked(fn):
+    """Run ``fn(params, ...)`` under the registry lock (re-entrant: a caller may already hold it), so
+    every path that moves an alias or writes the audit trail is serialised, whoever calls it."""
+    import functools
+
+    @functools.wraps(fn)
+    def locked(params, *args, **kwargs):
+        from components.locks import hold
+
+        with hold(params, "registry", fn.__name__.replace("_", " ")):
+            return fn(params, *args, **kwargs)
+
+    return locked
+
+
+@_registry_locked
 def register_candidate(params, run_id: str, candidate: Candidate, by: str | None = None) -> dict:
     """Log ``candidate`` as a pyfunc of run ``run_id`` and register it; score it and the champion on
     the same rows; it takes ``champion`` when it clears the floor and beats the champion by the
-    margin, else ``challenger``; audited. Temporary files are removed whatever happens."""
+    margin, else ``challenger``; audited. A candidate equal to an existing version (same model files
+    and data version, ``reliability.reuse_unchanged_models``) reuses it. Temporary files are removed whatever happens."""
     import mlflow
 
     name = candidate.name
@@ -207,13 +260,18 @@ def register_candidate(params, run_id: str, candidate: Candidate, by: str | None
         artifacts, example = candidate.prepare(tmp)
         challenger = candidate.python_model()
         challenger.load_context(_context(artifacts))
+        fingerprint = artifact_fingerprint(artifacts, candidate.tags.get("data_version"))
+        reuse = getattr(getattr(params, "reliability", None), "reuse_unchanged_models", True)
+        same = unchanged_version(client(params), name, fingerprint) if reuse else None
+        if same is not None:
+            return _reused(client(params), name, same, candidate, challenger)
         output = challenger.predict(None, example)
         mv = log_pyfunc(params, run_id, candidate.artifact_name, candidate.python_model(), artifacts, example,
                         output, name, candidate.pip_requirements,
                         candidate.signature(output) if candidate.signature else None)
         version = str(mv.version)
         c = client(params)
-        for k, v in candidate.tags.items():
+        for k, v in {**candidate.tags, FINGERPRINT_TAG: fingerprint}.items():
             if v is not None:
                 c.set_model_version_tag(name, version, k, str(v))
         champion = alias_version(c, name, CHAMPION)
@@ -332,6 +390,7 @@ def set_challenger(c, name: str, version: str, by: str, reason: str) -> dict:
     return {"name": name, "challenger": str(version), "champion": alias_version(c, name, CHAMPION)}
 
 
+@_registry_locked
 def promote(params, name: str, version: str | int, reason: str, by: str | None = None) -> dict:
     """Manual promotion: ``version`` becomes champion (the old one is kept for rollback)."""
     c = client(params)
@@ -345,6 +404,7 @@ def promote(params, name: str, version: str | int, reason: str, by: str | None =
     return set_champion(c, name, str(version), by or who(), reason)
 
 
+@_registry_locked
 def rollback(params, name: str, reason: str, by: str | None = None) -> dict:
     """Give the champion alias back to the version the current champion replaced."""
     c = client(params)

@@ -85,6 +85,18 @@ def ingest_step(params: Params, batch_dir: Path | None = None) -> dict:
     return metrics
 
 
+def training_cutoff(params: Params) -> pd.Timestamp | None:
+    """The CTR validation start on the curated impressions: data-dependent constants (learned band
+    edges) are fitted on what comes before it. None without impressions."""
+    from components.ctr.data import split_bounds
+
+    path = params.path("curated_dir") / "impressions.parquet"
+    if not path.exists():
+        return None
+    imp = pd.read_parquet(path, columns=["request_id", "ts"])
+    return split_bounds(imp, params)[0] if imp["request_id"].nunique() >= 3 else None
+
+
 def features_step(params: Params) -> dict:
     """Build the timestamped feature tables, apply the Feast repo, materialise the online
     store and write the point-in-time training set; also writes data plots for DVC."""
@@ -96,7 +108,8 @@ def features_step(params: Params) -> dict:
     with hold(params, "curated", "features run (reading curated data)", shared=True), \
             hold(params, "features", "features run"):
         recover_curated(params.path("curated_dir"))  # an ingest killed after its commit point
-        rows = build_feature_tables(params.path("curated_dir"), params.features, params.path("features_dir"))
+        rows = build_feature_tables(params.path("curated_dir"), params.features, params.path("features_dir"),
+                                    fit_until=training_cutoff(params))
         apply_definitions(params)
         mat = materialize(params)
         from components.serve.online import load_behaviors
@@ -623,7 +636,6 @@ STEPS: dict[str, Step] = _registry(
                                       f"{p.path('news_dir') / 'model'}")),
     Step("news_register", news_register_step, "news", flow="news", task="register-news-model", registers=True,
          help="register the news model; champion only if better by the margin",
-         params=("news.registered_name", "news.promotion_margin", "news.promotion_floor_margin",
-                 "ctr.promotion_floor_margin"),
+         params=("news.registered_name", "news.promotion_margin", "news.promotion_floor_margin"),
          inputs=("${paths.news_dir}/model",)),
 )

@@ -9,8 +9,12 @@ tables; ``build_tiny_lm`` writes a 2-layer Llama and its tokenizer.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import socket
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +194,60 @@ def make_project(dest: Path, overrides: dict | None = None, git: bool = False) -
         run("git", "commit", "-qm", "project")
     return dest
 
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the servers the tests start bind loopback only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group twice (Prefect 3.8 servers and workers need a second), then SIGKILL."""
+    for _ in range(2):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def project_cwd(root: Path):
+    """Run the block from the project folder (relative paths of a project resolve there), then come back."""
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        yield root
+    finally:
+        os.chdir(cwd)
+
+
+def featured_project(dest: Path, overrides: dict | None = None) -> Params:
+    """``make_project`` then generate -> ingest -> features, run from the project folder; its params."""
+    from components import steps
+
+    root = make_project(dest, overrides)
+    with project_cwd(root):
+        params = load_params(root / "params.yaml")
+        steps.generate_step(params)
+        steps.ingest_step(params)
+        steps.features_step(params)
+    return params
+
+
+def scoring_request(params: Params, n: int) -> pd.DataFrame:
+    """A pyfunc scoring request: the first curated impression's user and scene, the first ``n`` PoIs reversed."""
+    pois = pd.read_parquet(params.path("curated_dir") / "pois.parquet")["poi_id"].tolist()
+    imp = pd.read_parquet(params.path("curated_dir") / "impressions.parquet").iloc[0]
+    return pd.DataFrame({"request_id": "r1", "user_id": imp["user_id"], "poi_id": pois[:n][::-1],
+                         "ts": str(imp["ts"]), "geohash": imp["geohash"], "location_type": imp["location_type"],
+                         "weather": imp["weather"], "temperature_c": imp["temperature_c"],
+                         "is_holiday": bool(imp["is_holiday"])})
 
 
 # A 2-layer, hidden-32 model on a few hundred documents: every stage runs in about a second.

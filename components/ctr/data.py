@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,14 @@ def time_split(request_ts: np.ndarray, cfg: CTRConfig) -> tuple[int, int]:
     return int(t[max(train_end, 1)]), int(t[min(max(valid_end, train_end + 1), len(t) - 1)])
 
 
+def split_bounds(impressions: pd.DataFrame, params) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """(valid_start, test_start): the CTR model's time split of the requests."""
+    req = pd.to_datetime(impressions.groupby("request_id")["ts"].min(), utc=True)
+    valid_ns, test_ns = time_split(req.dt.tz_convert(None).to_numpy().astype("datetime64[ns]").astype(np.int64),
+                                   params.ctr)
+    return pd.Timestamp(valid_ns, tz="UTC"), pd.Timestamp(test_ns, tz="UTC")
+
+
 # ------------------------------------------------------------------------------------------------
 # Encoder: fitted on the training period, then applied to any frame (training, test, serving)
 
@@ -296,11 +305,25 @@ class FeatureEncoder:
         raw = np.full((len(df), len(self.numeric)), np.nan)
         if cols:
             idx = [self.numeric.index(c) for c in cols]
-            raw[:, idx] = self._numeric_raw(df, cols)
-        z = (raw - self.mean) / self.std
+            raw[:, idx] = df[cols].to_numpy(dtype=np.float64, na_value=np.nan)
+        return self.standardise(raw)
+
+    @cached_property
+    def _numeric_groups(self) -> tuple[np.ndarray, list[list[int]]]:
+        """(count-like column mask, the columns of each feature view in sorted view order)."""
+        count_cols = np.array([any(t in c for t in _COUNT_LIKE) for c in self.numeric], dtype=bool)
         views = sorted({c.split("__")[0] for c in self.numeric})
-        flags = [np.isnan(raw[:, [i for i, c in enumerate(self.numeric) if c.startswith(v + "__")]]).all(1)
-                 for v in views]
+        return count_cols, [[i for i, c in enumerate(self.numeric) if c.startswith(v + "__")] for v in views]
+
+    def standardise(self, raw: np.ndarray) -> np.ndarray:
+        """``numeric_matrix`` of values already laid out as (rows, ``numeric``) floats, NaN = missing
+        (the online path assembles them without a frame)."""
+        count_cols, view_cols = self._numeric_groups
+        if count_cols.any():
+            raw = raw.copy()
+            raw[:, count_cols] = np.log1p(np.clip(raw[:, count_cols], 0, None))
+        z = (raw - self.mean) / self.std
+        flags = [np.isnan(raw[:, cols]).all(1) for cols in view_cols]
         out = np.nan_to_num(z, nan=0.0).astype(np.float32)
         return np.concatenate([out, np.stack(flags, 1).astype(np.float32)], 1) if flags else out
 

@@ -7,6 +7,7 @@ process scores the (small) validation split itself, so the early-stopping decisi
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -88,8 +89,14 @@ _NOT_TRAINING = {"cpu_threads", "eval_batch_requests", "calibration_bins", "regi
 
 
 def _fingerprint(name: str, cfg: CTRConfig, seed: int, ds: CTRDataset) -> str:
+    """What a checkpoint is only valid for: the training knobs, the seed and the encoded data itself
+    (the training and validation arrays, the PoI table's text embeddings, the scene table)."""
+    arrays = [getattr(split, f) for split in (ds.train, ds.valid)
+              for f in ("user", "scene", "scene_value", "poi_row", "numeric", "click", "order", "mask")]
+    arrays += [a for a in (ds.pois.text_emb, ds.scene_table, ds.history.poi_row, ds.history.context) if a is not None]
+    data = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
     return fingerprint({"model": name, "ctr": cfg.model_dump(mode="json", exclude=_NOT_TRAINING), "seed": seed},
-                       json.dumps([len(ds.train), int(ds.train.click.sum()), ds.test_start_ns]))
+                       json.dumps([ds.valid_start_ns, ds.test_start_ns]), hashlib.sha256(data).digest())
 
 
 class _EpochBatches:

@@ -73,8 +73,55 @@ class Vocabulary:
     timezone: str
 
 
+BAND_ATTRIBUTES = {"price_band_edges": "price", "rating_band_edges": "rating", "delivery_band_edges": "delivery_minutes"}
+
+
+def quantile_edges(values, bands: int) -> list[float]:
+    """``bands - 1`` strictly increasing edges at the quantiles of ``values`` (NaN ignored), rounded to
+    4 significant digits; ties (a rating scale with few values) are nudged apart, so the band count holds."""
+    x = np.asarray(values, dtype="float64")
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        raise ValueError("no values to learn band edges from")
+    q = np.quantile(x, np.arange(1, bands) / bands)
+    edges = [float(f"{v:.4g}") for v in q]
+    for i in range(1, len(edges)):
+        if edges[i] <= edges[i - 1]:
+            edges[i] = float(np.nextafter(edges[i - 1], np.inf))
+    return edges
+
+
+def resolve_band_edges(pois: pd.DataFrame, cfg: FeaturesConfig, fit_until: pd.Timestamp | None = None) -> FeaturesConfig:
+    """``cfg`` with every null PoI band edge list learned: quantiles over the PoIs opened before
+    ``fit_until`` (the training split; all PoIs when fewer than ``2 * learned_bands`` opened before)."""
+    learned = {}
+    for field, column in BAND_ATTRIBUTES.items():
+        if getattr(cfg, field) is not None:
+            continue
+        rows = pois
+        if fit_until is not None and "opened_at" in pois:
+            early = pois[pd.to_datetime(pois["opened_at"], utc=True) < fit_until]
+            rows = early if len(early) >= 2 * cfg.learned_bands else pois
+        learned[field] = quantile_edges(pd.to_numeric(rows[column], errors="coerce"), cfg.learned_bands)
+    return cfg.model_copy(update=learned)
+
+
+def band_count(cfg: FeaturesConfig, field: str) -> int:
+    """Bands of ``field`` (e.g. ``price_band_edges``): its edges plus one, or ``learned_bands`` when learned."""
+    edges = getattr(cfg, field)
+    return cfg.learned_bands if edges is None else len(edges) + 1
+
+
+def saved_band_edges(features_dir: Path, field: str) -> list[float]:
+    """The band edges the features step used (``vocab.json``): learned ones included."""
+    path = Path(features_dir) / "vocab.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no feature vocabulary (run `scenerec features` first)")
+    return list(json.loads(path.read_text())[field])
+
+
 def build_vocabulary(pois: pd.DataFrame, cfg: FeaturesConfig) -> Vocabulary:
-    """Category order (by PoI count) and band edges, from the PoI catalogue."""
+    """Category order (by PoI count) and band edges (``cfg``'s, resolved), from the PoI catalogue."""
     counts = pois["category"].astype(str).value_counts()
     order = sorted(counts.index, key=lambda c: (-counts[c], c))
     rating = pd.to_numeric(pois["rating"], errors="coerce")
@@ -108,9 +155,9 @@ def profile_columns() -> dict[str, dict[str, str]]:
             "gender": {v: f"gender_{_slug(v)}" for v in GENDERS}}
 
 
-def band_columns(prefix: str, edges: list[float]) -> list[str]:
-    """Share columns of a band mix: ``len(edges) + 1`` bands."""
-    return [f"{prefix}_{i}" for i in range(len(edges) + 1)]
+def band_columns(prefix: str, n: int) -> list[str]:
+    """Share columns of a band mix of ``n`` bands."""
+    return [f"{prefix}_{i}" for i in range(n)]
 
 
 def feature_schema(cfg: FeaturesConfig) -> dict[str, list[tuple[str, str]]]:
@@ -120,9 +167,9 @@ def feature_schema(cfg: FeaturesConfig) -> dict[str, list[tuple[str, str]]]:
     for any ``top_categories`` or band edges.
     """
     cats = [(c, "float32") for c in category_columns(cfg)]
-    price = [(c, "float32") for c in band_columns("price_band", cfg.price_band_edges)]
-    rating = [(c, "float32") for c in band_columns("rating_band", cfg.rating_band_edges)]
-    delivery = [(c, "float32") for c in band_columns("delivery_band", cfg.delivery_band_edges)]
+    price = [(c, "float32") for c in band_columns("price_band", band_count(cfg, "price_band_edges"))]
+    rating = [(c, "float32") for c in band_columns("rating_band", band_count(cfg, "rating_band_edges"))]
+    delivery = [(c, "float32") for c in band_columns("delivery_band", band_count(cfg, "delivery_band_edges"))]
     counts = [(f"n_{b}", "int64") for b in BEHAVIORS] + [("n_total", "int64")]
     return {
         "user_stats": counts + [("n_interactions", "int64")] + cats + price
@@ -394,7 +441,7 @@ def user_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Da
     counts = g.cumulative(g.bincount(b.behavior, nb))
     inter = b.interaction
     cat = g.cumulative(g.bincount(_attr(b, poi.top_cat), cfg.top_categories + 1, mask=inter))
-    n_price = len(cfg.price_band_edges) + 1
+    n_price = band_count(cfg, "price_band_edges")
     price = g.cumulative(g.bincount(_attr(b, poi.price_band), n_price, mask=inter))
     # Last behaviour before the snapshot: the max ts of the latest active period (periods grow).
     ok = g.row_group >= 0
@@ -413,7 +460,7 @@ def user_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Da
     cols["n_total"] = counts.sum(axis=1).astype("int64")
     cols["n_interactions"] = cat.sum(axis=1).astype("int64")
     cols.update(dict(zip(category_columns(cfg), _shares(cat).T)))
-    cols.update(dict(zip(band_columns("price_band", cfg.price_band_edges), _shares(price).T)))
+    cols.update(dict(zip(band_columns("price_band", n_price), _shares(price).T)))
     cols["last_behavior_ts"] = last.astype("float64") / 1e9
     cols["n_active_days"] = days.astype("int64")
     ids = np.asarray(b.user.categories, dtype=object)[g.entity]
@@ -489,7 +536,7 @@ def context_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd
         ("rating_band", poi.rating_band, cfg.rating_band_edges),
         ("delivery_band", poi.delivery_band, cfg.delivery_band_edges),
     ):
-        mixes[prefix] = (g.cumulative(g.bincount(_attr(b, values), len(edges) + 1, mask=inter)), edges)
+        mixes[prefix] = (g.cumulative(g.bincount(_attr(b, values), len(edges) + 1, mask=inter)), len(edges) + 1)
     cat = g.cumulative(g.bincount(_attr(b, poi.top_cat), cfg.top_categories + 1, mask=inter))
     cols = {
         "n_total": counts.sum(axis=1).astype("int64"),
@@ -498,8 +545,8 @@ def context_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd
         "n_interactions": cat.sum(axis=1).astype("int64"),
     }
     cols.update(dict(zip(category_columns(cfg), _shares(cat).T)))
-    for prefix, (mat, edges) in mixes.items():
-        cols.update(dict(zip(band_columns(prefix, edges), _shares(mat).T)))
+    for prefix, (mat, n) in mixes.items():
+        cols.update(dict(zip(band_columns(prefix, n), _shares(mat).T)))
     ids = np.asarray(b.context.categories, dtype=object)[g.entity]
     return _frame("context_id", ids, _stamp(g.period, cfg), cols)
 
@@ -508,9 +555,11 @@ def context_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd
 # Entry point
 
 
-def build_feature_tables(curated_dir: Path, cfg: FeaturesConfig, out_dir: Path) -> dict[str, int]:
+def build_feature_tables(curated_dir: Path, cfg: FeaturesConfig, out_dir: Path,
+                         fit_until: pd.Timestamp | None = None) -> dict[str, int]:
     """Write the five feature tables, ``vocab.json`` and ``stats.json`` to ``out_dir``.
 
+    Null band edges are learned from the PoIs opened before ``fit_until`` (the training split).
     Returns the number of rows per table. Deterministic: the same inputs give the same tables.
     """
     t0 = time.perf_counter()
@@ -521,6 +570,7 @@ def build_feature_tables(curated_dir: Path, cfg: FeaturesConfig, out_dir: Path) 
                 f"{curated_dir / (name + '.parquet')}: curated table missing (run `scenerec ingest` first)"
             )
     pois = pd.read_parquet(curated_dir / "pois.parquet")
+    cfg = resolve_band_edges(pois, cfg, fit_until)
     vocab = build_vocabulary(pois, cfg)
     attrs = _poi_attributes(pois, vocab, cfg)
     b = _read_behaviors(curated_dir / "behaviors.parquet", attrs, cfg)

@@ -30,7 +30,7 @@ from feast.repo_config import RepoConfig
 from feast.repo_contents import RepoContents
 from feast.repo_operations import apply_total_with_repo_instance, get_repo_files
 
-from components.atomic import crash_point, write_parquet_atomic, write_text_atomic
+from components.atomic import crash_point, file_digest, write_parquet_atomic, write_text_atomic
 from components.config import Params, load_params
 from components.features.engineering import KEYS, TABLES, TIMESTAMP, scene_features
 
@@ -214,13 +214,6 @@ def _fingerprint(fv: FeatureView) -> str:
     return json.dumps([schema, fv.batch_source.path if fv.batch_source else None, str(fv.ttl)])
 
 
-def _content_hash(path: Path) -> str:
-    """md5 of a feature table's bytes: whether its rows may have changed since the last load."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _reset_online_table(store: FeatureStore, fv: FeatureView) -> None:
@@ -284,7 +277,7 @@ def materialize(params: Params, end: datetime | None = None, views: list[str] | 
     written, read, seconds, reloaded = {}, {}, {}, []
     for fv in views:
         table = fv.name
-        source = _content_hash(_source_path(params, table))
+        source = file_digest(_source_path(params, table), hashlib.md5())  # whether its rows may have changed since the last load
         entry = state.get(fv.name)
         entry = entry if isinstance(entry, dict) else {}  # an older state format: reload
         floor = end - fv.ttl if fv.ttl and fv.ttl.total_seconds() > 0 else _EPOCH

@@ -20,10 +20,20 @@ import numpy as np
 import pandas as pd
 
 from components.config import FeaturesConfig, Params
+from components.ctr.data import split_bounds
 from components.llm.text import scene_values
 
 TASKS = ("order", "category", "price_band")
 YES, NO = "yes", "no"
+
+
+def price_edges(params: Params) -> list[float]:
+    """The price band edges of the feature tables: ``features.price_band_edges``, or the ones the
+    features step learned from the training split (``vocab.json``)."""
+    from components.features.engineering import saved_band_edges
+
+    edges = params.features.price_band_edges
+    return list(edges) if edges is not None else saved_band_edges(params.path("features_dir"), "price_band_edges")
 
 
 def price_band_words(price, edges) -> np.ndarray:
@@ -77,7 +87,7 @@ def order_examples(impressions: pd.DataFrame, pois: pd.DataFrame, params: Params
     cfg = params.hkfr
     label = impressions[cfg.answer].astype(bool).to_numpy()
     prompt = question("order", scene_phrases(impressions, params.features),
-                      poi_phrases(impressions["poi_id"], pois, params.features.price_band_edges))
+                      poi_phrases(impressions["poi_id"], pois, price_edges(params)))
     return pd.DataFrame({
         "task": "order", "request_id": impressions["request_id"].astype(str).to_numpy(),
         "user_id": impressions["user_id"].astype(str).to_numpy(), "poi_id": impressions["poi_id"].astype(str).to_numpy(),
@@ -95,22 +105,12 @@ def choice_examples(task: str, orders: pd.DataFrame, pois: pd.DataFrame, params:
     if task == "category":
         answer = ids.map(p["category"]).astype(str)
     else:
-        answer = pd.Series(price_band_words(ids.map(p["price"]).to_numpy(), params.features.price_band_edges),
+        answer = pd.Series(price_band_words(ids.map(p["price"]).to_numpy(), price_edges(params)),
                            index=orders.index)
     prompt = question(task, scene_phrases(orders, params.features))
     return pd.DataFrame({"task": task, "request_id": "", "user_id": orders["user_id"].astype(str).to_numpy(),
                          "poi_id": ids.to_numpy(), "ts": pd.to_datetime(orders["ts"], utc=True).to_numpy(),
                          "prompt": prompt.to_numpy(), "answer": answer.to_numpy(), "label": -1, "click": -1, "order": -1})
-
-
-def split_bounds(impressions: pd.DataFrame, params: Params) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """(valid_start, test_start): the CTR model's time split of the requests."""
-    from components.ctr.data import time_split
-
-    req = pd.to_datetime(impressions.groupby("request_id")["ts"].min(), utc=True)
-    valid_ns, test_ns = time_split(req.dt.tz_convert(None).to_numpy().astype("datetime64[ns]").astype(np.int64),
-                                   params.ctr)
-    return pd.Timestamp(valid_ns, tz="UTC"), pd.Timestamp(test_ns, tz="UTC")
 
 
 def _sample_orders(ex: pd.DataFrame, n: int, positive_share: float, rng) -> pd.DataFrame:

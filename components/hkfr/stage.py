@@ -21,7 +21,8 @@ import pandas as pd
 
 from components.config import Params
 from components.hkfr import tuning
-from components.hkfr.instructions import build_instructions, split_bounds
+from components.ctr.data import split_bounds
+from components.hkfr.instructions import build_instructions, price_edges
 from components.hkfr.knowledge import KnowledgeRules, knowledge_snapshots
 
 FEAST_TABLE = "user_knowledge.parquet"
@@ -223,7 +224,7 @@ class HKFRPyfunc(mlflow.pyfunc.PythonModel):
             "request_id": df["request_id"].astype(str) if "request_id" in df else df["user_id"].astype(str) + "@" + df["ts"].astype(str),
             "user_id": df["user_id"].astype(str), "ts": df["ts"],
             "prompt": question("order", scene_phrases(df, self.params.features),
-                               poi_phrases(df["poi_id"], self.pois, self.params.features.price_band_edges)).to_numpy()})
+                               poi_phrases(df["poi_id"], self.pois, price_edges(self.params))).to_numpy()})
         rows = attach_knowledge(rows, self.snapshots)
         p = tuning.score_yes(self.model, self.tok, rows, self.params.hkfr.max_knowledge_tokens)
         return pd.DataFrame({"p_yes": p})

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.atomic import file_digest
 from components.config import ContrastiveConfig, FeaturesConfig, Params
 from components.llm.text import poi_text, user_text
 
@@ -289,12 +290,6 @@ def pairs_dir(params: Params) -> Path:
     return params.path("llm_dir") / "pairs"
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fingerprint(params: Params) -> dict:
@@ -308,7 +303,7 @@ def _fingerprint(params: Params) -> dict:
     for name in ("pois", "users", "behaviors"):
         # Content, not mtime: a `dvc checkout` rewrites the files without changing them.
         p = params.path("curated_dir") / f"{name}.parquet"
-        files[name] = _file_hash(p) if p.exists() else None
+        files[name] = file_digest(p) if p.exists() else None
     # _MINING_RULES: a change to the rules themselves (not a knob) must also re-mine stale pairs.
     blob = json.dumps([_MINING_RULES, knobs, params.seed, params.features.model_dump(mode="json"), files,
                        active_strategies(cfg)], sort_keys=True, default=str)

@@ -28,6 +28,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from components.atomic import file_digest
+
 log = logging.getLogger(__name__)
 
 MANIFEST, MODEL, BEST, STATE, TRAINER = "manifest.json", "model.safetensors", "best.safetensors", "state.pt", "trainer.json"
@@ -48,7 +50,7 @@ def fingerprint(knobs: Mapping[str, Any], *data) -> str:
             for f in sorted(d.rglob("*")) if d.is_dir() else [d]:
                 if f.is_file():
                     h.update(f.name.encode())
-                    h.update(_file_digest(f).encode())
+                    h.update(file_digest(f).encode())
         elif isinstance(d, bytes):
             h.update(d)
         else:
@@ -77,7 +79,7 @@ def check(path: Path, fp: str | None = None) -> str | None:
         f = path / name
         if not f.is_file():
             return f"{name} is missing"
-        if _file_digest(f) != digest:
+        if file_digest(f) != digest:
             return f"{name} does not match its SHA-256 in {MANIFEST}"
     return None
 
@@ -143,7 +145,7 @@ def publish(folder: Path, ckpt_dir: Path, step: int, fp: str, model: torch.nn.Mo
     files = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST)
     for name in files:
         _fsync(folder / name)
-    manifest = {"step": step, "fingerprint": fp, "files": {n: _file_digest(folder / n) for n in files}}
+    manifest = {"step": step, "fingerprint": fp, "files": {n: file_digest(folder / n) for n in files}}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
     _fsync(folder / MANIFEST)
     _fsync(folder)
@@ -193,12 +195,6 @@ def _save(obj, path: Path) -> None:
     torch.save(obj, path)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.factories import REPO, make_project
+from tests.factories import REPO, free_port, make_project, stop_process_group
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -28,24 +26,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--window-size=1280,1400"]
 BIN = Path(sys.executable).parent
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    # Prefect 3.8 servers and workers need a second SIGTERM to exit.
-    for _ in range(2):
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _wait_http(url: str, log: Path, seconds: int = 240) -> None:
@@ -76,7 +56,7 @@ def stack(tmp_path):
     for name in ("flows", "params"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO / "prefect.yaml", root / "prefect.yaml")
-    port, mport = _free_port(), _free_port()
+    port, mport = free_port(), free_port()
     with open(root / "params" / "small.yaml", "a") as f:
         f.write(f"\ntracking:\n  ui_url: http://127.0.0.1:{mport}\n")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect_home"), "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -114,7 +94,7 @@ def stack(tmp_path):
         yield {"root": root, "port": port, "mport": mport, "tmp": tmp_path}
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_process_group(p)
 
 
 @pytest.fixture

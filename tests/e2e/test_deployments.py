@@ -2,43 +2,23 @@
 process work pool, a worker, and a flow run started through the API the UI uses."""
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.factories import REPO, make_project
+from tests.factories import REPO, free_port, make_project, stop_process_group
 
 pytestmark = [pytest.mark.slow]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    # Prefect 3.8 servers and workers need a second SIGTERM to exit.
-    for _ in range(2):
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_flow_run_from_a_deployment_on_a_worker(tmp_path):
     root = make_project(tmp_path / "proj")
     shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO / "prefect.yaml", root / "prefect.yaml")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect_home"),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT__TEST_MODE", None)
@@ -81,5 +61,5 @@ def test_flow_run_from_a_deployment_on_a_worker(tmp_path):
             Path(root / "data" / "raw" / "synthetic").glob("impressions.*"))
     finally:
         if worker is not None:
-            _stop(worker)
-        _stop(server)
+            stop_process_group(worker)
+        stop_process_group(server)

@@ -1,16 +1,13 @@
 """The CTR stage on a tiny project with the real Feast, MLflow registry and pyfunc: training and
 evaluation beside the oracle, champion / challenger by margin, manual promotion, rollback, audit."""
-import os
-
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
 from components import registry, steps
-from components.config import load_params
 from components.tracking import tracking_uri
-from tests.factories import make_project
+from tests.factories import featured_project, project_cwd, scoring_request
 
 pytestmark = pytest.mark.slow
 
@@ -19,17 +16,11 @@ pytestmark = pytest.mark.slow
 def project(tmp_path_factory):
     """generate → ingest → features on tiny data, then one ID-only CTR model (no LLM stages needed)."""
     # Enough requests that a trained model ranks clearly better than chance, so "worse" means worse.
-    root = make_project(tmp_path_factory.mktemp("ctr") / "project",
-                        {"generate": {"n_users": 200, "n_pois": 60, "n_requests": 2000},
-                         "ctr": {"model": "id_only", "epochs": 6}})
-    cwd = os.getcwd()
-    os.chdir(root)
-    params = load_params(root / "params.yaml")
-    steps.generate_step(params)
-    steps.ingest_step(params)
-    steps.features_step(params)
-    yield params
-    os.chdir(cwd)
+    params = featured_project(tmp_path_factory.mktemp("ctr") / "project",
+                              {"generate": {"n_users": 200, "n_pois": 60, "n_requests": 2000},
+                               "ctr": {"model": "id_only", "epochs": 6}})
+    with project_cwd(params.root):
+        yield params
 
 
 def _run(params, name):
@@ -85,18 +76,18 @@ def test_champion_challenger_promote_rollback(project):
 
     # The registered pyfunc scores a request: one row per candidate, in the caller's order.
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    pois = pd.read_parquet(project.path("curated_dir") / "pois.parquet")["poi_id"].tolist()
-    imp = pd.read_parquet(project.path("curated_dir") / "impressions.parquet").iloc[0]
-    req = pd.DataFrame({"request_id": "r1", "user_id": imp["user_id"], "poi_id": pois[:6][::-1],
-                        "ts": str(imp["ts"]), "geohash": imp["geohash"], "location_type": imp["location_type"],
-                        "weather": imp["weather"], "temperature_c": imp["temperature_c"],
-                        "is_holiday": bool(imp["is_holiday"])})
+    req = scoring_request(project, 6)
     scores = model.predict(req)
     assert scores["poi_id"].tolist() == req["poi_id"].tolist()
     assert np.all((scores["ctr"] > 0) & (scores["ctr"] < 1) & (scores["ctcvr"] <= scores["ctr"]))
 
-    # A worse challenger (barely trained) is registered but never takes champion.
+    # The first worse model trained again is the same model on the same data: its version is reused.
     steps.ctr_step(worse, run_id=_run(worse, "ctr-worse"))
+    again = steps.ctr_register_step(worse, run_id=_run(worse, "register-worse-again"))
+    assert again["reused"] and again["version"] == floored["version"] and again["alias"] == "challenger"
+    # Another worse challenger (barely trained, another rate) is registered but never takes champion.
+    worse = worse.model_copy(update={"ctr": worse.ctr.model_copy(update={"lr": 3e-7})})
+    steps.ctr_step(worse, run_id=_run(worse, "ctr-worse-2"))
     second = steps.ctr_register_step(worse, run_id=_run(worse, "register-worse"))
     assert not second["promoted"], second["reason"]
     assert second["challenger_metrics"]["all.auc.ctr"] < second["champion_metrics"]["all.auc.ctr"] + 0.002

@@ -1,7 +1,5 @@
 """`scenerec tune` on a tiny project: Optuna trials on the validation split, each an MLflow run,
 the best knobs written to params.tuned.yaml and picked up by the next load_params."""
-import os
-
 import mlflow
 import pytest
 import yaml
@@ -9,22 +7,17 @@ import yaml
 from components import steps, tracking
 from components.config import load_params
 from components.tracking import tracking_uri
-from tests.factories import make_project
+from tests.factories import featured_project, project_cwd
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("optuna")
 
 
 def test_tune_logs_every_trial_and_writes_the_override(tmp_path):
-    root = make_project(tmp_path / "project", {"generate": {"n_users": 120, "n_pois": 40, "n_requests": 600},
-                                               "ctr": {"model": "id_only", "epochs": 2}})
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        params = load_params(root / "params.yaml")
-        steps.generate_step(params)
-        steps.ingest_step(params)
-        steps.features_step(params)
+    params = featured_project(tmp_path / "project", {"generate": {"n_users": 120, "n_pois": 40, "n_requests": 600},
+                                                     "ctr": {"model": "id_only", "epochs": 2}})
+    root = params.root
+    with project_cwd(root):
         with tracking.tracked_run(params, "tune") as run_id:
             out = steps.tune_step(params, trials=2, budget_seconds=600, run_id=run_id)
         assert out["trials"] == 2 and 0 < out["best_valid_auc_ctr"] < 1
@@ -38,5 +31,3 @@ def test_tune_logs_every_trial_and_writes_the_override(tmp_path):
             f"tags.mlflow.parentRunId = '{run_id}'")
         assert len(runs) == 2
         assert all("valid.auc.ctr" in r.data.metrics and "ctr.lr" in r.data.params for r in runs)
-    finally:
-        os.chdir(cwd)

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from components import registry, steps
 from components.config import load_params
-from components.hkfr.instructions import split_bounds
+from components.ctr.data import split_bounds
 from components.hkfr.stage import eval_dir
 from components.tracking import tracking_uri
 from tests.factories import make_project

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 def trained(tmp_path_factory):
     """A tiny PerCoNet trained on the synthetic MIND world (news.promotion_margin differs from ctr's)."""
     root = make_project(tmp_path_factory.mktemp("news") / "project",
-                        {"news": {"promotion_margin": 0.3}, "ctr": {"promotion_margin": 0.0}})
+                        {"news": {"promotion_margin": 0.3}, "ctr": {"promotion_margin": 0.0},
+                         "reliability": {"reuse_unchanged_models": False}})  # the same model registered twice
     params = load_params(root / "params.yaml")
     steps.news_data_step(params)
     steps.news_step(params)

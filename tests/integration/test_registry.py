@@ -13,7 +13,8 @@ from components.config import load_params
 from tests.factories import REPO, make_project
 from tests.registry_factories import quality_candidate
 
-LINEAGE = {"model_family", "architecture", "params_hash", "data_version", "git_commit", "prefect_flow_run_id"}
+LINEAGE = {"model_family", "architecture", "params_hash", "data_version", "git_commit", "prefect_flow_run_id",
+           registry.FINGERPRINT_TAG}
 AUDIT = {"previous_champion", "last_action", "last_action_by", "last_action_at", "last_action_reason"}
 
 
@@ -104,7 +105,7 @@ def test_a_version_carries_lineage_and_audit_tags_only(params):
 def test_audit_flags_an_alias_moved_in_mlflows_own_editor(params, capsys):
     # given v1 champion and v2 challenger, both set by scenerec
     _register(params, quality_candidate("m", auc=0.70))
-    _register(params, quality_candidate("m", auc=0.70))
+    _register(params, quality_candidate("m", auc=0.705))  # another model, within the margin
     assert _cli(params, "audit", "--name", "m") == 0
     assert "aliases now: challenger = version 2, champion = version 1" in capsys.readouterr().out
     # when someone moves @champion to v2 with MLflow's API (what its alias editor calls)
@@ -150,7 +151,7 @@ def test_promotion_and_rollback_flows_are_the_audited_path(prefect_harness, para
 
     # given v1 champion and v2 challenger
     _register(params, quality_candidate("m", auc=0.70))
-    _register(params, quality_candidate("m", auc=0.70))
+    _register(params, quality_candidate("m", auc=0.705))  # another model, within the margin
     file = str(params.root / "params.yaml")
     # when v2 is promoted from the Prefect flow
     promote(version="2", reason="canary looked fine", name="m", params_file=file)
@@ -169,3 +170,22 @@ def test_promotion_and_rollback_flows_are_the_audited_path(prefect_harness, para
     deployments = {d["name"]: d["entrypoint"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     assert deployments["promote"] == "flows/registry.py:promote"
     assert deployments["rollback"] == "flows/registry.py:rollback"
+
+
+def test_an_unchanged_model_reuses_its_version(params):
+    # given a registered candidate
+    first = _register(params, quality_candidate("m", auc=0.62, baseline_auc=0.55))
+    assert first["promoted"]
+    # when the same model files (same data version) are registered again
+    again = _register(params, quality_candidate("m", auc=0.62, baseline_auc=0.55))
+    # then no version is added, nothing moves, and the report says so with its metrics
+    assert again["reused"] and again["version"] == first["version"] and not again["promoted"]
+    assert again["alias"] == "champion" and again["reason"].startswith(f"unchanged: v{first['version']}")
+    assert again["challenger_metrics"] == {"auc": 0.62}
+    assert [str(v.version) for v in _client(params).search_model_versions("name='m'")] == [first["version"]]
+    # when the model changes, or reuse is switched off, a new version is registered
+    changed = _register(params, quality_candidate("m", auc=0.63, baseline_auc=0.55))
+    assert not changed.get("reused") and int(changed["version"]) == int(first["version"]) + 1
+    off = params.model_copy(update={"reliability": params.reliability.model_copy(update={"reuse_unchanged_models": False})})
+    forced = _register(off, quality_candidate("m", auc=0.63, baseline_auc=0.55))
+    assert not forced.get("reused") and int(forced["version"]) == int(changed["version"]) + 1

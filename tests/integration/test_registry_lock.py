@@ -8,9 +8,8 @@ import mlflow
 import pytest
 
 from components import registry, steps
-from components.config import load_params
 from components.tracking import start_run, tracking_uri
-from tests.factories import REPO, make_project
+from tests.factories import REPO, featured_project, project_cwd
 
 pytestmark = pytest.mark.slow
 
@@ -18,18 +17,12 @@ pytestmark = pytest.mark.slow
 def test_two_registrations_at_once_make_one_champion_change(tmp_path):
     # A world and training long enough that the model clears the promotion floor (the CTR registry
     # test's size): otherwise neither registration may take champion and there is no race to see.
-    root = make_project(tmp_path / "project", {"generate": {"n_users": 200, "n_pois": 60, "n_requests": 2000},
-                                               "ctr": {"model": "id_only", "epochs": 6}})
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        params = load_params(root / "params.yaml")
-        steps.generate_step(params)
-        steps.ingest_step(params)
-        steps.features_step(params)
+    params = featured_project(tmp_path / "project", {
+        "generate": {"n_users": 200, "n_pois": 60, "n_requests": 2000}, "ctr": {"model": "id_only", "epochs": 6},
+        "reliability": {"reuse_unchanged_models": False}})  # the same model twice: two versions, not one reused
+    root = params.root
+    with project_cwd(root):
         steps.ctr_step(params, run_id=start_run(params, "ctr"))
-    finally:
-        os.chdir(cwd)
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": tracking_uri(params)}
     procs = [subprocess.Popen([sys.executable, "-m", "components.cli", "ctr-register"], cwd=root, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]

@@ -49,6 +49,13 @@ def test_section_defaults_and_descriptions_come_from_params_yaml():
     assert "larr_cofars |" in desc["model"]["description"]
 
 
+def test_every_params_field_is_explained_in_params_yaml():
+    """The forms show params.yaml's comments: a field without one is a knob nobody can read about."""
+    bare = [f"{name}.{field}" for name, info in Params.model_fields.items() if hasattr(info.annotation, "model_fields")
+            for field, f in info.annotation.model_fields.items() if not f.description]
+    assert bare == [], f"params.yaml fields without a comment: {bare}"
+
+
 def test_yaml_comments_reads_headers_and_continuations():
     text = ("seed: 1  # the seed\nsec:   # a section\n  # Group header\n  a: 1\n  b: 2  # own note\n"
             "                  # continued\n  c: 'x # not a comment'\n")

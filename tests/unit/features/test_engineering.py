@@ -12,6 +12,8 @@ from components.config import FeaturesConfig
 from components.features.engineering import (
     TABLES,
     band_columns,
+    resolve_band_edges,
+    saved_band_edges,
     build_feature_tables,
     category_columns,
     feature_schema,
@@ -63,13 +65,18 @@ WORKED = [
 ]
 
 
+# The worked examples use fixed edges (params.yaml learns them by default; see the tests at the end).
+FIXED_EDGES = {"price_band_edges": [25, 50, 90], "rating_band_edges": [3.5, 4.2, 4.7], "delivery_band_edges": [20, 35, 50]}
+FIXED = FeaturesConfig(top_categories=1, **FIXED_EDGES)
+
+
 def _build(tmp_path, behaviors: pd.DataFrame, cfg: FeaturesConfig | None = None, pois=None):
     cur, out = tmp_path / "curated", tmp_path / "features"
     cur.mkdir(exist_ok=True)
     (pois if pois is not None else _pois()).to_parquet(cur / "pois.parquet", index=False)
     behaviors.to_parquet(cur / "behaviors.parquet", index=False)
     _users().to_parquet(cur / "users.parquet", index=False)
-    rows = build_feature_tables(cur, cfg or FeaturesConfig(top_categories=1), out)
+    rows = build_feature_tables(cur, cfg or FIXED, out)
     return rows, {t: pd.read_parquet(out / f"{t}.parquet") for t in TABLES}, out
 
 
@@ -91,7 +98,7 @@ def test_user_stats_worked_example(tmp_path):
     np.testing.assert_allclose(u1.cat_00, [0.5, 0.5, 2 / 3], rtol=1e-6)
     np.testing.assert_allclose(u1.cat_other, [0.5, 0.5, 1 / 3], rtol=1e-6)
     # price bands: p1 -> 0, p2 -> 2, p3 -> 3
-    bands = u1[band_columns("price_band", [25, 50, 90])].iloc[2]
+    bands = u1[band_columns("price_band", 4)].iloc[2]
     np.testing.assert_allclose(bands, [1 / 3, 0, 1 / 3, 1 / 3], rtol=1e-6)
     assert u1.last_behavior_ts.iloc[0] == T("2026-01-01T12:00:00Z").timestamp()
     assert u1.last_behavior_ts.iloc[2] == T("2026-01-03T23:59:59Z").timestamp()
@@ -107,7 +114,7 @@ def test_no_row_counts_behaviour_at_or_after_its_timestamp(tmp_path):
     # A click exactly on a snapshot boundary belongs to the next snapshot, not to the one stamped then.
     rows += [("2026-01-04T23:00:00Z", "u1", "p2", "view"), ("2026-01-05T00:00:00Z", "u1", "p1", "click")]
     beh = _behaviors(rows)
-    _, t, _ = _build(tmp_path, beh, FeaturesConfig(snapshot_hours=6, top_categories=1))
+    _, t, _ = _build(tmp_path, beh, FeaturesConfig(snapshot_hours=6, top_categories=1, **FIXED_EDGES))
     us = t["user_stats"]
     for r in us.itertuples():
         before = beh[(beh.user_id == r.user_id) & (beh.ts < r.event_timestamp)]
@@ -128,13 +135,12 @@ def test_no_row_counts_behaviour_at_or_after_its_timestamp(tmp_path):
 
 def test_shares_sum_to_one_or_zero(tmp_path):
     rows = WORKED + [("2026-01-05T10:00:00Z", "u3", "p2", "view"), ("2026-01-05T11:00:00Z", "u3", None, "search")]
-    _, t, _ = _build(tmp_path, _behaviors(rows), FeaturesConfig(top_categories=1))
-    cfg = FeaturesConfig(top_categories=1)
+    cfg = FeaturesConfig(top_categories=1)  # learned edges, quartiles
+    _, t, _ = _build(tmp_path, _behaviors(rows), cfg)
     groups = {
-        "user_stats": [category_columns(cfg), band_columns("price_band", cfg.price_band_edges)],
-        "context_stats": [category_columns(cfg)] + [band_columns(p, e) for p, e in (
-            ("price_band", cfg.price_band_edges), ("rating_band", cfg.rating_band_edges),
-            ("delivery_band", cfg.delivery_band_edges))],
+        "user_stats": [category_columns(cfg), band_columns("price_band", 4)],
+        "context_stats": [category_columns(cfg)] + [band_columns(p, 4) for p in ("price_band", "rating_band",
+                                                                                    "delivery_band")],
     }
     for table, column_groups in groups.items():
         df = t[table]
@@ -147,7 +153,7 @@ def test_shares_sum_to_one_or_zero(tmp_path):
 
 
 def test_poi_profile_and_stats(tmp_path):
-    _, t, out = _build(tmp_path, _behaviors(WORKED), FeaturesConfig(top_categories=1, popularity_prior=20))
+    _, t, out = _build(tmp_path, _behaviors(WORKED), FeaturesConfig(top_categories=1, popularity_prior=20, **FIXED_EDGES))
     prof = t["poi_profile"].set_index("poi_id")
     assert list(prof.index) == ["p1", "p2", "p3"]
     assert prof.loc["p2", "rating"] == pytest.approx(3.75) and prof.loc["p2", "rating_missing"] == 1
@@ -181,7 +187,7 @@ def test_user_profile_one_hot_stamped_at_registration(tmp_path):
 
 
 def test_context_stats_distribution(tmp_path):
-    _, t, _ = _build(tmp_path, _behaviors(WORKED), FeaturesConfig(top_categories=1))
+    _, t, _ = _build(tmp_path, _behaviors(WORKED), FIXED)
     cs = t["context_stats"]
     lunch = cs[cs.context_id == "office|lunch|sunny"].iloc[0]
     # 12:00 order of p2 (other, price band 2) and 13:00 click of p1 (noodles, price band 0)
@@ -221,6 +227,10 @@ def test_knobs_shape_the_schema_and_are_validated():
     cols = [c for c, _ in feature_schema(cfg)["user_stats"]]
     assert [c for c in cols if c.startswith("cat_")] == ["cat_00", "cat_01", "cat_02", "cat_other"]
     assert [c for c in cols if c.startswith("price_band")] == ["price_band_0", "price_band_1", "price_band_2"]
+    learned = [c for c, _ in feature_schema(FeaturesConfig(learned_bands=5))["user_stats"] if c.startswith("price_band")]
+    assert learned == [f"price_band_{i}" for i in range(5)]
+    with pytest.raises(ValueError, match="strictly increasing"):
+        FeaturesConfig(price_band_edges=[50.0, 20.0])
     with pytest.raises(ValueError, match="start hours"):
         FeaturesConfig(time_slots={"a": 10, "b": 10})
     assert list(FeaturesConfig(time_slots={"b": 10, "a": 5}).time_slots) == ["a", "b"]  # sorted by hour
@@ -244,3 +254,33 @@ def test_deterministic_and_empty(tmp_path):
 def test_missing_curated_table_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="scenerec ingest"):
         build_feature_tables(tmp_path, FeaturesConfig(), tmp_path / "out")
+
+
+def test_learned_band_edges_are_quantiles_of_the_training_pois_and_scale_free(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 200
+    pois = pd.DataFrame({"price": rng.lognormal(3.5, 0.5, n), "rating": rng.choice([3.0, 4.0, 4.5, 5.0], n),
+                         "delivery_minutes": rng.integers(10, 70, n),
+                         "opened_at": T("2025-01-01") + pd.to_timedelta(np.arange(n), unit="D")})
+    cutoff = T("2025-01-01") + pd.Timedelta(days=150)
+    cfg = resolve_band_edges(pois, FeaturesConfig(), fit_until=cutoff)
+    early = pois[pois.opened_at < cutoff]
+    np.testing.assert_allclose(cfg.price_band_edges, np.quantile(early.price, [0.25, 0.5, 0.75]), rtol=1e-3)
+    assert len(cfg.rating_band_edges) == 3 and all(b > a for a, b in zip(cfg.rating_band_edges, cfg.rating_band_edges[1:]))
+    # A PoI opened after the cutoff never moves the edges (they are learned on the training split).
+    late = pois.assign(price=np.where(pois.opened_at >= cutoff, 1e6, pois.price))
+    assert resolve_band_edges(late, FeaturesConfig(), fit_until=cutoff).price_band_edges == cfg.price_band_edges
+    # Another currency (prices x 7) gets the same bands: no constant of one world in the features.
+    scaled = resolve_band_edges(pois.assign(price=pois.price * 7), FeaturesConfig(), fit_until=cutoff)
+    np.testing.assert_allclose(scaled.price_band_edges, np.array(cfg.price_band_edges) * 7, rtol=1e-3)
+    # Fixed edges are kept as given.
+    assert resolve_band_edges(pois, FeaturesConfig(price_band_edges=[1.0, 2.0])).price_band_edges == [1.0, 2.0]
+
+
+def test_learned_edges_are_written_to_the_vocabulary_and_read_back(tmp_path):
+    _, t, out = _build(tmp_path, _behaviors(WORKED), FeaturesConfig(top_categories=1, learned_bands=2))
+    edges = saved_band_edges(out, "price_band_edges")
+    assert edges == [60.0]  # the median of 20, 60, 100
+    assert list(t["poi_profile"].price_band) == [0, 1, 1]  # a value equal to an edge goes to the upper band
+    with pytest.raises(FileNotFoundError, match="scenerec features"):
+        saved_band_edges(tmp_path / "nowhere", "price_band_edges")
