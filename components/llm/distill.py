@@ -1,4 +1,4 @@
-"""HomoDistil (METHODS.md §5): distil the pretrained Llama into a ~30 % student by pruning it while it learns.
+"""HomoDistil (METHODS.md §5): distil the pretrained Llama or BERT into a ~30 % student by pruning it while it learns.
 
 The student starts as an exact copy of the teacher. Each step it is trained on the pretraining
 corpus with
@@ -9,7 +9,14 @@ and every ``prune_every`` steps after ``warmup_steps`` its lowest-scoring FFN ne
 heads and hidden channels (PLATON scores, components/llm/pruning.py) are masked, following the cubic
 schedule ``r(t) = r_final·(1 − (1 − (t − t_w)/(T_end − t_w))³)`` until the target widths at
 ``T_end = steps − recovery_steps``; the remaining steps distil at the final widths. The masks are
-then materialised into a genuinely smaller ``LlamaForCausalLM``.
+then materialised into a genuinely smaller model of the teacher's class (``LlamaForCausalLM`` or
+``BertForMaskedLM``, HomoBERT's case).
+
+LM: next-token cross-entropy for a causal teacher; for an encoder, BERT's masked LM
+(model.LMObjective: the same 80/10/10 masks, seeded by step, as continual pretraining), and teacher
+and student read the *same* masked input. KL is taken at every position (causal: every next-token
+prediction; masked: the MLM distribution of every position, masked or not: the unmasked ones carry
+the teacher's view of which other tokens fit there, more signal per batch than the 15 % alone).
 
 Hidden-state loss: the student is pruned *from* the teacher, so its hidden channel c is the
 teacher's channel c. We compare the two on the kept channels only (no learned projection: it would
@@ -17,9 +24,12 @@ add parameters the student does not keep and let the student match a rotation in
 teacher's own features), per layer as a relative error ``Σ(h_s − h_t)² / Σh_t²`` over the kept
 channels of the non-padding tokens, averaged over the embedding output and every layer.
 
-:func:`plain_distill` is the baseline: a student of the same final shape, initialised by truncating
-the teacher to its first channels/heads/neurons (or at random), trained with the same losses and
-steps but no homotopic pruning; its hidden states are compared with the teacher's first channels.
+``distill.schedule`` picks how the student gets its final widths (same losses and steps in all three):
+``homotopic`` (the above), ``oneshot`` (the teacher pruned to the target at step 0 by its own PLATON
+scores over the warm-up's batches, then distilled at the final widths) and ``none`` = :func:`plain_distill`
+with ``init="truncate"``: a student of the final shape initialised from the teacher's *first* channels,
+heads and neurons, distilled with no pruning. The hidden states of a non-homotopic student are
+compared with the teacher's channels it was cut from.
 """
 from __future__ import annotations
 
@@ -36,8 +46,9 @@ import torch.nn.functional as F
 
 from components.config import DistillConfig, Params
 from components.training import MlflowLog, Recipe, cpu_threads, fingerprint, fit, make_accelerator
+from components.llm.model import MASKED, LMObjective, lm_objective, step_generator
 from components.llm.pruning import (
-    LlamaPruner, Shape, count_params, resized_config, shape_of, truncate,
+    Pruner, Shape, check_supported, count_params, resized_config, shape_of, student_config, truncate,
 )
 
 log = logging.getLogger(__name__)
@@ -50,24 +61,34 @@ log = logging.getLogger(__name__)
 def target_shape(teacher_config, cfg: DistillConfig) -> Shape:
     """The student's widths: FFN and heads from their keep fractions; hidden from ``hidden_keep`` or,
     when it is None, the widest multiple of ``hidden_multiple`` whose total parameters stay within
-    ``target_ratio`` of the teacher's (embeddings counted)."""
+    ``target_ratio`` of the teacher's (embeddings counted).
+
+    A BERT's head size is hidden / heads, so its student keeps heads = hidden / head size: the hidden
+    width is ``hidden_keep``'s multiple of the head size, or the widest one with at most
+    ``heads_keep`` of the heads that meets ``target_ratio``."""
     full = shape_of(teacher_config)
     ffn = max(1, round(full.ffn * cfg.ffn_keep))
     heads = max(1, round(full.heads * cfg.heads_keep))
     teacher_total = count_params(teacher_config)["total"]
 
-    def ratio(hidden: int) -> float:
+    def ratio(hidden: int, heads: int = heads) -> float:
         return count_params(resized_config(teacher_config, Shape(ffn, heads, hidden)))["total"] / teacher_total
 
-    if cfg.hidden_keep is not None:
+    if teacher_config.model_type == "bert":
+        hd = full.hidden // full.heads
+        counts = ([max(1, round(full.hidden * cfg.hidden_keep / hd))] if cfg.hidden_keep is not None
+                  else list(range(heads, 0, -1)))
+        heads = next((k for k in counts if ratio(k * hd, k) <= cfg.target_ratio), counts[-1])
+        hidden = heads * hd
+    elif cfg.hidden_keep is not None:
         hidden = max(1, round(full.hidden * cfg.hidden_keep))
     else:
         widths = [h for h in range(full.hidden, 0, -1) if h % cfg.hidden_multiple == 0] or [1]
         hidden = next((h for h in widths if ratio(h) <= cfg.target_ratio), widths[-1])
-    if ratio(hidden) > cfg.target_ratio + 1e-9:
+    if ratio(hidden, heads) > cfg.target_ratio + 1e-9:
         raise ValueError(
             f"distill: ffn_keep={cfg.ffn_keep}, heads_keep={cfg.heads_keep}, hidden width {hidden} give a student with "
-            f"{ratio(hidden):.1%} of the teacher's {teacher_total:,} parameters, above target_ratio={cfg.target_ratio}. "
+            f"{ratio(hidden, heads):.1%} of the teacher's {teacher_total:,} parameters, above target_ratio={cfg.target_ratio}. "
             "Lower ffn_keep / heads_keep / hidden_keep in params.yaml (or set hidden_keep: null to solve it)."
         )
     return Shape(ffn, heads, hidden)
@@ -109,14 +130,19 @@ def scheduled_shape(step: int, full: Shape, target: Shape, cfg: DistillConfig) -
 
 
 def distill_loss(student_out, teacher_out, input_ids: torch.Tensor, cfg: DistillConfig,
-                 student_channels: torch.Tensor | None = None, teacher_channels: torch.Tensor | None = None):
+                 student_channels: torch.Tensor | None = None, teacher_channels: torch.Tensor | None = None,
+                 labels: torch.Tensor | None = None):
     """HomoDistil's loss on one batch of packed blocks; returns (loss, {lm, kl, hid} floats).
 
-    ``*_channels`` select the hidden channels compared (None = all of that model's channels).
+    ``*_channels`` select the hidden channels compared (None = all of that model's channels);
+    ``labels`` (masked LM: -100 where no loss) replace the next-token targets of ``input_ids``.
     """
     s_logits, t_logits = student_out.logits.float(), teacher_out.logits.float()
     vocab = s_logits.shape[-1]
-    lm = F.cross_entropy(s_logits[:, :-1].reshape(-1, vocab), input_ids[:, 1:].reshape(-1))
+    if labels is None:
+        lm = F.cross_entropy(s_logits[:, :-1].reshape(-1, vocab), input_ids[:, 1:].reshape(-1))
+    else:
+        lm = F.cross_entropy(s_logits.reshape(-1, vocab), labels.reshape(-1), ignore_index=-100)
     tau = cfg.temperature
     kl = F.kl_div(
         F.log_softmax(s_logits.view(-1, vocab) / tau, -1), F.log_softmax(t_logits.view(-1, vocab) / tau, -1),
@@ -173,11 +199,23 @@ def _epoch_order(n_blocks: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def heldout_perplexity(model, blocks: torch.Tensor, batch_size: int = 8, device=None) -> float:
-    """exp(mean next-token NLL) of ``model`` over ``blocks``."""
+def heldout_perplexity(model, blocks: torch.Tensor, batch_size: int = 8, device=None,
+                       objective: LMObjective | None = None, seed: int = 0) -> float:
+    """exp(mean next-token NLL) of ``model`` over ``blocks``; for a masked objective, exp(mean NLL of
+    the masked tokens) under one fixed masking (seeded), so teacher and student read the same inputs."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
+    if objective is not None and objective.kind == MASKED:
+        generator, nll, n = step_generator(seed, -1), 0.0, 0
+        for i in range(0, len(blocks), batch_size):
+            inputs, labels = objective.mask(blocks[i:i + batch_size], generator)
+            logits = model(input_ids=inputs.to(device)).logits.float()
+            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.to(device).reshape(-1),
+                                         ignore_index=-100, reduction="sum"))
+            n += int((labels != -100).sum())
+        model.train(was_training)
+        return math.exp(nll / max(1, n))
     nll, n = 0.0, 0
     for i in range(0, len(blocks), batch_size):
         x = blocks[i:i + batch_size].to(device)
@@ -194,17 +232,23 @@ def heldout_perplexity(model, blocks: torch.Tensor, batch_size: int = 8, device=
 
 
 def load_teacher(teacher_dir: Path):
-    """The teacher (frozen, eval mode) and its tokenizer; refuses non-Llama models with a clear error."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The teacher (frozen, eval mode) and its tokenizer; refuses what pruning.py cannot prune (a Llama
+    and a BERT with its MLM head are supported) with a clear error."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     teacher_dir = Path(teacher_dir)
     if not (teacher_dir / "config.json").exists():
         raise FileNotFoundError(f"{teacher_dir}: no pretrained model (config.json); run the pretrain stage first")
-    model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
-    if model.config.model_type != "llama":
-        raise ValueError(
-            f"{teacher_dir}: HomoDistil prunes Llama models only, got model_type={model.config.model_type!r}"
-        )
+    config = AutoConfig.from_pretrained(teacher_dir)
+    if config.model_type not in ("llama", "bert"):
+        raise ValueError(f"{teacher_dir}: HomoDistil prunes Llama and BERT models only, "
+                         f"got model_type={config.model_type!r}")
+    auto = AutoModelForMaskedLM if lm_objective(config) == MASKED else AutoModelForCausalLM
+    model = auto.from_pretrained(teacher_dir, dtype=torch.float32)
+    try:
+        check_supported(model)
+    except ValueError as e:
+        raise ValueError(f"{teacher_dir}: {e}") from None
     model.eval().requires_grad_(False)
     return model, AutoTokenizer.from_pretrained(teacher_dir)
 
@@ -212,24 +256,45 @@ def load_teacher(teacher_dir: Path):
 def make_student(teacher, init: str, shape: Shape, seed: int = 0):
     """The student before training: ``copy`` (HomoDistil: the teacher itself), ``truncate`` (first
     channels/heads/neurons) or ``scratch`` (random, same shape)."""
-    from transformers import LlamaForCausalLM
-
     if init == "copy":
         student = copy.deepcopy(teacher)
     elif init == "truncate":
         student = truncate(teacher, shape)
     elif init == "scratch":
         torch.manual_seed(seed)
-        student = LlamaForCausalLM(resized_config(teacher.config, shape))
+        student = type(teacher)(student_config(teacher.config, shape))
     else:
         raise ValueError(f"init must be 'copy', 'truncate' or 'scratch', got {init!r}")
     return student.train().requires_grad_(True)
 
 
+# distill.schedule -> how _distill starts its student
+_SCHEDULE_INIT = {"homotopic": "copy", "oneshot": "oneshot", "none": "truncate"}
+
+
 def homodistil(params: Params, teacher_dir: Path, out_dir: Path, run_id: str | None = None) -> dict:
-    """Distil ``teacher_dir`` into a pruned student saved in ``out_dir``; returns sizes, losses and perplexity."""
+    """Distil ``teacher_dir`` into a pruned student saved in ``out_dir`` by ``distill.schedule``
+    (homotopic by default); returns sizes, losses and perplexity."""
     with cpu_threads(params.distill.cpu_threads):
-        return _distill(params, Path(teacher_dir), Path(out_dir), "copy", run_id)
+        return _distill(params, Path(teacher_dir), Path(out_dir), _SCHEDULE_INIT[params.distill.schedule], run_id)
+
+
+def oneshot_student(teacher, target: Shape, batches, n_batches: int, cfg: DistillConfig):
+    """The one-shot baseline's student: the teacher pruned to ``target`` at once by its own PLATON
+    scores over the LM-loss gradients of ``batches(0..n_batches-1)`` (each (inputs, labels|None)).
+    Returns (student, the teacher's hidden channels it kept)."""
+    student = copy.deepcopy(teacher).eval().requires_grad_(True)  # eval: scores without dropout noise
+    pruner = Pruner(student, cfg.beta1, cfg.beta2)
+    for step in range(n_batches):
+        x, labels = batches(step)
+        out = student(input_ids=x, labels=x if labels is None else labels)  # causal labels shift inside
+        student.zero_grad(set_to_none=True)
+        out.loss.backward()
+        pruner.update_importance()
+    pruner.prune_to(target)
+    pruner.detach()
+    kept = pruner.kept_indices()["hidden"]
+    return pruner.materialise().train().requires_grad_(True), kept
 
 
 def plain_distill(params: Params, teacher_dir: Path, out_dir: Path, init: str = "truncate",
@@ -242,7 +307,8 @@ def plain_distill(params: Params, teacher_dir: Path, out_dir: Path, init: str = 
 
 
 # Knobs that change how often we look or save, not what the student learns: changing one still resumes.
-_NOT_IN_FINGERPRINT = {"checkpoint_every", "keep_checkpoints", "log_every", "eval_blocks", "cpu_threads"}
+# (``schedule`` only picks ``init``, which is fingerprinted itself.)
+_NOT_IN_FINGERPRINT = {"checkpoint_every", "keep_checkpoints", "log_every", "eval_blocks", "cpu_threads", "schedule"}
 
 
 def _fingerprint(teacher_dir: Path, cfg: DistillConfig, init: str, seed: int) -> str:
@@ -264,7 +330,7 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
     from components import tracking
 
     cfg = params.distill
-    method = "homodistil" if init == "copy" else f"plain_{init}"
+    method = {"copy": "homodistil", "oneshot": "oneshot"}.get(init, f"plain_{init}")
     t0 = time.perf_counter()
     acc = make_accelerator(cfg.mixed_precision, seed=params.seed)
     if cfg.batch_size % acc.num_processes:
@@ -281,20 +347,40 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
         raise ValueError(f"the corpus holds {len(train_blocks)} blocks of {cfg.seq_len} tokens, fewer than "
                          f"distill.batch_size ({cfg.batch_size}); lower batch_size or seq_len, or add data")
 
-    student = make_student(teacher, init, target, params.seed).to(acc.device)
+    objective = LMObjective.for_model(teacher, tokenizer, "auto", params.llm.mask_probability)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # (inputs, labels): causal LM trains on the block itself (labels None); a masked LM on the
+        # step's seeded masking, which teacher and student both read.
+        idx = batch_indices(step, len(train_blocks), cfg.batch_size, params.seed, acc.process_index, acc.num_processes)
+        x = train_blocks[idx]
+        if objective.kind != MASKED:
+            return x.to(acc.device), None
+        inputs, labels = objective.mask(x, step_generator(params.seed, step, acc.process_index))
+        return inputs.to(acc.device), labels.to(acc.device)
+
     teacher.to(acc.device)
+    if init == "oneshot":
+        student, teacher_channels = oneshot_student(teacher, target, batch, max(1, cfg.warmup_steps), cfg)
+        teacher_channels = teacher_channels.to(acc.device)
+    else:
+        student = make_student(teacher, init, target, params.seed)
+        teacher_channels = torch.arange(target.hidden, device=acc.device)  # truncate: the first channels
+    student.to(acc.device)
     # HomoDistil's own part of the loop, as fit() hooks: PLATON scores after each backward, the cubic
     # pruning schedule after each step, and the masks checkpointed with the weights.
-    pruner = LlamaPruner(student, cfg.beta1, cfg.beta2) if init == "copy" else None
+    pruner = Pruner(student, cfg.beta1, cfg.beta2) if init == "copy" else None
     end = prune_end(cfg)
-    fixed_channels = None if pruner is not None else torch.arange(target.hidden, device=acc.device)
 
-    def loss(model, x):
+    def loss(model, b):
+        x, labels = b
         with torch.no_grad():
             t_out = teacher(input_ids=x, output_hidden_states=True)
         s_out = model(input_ids=x, output_hidden_states=True)
-        channels = pruner.masks["hidden"].nonzero().flatten() if pruner is not None else None
-        return distill_loss(s_out, t_out, x, cfg, channels, channels if pruner is not None else fixed_channels)
+        if pruner is not None:  # student channel c is the teacher's channel c
+            channels = pruner.masks["hidden"].nonzero().flatten()
+            return distill_loss(s_out, t_out, x, cfg, channels, channels, labels=labels)
+        return distill_loss(s_out, t_out, x, cfg, None, teacher_channels, labels=labels)
 
     def after_backward(step: int) -> None:
         if pruner is not None and step < end:
@@ -306,10 +392,6 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
         shape_now = pruner.shape() if pruner is not None else target
         now = count_params(resized_config(teacher.config, shape_now))["total"]
         return {"params": now, "sparsity": 1 - now / teacher_params["total"], **shape_now.as_dict()}
-
-    def batch(step: int) -> torch.Tensor:
-        idx = batch_indices(step, len(train_blocks), cfg.batch_size, params.seed, acc.process_index, acc.num_processes)
-        return train_blocks[idx].to(acc.device)
 
     recipe = Recipe(
         model=student,
@@ -356,8 +438,8 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
         "steps": cfg.steps,
         "resumed_from": start,
         "final_loss": fit_out.step_rows[-1]["loss"] if fit_out.step_rows else None,
-        "heldout_ppl": heldout_perplexity(small, heldout_blocks),
-        "teacher_heldout_ppl": heldout_perplexity(teacher, heldout_blocks),
+        "heldout_ppl": heldout_perplexity(small, heldout_blocks, objective=objective, seed=params.seed),
+        "teacher_heldout_ppl": heldout_perplexity(teacher, heldout_blocks, objective=objective, seed=params.seed),
         "materialise_max_abs_diff": diff,
         "seconds": round(time.perf_counter() - t0, 2),
         "out_dir": str(out_dir),

@@ -1,6 +1,7 @@
-"""Structured pruning of a HF ``LlamaForCausalLM``: masks while training, a smaller model at the end.
+"""Structured pruning of a HF ``LlamaForCausalLM`` or ``BertForMaskedLM``: masks while training, a
+smaller model at the end.
 
-Three kinds of structure (METHODS.md §5, HomoDistil):
+Three kinds of structure (METHODS.md §5, HomoDistil), for a Llama:
 
     ffn     one FFN neuron j of a layer: row j of gate_proj and up_proj, column j of down_proj
     heads   one attention KV group of a layer: the rows of its k/v head, the rows of its n_rep query
@@ -14,10 +15,26 @@ A Llama config has one ``intermediate_size`` and one head count for all layers, 
 the same *number* of FFN neurons and heads (each layer chooses its own which ones); hidden channels
 are ranked globally. ``head_dim`` never changes (it is written into the smaller config explicitly).
 
-While training, :class:`LlamaPruner` applies the masks with forward hooks (the weights and the
+For a BERT (HomoBERT, the paper's own case) the same three kinds, along BERT's modules:
+
+    ffn     row j (and bias j) of ``intermediate.dense``, column j of ``output.dense``
+    heads   one head: its rows (and biases) of query/key/value, its columns of ``attention.output.dense``
+    hidden  column c of the word/position/token-type embeddings, of query/key/value, of
+            ``intermediate.dense``, of the MLM head's transform and (tied) decoder; row and bias c of
+            ``attention.output.dense``, ``output.dense`` and the transform; weight *and bias* c of
+            every LayerNorm (embeddings, the two per layer, the MLM head's).
+
+BERT is post-norm: every residual sum goes through a LayerNorm with a bias, so a masked LayerNorm
+takes its mean and variance over the kept channels only and writes zeros on the pruned ones (a
+pruned channel then carries nothing into the next layer, as in the sliced model). BERT derives the
+head size as ``hidden_size / num_attention_heads``, so a stock ``BertConfig`` can only describe a
+student whose hidden width is its head count times the teacher's head size: masks may take any
+shape while training, :func:`slice_bert` refuses any other final shape.
+
+While training, :class:`Pruner` applies the masks with forward hooks (the weights and the
 state dict keep the teacher's shapes, so ``accelerate`` checkpoints and DDP work unchanged);
-:meth:`LlamaPruner.materialise` then slices the weights into a genuinely smaller model that computes the same
-function. The RMSNorms are the subtle part: a masked norm must average over the kept channels only,
+:meth:`Pruner.materialise` then slices the weights into a genuinely smaller model that computes the same
+function. The norms are the subtle part: a masked norm must average over the kept channels only,
 as the sliced norm will, so the hook recomputes it.
 
 Importance is PLATON's (Zhang et al., ICML 2022, eq. 4-6): sensitivity ``I = |θ·∇L|`` per weight,
@@ -34,9 +51,25 @@ from torch import nn
 KINDS = ("ffn", "heads", "hidden")
 
 
+SUPPORTED = ("llama", "bert")
+
+
+def _is_bert(config) -> bool:
+    return config.model_type == "bert"
+
+
+def check_supported(model, where: str = "HomoDistil") -> None:
+    """Refuse a model this module cannot prune, saying which ones it can."""
+    kind = model.config.model_type
+    if kind not in SUPPORTED or (_is_bert(model.config) and not hasattr(model, "cls")):
+        raise ValueError(
+            f"{where} prunes LlamaForCausalLM and BertForMaskedLM models only, got {type(model).__name__} "
+            f"(model_type={kind!r}); use a Llama or BERT-family base whose LM head is saved with it")
+
+
 @dataclass(frozen=True)
 class Shape:
-    """Widths of a Llama: FFN neurons and KV groups per layer, hidden channels."""
+    """Widths of a Llama or BERT: FFN neurons and KV groups (BERT: heads) per layer, hidden channels."""
 
     ffn: int
     heads: int  # KV groups (= attention heads when there is no GQA)
@@ -47,7 +80,9 @@ class Shape:
 
 
 def shape_of(config) -> Shape:
-    """The widths of a Llama config."""
+    """The widths of a Llama or BERT config."""
+    if _is_bert(config):
+        return Shape(config.intermediate_size, config.num_attention_heads, config.hidden_size)
     return Shape(config.intermediate_size, config.num_key_value_heads, config.hidden_size)
 
 
@@ -57,6 +92,11 @@ def _head_dim(config) -> int:
 
 def resized_config(config, shape: Shape):
     """A copy of ``config`` with the given widths (``head_dim`` and the GQA ratio unchanged)."""
+    if _is_bert(config):
+        new = copy.deepcopy(config)
+        new.head_dim = _head_dim(config)  # read by count_params; slice_bert drops it (BERT derives it)
+        new.hidden_size, new.intermediate_size, new.num_attention_heads = shape.hidden, shape.ffn, shape.heads
+        return new
     n_rep = config.num_attention_heads // config.num_key_value_heads
     new = copy.deepcopy(config)
     new.head_dim = _head_dim(config)
@@ -67,9 +107,20 @@ def resized_config(config, shape: Shape):
     return new
 
 
+def student_config(config, shape: Shape):
+    """The config of a model of ``config``'s family with the given widths (what a student saves)."""
+    new = resized_config(config, shape)
+    if _is_bert(config):
+        del new.head_dim  # BERT derives it; slice_bert checks the widths agree with the teacher's
+    return new
+
+
 def count_params(config) -> dict[str, int]:
     """Parameters of a Llama config, counted as stored: ``total`` (tied embeddings once),
-    ``embedding`` (input embedding + untied lm_head) and ``non_embedding``."""
+    ``embedding`` (input embedding + untied lm_head; BERT: + position and token-type tables) and
+    ``non_embedding``."""
+    if _is_bert(config):
+        return _count_bert(config)
     d, f, L, v = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
     hd = _head_dim(config)
     q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
@@ -77,6 +128,19 @@ def count_params(config) -> dict[str, int]:
     mlp = 3 * d * f + (2 * f + d if getattr(config, "mlp_bias", False) else 0)
     layers = L * (attn + mlp + 2 * d) + d  # + two norms per layer, + the final norm
     emb = v * d * (1 if config.tie_word_embeddings else 2)
+    return {"total": layers + emb, "embedding": emb, "non_embedding": layers}
+
+
+def _count_bert(config) -> dict[str, int]:
+    d, f, L, v = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    a = config.num_attention_heads * _head_dim(config)
+    attn = 3 * (d * a + a) + (a * d + d) + 2 * d  # q/k/v, output dense, its LayerNorm
+    mlp = (d * f + f) + (f * d + d) + 2 * d
+    head = (d * d + d) + 2 * d + v  # MLM transform, its LayerNorm, the decoder's bias
+    layers = L * (attn + mlp) + 2 * d + head  # + the embeddings' LayerNorm
+    emb = (v + config.max_position_embeddings + config.type_vocab_size) * d
+    if not config.tie_word_embeddings:  # the decoder's own weight, and its bias is then its own too
+        emb, layers = emb + v * d, layers + v
     return {"total": layers + emb, "embedding": emb, "non_embedding": layers}
 
 
@@ -104,8 +168,9 @@ def _layer_modules(model):
         yield layer, a, m
 
 
-class LlamaPruner:
-    """Masks, PLATON importance and mask hooks for one ``LlamaForCausalLM`` (pruned in place).
+class Pruner:
+    """Masks, PLATON importance and mask hooks for one ``LlamaForCausalLM`` or ``BertForMaskedLM``
+    (pruned in place).
 
     Call :meth:`update_importance` after each backward (before the optimizer step), then
     :meth:`prune_to` to drop the lowest-scoring structures. ``state_dict`` / ``load_state_dict``
@@ -113,17 +178,19 @@ class LlamaPruner:
     """
 
     def __init__(self, model, beta1: float = 0.85, beta2: float = 0.95):
+        check_supported(model)
         self.model = model
         self.beta1, self.beta2 = beta1, beta2
         cfg = model.config
+        full = shape_of(cfg)
         self.n_layers = cfg.num_hidden_layers
-        self.n_rep = cfg.num_attention_heads // cfg.num_key_value_heads
+        self.n_rep = cfg.num_attention_heads // full.heads
         self.head_dim = _head_dim(cfg)
-        dev = model.model.embed_tokens.weight.device
+        dev = model.get_input_embeddings().weight.device
         self.masks = {
-            "ffn": torch.ones(self.n_layers, cfg.intermediate_size, device=dev),
-            "heads": torch.ones(self.n_layers, cfg.num_key_value_heads, device=dev),
-            "hidden": torch.ones(cfg.hidden_size, device=dev),
+            "ffn": torch.ones(self.n_layers, full.ffn, device=dev),
+            "heads": torch.ones(self.n_layers, full.heads, device=dev),
+            "hidden": torch.ones(full.hidden, device=dev),
         }
         # Trainable tensors whose entries belong to some structure; name -> parameter.
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -172,6 +239,9 @@ class LlamaPruner:
             return norm.weight * y.to(x.dtype) * m.to(x.dtype)
 
         h = self._hooks
+        if _is_bert(model.config):
+            self._attach_bert(mask_in)
+            return
         h.append(model.model.embed_tokens.register_forward_hook(mask_out(hid, "hidden")))
         h.append(model.model.norm.register_forward_hook(masked_norm))
         for i, (layer, attn, mlp) in enumerate(_layer_modules(model)):
@@ -183,6 +253,30 @@ class LlamaPruner:
             h.append(attn.o_proj.register_forward_hook(mask_out(hid, "hidden")))
             h.append(mlp.down_proj.register_forward_pre_hook(mask_in(ffn_getter, "ffn")))
             h.append(mlp.down_proj.register_forward_hook(mask_out(hid, "hidden")))
+
+    def _attach_bert(self, mask_in) -> None:
+        model, h = self.model, self._hooks
+
+        def masked_layernorm(norm, args, out):
+            # nn.LayerNorm over the kept channels only (mean, variance, then weight and bias), zero on
+            # the pruned ones: what the sliced LayerNorm of the small model computes.
+            if not self._is_pruned["hidden"]:
+                return None
+            x, m = args[0].float(), self.masks["hidden"].float()  # fp32 like nn.LayerNorm under autocast
+            mean = (x * m).sum(-1, keepdim=True) / self._n_hidden
+            var = ((x - mean).pow(2) * m).sum(-1, keepdim=True) / self._n_hidden
+            y = (x - mean) * torch.rsqrt(var + norm.eps)
+            return ((y * norm.weight.float() + norm.bias.float()) * m).to(out.dtype)
+
+        h.append(model.bert.embeddings.LayerNorm.register_forward_hook(masked_layernorm))
+        h.append(model.cls.predictions.transform.LayerNorm.register_forward_hook(masked_layernorm))
+        for i, layer in enumerate(model.bert.encoder.layer):
+            head_getter = lambda i=i: self.masks["heads"][i].repeat_interleave(self.head_dim)  # noqa: E731
+            ffn_getter = lambda i=i: self.masks["ffn"][i]  # noqa: E731
+            h.append(layer.attention.output.dense.register_forward_pre_hook(mask_in(head_getter, "heads")))
+            h.append(layer.attention.output.LayerNorm.register_forward_hook(masked_layernorm))
+            h.append(layer.output.dense.register_forward_pre_hook(mask_in(ffn_getter, "ffn")))
+            h.append(layer.output.LayerNorm.register_forward_hook(masked_layernorm))
 
     def detach(self) -> None:
         """Remove the hooks; the model then computes the unmasked function again."""
@@ -241,8 +335,8 @@ class LlamaPruner:
         }
 
     def materialise(self):
-        """A new, smaller ``LlamaForCausalLM`` computing what the masked model computes."""
-        return slice_llama(self.model, **self.kept_indices())
+        """A new, smaller model of the same class computing what the masked model computes."""
+        return slice_model(self.model, **self.kept_indices())
 
     # ---- checkpointing -------------------------------------------------------------------------
 
@@ -265,8 +359,13 @@ class LlamaPruner:
         self._refresh_flags()
 
 
+LlamaPruner = Pruner  # the name from before BERT was supported
+
+
 def structure_sums(model, per_weight: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Sum a per-weight quantity (keyed by parameter name, shaped like it) over each structure."""
+    if _is_bert(model.config):
+        return _structure_sums_bert(model, per_weight)
     cfg = model.config
     L, n_kv = cfg.num_hidden_layers, cfg.num_key_value_heads
     hidden = torch.zeros(cfg.hidden_size)
@@ -328,8 +427,68 @@ def structure_sums(model, per_weight: dict[str, torch.Tensor]) -> dict[str, torc
     return {"ffn": ffn, "heads": heads, "hidden": hidden}
 
 
+def _structure_sums_bert(model, per_weight: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    full = shape_of(model.config)
+    L = model.config.num_hidden_layers
+    hidden, ffn, heads = torch.zeros(full.hidden), torch.zeros(L, full.ffn), torch.zeros(L, full.heads)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = set()
+
+    def get(p):  # the tensor of parameter p, each shared (tied) tensor once
+        if p is None or id(p) in seen:
+            return None
+        seen.add(id(p))
+        t = per_weight.get(names.get(id(p)))
+        return None if t is None else t.float().cpu()
+
+    def add(p, hidden_dim=None, unit=None, unit_dim=None, units=None):
+        # hidden_dim: the axis of p along hidden channels (None: none); unit_dim: the axis along
+        # heads/neurons of ``units`` (a row of heads or ffn), grouped in blocks of equal size.
+        t = get(p)
+        if t is None:
+            return
+        if hidden_dim is not None:
+            hidden.add_(t.sum(tuple(d for d in range(t.dim()) if d != hidden_dim)) if t.dim() > 1 else t)
+        if units is not None:
+            per = t.sum(tuple(d for d in range(t.dim()) if d != unit_dim)) if t.dim() > 1 else t
+            units += per.view(units.shape[0], -1).sum(1)
+
+    emb, pred = model.bert.embeddings, model.cls.predictions
+    for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
+        add(table.weight, hidden_dim=1)
+    for norm in (emb.LayerNorm, pred.transform.LayerNorm):
+        add(norm.weight, 0)
+        add(norm.bias, 0)
+    t = get(pred.transform.dense.weight)
+    if t is not None:
+        hidden += t.sum(0) + t.sum(1)  # D x D: a channel owns its row and its column
+    add(pred.transform.dense.bias, 0)
+    add(pred.decoder.weight, hidden_dim=1)  # tied to the word embeddings: already counted then
+    for i, layer in enumerate(model.bert.encoder.layer):
+        a, o = layer.attention.self, layer.attention.output
+        for lin in (a.query, a.key, a.value):
+            add(lin.weight, hidden_dim=1, unit_dim=0, units=heads[i])
+            add(lin.bias, unit_dim=0, units=heads[i])
+        add(o.dense.weight, hidden_dim=0, unit_dim=1, units=heads[i])
+        add(o.dense.bias, 0)
+        add(layer.intermediate.dense.weight, hidden_dim=1, unit_dim=0, units=ffn[i])
+        add(layer.intermediate.dense.bias, unit_dim=0, units=ffn[i])
+        add(layer.output.dense.weight, hidden_dim=0, unit_dim=1, units=ffn[i])
+        add(layer.output.dense.bias, 0)
+        for norm in (o.LayerNorm, layer.output.LayerNorm):
+            add(norm.weight, 0)
+            add(norm.bias, 0)
+    return {"ffn": ffn, "heads": heads, "hidden": hidden}
+
+
 # --------------------------------------------------------------------------------------------------
 # Slicing into a smaller model
+
+
+def slice_model(model, hidden: torch.Tensor, heads: list[torch.Tensor], ffn: list[torch.Tensor]):
+    """:func:`slice_llama` or :func:`slice_bert`, whichever fits ``model``."""
+    check_supported(model, "slicing")
+    return (slice_bert if _is_bert(model.config) else slice_llama)(model, hidden, heads, ffn)
 
 
 @torch.no_grad()
@@ -381,9 +540,63 @@ def slice_llama(model, hidden: torch.Tensor, heads: list[torch.Tensor], ffn: lis
     return small.to(model.model.embed_tokens.weight.device)
 
 
+@torch.no_grad()
+def slice_bert(model, hidden: torch.Tensor, heads: list[torch.Tensor], ffn: list[torch.Tensor]):
+    """A new ``BertForMaskedLM`` keeping hidden channels ``hidden``, heads ``heads[l]`` and FFN neurons
+    ``ffn[l]`` of each layer ``l``; the hidden width must be the kept head count times the head size
+    (BERT derives its head size from the two)."""
+    cfg = model.config
+    hd = _head_dim(cfg)
+    if len({len(x) for x in heads}) != 1 or len({len(f) for f in ffn}) != 1:
+        raise ValueError("every layer must keep the same number of heads and FFN neurons (one BERT config)")
+    shape = Shape(len(ffn[0]), len(heads[0]), len(hidden))
+    if shape.hidden != shape.heads * hd:
+        raise ValueError(
+            f"a BERT config derives its head size as hidden_size / num_attention_heads, so a student keeping "
+            f"{shape.heads} heads of size {hd} needs hidden width {shape.heads * hd}, not {shape.hidden}")
+    new_cfg = student_config(cfg, shape)
+    dtype = model.get_input_embeddings().weight.dtype
+    small = type(model)(new_cfg).to(dtype)
+    h = hidden.long()
+
+    def put(dst: nn.Module, src: nn.Module, out_idx=None, in_idx=None):
+        w = src.weight
+        if out_idx is not None:
+            w = w[out_idx]
+        if in_idx is not None:
+            w = w[:, in_idx]
+        dst.weight.copy_(w)
+        if getattr(src, "bias", None) is not None:
+            dst.bias.copy_(src.bias if out_idx is None else src.bias[out_idx])
+
+    se, te = small.bert.embeddings, model.bert.embeddings
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        getattr(se, name).weight.copy_(getattr(te, name).weight[:, h])
+    put(se.LayerNorm, te.LayerNorm, h)
+    sp, tp = small.cls.predictions, model.cls.predictions
+    put(sp.transform.dense, tp.transform.dense, h, h)
+    put(sp.transform.LayerNorm, tp.transform.LayerNorm, h)
+    if sp.decoder.weight is not se.word_embeddings.weight:  # untied: the decoder's own columns
+        sp.decoder.weight.copy_(tp.decoder.weight[:, h])
+    sp.bias.copy_(tp.bias)
+    if sp.decoder.bias is not None and sp.decoder.bias is not sp.bias:
+        sp.decoder.bias.copy_(tp.decoder.bias)
+    for i, (sl, tl) in enumerate(zip(small.bert.encoder.layer, model.bert.encoder.layer)):
+        rows = (heads[i].long()[:, None] * hd + torch.arange(hd)[None, :]).flatten()
+        f = ffn[i].long()
+        for name in ("query", "key", "value"):
+            put(getattr(sl.attention.self, name), getattr(tl.attention.self, name), rows, h)
+        put(sl.attention.output.dense, tl.attention.output.dense, h, rows)
+        put(sl.attention.output.LayerNorm, tl.attention.output.LayerNorm, h)
+        put(sl.intermediate.dense, tl.intermediate.dense, f, h)
+        put(sl.output.dense, tl.output.dense, h, f)
+        put(sl.output.LayerNorm, tl.output.LayerNorm, h)
+    return small.to(model.get_input_embeddings().weight.device)
+
+
 def truncate(model, shape: Shape):
     """The plain-distillation init: keep the *first* channels, KV groups and neurons of the teacher."""
     L = model.config.num_hidden_layers
-    return slice_llama(
+    return slice_model(
         model, torch.arange(shape.hidden), [torch.arange(shape.heads)] * L, [torch.arange(shape.ffn)] * L
     )
