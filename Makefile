@@ -47,7 +47,7 @@ install: $(STAMP)
 
 demo: install
 	@start=$$(date +%s); \
-	scenerec pipeline; \
+	scenerec pipeline || { echo "make demo: the pipeline failed after $$(( $$(date +%s) - start )) s (the error is above)"; exit 1; }; \
 	echo "make demo: finished in $$(( $$(date +%s) - start )) s"; \
 	echo "serve the champion: make serve  (then the curl example in README.md, section Serving)"
 

@@ -15,8 +15,10 @@ behaviours (their real log tiled, one second apart, before the request time) in 
 behaviour store. Load: ``--clients`` asyncio/httpx clients send requests back to back until
 ``--requests`` are done or ``--seconds`` have passed (after two warm-up requests); every request
 has the same user, scene and B distinct PoIs. Redis: a real ``redis-server`` on 127.0.0.1 in a
-temporary folder. The project's SQLite behaviour store is reloaded from the curated behaviours at
-the end. Writes reports/benchmarks/serving.json.
+temporary folder. Per row: client-side p50/p95/p99 and requests/s, the service's own handler time
+and its CPU time per request (from /metrics: what a request costs whatever else shares the
+cores), and the 1-minute load average. The project's SQLite behaviour store is reloaded from the
+curated behaviours at the end. Writes reports/benchmarks/serving.json.
 """
 from __future__ import annotations
 
@@ -149,6 +151,7 @@ async def load(port: int, body: dict, clients: int, requests: int, seconds: floa
     async with httpx.AsyncClient(timeout=60) as c:
         for _ in range(2):  # warm-up (first request per user builds served CoFARS's state)
             await c.post(url, json=body)
+        before = await handler_seconds(c, port)
         left, deadline = [requests], time.perf_counter() + seconds
         t_start = time.perf_counter()
 
@@ -163,10 +166,31 @@ async def load(port: int, body: dict, clients: int, requests: int, seconds: floa
 
         await asyncio.gather(*[client() for _ in range(clients)])
         wall = time.perf_counter() - t_start
+        after = await handler_seconds(c, port)
+    # The service's own time per request, measured in its handler thread from validation to scores
+    # (GIL waits included; HTTP, JSON and the wait for a worker thread not): the rest is the front.
+    # And its thread's CPU time per request: what a request costs whatever else shares the cores.
+    ok = before and after and after[1] > before[1]
+    handler = round((after[0] - before[0]) / (after[1] - before[1]) * 1000, 2) if ok else None
+    cpu = round((after[2] - before[2]) / (after[1] - before[1]) * 1000, 2) if ok else None
     ms = np.array(lat) * 1000
     return {"requests": len(lat), "errors": len(errors), "p50_ms": round(float(np.percentile(ms, 50)), 2),
             "p95_ms": round(float(np.percentile(ms, 95)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "req_per_s": round(len(lat) / wall, 2)}
+            "req_per_s": round(len(lat) / wall, 2), "handler_ms": handler, "handler_cpu_ms": cpu}
+
+
+async def handler_seconds(c, port: int) -> tuple[float, float, float] | None:
+    """(time sum, count, CPU sum) of the service's own scoring metrics (/metrics); None without them."""
+    r = await c.get(f"http://127.0.0.1:{port}/metrics")
+    if r.status_code != 200:
+        return None
+    got = {}
+    keys = ("scenerec_score_seconds_sum", "scenerec_score_seconds_count", "scenerec_score_cpu_seconds_total")
+    for line in r.text.splitlines():
+        for k in keys:
+            if line.startswith(k + " "):
+                got[k] = float(line.split()[1])
+    return tuple(got[k] for k in keys) if len(got) == len(keys) else None
 
 
 def serve_snapshot(params, registered: str, port: int) -> None:
@@ -174,6 +198,7 @@ def serve_snapshot(params, registered: str, port: int) -> None:
     import mlflow
     import uvicorn
     from fastapi import Body, FastAPI
+    from fastapi.responses import JSONResponse
 
     from components.serve.schema import SCENE_FIELDS, parse_request
     from components.tracking import tracking_uri
@@ -192,7 +217,7 @@ def serve_snapshot(params, registered: str, port: int) -> None:
         frame = pd.DataFrame({"request_id": "r", "user_id": req.user_id, "poi_id": req.candidates,
                               **{f: getattr(req, f) for f in SCENE_FIELDS}})
         out = model.predict(frame)
-        return {"scores": out[["poi_id", "ctr", "ctcvr"]].to_dict("records")}
+        return JSONResponse({"scores": out[["poi_id", "ctr", "ctcvr"]].to_dict("records")})  # as the service answers
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
@@ -214,6 +239,8 @@ def main(argv=None) -> int:
     from components.serve.online import behavior_store, load_behaviors
 
     params_file = Path(args.params).resolve()
+    load_start = os.getloadavg()  # the cores are shared (CI, other jobs): the figures depend on it
+    print("load average at start (1, 5, 15 min):", load_start)
     tmp = Path(tempfile.mkdtemp(prefix="scenerec-serving-bench-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     registered = train_and_register(params, args.models, args.epochs or 1, tmp)
@@ -257,7 +284,7 @@ def main(argv=None) -> int:
                         for k in args.clients:
                             r = asyncio.run(load(port, body, k, args.requests, args.seconds))
                             row = {"store": store_kind if name != "snapshot_pyfunc" else "snapshot", "model": name,
-                                   "n": n, "clients": k, **r}
+                                   "n": n, "clients": k, **r, "load1": round(os.getloadavg()[0], 2)}
                             rows.append(row)
                             print("  ", row)
                 finally:
@@ -290,9 +317,15 @@ def main(argv=None) -> int:
             targets[f"cofars_{store_kind}_p50_ratio_n{c.index[-1]}_vs_n{c.index[0]}"] = round(ratio, 2)
             targets[f"cofars_{store_kind}_within_1.5x"] = bool(ratio <= 1.5)
     print("targets:", json.dumps(targets))
+    world = {k: getattr(params.generate, k) for k in ("n_users", "n_pois", "n_requests")}
+    model_size = {k: getattr(params.ctr, k) for k in ("embed_dim", "mlp_hidden", "max_history", "short_term",
+                                                      "max_contexts", "max_subsequence", "n_prototypes")}
+    print("world:", world, "model:", model_size, "load average (1, 5, 15 min):", os.getloadavg())
     save_report({"benchmark": "serving", "candidates": args.candidates, "lengths": args.lengths,
                  "clients": args.clients, "requests": args.requests, "seconds": args.seconds,
-                 "cpus": os.cpu_count(), "rows": rows, "targets": targets,
+                 "cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_start],
+                 "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                 "world": world, "model_size": model_size, "rows": rows, "targets": targets,
                  "alternative": "snapshot_pyfunc: the registered pyfunc's predict on its frozen snapshot"}, args.out)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -555,6 +555,8 @@ class ServeConfig(Section):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"
     champion_poll_seconds: float = Field(5.0, gt=0)
+    feature_poll_seconds: float = Field(5.0, gt=0)  # how often the in-process PoI feature block checks for a materialisation
+    torch_threads: int = Field(1, ge=1)  # torch CPU threads per scoring process (requests run in parallel threads)
     model_name: str | None = None  # registered model to serve; null = ctr.registered_name
 
 
@@ -567,6 +569,11 @@ class TrackingConfig(Section):
 class ReliabilityConfig(Section):
     # How long a command waits for another one holding the curated / features / registry lock.
     lock_timeout_s: float = Field(600.0, ge=0)
+    # Retries of Prefect tasks after a transient failure (a locked store, a network blip); never after
+    # bad data, parameters or code. Training tasks resume from their checkpoint.
+    io_retries: int = Field(3, ge=0, le=20)
+    train_retries: int = Field(1, ge=0, le=20)
+    retry_backoff_s: float = Field(2.0, ge=0)
     # A registration whose model files and data version equal an existing version's reuses it.
     reuse_unchanged_models: bool = True
 

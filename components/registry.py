@@ -13,7 +13,8 @@ pyfunc, registers it and settles its alias, then manual promotion and rollback, 
   compares the aliases now with the last audit entry's, so a change made elsewhere (MLflow's own
   alias editor) is flagged.
 - Per-version tags are lineage and audit only (architecture, params hash, data version, git commit,
-  Prefect flow run); metrics stay on the MLflow run.
+  model fingerprint, Prefect flow run; a flow adds its run's name and UI link and the run's
+  warnings); metrics stay on the MLflow run.
 """
 from __future__ import annotations
 
@@ -230,6 +231,22 @@ def _context(artifacts: dict):
     return PythonModelContext(artifacts, {})
 
 
+def _registry_locked(fn):
+    """Run ``fn(params, ...)`` under the registry lock (re-entrant: a caller may already hold it), so
+    every path that moves an alias or writes the audit trail is serialised, whoever calls it."""
+    import functools
+
+    @functools.wraps(fn)
+    def locked(params, *args, **kwargs):
+        from components.locks import hold
+
+        with hold(params, "registry", fn.__name__.replace("_", " ")):
+            return fn(params, *args, **kwargs)
+
+    return locked
+
+
+@_registry_locked
 def register_candidate(params, run_id: str, candidate: Candidate, by: str | None = None) -> dict:
     """Log ``candidate`` as a pyfunc of run ``run_id`` and register it; score it and the champion on
     the same rows; it takes ``champion`` when it clears the floor and beats the champion by the
@@ -373,6 +390,7 @@ def set_challenger(c, name: str, version: str, by: str, reason: str) -> dict:
     return {"name": name, "challenger": str(version), "champion": alias_version(c, name, CHAMPION)}
 
 
+@_registry_locked
 def promote(params, name: str, version: str | int, reason: str, by: str | None = None) -> dict:
     """Manual promotion: ``version`` becomes champion (the old one is kept for rollback)."""
     c = client(params)
@@ -386,6 +404,7 @@ def promote(params, name: str, version: str | int, reason: str, by: str | None =
     return set_champion(c, name, str(version), by or who(), reason)
 
 
+@_registry_locked
 def rollback(params, name: str, reason: str, by: str | None = None) -> dict:
     """Give the champion alias back to the version the current champion replaced."""
     c = client(params)

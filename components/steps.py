@@ -636,7 +636,6 @@ STEPS: dict[str, Step] = _registry(
                                       f"{p.path('news_dir') / 'model'}")),
     Step("news_register", news_register_step, "news", flow="news", task="register-news-model", registers=True,
          help="register the news model; champion only if better by the margin",
-         params=("news.registered_name", "news.promotion_margin", "news.promotion_floor_margin",
-                 "ctr.promotion_floor_margin"),
+         params=("news.registered_name", "news.promotion_margin", "news.promotion_floor_margin"),
          inputs=("${paths.news_dir}/model",)),
 )

@@ -35,6 +35,7 @@ def tracking_uri(params: Params) -> str:
 def configure(params: Params) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; return its id."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
@@ -53,8 +54,11 @@ def configure(params: Params) -> str:
         # MLflow 3's UI opens an experiment on its GenAI overview unless told it holds model runs.
         return client.create_experiment(params.tracking.experiment, artifact_location=location,
                                         tags={EXPERIMENT_KIND: "custom_model_development"})
-    except Exception:  # created concurrently by another process
-        return client.get_experiment_by_name(params.tracking.experiment).experiment_id
+    except MlflowException:  # created concurrently by another process; any other failure is raised
+        exp = client.get_experiment_by_name(params.tracking.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def git_commit(root: Path) -> str:

@@ -13,18 +13,18 @@ from prefect.cache_policies import NO_CACHE
 
 from components import steps, tracking
 from components.config import DEFAULT_PARAMS, CTRConfig
-from flows.settings import (IO_RETRIES, TRAIN_RETRIES, flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run,
+from flows.settings import (flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run,
                             registry_summary, tag_version)
 from flows.tasks import step_task
 
 
-@step_task("ctr", **TRAIN_RETRIES)
+@step_task("ctr", retries="train")
 def train_task(params, run_id: str) -> dict:
     # A retry resumes from the last finished epoch (checkpoints under paths.ctr_dir).
     return steps.ctr_step(params, run_id=run_id)
 
 
-@step_task("ctr_register", **IO_RETRIES)
+@step_task("ctr_register", retries="io")
 def register_task(params, run_id: str) -> dict:
     return steps.ctr_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
@@ -62,7 +62,7 @@ def ctr(ctr: CTRConfig = CTRConfig(), params_file: str = DEFAULT_PARAMS, isolate
         tracking.log_metrics(params, run_id, {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         print(f"{summary['model']}: {summary['headline']}")
         result = register_task(params, run_id)
-        tag_version(params, result, {"architecture": summary["model"], **prefect_run(), **tags})
+        tag_version(params, result, {**prefect_run(), **tags})
     links = mlflow_links(params, run_id, result)
     verdict = (f"**{result['name']} v{result['version']}** → "
                + ("`champion`" if result["promoted"] else "`challenger`") + f": {result['reason']}")

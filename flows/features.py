@@ -7,11 +7,11 @@ from prefect.artifacts import create_table_artifact
 from components import tracking
 from components.config import DEFAULT_PARAMS, FeaturesConfig, Params
 from components.steps import features_step
-from flows.settings import IO_RETRIES, flow_params, mlflow_links, mlflow_run
+from flows.settings import flow_params, mlflow_links, mlflow_run
 from flows.tasks import step_task
 
 
-@step_task("features", log_prints=False, **IO_RETRIES)
+@step_task("features", log_prints=False, retries="io")
 def features_task(params: Params, run_id: str) -> dict:
     metrics = features_step(params)
     tracking.log_metrics(params, run_id, {f"features.{k}": v for k, v in metrics.items()})

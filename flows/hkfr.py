@@ -8,23 +8,23 @@ from prefect import flow
 
 from components import steps, tracking
 from components.config import DEFAULT_PARAMS, HKFRConfig
-from flows.settings import (IO_RETRIES, TRAIN_RETRIES, flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run, publish_comparison,
+from flows.settings import (flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run, publish_comparison,
                             registry_summary, tag_version)
 from flows.tasks import step_task
 
 
-@step_task("knowledge", **IO_RETRIES)
+@step_task("knowledge", retries="io")
 def knowledge_task(params) -> dict:
     return steps.knowledge_step(params)
 
 
-@step_task("instruct", **TRAIN_RETRIES)
+@step_task("instruct", retries="train")
 def instruct_task(params, run_id: str) -> dict:
     # A retry resumes from the newest checkpoint.
     return steps.instruct_step(params, run_id=run_id)
 
 
-@step_task("hkfr_register", **IO_RETRIES)
+@step_task("hkfr_register", retries="io")
 def register_task(params, run_id: str) -> dict:
     return steps.hkfr_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
@@ -49,7 +49,7 @@ def hkfr(hkfr: HKFRConfig = HKFRConfig(), params_file: str = DEFAULT_PARAMS, iso
         metrics = instruct_task(params, run_id)
         tracking.log_metrics(params, run_id, {f"knowledge.{k}": v for k, v in data.items()})
         result = register_task(params, run_id)
-        tag_version(params, result, {"architecture": f"{params.hkfr.base}-{params.hkfr.method}", **prefect_run()})
+        tag_version(params, result, prefect_run())
     verdict = publish_comparison("hkfr-champion-vs-challenger", result, mlflow_links(params, run_id, result))
     print(verdict)
     return {"metrics": metrics, "registry": registry_summary(result)}

@@ -14,11 +14,11 @@ from components import tracking
 from components.config import DEFAULT_PARAMS, SEED, GenerateConfig, IngestConfig, Params
 from components.data.validate import BatchRejected
 from components.steps import generate_step, ingest_step
-from flows.settings import IO_RETRIES, flow_params, mlflow_links, mlflow_run
+from flows.settings import flow_params, mlflow_links, mlflow_run
 from flows.tasks import step_task
 
 
-@step_task("generate", **IO_RETRIES)
+@step_task("generate", retries="io")
 def generate_task(params: Params, run_id: str, out_dir: str | None = None) -> dict:
     metrics = generate_step(params, Path(out_dir) if out_dir else None)
     tracking.log_metrics(params, run_id, {f"generate.{k}": v for k, v in metrics.items()})
@@ -30,7 +30,7 @@ def generate_task(params: Params, run_id: str, out_dir: str | None = None) -> di
     return metrics
 
 
-@step_task("ingest", **IO_RETRIES)
+@step_task("ingest", retries="io")
 def ingest_task(params: Params, run_id: str, batch_dir: str) -> dict:
     try:
         metrics = ingest_step(params, Path(batch_dir))

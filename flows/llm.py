@@ -12,7 +12,7 @@ from prefect.artifacts import create_table_artifact
 
 from components import steps, tracking
 from components.config import DEFAULT_PARAMS, ContrastiveConfig, DistillConfig, EmbedConfig, LLMConfig, Params
-from flows.settings import IO_RETRIES, TRAIN_RETRIES, flow_params, mlflow_links, mlflow_run
+from flows.settings import flow_params, mlflow_links, mlflow_run
 from flows.tasks import step_task
 
 
@@ -21,33 +21,33 @@ def _logged(params: Params, run_id: str, prefix: str, metrics: dict) -> dict:
     return metrics
 
 
-@step_task("corpus", **IO_RETRIES)
+@step_task("corpus", retries="io")
 def corpus_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "corpus", steps.corpus_step(params))
 
 
-@step_task("pretrain", **TRAIN_RETRIES)
+@step_task("pretrain", retries="train")
 def pretrain_task(params: Params, run_id: str) -> dict:
     # A retry resumes from the last checkpoint instead of starting over.
     return steps.pretrain_step(params, run_id=run_id)
 
 
-@step_task("pairs", **IO_RETRIES)
+@step_task("pairs", retries="io")
 def pairs_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "pairs", steps.pairs_step(params))
 
 
-@step_task("contrastive_teacher", **TRAIN_RETRIES)  # and contrastive_student
+@step_task("contrastive_teacher", retries="train")  # and contrastive_student
 def contrastive_task(params: Params, run_id: str, model: str) -> dict:
     return steps.contrastive_step(params, model, run_id=run_id)
 
 
-@step_task("distill", **TRAIN_RETRIES)
+@step_task("distill", retries="train")
 def distill_task(params: Params, run_id: str) -> dict:
     return steps.distill_step(params, run_id=run_id)
 
 
-@step_task("embed", log_prints=False, **IO_RETRIES)
+@step_task("embed", log_prints=False, retries="io")
 def embed_task(params: Params, run_id: str) -> dict:
     return _logged(params, run_id, "embed", steps.embed_step(params))
 

@@ -7,23 +7,23 @@ from prefect import flow
 
 from components import steps, tracking
 from components.config import DEFAULT_PARAMS, NewsConfig
-from flows.settings import (IO_RETRIES, TRAIN_RETRIES, flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run, publish_comparison,
+from flows.settings import (flow_params, flow_run_id, mlflow_links, mlflow_run, prefect_run, publish_comparison,
                             registry_summary, tag_version)
 from flows.tasks import step_task
 
 
-@step_task("news_data", **IO_RETRIES)
+@step_task("news_data", retries="io")
 def data_task(params) -> dict:
     return steps.news_data_step(params)
 
 
-@step_task("news", **TRAIN_RETRIES)
+@step_task("news", retries="train")
 def train_task(params) -> dict:
     # A retry resumes from the last finished epoch.
     return steps.news_step(params)
 
 
-@step_task("news_register", **IO_RETRIES)
+@step_task("news_register", retries="io")
 def register_task(params, run_id: str) -> dict:
     return steps.news_register_step(params, run_id=run_id, flow_run_id=flow_run_id())
 
@@ -54,7 +54,7 @@ def news(mind_dir: str = "", news: NewsConfig = NewsConfig(), params_file: str =
         metrics = train_task(params)
         tracking.log_metrics(params, run_id, {**{f"data.{k}": v for k, v in data.items()}, **metrics})
         result = register_task(params, run_id)
-        tag_version(params, result, {"architecture": "perconet", **prefect_run()})
+        tag_version(params, result, prefect_run())
     verdict = publish_comparison("news-champion-vs-challenger", result, mlflow_links(params, run_id, result))
     print(verdict)
     return {"metrics": metrics, "registry": registry_summary(result)}

@@ -26,10 +26,12 @@ from flows.ingest import ingest as ingest_flow
 from flows.llm import llm as llm_flow
 from flows.news import news as news_flow
 from flows.settings import IO_RETRIES, flow_params, mlflow_links, mlflow_run, pipeline_context
+from flows.tasks import params_retries
 
 DVC_STAGES = list(STEPS)  # every step is a stage of dvc.yaml (tests/unit/test_steps.py checks it)
 
 
+@params_retries("io")
 @task(name="record-in-dvc", cache_policy=NO_CACHE, **IO_RETRIES)
 def record_task(params: Params, custom_batch: bool) -> str:
     return record_run(params, DVC_STAGES, custom_batch)
@@ -73,7 +75,7 @@ def where_to_look(params: Params, metrics: dict) -> str:
         "SceneRec pipeline finished.",
         f"  data:       curated {params.path('curated_dir')}, features {params.path('features_dir')}",
         f"  metrics:    {params.path('reports_dir')} (also: dvc metrics show; dvc plots show)",
-        f"  MLflow:     {uri}   (UI: make ui, then http://127.0.0.1:5000)",
+        f"  MLflow:     {uri}   (UI: make ui, then {params.tracking.ui_url})",
         "  Prefect:    make ui, then http://127.0.0.1:4200 (flow runs, artifacts)",
         *hkfr_lines(metrics.get("hkfr")),
         *ctr_lines(metrics.get("ctr")),

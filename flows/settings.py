@@ -10,7 +10,8 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ValidationError
 
 from components import tracking
-from components.config import DEFAULT_PARAMS, Params, ParamsError, for_overrides, for_profile, is_profile, load_params
+from components.config import (DEFAULT_PARAMS, Params, ParamsError, ReliabilityConfig, for_overrides, for_profile, is_profile,
+                               load_params)
 
 # Set by the pipeline flow for the flows it calls: its MLflow run (the parent of theirs) and its
 # namespace decision, so that parent_run_id is no form parameter and every step agrees.
@@ -23,9 +24,10 @@ FLOW_OUTPUTS = {"generate": ("raw_batch",), "ingest": ("curated_dir", "quarantin
 
 # Failures a retry cannot fix: the data, the parameters or the code are wrong (a pydantic
 # ValidationError is a ValueError), a required input is missing, or the lock wait was already
-# as long as the user allowed (reliability.lock_timeout_s).
+# as long as the user allowed (LockTimeout, by name). A network timeout (socket.timeout, a
+# TimeoutError) is transient and retried.
 PERMANENT_ERRORS = (ValueError, TypeError, KeyError, IndexError, AssertionError, NotImplementedError,
-                    FileNotFoundError, TimeoutError, ValidationError, ParamsError)
+                    FileNotFoundError, ValidationError, ParamsError)
 PERMANENT_NAMES = {"BatchRejected", "MindRejected", "ParamsError", "LockTimeout"}
 
 
@@ -39,11 +41,22 @@ def transient_only(task, task_run, state) -> bool:
     return True
 
 
-# Tasks that touch MLflow, Feast or the file system: 3 retries after ~2, 4, 8 s (+/- jitter).
-IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-              "retry_jitter_factor": 0.5, "retry_condition_fn": transient_only}
-# Training tasks resume from their checkpoint: one retry, same condition.
-TRAIN_RETRIES = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": transient_only}
+def retry_options(reliability: ReliabilityConfig, kind: str) -> dict:
+    """Prefect task options for ``kind`` "io" (MLflow, Feast, files: ``io_retries`` with exponential
+    backoff and jitter) or "train" (``train_retries``, a fixed wait; the task resumes from its
+    checkpoint); both retry transient failures only."""
+    if kind == "io":
+        return {"retries": reliability.io_retries, "retry_jitter_factor": 0.5, "retry_condition_fn": transient_only,
+                "retry_delay_seconds": exponential_backoff(backoff_factor=reliability.retry_backoff_s)}
+    if kind == "train":
+        return {"retries": reliability.train_retries, "retry_delay_seconds": reliability.retry_backoff_s,
+                "retry_condition_fn": transient_only}
+    raise ValueError(f"retry kind must be 'io' or 'train', got {kind!r}")
+
+
+# The defaults (params.yaml's reliability section as shipped); a run's own values apply per call (flows/tasks.py).
+IO_RETRIES = retry_options(ReliabilityConfig(), "io")
+TRAIN_RETRIES = retry_options(ReliabilityConfig(), "train")
 
 
 def overrides_of(**sections: BaseModel | dict | int | None) -> dict:
@@ -140,9 +153,12 @@ def mlflow_links(params: Params, run_id: str, registry: Mapping | None = None) -
 
 
 def tag_version(params: Params, registry: Mapping, tags: Mapping[str, str]) -> None:
-    """Tag the registered model version with the Prefect flow run that made it."""
+    """Tag the version the register step just created with the Prefect flow run that made it (id,
+    name, UI link) and the run's warnings; a reused version keeps the tags of the run that made it."""
     import mlflow
 
+    if registry.get("reused"):
+        return
     client = mlflow.MlflowClient(tracking.tracking_uri(params))
     for k, v in tags.items():
         client.set_model_version_tag(registry["name"], str(registry["version"]), k, v)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -304,11 +305,25 @@ class FeatureEncoder:
         raw = np.full((len(df), len(self.numeric)), np.nan)
         if cols:
             idx = [self.numeric.index(c) for c in cols]
-            raw[:, idx] = self._numeric_raw(df, cols)
-        z = (raw - self.mean) / self.std
+            raw[:, idx] = df[cols].to_numpy(dtype=np.float64, na_value=np.nan)
+        return self.standardise(raw)
+
+    @cached_property
+    def _numeric_groups(self) -> tuple[np.ndarray, list[list[int]]]:
+        """(count-like column mask, the columns of each feature view in sorted view order)."""
+        count_cols = np.array([any(t in c for t in _COUNT_LIKE) for c in self.numeric], dtype=bool)
         views = sorted({c.split("__")[0] for c in self.numeric})
-        flags = [np.isnan(raw[:, [i for i, c in enumerate(self.numeric) if c.startswith(v + "__")]]).all(1)
-                 for v in views]
+        return count_cols, [[i for i, c in enumerate(self.numeric) if c.startswith(v + "__")] for v in views]
+
+    def standardise(self, raw: np.ndarray) -> np.ndarray:
+        """``numeric_matrix`` of values already laid out as (rows, ``numeric``) floats, NaN = missing
+        (the online path assembles them without a frame)."""
+        count_cols, view_cols = self._numeric_groups
+        if count_cols.any():
+            raw = raw.copy()
+            raw[:, count_cols] = np.log1p(np.clip(raw[:, count_cols], 0, None))
+        z = (raw - self.mean) / self.std
+        flags = [np.isnan(raw[:, cols]).all(1) for cols in view_cols]
         out = np.nan_to_num(z, nan=0.0).astype(np.float32)
         return np.concatenate([out, np.stack(flags, 1).astype(np.float32)], 1) if flags else out
 
@@ -582,10 +597,12 @@ def gather_history(history: History, pois: PoiTable, start: np.ndarray, end: np.
 
 def make_batch(data: RequestData, idx: np.ndarray, history: History, pois: PoiTable, max_history: int,
                id_dropout: float = 0.0, rng: np.random.Generator | None = None,
-               scene_table: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               scene_table: np.ndarray | None = None,
+               constants: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Numpy arrays of one batch of requests (history gathered, PoI attributes looked up). With a
     ``scene_table`` (and PoI text embeddings) the batch also carries the LLM embeddings LARR reads:
-    per-feature scene vectors and the text vectors of candidates and history."""
+    per-feature scene vectors and the text vectors of candidates and history. ``constants``: arrays
+    with one row per request of ``data`` (the model's ``request_constants``), taken for the batch."""
     d = data.take(idx)
     h = gather_history(history, pois, d.hist_start, d.hist_end, max_history)
     user = d.user.copy()
@@ -607,6 +624,11 @@ def make_batch(data: RequestData, idx: np.ndarray, history: History, pois: PoiTa
         "hist_context": h["hist_context"], "hist_mask": h["hist_mask"], "hist_slot": h["hist_slot"],
         "slot": d.slot if d.slot is not None else np.zeros(len(idx), np.int64),
     }
+    # The batch's distinct history PoIs: the model embeds each once (CTRModel.history).
+    item_row, hist_item = np.unique(h["hist_poi"], return_inverse=True)
+    out.update(hist_item=hist_item.reshape(h["hist_poi"].shape), item_poi=pois.vocab_id[item_row],
+               item_category=pois.category[item_row], item_price=pois.price_band[item_row],
+               item_rating=pois.rating_band[item_row], item_delivery=pois.delivery_band[item_row])
     if pois.log_price is not None:
         out["cand_logp"] = pois.log_price[d.poi_row]
         out["hist_logp"] = pois.log_price[h["hist_poi"]]
@@ -616,8 +638,11 @@ def make_batch(data: RequestData, idx: np.ndarray, history: History, pois: PoiTa
         out["scene_mask"] = sv >= 0
         out["cand_text"] = pois.text_emb[d.poi_row]
         out["hist_text"] = pois.text_emb[h["hist_poi"]]
+        out["item_text"] = pois.text_emb[item_row]
     if d.scene_full is not None:
         out["scene_full"] = d.scene_full
+    for k, v in (constants or {}).items():
+        out[k] = v[idx]
     return out
 
 

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from components.config import CTRConfig
-from components.ctr.cofars import CoFARS, phase1_score, subsequence_mask
+from components.ctr.cofars import CoFARS, ContextGraph, phase1_score, subsequence_mask
 from components.ctr.esmm import ESMMHeads
 from components.ctr.larr import SceneAggregator
 from components.layers import MLP, TargetAttention, info_nce
@@ -111,13 +111,15 @@ def weight_on(hist_key: torch.Tensor, w: torch.Tensor, cand_key: torch.Tensor) -
 
 def history_profile(w: torch.Tensor, hist_row: torch.Tensor, cand_row: torch.Tensor, hist_cat: torch.Tensor,
                     cand_cat: torch.Tensor, hist_logp: torch.Tensor | None, cand_logp: torch.Tensor | None,
-                    hist_text: torch.Tensor | None = None, cand_text: torch.Tensor | None = None) -> torch.Tensor:
+                    hist_text: torch.Tensor | None = None, cand_text: torch.Tensor | None = None,
+                    hist_item: torch.Tensor | None = None) -> torch.Tensor:
     """Candidate-relative statistics of a weighted history: w (R, n) behaviour weights (0 = not in
     the scope), rows/categories (R, n) against the candidates' (R, K). Returns (R, K, F): log1p of
     the weight on the candidate PoI, its share and its category's share (both smoothed by one
     pseudo-behaviour), the candidate's log price minus the history's weighted mean log price (and
     its absolute value), log1p total weight; with text, the cosine of the candidate's text embedding
-    and the weighted mean history text embedding. Empty scopes give zeros."""
+    and the weighted mean history text embedding. Empty scopes give zeros. With ``hist_item`` (R, n),
+    ``hist_text`` (U, D) holds one row per distinct PoI that it indexes (make_batch's ``item_text``)."""
     tot = w.sum(-1, keepdim=True)  # (R, 1)
     poi_w = weight_on(hist_row, w, cand_row)
     cat_w = weight_on(hist_cat, w, cand_cat)
@@ -131,7 +133,11 @@ def history_profile(w: torch.Tensor, hist_row: torch.Tensor, cand_row: torch.Ten
         feats += [torch.zeros_like(poi_w), torch.zeros_like(poi_w)]
     feats.append(torch.log1p(tot).expand_as(poi_w))
     if hist_text is not None and cand_text is not None:
-        u = torch.einsum("rn,rnd->rd", w, F.normalize(hist_text, dim=-1))
+        if hist_item is None:
+            u = torch.einsum("rn,rnd->rd", w, F.normalize(hist_text, dim=-1))
+        else:  # each request's weight per distinct PoI, then one product with their normalised texts
+            per_item = w.new_zeros(w.shape[0], hist_text.shape[0]).scatter_add_(1, hist_item, w)
+            u = per_item @ F.normalize(hist_text, dim=-1)
         feats.append(torch.einsum("rkd,rd->rk", F.normalize(cand_text, dim=-1), F.normalize(u, dim=-1)) * has)
     return torch.stack(feats, -1)
 
@@ -230,8 +236,15 @@ class CTRModel(nn.Module):
         return self._served_scene is not None
 
     def history(self, b):
-        h = self.item(b["hist_poi"], b.get("hist_text"), b["hist_category"], b["hist_price"], b["hist_rating"],
-                      b["hist_delivery"])
+        """(R, n, d) behaviour embeddings. With ``hist_item`` (make_batch) the batch's distinct PoIs
+        (``item_*``) are embedded once and gathered: a history repeats few PoIs many times."""
+        if "hist_item" in b:
+            items = self.item(b["item_poi"], b.get("item_text"), b["item_category"], b["item_price"],
+                              b["item_rating"], b["item_delivery"])
+            h = items[b["hist_item"]]
+        else:
+            h = self.item(b["hist_poi"], b.get("hist_text"), b["hist_category"], b["hist_price"], b["hist_rating"],
+                          b["hist_delivery"])
         return h + self.behavior_emb(b["hist_behavior"])
 
     def sequence_vector(self, b, cand, hist, aux):
@@ -263,29 +276,64 @@ class CTRModel(nn.Module):
 
     def profile(self, b, selection=None):
         """(R, K, F) history-profile statistics per scope (``history_profile``): the whole history,
-        the behaviours in the request's time slot and (CoFARS) the selected sub-sequence."""
-        mask = b["hist_mask"]
-        w = self.behavior_weight[b["hist_behavior"].clamp(0, 4)] * mask
-        scopes = [w]
+        the behaviours in the request's time slot and (CoFARS) the selected sub-sequence. The first
+        two depend on the request alone: read from ``b["profile_fixed"]`` when precomputed."""
+        fixed = b["profile_fixed"] if "profile_fixed" in b else self._profile(b, self._fixed_scopes(b))
+        if self.profile_scopes < 3:
+            return fixed
+        w = self._behaviour_weight(b)
+        return torch.cat([fixed, self._profile(b, [w * (selection if selection is not None else b["hist_mask"])])], -1)
+
+    def _behaviour_weight(self, b):
+        return self.behavior_weight[b["hist_behavior"].clamp(0, 4)] * b["hist_mask"]
+
+    def _fixed_scopes(self, b):
+        """Weights (R, n) of the request-only scopes: the whole history and the request's time slot."""
+        w = self._behaviour_weight(b)
         slot, hist_slot = b.get("slot"), b.get("hist_slot")
         same_slot = (hist_slot == slot.unsqueeze(1)) & (slot.unsqueeze(1) > 0) if slot is not None and \
-            hist_slot is not None else torch.zeros_like(mask)
-        scopes.append(w * same_slot)
-        if self.profile_scopes == 3:
-            scopes.append(w * (selection if selection is not None else mask))
-        text = (b.get("hist_text"), b.get("cand_text")) if self.use_text else (None, None)
+            hist_slot is not None else torch.zeros_like(b["hist_mask"])
+        return [w, w * same_slot]
+
+    def _profile(self, b, scopes):
+        text, item = (None, None), None
+        if self.use_text and "hist_item" in b and "item_text" in b:
+            text, item = (b["item_text"], b.get("cand_text")), b["hist_item"]
+        elif self.use_text:
+            text = (b.get("hist_text"), b.get("cand_text"))
         return torch.cat([history_profile(sw, b["hist_row"], b["cand_row"], b["hist_category"], b["cand_category"],
-                                          b.get("hist_logp"), b.get("cand_logp"), *text) for sw in scopes], -1)
+                                          b.get("hist_logp"), b.get("cand_logp"), *text, item) for sw in scopes], -1)
+
+    @torch.no_grad()
+    def request_constants(self, b) -> dict[str, torch.Tensor]:
+        """What this model computes from a request's data alone, no parameter involved (the profile of
+        the request-only scopes; CoFARS's offline graph): the same for every step, so a trainer computes
+        it once per request and passes it in the batch under these keys (``graph_*``: ``ContextGraph``)."""
+        out = {}
+        if self.profile_scopes:
+            out["profile_fixed"] = self._profile(b, self._fixed_scopes(b))
+        if self.sequence == "cofars":
+            g = self._offline_graph(b)
+            out.update(graph_node_context=g.node_context, graph_node_ok=g.node_ok, graph_adjacency=g.adjacency,
+                       graph_last_node=g.last_node, graph_divergence=g.divergence)
+        return out
+
+    def _offline_graph(self, b) -> ContextGraph:
+        if "graph_node_context" in b:
+            return ContextGraph(b["graph_node_context"], b["graph_node_ok"], b["graph_adjacency"],
+                                b["graph_last_node"], None, b["graph_divergence"])
+        attributes = torch.stack([b["hist_category"], b["hist_price"], b["hist_rating"], b["hist_delivery"]], -1)
+        return self.cofars.offline(b["hist_context"], b["hist_mask"], attributes)
 
     def select(self, b, hist=None):
         """CoFARS for each request of the batch: the offline part from the batch's history
-        (``CoFARS.offline``), the online pass (``CoFARS.forward``) and the (R, n) sub-sequence mask of
-        the chosen contexts, falling back to the short-term window when none is chosen. Candidate-independent."""
+        (``CoFARS.offline``, or ``graph_*`` of ``request_constants``), the online pass (``CoFARS.forward``)
+        and the (R, n) sub-sequence mask of the chosen contexts, falling back to the short-term window
+        when none is chosen. Candidate-independent."""
         hist = self.history(b) if hist is None else hist
         mask = b["hist_mask"]
         user = self.user_emb(b["user"])
-        attributes = torch.stack([b["hist_category"], b["hist_price"], b["hist_rating"], b["hist_delivery"]], -1)
-        graph = self.cofars.offline(b["hist_context"], mask, attributes)
+        graph = self._offline_graph(b)
         window_mask, window = gather_selected(last_positions(mask, self.cfg.short_term), self.cfg.short_term, hist)
         sel = self.cofars(user, b["context"], graph, window, window_mask)
         keep = subsequence_mask(b["hist_context"], graph.node_context, sel["chosen"]) & mask

@@ -7,6 +7,7 @@ process scores the (small) validation split itself, so the early-stopping decisi
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -30,16 +31,44 @@ def build_model(name: str, cfg: CTRConfig, ds: CTRDataset, seed: int) -> CTRMode
     return CTRModel(name, cfg, shapes)
 
 
+def _by_length(data: RequestData, size: int) -> list[np.ndarray]:
+    """Request indices in batches of ``size`` sorted by history length: a batch pads its histories
+    to its longest one, so requests of similar length are scored together (results are put back
+    in request order)."""
+    order = np.argsort(data.history_lengths(), kind="stable")
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+@torch.no_grad()
+def request_constants(model: CTRModel, data: RequestData, ds: CTRDataset, cfg: CTRConfig,
+                      device=None) -> dict[str, np.ndarray]:
+    """``model.request_constants`` of every request of ``data`` (row i = request i), computed once so
+    that no training step or evaluation recomputes what depends on the data alone."""
+    device = device or next(model.parameters()).device
+    parts: dict[str, list] = {}
+    batches = _by_length(data, cfg.eval_batch_requests)
+    for idx in batches:
+        b = to_tensors(make_batch(data, idx, ds.history, ds.pois, cfg.max_history,
+                                  scene_table=ds.scene_table if model.use_text else None), device)
+        for k, v in model.request_constants(b).items():
+            parts.setdefault(k, []).append(v.cpu().numpy())
+    if not parts:
+        return {}
+    where = np.argsort(np.concatenate(batches), kind="stable")  # back to request order
+    return {k: np.concatenate(v)[where] for k, v in parts.items()}
+
+
 @torch.no_grad()
 def predict(model: CTRModel, data: RequestData, ds: CTRDataset, cfg: CTRConfig, device=None,
-            max_history: int | None = None) -> dict[str, np.ndarray]:
-    """Scores of every real candidate, flat in (request, slot) order: ctr, ctcvr and the labels."""
+            max_history: int | None = None, constants: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Scores of every real candidate, flat in (request, slot) order: ctr, ctcvr and the labels.
+    ``constants``: ``request_constants`` of ``data`` (computed with the same ``max_history``)."""
     model.eval()
     device = device or next(model.parameters()).device
     out = {k: [] for k in ("ctr", "ctcvr", "click", "order", "user", "row", "slot")}
-    for idx in batch_order(data.history_lengths(), cfg.eval_batch_requests, None):
+    for idx in _by_length(data, cfg.eval_batch_requests):
         b = make_batch(data, idx, ds.history, ds.pois, max_history or cfg.max_history,
-                       scene_table=ds.scene_table if model.use_text else None)
+                       scene_table=ds.scene_table if model.use_text else None, constants=constants)
         t = to_tensors(b, device)
         pred = model(t)
         m = b["mask"]
@@ -50,7 +79,9 @@ def predict(model: CTRModel, data: RequestData, ds: CTRDataset, cfg: CTRConfig, 
         out["user"].append(np.broadcast_to(data.user_id[idx][:, None], m.shape)[m])
         out["row"].append(np.broadcast_to(idx[:, None], m.shape)[m])
         out["slot"].append(np.broadcast_to(np.arange(m.shape[1])[None, :], m.shape)[m])
-    return {k: np.concatenate(v) if v else np.array([]) for k, v in out.items()}
+    flat = {k: np.concatenate(v) if v else np.array([]) for k, v in out.items()}
+    order = np.lexsort((flat["slot"], flat["row"]))
+    return {k: v[order] for k, v in flat.items()}
 
 
 _NOT_TRAINING = {"cpu_threads", "eval_batch_requests", "calibration_bins", "registered_name", "promotion_metric",
@@ -58,16 +89,23 @@ _NOT_TRAINING = {"cpu_threads", "eval_batch_requests", "calibration_bins", "regi
 
 
 def _fingerprint(name: str, cfg: CTRConfig, seed: int, ds: CTRDataset) -> str:
+    """What a checkpoint is only valid for: the training knobs, the seed and the encoded data itself
+    (the training and validation arrays, the PoI table's text embeddings, the scene table)."""
+    arrays = [getattr(split, f) for split in (ds.train, ds.valid)
+              for f in ("user", "scene", "scene_value", "poi_row", "numeric", "click", "order", "mask")]
+    arrays += [a for a in (ds.pois.text_emb, ds.scene_table, ds.history.poi_row, ds.history.context) if a is not None]
+    data = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
     return fingerprint({"model": name, "ctr": cfg.model_dump(mode="json", exclude=_NOT_TRAINING), "seed": seed},
-                       json.dumps([len(ds.train), int(ds.train.click.sum()), ds.test_start_ns]))
+                       json.dumps([ds.valid_start_ns, ds.test_start_ns]), hashlib.sha256(data).digest())
 
 
 class _EpochBatches:
     """The request batches of each epoch for this process, drawn as one seeded stream: epoch e's order
     and id-dropout seed come after epoch e-1's draws, so a resumed run replays the draws it skips."""
 
-    def __init__(self, ds: CTRDataset, cfg: CTRConfig, seed: int, use_text: bool, acc):
-        self.ds, self.cfg, self.use_text, self.acc = ds, cfg, use_text, acc
+    def __init__(self, ds: CTRDataset, cfg: CTRConfig, seed: int, use_text: bool, acc,
+                 constants: dict[str, np.ndarray] | None = None):
+        self.ds, self.cfg, self.use_text, self.acc, self.constants = ds, cfg, use_text, acc, constants
         self.rng, self.drawn = np.random.default_rng(seed), 0
 
     def __call__(self, epoch: int) -> "_Epoch":
@@ -91,8 +129,8 @@ class _Epoch:
     def __getitem__(self, i: int) -> dict:
         p = self.p
         return to_tensors(make_batch(p.ds.train, self.batches[i], p.ds.history, p.ds.pois, p.cfg.max_history,
-                                     p.cfg.id_dropout, self.drop_rng, p.ds.scene_table if p.use_text else None),
-                          p.acc.device)
+                                     p.cfg.id_dropout, self.drop_rng, p.ds.scene_table if p.use_text else None,
+                                     p.constants), p.acc.device)
 
 
 def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path | None = None,
@@ -108,13 +146,17 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
         losses = net.loss(model(b), b)
         return losses["loss"], {k: float(v.detach()) for k, v in losses.items() if k != "loss"}
 
+    # Computed once: what depends on the requests alone (history profile, CoFARS's offline graph).
+    train_constants = request_constants(net, ds.train, ds, cfg, acc.device)
+    valid_constants = request_constants(net, ds.valid, ds, cfg, acc.device)
+
     def evaluate(model) -> dict:
-        scores = predict(model, ds.valid, ds, cfg, acc.device)
+        scores = predict(model, ds.valid, ds, cfg, acc.device, constants=valid_constants)
         return {"valid_auc_ctr": auc(scores["click"], scores["ctr"]),
                 "valid_auc_ctcvr": auc(scores["order"], scores["ctcvr"])}
 
-    recipe = Recipe(model=net, batches=_EpochBatches(ds, cfg, seed, net.use_text, acc), loss=loss, evaluate=evaluate,
-                    optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
+    recipe = Recipe(model=net, batches=_EpochBatches(ds, cfg, seed, net.use_text, acc, train_constants), loss=loss,
+                    evaluate=evaluate, optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
     with cpu_threads(cfg.cpu_threads):
         out = fit(acc, recipe, epochs=cfg.epochs, ckpt_dir=ckpt_dir,
                   fingerprint=_fingerprint(name, cfg, seed, ds) if ckpt_dir is not None else "",

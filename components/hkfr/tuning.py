@@ -81,8 +81,9 @@ def _fingerprint(params: Params, train: pd.DataFrame) -> str:
     from components.training import fingerprint
 
     knobs = params.hkfr.model_dump(mode="json", exclude=_NOT_TRAINING)
-    return fingerprint({"hkfr": knobs, "seed": params.seed, "base": str(base_dir(params).resolve())},
-                       train[["knowledge", "prompt", "answer"]])
+    base = base_dir(params)  # the backbone's weights themselves, not its path
+    weights = sorted(base.glob("*.safetensors")) + sorted(base.glob("config.json"))
+    return fingerprint({"hkfr": knobs, "seed": params.seed}, *weights, train[["knowledge", "prompt", "answer"]])
 
 
 def _lr(warmup: int, steps: int):

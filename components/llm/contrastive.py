@@ -166,7 +166,8 @@ _NOT_TRAINING = {"cpu_threads", "log_every", "checkpoint_every", "eval_k", "eval
 def _run_fingerprint(params: Params, model_dir: Path, train: dict[str, pd.DataFrame]) -> str:
     """What a checkpoint is only valid for: the training knobs, the seed, the backbone and the pairs."""
     knobs = params.contrastive.model_dump(mode="json", exclude=_NOT_TRAINING)
-    return fingerprint({"knobs": knobs, "seed": params.seed, "backbone": str(model_dir.resolve())},
+    weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("config.json"))
+    return fingerprint({"knobs": knobs, "seed": params.seed}, *weights,
                        *[x for s in sorted(train) for x in (s, train[s][["anchor_id", "positive_id", "anchor_text"]])])
 
 

@@ -353,20 +353,23 @@ def validate_mind(folder: str | Path, max_examples: int = 5) -> MindValidation:
     return MindValidation(folder, not failures, failures, rows, frames, records)
 
 
-def quarantine_mind(result: MindValidation, quarantine_dir: str | Path) -> Path:
-    """Copy the whole folder to ``quarantine_dir/<name>-<UTC time>/`` with report.json (atomically)."""
+def quarantine_mind(result: MindValidation, quarantine_dir: str | Path, keep: int | None = None) -> Path:
+    """Copy the whole folder to ``quarantine_dir/<name>-<UTC time>/`` with report.json (atomically);
+    with ``keep``, the newest ``keep`` copies stay (``ingest.quarantine_keep``) and older ones are pruned."""
     from components.data.ingest import quarantine_copy
 
     return quarantine_copy(result.folder, quarantine_dir,
-                           lambda folder: write_json_atomic(folder / REPORT_NAME, _jsonable(result.to_dict())), "mind")
+                           lambda folder: write_json_atomic(folder / REPORT_NAME, _jsonable(result.to_dict())), "mind",
+                           keep=keep)
 
 
-def load_mind(folder: str | Path, quarantine_dir: str | Path | None = None, max_examples: int = 5) -> MindData:
-    """Validate and parse a MIND folder; on any failure quarantine it (when ``quarantine_dir``) and
-    raise :class:`MindRejected`. Extra files (e.g. ``entity_embedding.vec``) are ignored."""
+def load_mind(folder: str | Path, quarantine_dir: str | Path | None = None, max_examples: int = 5,
+              quarantine_keep: int | None = None) -> MindData:
+    """Validate and parse a MIND folder; on any failure quarantine it (when ``quarantine_dir``, keeping
+    the newest ``quarantine_keep`` copies) and raise :class:`MindRejected`. Extra files are ignored."""
     result = validate_mind(folder, max_examples)
     if not result.success:
-        where = quarantine_mind(result, quarantine_dir) if quarantine_dir is not None else None
+        where = quarantine_mind(result, quarantine_dir, quarantine_keep) if quarantine_dir is not None else None
         raise MindRejected(result.failures, where, result.folder)
     news = result.frames[NEWS_FILE].drop(columns="line").reset_index(drop=True)
     raw = result.frames[BEHAVIORS_FILE]

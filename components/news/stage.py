@@ -39,7 +39,7 @@ def news_data(params: Params) -> dict:
         return {k: v for k, v in out.items() if isinstance(v, (int, float))}
     out = {}
     for split in ("train", "dev"):
-        data = load_mind(folder / split, params.path("quarantine_dir"))
+        data = load_mind(folder / split, params.path("quarantine_dir"), quarantine_keep=params.ingest.quarantine_keep)
         out[f"{split}.news"], out[f"{split}.impressions"] = len(data.news), len(data.behaviors)
     return out
 

@@ -156,7 +156,7 @@ def _profile(scope: Scope, b: dict, use_text: bool) -> torch.Tensor:
     return torch.as_tensor(np.stack(feats, -1), dtype=torch.float32)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def select_nodes(model, user: torch.Tensor, context: torch.Tensor, state: CoFARSState, window: torch.Tensor) -> np.ndarray:
     """CoFARS's online pass (``CoFARS.forward``: short-term GRU, temporal graph over the precomputed
     context nodes and the prototypes, GAT, selection) for one request: (M,) bool chosen node slots.
@@ -169,7 +169,7 @@ def select_nodes(model, user: torch.Tensor, context: torch.Tensor, state: CoFARS
     return sel["chosen"][0].numpy()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def served_sequence_vector(model, b: dict, cand: torch.Tensor, state: CoFARSState) -> torch.Tensor:
     """(1, K, F): what ``CTRModel.sequence_vector`` returns for a CoFARS model, from the state."""
     cfg = model.cfg
@@ -200,7 +200,7 @@ def served_sequence_vector(model, b: dict, cand: torch.Tensor, state: CoFARSStat
     return torch.cat(out, -1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def served_forward(model, b: dict, state: CoFARSState) -> dict:
     """``CTRModel.forward`` for one request of a CoFARS model with the history replaced by ``state``:
     {ctr, cvr, ctcvr} of shape (1, K). ``b`` is a one-request batch; its hist_* keys are not read."""

@@ -33,6 +33,11 @@ class InvalidRequest(ValueError):
         super().__init__("invalid scoring input: " + "; ".join(errors))
 
 
+# The range of int64 nanoseconds since the epoch (pandas Timestamp), a day inside each end.
+TS_MIN = datetime(1677, 9, 23, tzinfo=timezone.utc)
+TS_MAX = datetime(2262, 4, 10, tzinfo=timezone.utc)
+
+
 class Scene(BaseModel):
     """The request-time scene: when and where the user is."""
 
@@ -48,7 +53,10 @@ class Scene(BaseModel):
     @field_validator("ts", mode="after")
     @classmethod
     def _utc(cls, v: datetime) -> datetime:
-        return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+        v = v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v.astimezone(timezone.utc)
+        if not TS_MIN <= v <= TS_MAX:  # timestamps are int64 nanoseconds downstream (pandas, the stores)
+            raise ValueError(f"must be between {TS_MIN:%Y-%m-%d} and {TS_MAX:%Y-%m-%d} (UTC), got {v.isoformat()}")
+        return v
 
 
 class ScoringRequest(Scene):

@@ -3,20 +3,22 @@
 The model, its encoder, catalogue (plus the cold-start row) and scene table come from the
 registered artefact (``ServedModel``, built once per version); the features come from Feast's
 online store and the history from the behaviour store at request time (components/serve/online.py).
-The same ``encode_requests`` / ``CTRScorer.score`` as evaluation turn them into scores; CoFARS
-models run the served path of components/serve/cofars.py instead of rebuilding the graph.
+A request is assembled from arrays into the ``RequestData`` that ``encode_requests`` makes of its
+frame (``assemble_request``; no per-request DataFrame or merge), then ``CTRScorer.score`` as in
+evaluation turns it into scores; CoFARS models run the served path of components/serve/cofars.py
+instead of rebuilding the graph.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
-from components.ctr.data import History, PoiTable, _BEHAVIOR_TYPES, encode_requests, time_slot_index
-from components.serve.online import BEHAVIOR_FIELDS
-from components.serve.schema import SCENE_FIELDS, ScoringRequest
+from components.ctr.data import History, PoiTable, RequestData, _BEHAVIOR_TYPES, time_slot_index
+from components.serve.schema import ScoringRequest
 
 _BEHAVIOR_INDEX = {k: i + 1 for i, k in enumerate(_BEHAVIOR_TYPES)}
 
@@ -64,19 +66,103 @@ def history_from_rows(rows: pd.DataFrame, user_id: str, poi_table: PoiTable, sco
     )
 
 
-def request_frame(req: ScoringRequest, poi_ids: list[str], features) -> pd.DataFrame:
-    """One row per candidate with the request's scene, its position and its context_id."""
-    from components.features.engineering import scene_features
+def request_scene(req, features) -> dict:
+    """The request's derived scene (what ``scene_features``, ``scene_values`` and ``with_scene_numeric``
+    give its one row) from the engineering module's own helpers, without a frame:
+    ``context_id``, ``time_slot``, ``values`` (LARR's scene values) and ``numeric`` (``scene__*``)."""
+    from components.features.engineering import _NS_PER_DAY, _NS_PER_HOUR, _bands, _local_ns, _time_slot_idx
+    from components.llm.text import temperature_words
 
-    scene = {f: getattr(req, f) for f in SCENE_FIELDS}
-    head = pd.DataFrame([scene])
-    head["ts"] = pd.to_datetime(head["ts"], utc=True)
-    context_id = str(scene_features(head, features)["context_id"].iloc[0])
-    df = pd.DataFrame({"request_id": req.request_id or "request", "user_id": req.user_id, "poi_id": poi_ids,
-                       "position": np.arange(len(poi_ids)), "context_id": context_id})
-    for f in SCENE_FIELDS:
-        df[f] = head[f].iloc[0]
-    return df
+    ts_ns = np.array([pd.Timestamp(req.ts).value], np.int64)
+    local = int(_local_ns(ts_ns, features.timezone)[0])
+    hour = int((local // _NS_PER_HOUR) % 24)
+    dow = int((local // _NS_PER_DAY + 3) % 7)  # 1970-01-01 was a Thursday
+    weekend = int(dow >= 5)
+    slot = list(features.time_slots)[int(_time_slot_idx(np.array([hour]), features)[0])]
+    band = int(_bands(np.array([req.temperature_c]), features.temperature_band_edges)[0])
+    holiday = bool(req.is_holiday)
+    values = {"location_type": str(req.location_type), "weather": str(req.weather),
+              "temperature_band": temperature_words(band, features.temperature_band_edges), "time_slot": slot,
+              "day_type": "holiday" if holiday else ("weekend" if weekend else "weekday"),
+              "area": str(req.geohash)[:5]}
+    numeric = {"scene__temperature_c": float(req.temperature_c), "scene__hour": float(hour),
+               "scene__day_of_week": float(dow), "scene__is_weekend": float(weekend),
+               "scene__is_holiday": float(holiday)}
+    return {"ts_ns": int(ts_ns[0]), "context_id": f"{req.location_type}|{slot}|{req.weather}", "time_slot": slot,
+            "values": values, "numeric": numeric}
+
+
+@lru_cache(maxsize=65_536)
+def _geohash_centre(code: str) -> tuple[np.ndarray, np.ndarray]:
+    from components.ctr.data import geohash_decode
+
+    return geohash_decode([code])
+
+
+@dataclass
+class RequestLayout:
+    """Where each of a model's numeric inputs comes from for one PoI block: ``poi_at`` / ``poi_from``
+    (encoder column <- block column), the rest by name from the user, context and scene values."""
+
+    stamp: tuple
+    poi_at: np.ndarray
+    poi_from: np.ndarray
+    other: list[tuple[int, str]]
+    scene_index: dict[str, int]
+    views: frozenset  # the feature views the model reads (the others are not read per request)
+
+
+def request_layout(model: ServedModel, block) -> RequestLayout:
+    """The layout of ``model``'s numeric inputs over ``block`` (cached on the model per block stamp)."""
+    got = model.__dict__.get("_layout")
+    if got is not None and got.stamp == (block.stamp, tuple(block.columns)):
+        return got
+    enc = model.scorer.encoder
+    col = {c: i for i, c in enumerate(block.columns)}
+    at = [j for j, c in enumerate(enc.numeric) if c in col]
+    layout = RequestLayout((block.stamp, tuple(block.columns)), np.array(at, np.int64),
+                           np.array([col[enc.numeric[j]] for j in at], np.int64),
+                           [(j, c) for j, c in enumerate(enc.numeric) if c not in col],
+                           {v: i for i, v in enumerate(model.scene_ids or [])},
+                           frozenset(c.split("__")[0] for c in enc.numeric))
+    model.__dict__["_layout"] = layout
+    return layout
+
+
+def assemble_request(model: ServedModel, req: ScoringRequest, rows: np.ndarray, scene: dict,
+                     entity_values: dict, block, history: History) -> RequestData:
+    """The request as ``encode_requests`` encodes its one-row-per-candidate frame, built from arrays:
+    the candidates' catalogue ``rows``, their numeric features gathered from the PoI ``block``, the
+    user's, context's and scene's (``entity_values``, by column name) broadcast
+    (tests/integration/test_serve.py checks equality)."""
+    from components.ctr.data import haversine_km
+    from components.llm.text import SCENE_FEATURES
+
+    enc, pois = model.scorer.encoder, model.poi_table
+    layout = request_layout(model, block)
+    k = len(rows)
+    raw = np.full((k, len(enc.numeric)), np.nan)
+    block_rows = block.values[rows]
+    raw[:, layout.poi_at] = block_rows[:, layout.poi_from]
+    for j, c in layout.other:
+        v = entity_values.get(c)
+        if v is not None:
+            raw[:, j] = v
+    lat, lon = _geohash_centre(req.geohash)
+    dist = haversine_km(lat, lon, pois.lat[rows], pois.lon[rows])
+    dist = np.log1p(np.nan_to_num(dist, nan=50.0)).astype(np.float32)
+    sv = scene["values"]
+    start, end = history.slices([req.user_id], np.array([scene["ts_ns"]], np.int64))
+    return RequestData(
+        request_id=np.array([req.request_id or "request"], dtype=object), user_id=np.array([req.user_id], dtype=object),
+        user=enc.users.encode([req.user_id]), context=enc.contexts.encode([scene["context_id"]]),
+        scene=np.array([[int(enc.scene[f].encode([sv[f]])[0]) for f in SCENE_FEATURES]], np.int64),
+        scene_value=np.array([[layout.scene_index.get(f"{f}={sv[f]}", -1) for f in SCENE_FEATURES]], np.int64),
+        hist_start=start, hist_end=end, poi_row=rows[None, :], position=np.arange(k, dtype=np.int64)[None, :],
+        numeric=enc.standardise(raw)[None], distance=dist[None, :], click=np.zeros((1, k), np.float32),
+        order=np.zeros((1, k), np.float32), mask=np.ones((1, k), bool), cold_user=np.zeros(1, bool),
+        cold_poi=np.zeros((1, k), bool), slot=time_slot_index([scene["time_slot"]], model.scorer.features),
+    )
 
 
 class StateCache:
@@ -84,17 +170,23 @@ class StateCache:
     a state is built once per user and window, and a pushed behaviour (a newer time) rebuilds it."""
 
     def __init__(self, size: int = 100_000):
+        import threading
         from collections import OrderedDict
 
-        self.size, self.items = size, OrderedDict()
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
 
     def get(self, key, build):
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        value = self.items[key] = build()
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
+        """The cached state of ``key``, else ``build()`` (outside the lock: two threads may both build
+        a missing state; the lookup and the eviction are atomic, so none sees a half-evicted cache)."""
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = build()
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
         return value
 
 
@@ -112,14 +204,16 @@ def window_arrays(model: ServedModel, history: History) -> dict:
     return {k: h[k] for k in HIST_KEYS if h[k] is not None}
 
 
+_EMPTY_HISTORY = History(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                         {}, {}, np.zeros(0, np.int64))
+
+
 def _served_cofars(model: ServedModel, data, history: History, state) -> dict:
     """ctr / ctcvr of the request's candidates through components/serve/cofars.py."""
     from components.ctr.data import make_batch, to_tensors
     from components.serve.cofars import served_forward
 
-    empty = History(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                    {}, {}, np.zeros(0, np.int64))
-    b = make_batch(data, np.array([0]), empty, model.poi_table, 1,
+    b = make_batch(data, np.array([0]), _EMPTY_HISTORY, model.poi_table, 1,
                    scene_table=model.scene_table if model.scorer.model.use_text else None)
     out = served_forward(model.scorer.model, to_tensors(b), state)
     k = int(data.mask[0].sum())
@@ -129,44 +223,43 @@ def _served_cofars(model: ServedModel, data, history: History, state) -> dict:
 def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, states: StateCache | None = None) -> dict:
     """Scores for every candidate of ``req``: ctr, ctcvr, cold flags, model version, feature age.
     CoFARS models read the user's served state (``states``) instead of the history."""
-    from components.serve.cold import map_unknown
+    from components.serve.cold import COLD_POI
 
     scorer = model.scorer
-    served_ids, cold_poi = map_unknown(req.candidates, model.poi_table)
-    df = request_frame(req, served_ids, scorer.features)
-    newest = []
-    for key, values in (("user_id", [req.user_id]), ("context_id", [df["context_id"].iloc[0]]),
-                        ("poi_id", sorted(set(served_ids)))):
-        got, ts = online.read(key, values)
-        if ts is not None:
-            newest.append(ts)
-        df = df.merge(got, on=key, how="left")
-    ts_ns = int(pd.Timestamp(req.ts).value)
+    # One pass over the candidates: an unknown PoI (or the cold row's own id) is the cold-start row.
+    index, cold_row = model.poi_table.index, model.poi_table.index[COLD_POI]
+    rows = np.fromiter((index.get(p, cold_row) for p in req.candidates), np.int64, count=len(req.candidates))
+    cold_poi = rows == cold_row
+    scene = request_scene(req, scorer.features)
+    block = online.poi_block((model.name, model.version), model.poi_table.ids)
+    views = request_layout(model, block).views
+    user_values, user_ts = online.entity("user_id", req.user_id, views)
+    context_values, context_ts = online.entity("context_id", scene["context_id"], views)
+    values = {**user_values, **context_values, **scene["numeric"]}
+    newest = [t for t in (user_ts, context_ts, int(block.ts_ns[rows].max())) if t is not None and t >= 0]
+    ts_ns = scene["ts_ns"]
     if scorer.model.sequence == "cofars" and states is not None:
-        last = behaviors.recent(req.user_id, 1, before_ns=ts_ns)
-        last_ts = int(last["ts"].iloc[-1]) if len(last) else None
+        last_ts = behaviors.newest_ts(req.user_id, before_ns=ts_ns)
         if last_ts is not None:
             newest.append(last_ts)
 
         def build():
             from components.serve.cofars import build_state
 
-            rows = behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
-            return build_state(scorer.model, window_arrays(model, history_from_rows(rows, req.user_id,
-                                                                                    model.poi_table, scorer)))
+            recent = behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
+            return build_state(scorer.model, window_arrays(model, history_from_rows(recent, req.user_id,
+                                                                                      model.poi_table, scorer)))
 
         state = states.get((model.version, req.user_id, last_ts), build)
-        history = history_from_rows(pd.DataFrame(columns=list(BEHAVIOR_FIELDS)), req.user_id, model.poi_table, scorer)
-        data = encode_requests(df, scorer.encoder, model.poi_table, history, None, None, scorer.features, None,
-                               None, model.scene_ids)
+        history = _EMPTY_HISTORY
+        data = assemble_request(model, req, rows, scene, values, block, history)
         scores = _served_cofars(model, data, history, state)
     else:
-        rows = behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
-        if len(rows):
-            newest.append(int(rows["ts"].iloc[-1]))
-        history = history_from_rows(rows, req.user_id, model.poi_table, scorer)
-        data = encode_requests(df, scorer.encoder, model.poi_table, history, None, None, scorer.features, None,
-                               None, model.scene_ids)
+        recent = behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
+        if len(recent):
+            newest.append(int(recent["ts"].iloc[-1]))
+        history = history_from_rows(recent, req.user_id, model.poi_table, scorer)
+        data = assemble_request(model, req, rows, scene, values, block, history)
         scores = scorer.score(data, model.poi_table, history, model.scene_table)
     order = np.argsort(scores["slot"], kind="stable")  # one request: slot = position = input order
     ctr, ctcvr = scores["ctr"][order].astype(float), scores["ctcvr"][order].astype(float)
@@ -176,6 +269,6 @@ def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, st
         "request_id": req.request_id,
         "cold_user": bool(data.user[0] == 0),
         "feature_age_seconds": None if freshest is None else round(time.time() - freshest / 1e9, 3),
-        "scores": [{"poi_id": p, "ctr": float(a), "ctcvr": float(b), "cold_poi": bool(c)}
-                   for p, a, b, c in zip(req.candidates, ctr, ctcvr, cold_poi)],
+        "scores": [{"poi_id": p, "ctr": a, "ctcvr": b, "cold_poi": c}
+                   for p, a, b, c in zip(req.candidates, ctr.tolist(), ctcvr.tolist(), cold_poi.tolist())],
     }

@@ -77,7 +77,8 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
     """Train ``recipe`` with accelerator ``acc`` for ``steps`` or ``epochs``, resuming from the newest
     intact checkpoint of run ``fingerprint`` in ``ckpt_dir``; stop early after ``patience`` evaluations
     without ``monitor`` improving by ``min_delta``, after ``max_steps`` steps of this call, or once
-    ``time_budget_s`` has passed (at a checkpoint). ``log(metrics, step)`` runs on the main process."""
+    ``time_budget_s`` has passed (at a checkpoint; with ``epochs`` both are checked at epoch ends).
+    ``log(metrics, step)`` runs on the main process."""
     from tqdm.auto import tqdm
 
     if (steps is None) == (epochs is None):

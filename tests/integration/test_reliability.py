@@ -40,6 +40,34 @@ def test_retries_are_for_transient_errors_only():
         assert t.retries >= 1 and t.retry_condition_fn is transient_only, t.name
 
 
+def test_retry_counts_come_from_the_runs_params(prefect_harness, tmp_path):
+    from prefect import flow, task
+
+    from flows.tasks import params_retries
+
+    attempts = []
+
+    @params_retries("io")
+    @task
+    def locked_twice(params):
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return len(attempts)
+
+    @flow
+    def run(params):
+        return locked_twice(params)
+
+    # io_retries 1: the second failure is the last attempt; io_retries 2: the third attempt succeeds.
+    one = Params(root=tmp_path, reliability={"io_retries": 1, "retry_backoff_s": 0})
+    with pytest.raises(sqlite3.OperationalError):
+        run(one)
+    assert len(attempts) == 2
+    attempts.clear()
+    assert run(Params(root=tmp_path, reliability={"io_retries": 2, "retry_backoff_s": 0})) == 3
+
+
 def test_symlink_in_a_batch_is_rejected_and_quarantined_as_a_link(tmp_path):
     params = _params(tmp_path / "p")
     batch = write_batch(tiny_batch(), tmp_path / "batch")

@@ -158,6 +158,74 @@ def test_served_cofars_equals_the_evaluation_path_on_the_same_state(project, cli
                                    rtol=1e-5, atol=1e-6)
 
 
+def _frame_of(req, served_ids, features, online):
+    """The evaluation-style encoding input of a request: one row per candidate with its scene and
+    context, joined with Feast's SDK reads (get_online_features) of user, context and PoIs."""
+    from components.features.engineering import scene_features
+    from components.serve.schema import SCENE_FIELDS
+
+    head = pd.DataFrame([{f: getattr(req, f) for f in SCENE_FIELDS}])
+    head["ts"] = pd.to_datetime(head["ts"], utc=True)
+    df = pd.DataFrame({"request_id": req.request_id or "request", "user_id": req.user_id, "poi_id": served_ids,
+                       "position": np.arange(len(served_ids)),
+                       "context_id": str(scene_features(head, features)["context_id"].iloc[0])})
+    for f in SCENE_FIELDS:
+        df[f] = head[f].iloc[0]
+    for key, values in (("user_id", [req.user_id]), ("context_id", [df["context_id"].iloc[0]]),
+                        ("poi_id", sorted(set(served_ids)))):
+        df = df.merge(online.read(key, values)[0], on=key, how="left")
+    return df
+
+
+def test_the_served_request_is_what_evaluation_encodes_from_feasts_sdk_reads(project, client):
+    """assemble_request (arrays: the store's online_read per view, the in-process PoI block) gives
+    the RequestData that encode_requests makes of the request's frame joined with Feast's
+    get_online_features, for a known and an unknown user, known and unknown PoIs, with a history; a
+    materialisation is seen by the PoI block after refresh()."""
+    from dataclasses import fields
+
+    from components.ctr.data import RequestData, encode_requests
+    from components.features.store import materialize
+    from components.serve.cold import map_unknown
+    from components.serve.online import OnlineFeatures, behavior_store
+    from components.serve.schema import parse_request
+    from components.serve.scoring import assemble_request, history_from_rows, request_layout, request_scene
+
+    model = client.app.state.holder.current
+    scorer = model.scorer
+    online, store = OnlineFeatures(project), behavior_store(project)
+    _, scene = _scene(project)
+    b = pd.read_parquet(project.path("curated_dir") / "behaviors.parquet")
+    for user in [*b["user_id"].astype(str).value_counts().index[:2], "u-nobody"]:
+        req = parse_request({"user_id": user, "candidates": _pois(project, 30) + ["p-new"], **scene}, 100)
+        served_ids, _ = map_unknown(req.candidates, model.poi_table)
+        ts_ns = int(pd.Timestamp(req.ts).value)
+        history = history_from_rows(store.recent(user, scorer.cfg.max_history, before_ns=ts_ns), user,
+                                    model.poi_table, scorer)
+        want = encode_requests(_frame_of(req, served_ids, scorer.features, online), scorer.encoder, model.poi_table,
+                               history, None, None, scorer.features, None, None, model.scene_ids)
+        rs = request_scene(req, scorer.features)
+        block = online.poi_block((model.name, model.version), model.poi_table.ids)
+        views = request_layout(model, block).views
+        values = {**online.entity("user_id", user, views)[0], **online.entity("context_id", rs["context_id"], views)[0],
+                  **rs["numeric"]}
+        got = assemble_request(model, req, model.poi_table.rows(served_ids), rs, values, block, history)
+        assert got.numeric.shape == want.numeric.shape and np.abs(want.numeric).sum() > 0
+        for f in fields(RequestData):
+            a, w = getattr(got, f.name), getattr(want, f.name)
+            if w is None:
+                assert a is None, f.name
+            else:
+                np.testing.assert_array_equal(a, w, err_msg=f.name)
+    assert online.refresh() is False  # nothing materialised since
+    old = online.poi_block((model.name, model.version), model.poi_table.ids)
+    materialize(project, full=True)
+    assert online.refresh() is True
+    new = online.poi_block((model.name, model.version), model.poi_table.ids)
+    assert new is not old and new.stamp != old.stamp
+    np.testing.assert_array_equal(new.values, old.values)  # the same tables materialised again
+
+
 def test_hot_swap_under_a_stream_of_requests_fails_none(project, client):
     from components.serve.app import ModelHolder
 
@@ -182,9 +250,13 @@ def test_hot_swap_under_a_stream_of_requests_fails_none(project, client):
     threads = [threading.Thread(target=stream) for _ in range(3)]
     for t in threads:
         t.start()
+    for _ in range(600):  # promote only once the old version has answered (else the race is unseen)
+        if old in seen or failures:
+            break
+        threading.Event().wait(0.05)
     registry.promote(project, name, new, reason="hot swap test", by="test")
     assert holder.refresh() is True
-    for _ in range(20):
+    for _ in range(600):
         if new in seen:
             break
         threading.Event().wait(0.1)

@@ -97,8 +97,10 @@ def test_finetuned_encoder_beats_random_on_heldout_pairs(world):
     # the shortcut-free subset is reported beside the overall figure, over fewer (or as many) queries
     for s in STRATEGIES:
         assert 0 < scores[f"{s}.clean_queries"] <= scores[f"{s}.queries"]
-        assert 0.0 <= scores[f"{s}.clean.finetuned.recall_at_10"] <= 1.0
-    assert "mean.clean.finetuned.mrr" in scores
+        if scores[f"{s}.clean_queries"] == scores[f"{s}.queries"]:  # the same queries: the same figure
+            assert scores[f"{s}.clean.finetuned.mrr"] == pytest.approx(scores[f"{s}.finetuned.mrr"])
+    # the tuned encoder also beats random vectors where no identifying span gives the pair away
+    assert scores["mean.clean.finetuned.mrr"] > scores["mean.clean.random.mrr"]
 
 
 def test_encoder_save_load_roundtrip_is_exact(world, tmp_path):

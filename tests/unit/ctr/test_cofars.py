@@ -77,6 +77,30 @@ def test_gat_layer_shapes_and_isolated_nodes():
     assert GATLayer(6, 4, heads=2, concat=False)(x, adj).shape == (3, 5, 4)
 
 
+@pytest.mark.parametrize("self_loops", [True, False])
+def test_gat_layer_matches_the_per_edge_definition_and_query_rows(self_loops):
+    """out_i = Σ_j softmax_j(LeakyReLU(a_dst·Wh_i + a_src·Wh_j)) Wh_j over i's neighbours, per head;
+    ``queries`` computes the same rows alone."""
+    torch.manual_seed(0)
+    gat = GATLayer(6, 4, heads=2, self_loops=self_loops)
+    x = torch.randn(2, 5, 6)
+    adj = torch.rand(2, 5, 5) > 0.5
+    adj[:, 3] = False  # node 3 has no neighbour (isolated without self loops)
+    h = gat.proj(x).view(2, 5, 2, 4)
+    want = torch.zeros(2, 5, 2, 4)
+    for b in range(2):
+        for i in range(5):
+            nb = [j for j in range(5) if adj[b, i, j] or (self_loops and i == j)]
+            for k in range(2):
+                if nb:
+                    e = torch.stack([gat.att_dst[k] @ h[b, i, k] + gat.att_src[k] @ h[b, j, k] for j in nb])
+                    e = torch.nn.functional.leaky_relu(e, 0.2)
+                    want[b, i, k] = (torch.softmax(e, 0).unsqueeze(-1) * h[b, nb, k]).sum(0)
+    got = gat(x, adj)
+    torch.testing.assert_close(got, want.reshape(2, 5, 8), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gat(x, adj, slice(2, None)), got[:, 2:], rtol=1e-5, atol=1e-6)
+
+
 def test_gumbel_binarize_is_binary_with_gradients():
     logits = torch.randn(64, requires_grad=True)
     z = gumbel_binarize(logits, tau=0.5, hard=True, generator=torch.Generator().manual_seed(1))

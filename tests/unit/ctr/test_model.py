@@ -49,6 +49,37 @@ def test_padding_never_changes_a_score(name):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["din_full", "cofars", "larr_cofars"])
+@pytest.mark.parametrize("training", [False, True])
+def test_request_constants_in_the_batch_give_the_same_scores_and_losses(name, training):
+    """A trainer passes ``request_constants`` (computed once per request) in the batch instead of
+    letting every step recompute them: the same scores, losses and gradients (training: the same draws)."""
+    torch.manual_seed(0)
+    model = CTRModel(name, CFG, SHAPES).train(training)
+    b = make_batch([40, 12, 3, 0, 25], seed=11)
+    const = model.request_constants(b)
+    assert "profile_fixed" in const and ("graph_divergence" in const) == (name != "din_full")
+    runs = []
+    for batch in (b, {**b, **const}):
+        model.zero_grad()
+        torch.manual_seed(5)
+        out = model(batch)
+        loss = model.loss(out, batch)["loss"]
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        runs.append((out["ctr"].detach(), loss.detach(), grads))
+    (ctr_a, loss_a, grads_a), (ctr_b, loss_b, grads_b) = runs
+    torch.testing.assert_close(ctr_b, ctr_a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+    assert len(grads_a) == len(grads_b)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # not vacuous: the model reads what the batch carries
+        torch.manual_seed(5)
+        moved = model({**b, **const, "profile_fixed": const["profile_fixed"] + 1.0})["ctr"]
+    assert not torch.allclose(moved, ctr_a, atol=1e-4)
+
+
 def test_cofars_selection_is_the_same_for_every_candidate_of_a_request():
     torch.manual_seed(0)
     model = CTRModel("cofars", CFG, SHAPES).eval()
@@ -85,14 +116,15 @@ def _composed_select(model, b):
     attach = attach_prototypes(sim, g.node_ok, cfg.attach_temperature, sample=cf.training)
     adj = temporal_graph(g.adjacency, g.last_node, attach)
     x = torch.cat([c, c_t.unsqueeze(1), o], 1)
-    for layer in cf.gat:
-        x = x + torch.nn.functional.elu(layer(x, adj))
-    sim_t = 1 - pairwise_symmetric_kl(cf.prob(x[:, m + 1:]), cf.prob(x[:, m]).unsqueeze(1)).squeeze(-1)
-    z = select_prototypes(sim_t, short, x[:, m + 1:], cfg.select_temperature, noise=cf.training)
+    for i, layer in enumerate(cf.gat):  # the last layer refines only the nodes read after it
+        rows = slice(m, None) if i == len(cf.gat) - 1 else None
+        x = (x if rows is None else x[:, rows]) + torch.nn.functional.elu(layer(x, adj, rows))
+    sim_t = 1 - pairwise_symmetric_kl(cf.prob(x[:, 1:]), cf.prob(x[:, 0]).unsqueeze(1)).squeeze(-1)
+    z = select_prototypes(sim_t, short, x[:, 1:], cfg.select_temperature, noise=cf.training)
     chosen = selected_contexts(z, attach[:, :, :m])
     keep = subsequence_mask(b["hist_context"], g.node_context, chosen) & mask
     keep = torch.where(~keep.any(-1, keepdim=True), last_positions(mask, cfg.short_term), keep)
-    return {"mask": keep, "chosen": chosen, "z": z, "prototypes": x[:, m + 1:], "l_mse": l_mse, "l_ind": l_ind}
+    return {"mask": keep, "chosen": chosen, "z": z, "prototypes": x[:, 1:], "l_mse": l_mse, "l_ind": l_ind}
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -284,3 +316,39 @@ def test_scene_columns_reach_the_model_as_numbers():
     assert out["scene__hour"].tolist() == [12.0, 20.0]
     assert out["scene__is_weekend"].tolist() == [0.0, 1.0]  # 2026-01-03 is a Saturday
     assert out["scene__is_holiday"].iloc[0] == 1.0 and np.isnan(out["scene__is_holiday"].iloc[1])
+
+
+def test_distinct_history_items_give_the_same_behaviour_embeddings():
+    """make_batch lists the batch's distinct history PoIs (``item_*``, ``hist_item``); the model
+    embeds each once and gathers: the same (R, n, d) as embedding every position, text included."""
+    from components.ctr.data import History, PoiTable, RequestData, make_batch, to_tensors
+
+    g = np.random.default_rng(0)
+    n_poi, r, k = 20, 3, 4
+    pois = PoiTable([f"p{i}" for i in range(n_poi)], {f"p{i}": i for i in range(n_poi)}, g.integers(0, 20, n_poi),
+                    g.integers(0, 6, n_poi), g.integers(0, 5, n_poi), g.integers(0, 5, n_poi), g.integers(0, 5, n_poi),
+                    np.zeros(n_poi), np.zeros(n_poi), g.normal(size=(n_poi, 12)).astype(np.float32),
+                    g.normal(3.5, 0.5, n_poi).astype(np.float32))
+    n_hist = 30
+    history = History(np.arange(n_hist), g.integers(0, n_poi, n_hist), g.integers(1, 5, n_hist),
+                      g.integers(1, 7, n_hist), {}, {}, g.integers(1, 6, n_hist))
+    data = RequestData(
+        request_id=np.arange(r).astype(object), user_id=np.array(["a", "b", "c"], object), user=np.arange(r),
+        context=np.ones(r, np.int64), scene=np.zeros((r, 6), np.int64), scene_value=g.integers(0, 9, (r, 6)),
+        hist_start=np.array([0, 10, 25]), hist_end=np.array([10, 25, 25]), poi_row=g.integers(0, n_poi, (r, k)),
+        position=np.tile(np.arange(k), (r, 1)), numeric=g.normal(size=(r, k, 9)).astype(np.float32),
+        distance=np.zeros((r, k), np.float32), click=np.zeros((r, k), np.float32),
+        order=np.zeros((r, k), np.float32), mask=np.ones((r, k), bool), cold_user=np.zeros(r, bool),
+        cold_poi=np.zeros((r, k), bool), slot=np.ones(r, np.int64))
+    batch = make_batch(data, np.arange(r), history, pois, 8, scene_table=g.normal(size=(9, 12)).astype(np.float32))
+    for attr in ("poi", "category", "price", "rating", "delivery", "text"):
+        np.testing.assert_array_equal(batch[f"item_{attr}"][batch["hist_item"]], batch[f"hist_{attr}"])
+    assert len(batch["item_poi"]) < batch["hist_item"].size, "distinct PoIs are fewer than positions"
+    b = to_tensors(batch)
+    torch.manual_seed(0)
+    model = CTRModel("larr_cofars", CFG, SHAPES)
+    per_position = {key: v for key, v in b.items() if key != "hist_item"}
+    torch.testing.assert_close(model.history(b), model.history(per_position), rtol=1e-6, atol=1e-6)
+    # ... and the same history profile (its text cosine reads the distinct PoIs' texts)
+    scopes = model._fixed_scopes(b)
+    torch.testing.assert_close(model._profile(b, scopes), model._profile(per_position, scopes), rtol=1e-5, atol=1e-6)

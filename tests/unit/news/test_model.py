@@ -102,6 +102,18 @@ def test_extra_files_and_crlf_are_accepted(tmp_path):
     assert len(load_mind(folder).behaviors) == 3
 
 
+def test_rejected_mind_folders_keep_only_the_newest_copies(tmp_path):
+    behaviors = [list(r) for r in BEHAVIORS]
+    behaviors[1][4] = "N3-0 N5-2"  # a bad label
+    folder = _write(tmp_path / "train", [list(r) for r in NEWS], behaviors)
+    kept = []
+    for _ in range(3):
+        with pytest.raises(MindRejected) as err:
+            load_mind(folder, tmp_path / "quarantine", quarantine_keep=2)
+        kept.append(err.value.quarantine_path)
+    assert sorted(p.name for p in (tmp_path / "quarantine").iterdir()) == sorted(p.name for p in kept[1:])
+
+
 @pytest.mark.parametrize("file,row,col,value,column,rule,rows", [
     ("behaviors", 1, 4, "N3-0 N5-2", "impressions", "regex", 1),
     ("behaviors", 0, 3, "N1 N99", "history", "references", 1),

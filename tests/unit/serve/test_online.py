@@ -40,3 +40,14 @@ def test_a_bad_push_names_column_row_and_rule_and_stores_nothing(tmp_path):
     with pytest.raises(InvalidRequest, match="column 'behavior', row 1"):
         push_behaviors(params, bad, store)
     assert store.recent("u1", 10).empty
+
+
+def test_newest_ts_is_the_newest_behaviour_before_the_request(tmp_path):
+    params = Params(root=tmp_path)
+    store = SQLiteBehaviorStore(tmp_path / "b.db")
+    df = behaviours(4)
+    push_behaviors(params, df, store)
+    assert store.newest_ts("u1") == int(df["ts"].iloc[3].value)
+    assert store.newest_ts("u1", before_ns=int(df["ts"].iloc[2].value)) == int(df["ts"].iloc[1].value)
+    assert store.newest_ts("u1", before_ns=int(df["ts"].iloc[0].value)) is None
+    assert store.newest_ts("nobody") is None

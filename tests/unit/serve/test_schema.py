@@ -46,6 +46,8 @@ def test_an_integer_temperature_is_taken_as_float():
     ("weather", "lava", "'sunny'"),
     ("geohash", "AAAA!", "pattern"),
     ("ts", "yesterday-ish", "datetime"),
+    ("ts", "0001-01-01T00:00:00Z", "must be between 1677-09-23 and 2262-04-10"),  # pandas' nanosecond range
+    ("ts", "2300-01-01T00:00:00Z", "must be between 1677-09-23 and 2262-04-10"),
     ("is_holiday", "maybe", "boolean"),
     ("user_id", 17, "valid string"),
 ])
