@@ -244,7 +244,8 @@ def contrastive_step(params: Params, model: str = "teacher", run_id: str | None 
 
 
 def distill_step(params: Params, run_id: str | None = None) -> dict:
-    """HomoDistil: prune a copy of the pretrained teacher while distilling it."""
+    """HomoDistil (distill.schedule): prune a copy of the pretrained teacher while distilling it, or the
+    one-shot / plain-distillation baselines."""
     from components.llm.distill import homodistil
 
     llm = params.path("llm_dir")
