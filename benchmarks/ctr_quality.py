@@ -225,6 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", nargs="*", default=list(PEERS), help="peers to train beside them ([] = none)")
     ap.add_argument("--worlds", nargs="+", default=["default"], help=f"default | family | any of {list(WORLDS)}")
     ap.add_argument("--quick", action="store_true", help="seed 0 only, larr_cofars and din_full only")
+    ap.add_argument("--world-llm", choices=["shared", "per_world"], default="shared",
+                    help="variant worlds embed with the default project's encoder (shared) or run their own LLM stages")
     ap.add_argument("--combine", nargs="+", default=None, metavar="REPORT",
                     help="train nothing: merge the worlds of these reports into --out with the family average")
     setup = ctr_benchmark_setup(ap, argv, "ctr_quality")
@@ -244,7 +246,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     worlds = {}
     for world in family(args.worlds):
-        wp = world_params(params, world)
+        wp = world_params(params, world, llm=args.world_llm)
         wcfg = wp.ctr if args.epochs is None else wp.ctr.model_copy(update={"epochs": args.epochs})
         t1 = time.perf_counter()
         ds = build_dataset(wp)
