@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from components.config import ContrastiveConfig, CTRConfig, GenerateConfig, Params, load_params
@@ -392,3 +393,24 @@ TINY_NEWS = dict(n_users=120, n_news=400, n_categories=4, n_entities=40, topic_w
                  train_impressions=900, dev_impressions=200, impression_size=8, max_history=10, train_days=3,
                  embed_dim=32, num_heads=2, attention_hidden=16, history_len=10, epochs=3, batch_size=32,
                  max_abstract_len=24, max_title_len=12)
+
+
+def fake_grads(model, seed: int = 1) -> None:
+    """Seeded random gradients on every parameter (what the pruning scores read), without a backward pass."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Torch on one thread for a module (tiny matmuls gain nothing from threads, and OpenMP threads
+    spinning on a shared, busy CPU turn a 1 s run into 20 s)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -491,6 +491,18 @@ def slice_model(model, hidden: torch.Tensor, heads: list[torch.Tensor], ffn: lis
     return (slice_bert if _is_bert(model.config) else slice_llama)(model, hidden, heads, ffn)
 
 
+def _put(dst: nn.Module, src: nn.Module, out_idx=None, in_idx=None) -> None:
+    """Copy ``src``'s weight (and bias) into ``dst``, keeping output rows ``out_idx`` and input columns ``in_idx``."""
+    w = src.weight
+    if out_idx is not None:
+        w = w[out_idx]
+    if in_idx is not None:
+        w = w[:, in_idx]
+    dst.weight.copy_(w)
+    if getattr(src, "bias", None) is not None:
+        dst.bias.copy_(src.bias if out_idx is None else src.bias[out_idx])
+
+
 @torch.no_grad()
 def slice_llama(model, hidden: torch.Tensor, heads: list[torch.Tensor], ffn: list[torch.Tensor]):
     """A new ``LlamaForCausalLM`` keeping hidden channels ``hidden``, KV groups ``heads[l]`` and FFN
@@ -511,16 +523,6 @@ def slice_llama(model, hidden: torch.Tensor, heads: list[torch.Tensor], ffn: lis
         # Row indices of whole groups of ``width`` contiguous rows.
         return (groups.long()[:, None] * width + torch.arange(width)[None, :]).flatten()
 
-    def put(dst: nn.Linear, src: nn.Linear, out_idx=None, in_idx=None):
-        w = src.weight
-        if out_idx is not None:
-            w = w[out_idx]
-        if in_idx is not None:
-            w = w[:, in_idx]
-        dst.weight.copy_(w)
-        if src.bias is not None:
-            dst.bias.copy_(src.bias if out_idx is None else src.bias[out_idx])
-
     small.model.embed_tokens.weight.copy_(model.model.embed_tokens.weight[:, h])
     small.model.norm.weight.copy_(model.model.norm.weight[h])
     if not cfg.tie_word_embeddings:
@@ -530,13 +532,13 @@ def slice_llama(model, hidden: torch.Tensor, heads: list[torch.Tensor], ffn: lis
         f = ffn[i].long()
         sl.input_layernorm.weight.copy_(tl.input_layernorm.weight[h])
         sl.post_attention_layernorm.weight.copy_(tl.post_attention_layernorm.weight[h])
-        put(sa.q_proj, ta.q_proj, q_rows, h)
-        put(sa.k_proj, ta.k_proj, kv_rows, h)
-        put(sa.v_proj, ta.v_proj, kv_rows, h)
-        put(sa.o_proj, ta.o_proj, h, q_rows)
-        put(sm.gate_proj, tm.gate_proj, f, h)
-        put(sm.up_proj, tm.up_proj, f, h)
-        put(sm.down_proj, tm.down_proj, h, f)
+        _put(sa.q_proj, ta.q_proj, q_rows, h)
+        _put(sa.k_proj, ta.k_proj, kv_rows, h)
+        _put(sa.v_proj, ta.v_proj, kv_rows, h)
+        _put(sa.o_proj, ta.o_proj, h, q_rows)
+        _put(sm.gate_proj, tm.gate_proj, f, h)
+        _put(sm.up_proj, tm.up_proj, f, h)
+        _put(sm.down_proj, tm.down_proj, h, f)
     return small.to(model.model.embed_tokens.weight.device)
 
 
@@ -559,23 +561,14 @@ def slice_bert(model, hidden: torch.Tensor, heads: list[torch.Tensor], ffn: list
     small = type(model)(new_cfg).to(dtype)
     h = hidden.long()
 
-    def put(dst: nn.Module, src: nn.Module, out_idx=None, in_idx=None):
-        w = src.weight
-        if out_idx is not None:
-            w = w[out_idx]
-        if in_idx is not None:
-            w = w[:, in_idx]
-        dst.weight.copy_(w)
-        if getattr(src, "bias", None) is not None:
-            dst.bias.copy_(src.bias if out_idx is None else src.bias[out_idx])
 
     se, te = small.bert.embeddings, model.bert.embeddings
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
         getattr(se, name).weight.copy_(getattr(te, name).weight[:, h])
-    put(se.LayerNorm, te.LayerNorm, h)
+    _put(se.LayerNorm, te.LayerNorm, h)
     sp, tp = small.cls.predictions, model.cls.predictions
-    put(sp.transform.dense, tp.transform.dense, h, h)
-    put(sp.transform.LayerNorm, tp.transform.LayerNorm, h)
+    _put(sp.transform.dense, tp.transform.dense, h, h)
+    _put(sp.transform.LayerNorm, tp.transform.LayerNorm, h)
     if sp.decoder.weight is not se.word_embeddings.weight:  # untied: the decoder's own columns
         sp.decoder.weight.copy_(tp.decoder.weight[:, h])
     sp.bias.copy_(tp.bias)
@@ -585,12 +578,12 @@ def slice_bert(model, hidden: torch.Tensor, heads: list[torch.Tensor], ffn: list
         rows = (heads[i].long()[:, None] * hd + torch.arange(hd)[None, :]).flatten()
         f = ffn[i].long()
         for name in ("query", "key", "value"):
-            put(getattr(sl.attention.self, name), getattr(tl.attention.self, name), rows, h)
-        put(sl.attention.output.dense, tl.attention.output.dense, h, rows)
-        put(sl.attention.output.LayerNorm, tl.attention.output.LayerNorm, h)
-        put(sl.intermediate.dense, tl.intermediate.dense, f, h)
-        put(sl.output.dense, tl.output.dense, h, f)
-        put(sl.output.LayerNorm, tl.output.LayerNorm, h)
+            _put(getattr(sl.attention.self, name), getattr(tl.attention.self, name), rows, h)
+        _put(sl.attention.output.dense, tl.attention.output.dense, h, rows)
+        _put(sl.attention.output.LayerNorm, tl.attention.output.LayerNorm, h)
+        _put(sl.intermediate.dense, tl.intermediate.dense, f, h)
+        _put(sl.output.dense, tl.output.dense, h, f)
+        _put(sl.output.LayerNorm, tl.output.LayerNorm, h)
     return small.to(model.get_input_embeddings().weight.device)
 
 

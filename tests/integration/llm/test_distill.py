@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from components.config import DistillConfig, Params
+from tests.factories import fake_grads, one_torch_thread  # noqa: F401 - one_torch_thread: an autouse fixture
 from components.llm import distill
 from components.training import checkpoint
 from components.llm.pruning import (
@@ -22,22 +23,6 @@ def tiny_llama(tie: bool = True, kv_heads: int = 4, seed: int = 0):
     cfg = LlamaConfig(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_key_value_heads=kv_heads,
                       num_hidden_layers=2, vocab_size=VOCAB, tie_word_embeddings=tie)
     return LlamaForCausalLM(cfg).eval()
-
-
-def fake_grads(model, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=g)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls gain nothing from threads, and on a shared, busy CPU OpenMP threads spinning for
-    # a core turn a 1 s run into 20 s.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

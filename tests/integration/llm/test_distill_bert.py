@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from components.config import DistillConfig, Params
+from tests.factories import fake_grads, one_torch_thread  # noqa: F401 - one_torch_thread: an autouse fixture
 from components.llm import distill
 from components.llm.model import MASKED, lm_objective
 from components.llm.pruning import (
@@ -26,20 +27,6 @@ def tiny_bert(tie: bool = True, seed: int = 0, vocab: int = len(SPECIALS) + len(
     cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=tie)
     return BertForMaskedLM(cfg).eval()
-
-
-def fake_grads(model, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=g)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
