@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import CTRConfig, Params
+from components.features.engineering import quantile_edges
 from components.llm.text import SCENE_FEATURES, scene_values
 
 LABELS = ("click", "order")
@@ -256,7 +257,7 @@ class FeatureEncoder:
         std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
         n_cat = int(max(pois_category_index(pois).max() + 1, 1))
         open_pois = pois[_ts_ns(pois["opened_at"]) < cutoff_ns]
-        edges = {k: quantile_edges(open_pois[col], n_bins) for k, col in POI_BINNED.items()}
+        edges = {k: quantile_edges(open_pois[col], n_bins, keep_count=False) for k, col in POI_BINNED.items()}
         bands = {k: len(e) + 2 for k, e in edges.items()}  # 0 = unknown, then len(e) + 1 bins
         return cls(users, known_pois, contexts, scene, numeric, mean.astype(np.float32), std.astype(np.float32),
                    n_cat, bands, edges)
@@ -329,14 +330,6 @@ class FeatureEncoder:
 
 
 POI_BINNED = {"price_band": "price", "rating_band": "rating", "delivery_band": "delivery_minutes"}
-
-
-def quantile_edges(values, n_bins: int) -> list[float]:
-    """Inner edges of ``n_bins`` equal-count bins of the non-null ``values`` (fewer when values tie)."""
-    x = pd.to_numeric(pd.Series(values), errors="coerce").dropna().to_numpy(np.float64)
-    if len(x) == 0 or n_bins < 2:
-        return []
-    return [float(e) for e in np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)[1:-1]))]
 
 
 def time_slot_index(slots, cfg_features) -> np.ndarray:

@@ -76,15 +76,16 @@ class Vocabulary:
 BAND_ATTRIBUTES = {"price_band_edges": "price", "rating_band_edges": "rating", "delivery_band_edges": "delivery_minutes"}
 
 
-def quantile_edges(values, bands: int) -> list[float]:
-    """``bands - 1`` strictly increasing edges at the quantiles of ``values`` (NaN ignored), rounded to
-    4 significant digits; ties (a rating scale with few values) are nudged apart, so the band count holds."""
-    x = np.asarray(values, dtype="float64")
-    x = x[~np.isnan(x)]
+def quantile_edges(values, bands: int, keep_count: bool = True) -> list[float]:
+    """Inner edges of ``bands`` equal-count bands of the non-null ``values``. ``keep_count``: rounded to 4
+    significant digits and ties (a rating scale with few values) nudged apart, so the band count holds
+    (the Feast schema depends on it); else the distinct quantiles only (fewer bands when values tie)."""
+    x = pd.to_numeric(pd.Series(values), errors="coerce").dropna().to_numpy(np.float64)
+    if not keep_count:
+        return [] if len(x) == 0 or bands < 2 else [float(e) for e in np.unique(np.quantile(x, np.linspace(0, 1, bands + 1)[1:-1]))]
     if len(x) == 0:
         raise ValueError("no values to learn band edges from")
-    q = np.quantile(x, np.arange(1, bands) / bands)
-    edges = [float(f"{v:.4g}") for v in q]
+    edges = [float(f"{v:.4g}") for v in np.quantile(x, np.arange(1, bands) / bands)]
     for i in range(1, len(edges)):
         if edges[i] <= edges[i - 1]:
             edges[i] = float(np.nextafter(edges[i - 1], np.inf))
