@@ -55,7 +55,10 @@ serve: install
 	scenerec serve
 
 test: install
-	$(BIN)/python -m pytest -m "not gpu and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not gpu and not browser and not full_repro" $(PYTEST_ARGS)
+
+test-all: install  # + the from-scratch `dvc repro` (full_repro) and the browser test (needs chromium)
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 ui: install
 	@mkdir -p .prefect

@@ -6,11 +6,12 @@ HTTP front).
 
     python benchmarks/serving.py [--params params.yaml] [--lengths 1000 10000 100000] [--clients 1 4]
         [--requests 40] [--seconds 20] [--candidates 500] [--stores sqlite redis]
-        [--models cofars din_full sim_hard] [--epochs 1]
+        [--models cofars din_full sim_hard] [--workers 1 2] [--epochs 1]
 
 Needs the project's features (``scenerec features``). Each model is trained for ``--epochs`` by the
 same loop (seed 0), registered as champion of its own name in a temporary MLflow store, and
-served by ``scenerec serve`` in a process of its own. For each n a known user gets n extra
+served by ``scenerec serve`` in a process of its own, once per ``--workers`` setting (``serve.workers``:
+uvicorn worker processes). For each n a known user gets n extra
 behaviours (their real log tiled, one second apart, before the request time) in the online
 behaviour store. Load: ``--clients`` asyncio/httpx clients send requests back to back until
 ``--requests`` are done or ``--seconds`` have passed (after two warm-up requests); every request
@@ -231,6 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", type=int, default=500)
     ap.add_argument("--stores", nargs="+", choices=["sqlite", "redis"], default=["sqlite", "redis"])
     ap.add_argument("--models", nargs="+", default=["cofars", "din_full", "sim_hard"])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="serve.workers settings to compare")
     setup = ctr_benchmark_setup(ap, argv, "serving", seeds=False)
     if setup is None:
         return 2
@@ -270,12 +272,13 @@ def main(argv=None) -> int:
             store = behavior_store(p)
             load_behaviors(p, store)
             heavy = add_heavy_histories(p, store, args.lengths, request_ts)
-            for name, reg in [*registered.items(), ("snapshot_pyfunc", registered[args.models[0]])]:
-                if name == "snapshot_pyfunc" and store_kind != args.stores[0]:
-                    continue  # its data is frozen in the artefact: no online store to compare
+            runs = [(name, reg, w) for name, reg in registered.items() for w in args.workers]
+            if store_kind == args.stores[0]:  # its data is frozen in the artefact: no online store to compare
+                runs.append(("snapshot_pyfunc", registered[args.models[0]], 1))
+            for name, reg, workers in runs:
                 port = free_port()
-                o = {**overrides, "serve": {**overrides["serve"], "model_name": reg}}
-                proc = start_server(params_file, o, port, tmp / f"{store_kind}-{name}.log",
+                o = {**overrides, "serve": {**overrides["serve"], "model_name": reg, "workers": workers}}
+                proc = start_server(params_file, o, port, tmp / f"{store_kind}-{name}-{workers}.log",
                                     snapshot=reg if name == "snapshot_pyfunc" else None)
                 try:
                     wait_ready(port, proc)
@@ -284,7 +287,8 @@ def main(argv=None) -> int:
                         for k in args.clients:
                             r = asyncio.run(load(port, body, k, args.requests, args.seconds))
                             row = {"store": store_kind if name != "snapshot_pyfunc" else "snapshot", "model": name,
-                                   "n": n, "clients": k, **r, "load1": round(os.getloadavg()[0], 2)}
+                                   "workers": workers, "n": n, "clients": k, **r,
+                                   "load1": round(os.getloadavg()[0], 2)}
                             rows.append(row)
                             print("  ", row)
                 finally:
@@ -306,16 +310,19 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} CPUs (alternative: the snapshot pyfunc behind the same HTTP front)")
     print(df.to_string(index=False))
     targets = {}
-    sel = df[(df["model"] == "cofars") & (df["store"] == "redis") & (df["n"] == 10000) & (df["clients"] == 4)]
-    if len(sel):
-        targets["cofars_redis_n10000_4clients_p99_ms"] = float(sel["p99_ms"].iloc[0])
-        targets["p99_le_50ms"] = bool(sel["p99_ms"].iloc[0] <= 50)
-    for store_kind in args.stores:
-        c = df[(df["model"] == "cofars") & (df["store"] == store_kind) & (df["clients"] == 1)].set_index("n")["p50_ms"]
-        if len(c) > 1:
-            ratio = float(c.iloc[-1] / c.iloc[0])
-            targets[f"cofars_{store_kind}_p50_ratio_n{c.index[-1]}_vs_n{c.index[0]}"] = round(ratio, 2)
-            targets[f"cofars_{store_kind}_within_1.5x"] = bool(ratio <= 1.5)
+    for workers in args.workers:
+        sel = df[(df["model"] == "cofars") & (df["store"] == "redis") & (df["n"] == 10000) & (df["clients"] == 4)
+                 & (df["workers"] == workers)]
+        if len(sel):
+            targets[f"cofars_redis_n10000_4clients_{workers}workers_p99_ms"] = float(sel["p99_ms"].iloc[0])
+            targets[f"p99_le_50ms_{workers}workers"] = bool(sel["p99_ms"].iloc[0] <= 50)
+        for store_kind in args.stores:
+            c = df[(df["model"] == "cofars") & (df["store"] == store_kind) & (df["clients"] == 1)
+                   & (df["workers"] == workers)].set_index("n")["p50_ms"]
+            if len(c) > 1:
+                ratio = float(c.iloc[-1] / c.iloc[0])
+                targets[f"cofars_{store_kind}_{workers}workers_p50_ratio_n{c.index[-1]}_vs_n{c.index[0]}"] = round(ratio, 2)
+                targets[f"cofars_{store_kind}_{workers}workers_within_1.5x"] = bool(ratio <= 1.5)
     print("targets:", json.dumps(targets))
     world = {k: getattr(params.generate, k) for k in ("n_users", "n_pois", "n_requests")}
     model_size = {k: getattr(params.ctr, k) for k in ("embed_dim", "mlp_hidden", "max_history", "short_term",

@@ -145,6 +145,8 @@ def cmd_online(args, params) -> int:
 def cmd_serve(args, params) -> int:
     from components.serve.app import serve
 
+    if args.workers is not None:
+        params = params.model_copy(update={"serve": params.serve.model_copy(update={"workers": args.workers})})
     serve(params, args.host, args.port)
     return 0
 
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve the champion CTR model over HTTP (127.0.0.1 by default)")
     sv.add_argument("--host", default=None, help="bind address (default: serve.host)")
     sv.add_argument("--port", type=int, default=None, help="port (default: serve.port)")
+    sv.add_argument("--workers", type=int, default=None, choices=range(1, 65), metavar="N",
+                    help="worker processes, 1-64 (default: serve.workers)")
     sv.set_defaults(func=cmd_serve)
     pu = sub.add_parser("push", help="push new behaviours (parquet/csv/json[l], curated behaviour columns) online")
     pu.add_argument("file")

@@ -557,6 +557,7 @@ class ServeConfig(Section):
     champion_poll_seconds: float = Field(5.0, gt=0)
     feature_poll_seconds: float = Field(5.0, gt=0)  # how often the in-process PoI feature block checks for a materialisation
     torch_threads: int = Field(1, ge=1)  # torch CPU threads per scoring process (requests run in parallel threads)
+    workers: int = Field(1, ge=1, le=64)  # uvicorn worker processes (each loads the model; one per core scales)
     model_name: str | None = None  # registered model to serve; null = ctr.registered_name
 
 

@@ -17,7 +17,10 @@ load leaves the old model serving and is reported by ``/ready`` and the log.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -46,12 +49,19 @@ class Metrics:
         self.swaps = Counter("scenerec_model_swaps", "Champion versions swapped in", registry=self.registry)
         self.swap_failures = Counter("scenerec_model_swap_failures", "Champion versions that failed to load",
                                      registry=self.registry)
-        self.version = Gauge("scenerec_model_version", "Registered version being served", registry=self.registry)
+        self.version = Gauge("scenerec_model_version", "Registered version being served", registry=self.registry,
+                             multiprocess_mode="livemax")
         self.pushed = Counter("scenerec_pushed_behaviors", "Behaviours pushed", registry=self.registry)
 
     def text(self) -> bytes:
-        from prometheus_client import generate_latest
+        """The Prometheus exposition; with several workers (``PROMETHEUS_MULTIPROC_DIR`` set by
+        ``serve``) the sum over all of them, as prometheus_client's multiprocess mode collects it."""
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 
@@ -134,6 +144,7 @@ def create_app(params: Params, holder: ModelHolder | None = None, watch: bool = 
     import pandas as pd
     from fastapi import Body, FastAPI
     from fastapi.exceptions import RequestValidationError
+    import orjson
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
@@ -216,7 +227,9 @@ def create_app(params: Params, holder: ModelHolder | None = None, watch: bool = 
         metrics.cold.inc(sum(s["cold_poi"] for s in out["scores"]))
         metrics.latency.observe(time.perf_counter() - t0)
         metrics.cpu.inc(time.thread_time() - c0)  # this thread's CPU: what the request costs without the queue
-        return JSONResponse(out)  # plain JSON types already: FastAPI's jsonable_encoder took ~30 ms on 500 scores
+        # Plain JSON types already, so no jsonable_encoder (it took ~30 ms on 500 scores); orjson
+        # writes them ~10x faster than the json module (~2 ms of a 25 ms request).
+        return Response(orjson.dumps(out), media_type="application/json")
 
     @app.post("/push")
     def push(payload=Body(...)):
@@ -233,10 +246,32 @@ def create_app(params: Params, holder: ModelHolder | None = None, watch: bool = 
     return app
 
 
+_PARAMS_ENV = "SCENEREC_SERVE_PARAMS"  # the parameters handed to worker processes (JSON)
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def app_from_env():
+    """The app of one worker process (``serve.workers`` > 1): parameters from ``SCENEREC_SERVE_PARAMS``."""
+    _log_to_stderr()  # a worker is a fresh interpreter: the supervisor's logging set-up is not inherited
+    got = json.loads(os.environ[_PARAMS_ENV])
+    return create_app(Params(**got["params"], root=got["root"]))
+
+
 def serve(params: Params, host: str | None = None, port: int | None = None) -> None:
-    """Run the service with uvicorn (blocking)."""
+    """Run the service with uvicorn (blocking); ``serve.workers`` > 1 runs that many processes on one
+    socket (uvicorn's own supervisor), each loading and hot-swapping the champion itself."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uvicorn.run(create_app(params), host=host or params.serve.host, port=port or params.serve.port,
-                log_level="info")
+    _log_to_stderr()
+    host, port = host or params.serve.host, port or params.serve.port
+    if params.serve.workers == 1:
+        uvicorn.run(create_app(params), host=host, port=port, log_level="info")
+        return
+    with tempfile.TemporaryDirectory(prefix="scenerec-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client in each worker
+        os.environ[_PARAMS_ENV] = json.dumps({"params": params.model_dump(mode="json"), "root": str(params.root)})
+        uvicorn.run("components.serve.app:app_from_env", factory=True, workers=params.serve.workers, host=host,
+                    port=port, log_level="info")

@@ -10,7 +10,10 @@ Online, per request (``served_forward``): the model's own ``CoFARS.forward`` (th
 r behaviours, the temporal graph over the |C| context nodes, target and |O| prototypes, the GAT,
 the prototype selection), then the target attention
 over the selected sub-sequence (at most ``max_subsequence`` keys) and the profile looked up from the
-aggregates: nothing reads the history, so the cost does not grow with its length n. The scores are
+aggregates: nothing reads the history, so the cost does not grow with its length n. None of the
+selection depends on the candidates, so it is kept on the state per (user, context): a user's later
+requests in the same context (the next page, a refresh) run only the candidate-side part, and a
+push (a new state) drops it. The candidates' item embeddings are gathered from ``item_table``. The scores are
 those of ``CTRModel.forward`` on the same window (tests/unit/serve/test_cofars.py).
 
 Built on the model's own functions and submodules (``model.cofars.offline`` / ``model.cofars``,
@@ -18,7 +21,7 @@ Built on the model's own functions and submodules (``model.cofars.offline`` / ``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -93,6 +96,9 @@ class CoFARSState:
     per_slot: dict  # time slot -> Scope
     per_node: list[Scope]
     short_scope: Scope
+    # (user index, context index) -> the selection's keys, mask and scope: none of it depends on the
+    # candidates, so a user's later requests in the same context reuse it (a push makes a new state).
+    selected: dict = field(default_factory=dict)
 
 
 def build_state(model, h: dict) -> CoFARSState:
@@ -169,12 +175,11 @@ def select_nodes(model, user: torch.Tensor, context: torch.Tensor, state: CoFARS
     return sel["chosen"][0].numpy()
 
 
-@torch.inference_mode()
-def served_sequence_vector(model, b: dict, cand: torch.Tensor, state: CoFARSState) -> torch.Tensor:
-    """(1, K, F): what ``CTRModel.sequence_vector`` returns for a CoFARS model, from the state."""
+def _selection(model, b: dict, d: int, state: CoFARSState) -> tuple:
+    """(keys (1, L, d), mask (1, L), scope of the selected behaviours) for the request's user and
+    context: the short-term window, CoFARS's node selection and the selected sub-sequence."""
     cfg = model.cfg
     user = model.user_emb(b["user"])[0]
-    d = cand.shape[-1]
     # The last r behaviours (a window shorter than r is as long as the history; none: one empty step),
     # as CTRModel.select gathers them for a request of its own.
     window = _embed(model, state, state.short) if state.n else torch.zeros(1, d)
@@ -190,6 +195,17 @@ def served_sequence_vector(model, b: dict, cand: torch.Tensor, state: CoFARSStat
         keys, mask = _embed(model, state, keys_pos).unsqueeze(0), torch.ones(1, len(keys_pos), dtype=torch.bool)
     else:
         keys, mask = torch.zeros(1, 1, d), torch.zeros(1, 1, dtype=torch.bool)
+    return keys, mask, sel_scope
+
+
+@torch.inference_mode()
+def served_sequence_vector(model, b: dict, cand: torch.Tensor, state: CoFARSState) -> torch.Tensor:
+    """(1, K, F): what ``CTRModel.sequence_vector`` returns for a CoFARS model, from the state."""
+    key = (int(b["user"][0]), int(b["context"][0]))
+    got = state.selected.get(key)
+    if got is None:
+        got = state.selected[key] = _selection(model, b, cand.shape[-1], state)
+    keys, mask, sel_scope = got
     s = model.attention(cand, keys, mask)
     out = [s, s * cand]
     if model.profile_scopes:
@@ -201,12 +217,26 @@ def served_sequence_vector(model, b: dict, cand: torch.Tensor, state: CoFARSStat
 
 
 @torch.inference_mode()
-def served_forward(model, b: dict, state: CoFARSState) -> dict:
+def item_table(model, pois) -> torch.Tensor:
+    """(P, d): ``CTRModel.item`` of every catalogue row (a PoI's embedding depends on its row only),
+    computed once per served model so that a request gathers its candidates' rows."""
+    t = torch.as_tensor
+    text = t(pois.text_emb, dtype=torch.float32) if (pois.text_emb is not None and model.use_text) else None
+    return model.item(t(pois.vocab_id), text, t(pois.category), t(pois.price_band), t(pois.rating_band),
+                      t(pois.delivery_band))
+
+
+@torch.inference_mode()
+def served_forward(model, b: dict, state: CoFARSState, items: torch.Tensor | None = None) -> dict:
     """``CTRModel.forward`` for one request of a CoFARS model with the history replaced by ``state``:
-    {ctr, cvr, ctcvr} of shape (1, K). ``b`` is a one-request batch; its hist_* keys are not read."""
+    {ctr, cvr, ctcvr} of shape (1, K). ``b`` is a one-request batch; its hist_* keys are not read.
+    ``items``: ``item_table`` of the catalogue (the candidates' embeddings are gathered from it)."""
     assert model.sequence == "cofars" and b["user"].shape[0] == 1, "served CoFARS scores one request at a time"
-    cand = model.item(b["cand_poi"], b.get("cand_text"), b["cand_category"], b["cand_price"], b["cand_rating"],
-                      b["cand_delivery"])
+    if items is not None:
+        cand = items[b["cand_row"]]
+    else:
+        cand = model.item(b["cand_poi"], b.get("cand_text"), b["cand_category"], b["cand_price"],
+                          b["cand_rating"], b["cand_delivery"])
     r, k, d = cand.shape
     user = model.user_emb(b["user"]).unsqueeze(1).expand(r, k, d)
     if model.user_dense is not None:

@@ -34,6 +34,7 @@ class ServedModel:
     scene_ids: list
     scene_table: np.ndarray | None
     loaded_at: float
+    items: object = None  # CoFARS models: every catalogue PoI's item embedding (serve/cofars.item_table)
 
     @classmethod
     def load(cls, name: str, version: str, tracking_uri: str | None = None) -> "ServedModel":
@@ -47,7 +48,12 @@ class ServedModel:
         if table is not None:
             py.scorer.model.use_scene_table(table)
             py.scorer._cached_table = table
-        return cls(name, str(version), py.scorer, poi_table, ids, table, time.time())
+        items = None
+        if py.scorer.model.sequence == "cofars":
+            from components.serve.cofars import item_table
+
+            items = item_table(py.scorer.model, poi_table)
+        return cls(name, str(version), py.scorer, poi_table, ids, table, time.time(), items)
 
 
 def history_from_rows(rows: pd.DataFrame, user_id: str, poi_table: PoiTable, scorer) -> History:
@@ -215,7 +221,7 @@ def _served_cofars(model: ServedModel, data, history: History, state) -> dict:
 
     b = make_batch(data, np.array([0]), _EMPTY_HISTORY, model.poi_table, 1,
                    scene_table=model.scene_table if model.scorer.model.use_text else None)
-    out = served_forward(model.scorer.model, to_tensors(b), state)
+    out = served_forward(model.scorer.model, to_tensors(b), state, model.items)
     k = int(data.mask[0].sum())
     return {"ctr": out["ctr"][0, :k].numpy(), "ctcvr": out["ctcvr"][0, :k].numpy(), "slot": np.arange(k)}
 

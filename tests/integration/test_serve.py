@@ -149,13 +149,17 @@ def test_served_cofars_equals_the_evaluation_path_on_the_same_state(project, cli
 
     online, store = OnlineFeatures(project), behavior_store(project)
     b = pd.read_parquet(project.path("curated_dir") / "behaviors.parquet")
+    states = StateCache()  # shared: a user's state (and its per-context selections) serve later requests
+    _, scene = _scene(project)
+    scenes = [scene, {**scene, "location_type": "office" if scene["location_type"] != "office" else "home",
+                      "weather": "rainy" if scene["weather"] != "rainy" else "sunny"}]
     for user in b["user_id"].astype(str).value_counts().index[:3]:
-        _, scene = _scene(project)
-        req = parse_request({"user_id": user, "candidates": _pois(project, 8), **scene}, 100)
-        served = score_request(model, req, online, store, StateCache())
-        evaluated = score_request(model, req, online, store, None)
-        np.testing.assert_allclose([s["ctr"] for s in served["scores"]], [s["ctr"] for s in evaluated["scores"]],
-                                   rtol=1e-5, atol=1e-6)
+        for sc in scenes + scenes:
+            req = parse_request({"user_id": user, "candidates": _pois(project, 8), **sc}, 100)
+            served = score_request(model, req, online, store, states)
+            evaluated = score_request(model, req, online, store, None)
+            np.testing.assert_allclose([s["ctr"] for s in served["scores"]],
+                                       [s["ctr"] for s in evaluated["scores"]], rtol=1e-5, atol=1e-6)
 
 
 def _frame_of(req, served_ids, features, online):
@@ -344,3 +348,38 @@ def test_redis_online_store_materialises_pushes_and_serves(project, redis_url):
     with TestClient(create_app(project, watch=False)) as c:
         via_sqlite = c.post("/score", json=other).json()["scores"]
     np.testing.assert_allclose([s["ctr"] for s in via_redis], [s["ctr"] for s in via_sqlite], rtol=1e-5)
+
+
+def test_two_worker_processes_serve_one_port_and_sum_their_metrics(project):
+    """`scenerec serve --workers 2`: uvicorn's supervisor runs two processes on one port, each loads
+    the champion, and /metrics is the sum over both (prometheus_client's multiprocess mode)."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from tests.factories import free_port, stop_process_group
+
+    port, log = free_port(), project.root / "serve-workers.log"
+    proc = subprocess.Popen(["scenerec", "serve", "--port", str(port), "--workers", "2"], cwd=project.root,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and log.read_text().count("serving ") < 2:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        assert log.read_text().count("serving ") == 2, log.read_text()[-3000:]  # each worker loaded it
+        row, scene = _scene(project)
+        req = {"user_id": str(row["user_id"]), "candidates": _pois(project, 10), **scene}
+        n = 12
+        for _ in range(n):  # a new connection each time: the kernel spreads them over the workers
+            r = httpx.post(f"http://127.0.0.1:{port}/score", json=req, timeout=60)
+            assert r.status_code == 200, r.text
+            assert len(r.json()["scores"]) == 10
+        assert httpx.post(f"http://127.0.0.1:{port}/score", json={**req, "candidates": []}).status_code == 422
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                  if line.startswith("scenerec_requests_total{")}
+        assert counts == {'scenerec_requests_total{status="200"}': n, 'scenerec_requests_total{status="422"}': 1}
+    finally:
+        stop_process_group(proc)

@@ -30,12 +30,19 @@ def test_served_cofars_scores_equal_the_model_forward(name, seed):
     b = make_batch(lengths, k=5, seed=seed)
     for i, n in enumerate(lengths):
         b1 = one_request(b, i, n)
-        with torch.no_grad():
-            want = model(b1)
-        got = served_forward(model, b1, build_state(model, window(b1, n)))
-        for key in ("ctr", "ctcvr"):
-            np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-6,
-                                       err_msg=f"{name} request with {n} behaviours: {key}")
+        state = build_state(model, window(b1, n))
+        # Twice (the second reuses the selection cached on the state), then in every other context
+        # (a selection of its own per context) and back.
+        contexts = [int(b1["context"][0])] * 2 + [c for c in range(SHAPES.n_contexts) if c != int(b1["context"][0])]
+        for c in contexts + contexts[:1]:
+            bc = {**b1, "context": torch.tensor([c])}
+            with torch.no_grad():
+                want = model(bc)
+            got = served_forward(model, bc, state)
+            for key in ("ctr", "ctcvr"):
+                np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{name} request with {n} behaviours in context {c}: {key}")
+        assert sorted(c for _, c in state.selected) == sorted(set(contexts))  # one selection per context
 
 
 def test_served_cofars_never_reads_the_history_arrays():
