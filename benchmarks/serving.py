@@ -14,7 +14,8 @@ served by ``scenerec serve`` in a process of its own, once per ``--workers`` set
 uvicorn worker processes). For each n a known user gets n extra
 behaviours (their real log tiled, one second apart, before the request time) in the online
 behaviour store. Load: ``--clients`` asyncio/httpx clients send requests back to back until
-``--requests`` are done or ``--seconds`` have passed (after two warm-up requests); every request
+``--requests`` are done or ``--seconds`` have passed (after three warm-up requests per client, on
+the connections the measurement reuses: each worker process builds its own CoFARS states); every request
 has the same user, scene and B distinct PoIs. Redis: a real ``redis-server`` on 127.0.0.1 in a
 temporary folder. Per row: client-side p50/p95/p99 and requests/s, the service's own handler time
 and its CPU time per request (from /metrics: what a request costs whatever else shares the
@@ -150,8 +151,13 @@ async def load(port: int, body: dict, clients: int, requests: int, seconds: floa
     url = f"http://127.0.0.1:{port}/score"
     lat, errors = [], []
     async with httpx.AsyncClient(timeout=60) as c:
-        for _ in range(2):  # warm-up (first request per user builds served CoFARS's state)
-            await c.post(url, json=body)
+        async def warm():
+            for _ in range(3):
+                await c.post(url, json=body)
+
+        # Warm-up at the measured concurrency, on the connections the measurement reuses: the first
+        # request a worker process gets for a user builds served CoFARS's state there.
+        await asyncio.gather(*[warm() for _ in range(clients)])
         before = await handler_seconds(c, port)
         left, deadline = [requests], time.perf_counter() + seconds
         t_start = time.perf_counter()

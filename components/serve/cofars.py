@@ -140,8 +140,9 @@ def _embed(model, state: CoFARSState, positions: np.ndarray) -> torch.Tensor:
     return e + model.behavior_emb(g["hist_behavior"])
 
 
-def _profile(scope: Scope, b: dict, use_text: bool) -> torch.Tensor:
-    """``history_profile`` of one scope for the request's K candidates, from its aggregates: (K, F)."""
+def _profile(scope: Scope, b: dict, cand_unit: torch.Tensor | None) -> torch.Tensor:
+    """``history_profile`` of one scope for the request's K candidates, from its aggregates: (K, F).
+    ``cand_unit``: the candidates' unit-length text vectors (None: the model reads no text)."""
     rows, cats = b["cand_row"][0].numpy(), b["cand_category"][0].numpy()
     tot = scope.total
     poi_w, cat_w = scope.lookup(rows, "row"), scope.lookup(cats, "cat")
@@ -153,12 +154,12 @@ def _profile(scope: Scope, b: dict, use_text: bool) -> torch.Tensor:
     else:
         feats += [np.zeros_like(poi_w), np.zeros_like(poi_w)]
     feats.append(np.full_like(poi_w, np.log1p(tot)))
-    if use_text and "cand_text" in b and "hist_text" in b:
+    if cand_unit is not None:
         if scope.w_text is None:  # an empty scope
             feats.append(np.zeros_like(poi_w))
         else:
             u = F.normalize(torch.as_tensor(scope.w_text).float(), dim=-1)
-            feats.append((F.normalize(b["cand_text"][0], dim=-1) @ u).double().numpy() * has)
+            feats.append((cand_unit @ u).double().numpy() * has)
     return torch.as_tensor(np.stack(feats, -1), dtype=torch.float32)
 
 
@@ -212,7 +213,9 @@ def served_sequence_vector(model, b: dict, cand: torch.Tensor, state: CoFARSStat
         slot = int(b["slot"][0]) if "slot" in b else 0
         empty = Scope(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0), 0.0, 0.0, None)
         scopes = [state.whole, state.per_slot.get(slot, empty) if slot > 0 else empty, sel_scope]
-        out.append(torch.cat([_profile(sc, b, model.use_text) for sc in scopes], -1).unsqueeze(0))
+        text = model.use_text and "cand_text" in b and "hist_text" in b
+        unit = F.normalize(b["cand_text"][0], dim=-1) if text else None  # once for the three scopes
+        out.append(torch.cat([_profile(sc, b, unit) for sc in scopes], -1).unsqueeze(0))
     return torch.cat(out, -1)
 
 

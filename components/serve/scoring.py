@@ -116,6 +116,11 @@ class RequestLayout:
     other: list[tuple[int, str]]
     scene_index: dict[str, int]
     views: frozenset  # the feature views the model reads (the others are not read per request)
+    # The encoder's output (standardised values, then one missing flag per view) is column-wise and
+    # a view is keyed by one entity, so the PoI columns are standardised once per block: a request
+    # standardises one row of user / context / scene values and takes the PoI columns from here.
+    poi_std: np.ndarray  # (P, outputs) float32: every catalogue row with only its PoI values set
+    poi_cols: np.ndarray  # (outputs,) bool: the output columns that come from poi_std
 
 
 def request_layout(model: ServedModel, block) -> RequestLayout:
@@ -126,11 +131,16 @@ def request_layout(model: ServedModel, block) -> RequestLayout:
     enc = model.scorer.encoder
     col = {c: i for i, c in enumerate(block.columns)}
     at = [j for j, c in enumerate(enc.numeric) if c in col]
-    layout = RequestLayout((block.stamp, tuple(block.columns)), np.array(at, np.int64),
-                           np.array([col[enc.numeric[j]] for j in at], np.int64),
+    poi_at, poi_from = np.array(at, np.int64), np.array([col[enc.numeric[j]] for j in at], np.int64)
+    raw = np.full((len(block.values), len(enc.numeric)), np.nan)
+    raw[:, poi_at] = block.values[:, poi_from]
+    in_block = np.isin(np.arange(len(enc.numeric)), poi_at)
+    _, view_cols = enc._numeric_groups
+    layout = RequestLayout((block.stamp, tuple(block.columns)), poi_at, poi_from,
                            [(j, c) for j, c in enumerate(enc.numeric) if c not in col],
                            {v: i for i, v in enumerate(model.scene_ids or [])},
-                           frozenset(c.split("__")[0] for c in enc.numeric))
+                           frozenset(c.split("__")[0] for c in enc.numeric), enc.standardise(raw),
+                           np.concatenate([in_block, [bool(in_block[cols].any()) for cols in view_cols]]))
     model.__dict__["_layout"] = layout
     return layout
 
@@ -147,13 +157,12 @@ def assemble_request(model: ServedModel, req: ScoringRequest, rows: np.ndarray, 
     enc, pois = model.scorer.encoder, model.poi_table
     layout = request_layout(model, block)
     k = len(rows)
-    raw = np.full((k, len(enc.numeric)), np.nan)
-    block_rows = block.values[rows]
-    raw[:, layout.poi_at] = block_rows[:, layout.poi_from]
+    raw = np.full((1, len(enc.numeric)), np.nan)
     for j, c in layout.other:
         v = entity_values.get(c)
         if v is not None:
-            raw[:, j] = v
+            raw[0, j] = v
+    numeric = np.where(layout.poi_cols, layout.poi_std[rows], enc.standardise(raw))
     lat, lon = _geohash_centre(req.geohash)
     dist = haversine_km(lat, lon, pois.lat[rows], pois.lon[rows])
     dist = np.log1p(np.nan_to_num(dist, nan=50.0)).astype(np.float32)
@@ -165,7 +174,7 @@ def assemble_request(model: ServedModel, req: ScoringRequest, rows: np.ndarray, 
         scene=np.array([[int(enc.scene[f].encode([sv[f]])[0]) for f in SCENE_FEATURES]], np.int64),
         scene_value=np.array([[layout.scene_index.get(f"{f}={sv[f]}", -1) for f in SCENE_FEATURES]], np.int64),
         hist_start=start, hist_end=end, poi_row=rows[None, :], position=np.arange(k, dtype=np.int64)[None, :],
-        numeric=enc.standardise(raw)[None], distance=dist[None, :], click=np.zeros((1, k), np.float32),
+        numeric=numeric[None], distance=dist[None, :], click=np.zeros((1, k), np.float32),
         order=np.zeros((1, k), np.float32), mask=np.ones((1, k), bool), cold_user=np.zeros(1, bool),
         cold_poi=np.zeros((1, k), bool), slot=time_slot_index([scene["time_slot"]], model.scorer.features),
     )
