@@ -368,6 +368,17 @@ class CTRConfig(Section):
     eval_batch_requests: int = Field(512, ge=1)
     calibration_bins: int = Field(10, ge=2)
     require_scene_embeddings: bool = True
+    # ctr.model: lightgbm (components/ctr/tabular.py): LightGBM's defaults plus bagging
+    gbdt_learning_rate: float = Field(0.1, gt=0, le=1)
+    gbdt_num_leaves: int = Field(31, ge=2)
+    gbdt_min_child_samples: int = Field(20, ge=1)
+    gbdt_feature_fraction: float = Field(0.8, gt=0, le=1)
+    gbdt_bagging_fraction: float = Field(0.8, gt=0, le=1)
+    gbdt_lambda_l2: float = Field(1.0, ge=0)
+    gbdt_max_rounds: int = Field(2000, ge=1)
+    gbdt_early_stopping_rounds: int = Field(50, ge=1)
+    gbdt_variants: list[Literal["tabular", "tabular+history", "tabular+ids", "tabular+history+ids"]] = Field(
+        default_factory=lambda: ["tabular", "tabular+history", "tabular+ids", "tabular+history+ids"], min_length=1)
     registered_name: str = "scenerec-ctr"
     promotion_metric: Literal["auc.ctr", "auc.ctcvr", "gauc.ctr", "gauc.ctcvr"] = "auc.ctr"
     promotion_margin: float = Field(0.002, ge=0)

@@ -43,9 +43,9 @@ def train_and_evaluate(params: Params, run_id: str | None = None, model_name: st
             tracking.log_metrics(params, run_id, {f"train.{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
 
     if name == "lightgbm":  # the GBDT family: variant chosen on validation, no epochs to resume
-        from components.ctr.tabular import train_gbdt
+        from components.ctr.tabular import gbdt_config, train_gbdt
 
-        model, info = train_gbdt(ds, seed=params.seed, max_history=cfg.max_history,
+        model, info = train_gbdt(ds, gbdt_config(cfg), seed=params.seed, max_history=cfg.max_history,
                                  log=lambda row, _: log(row, 0))
         info.update(history=[], best_epoch=0, parameters=sum(b.num_trees() for b in model.boosters.values()))
     else:

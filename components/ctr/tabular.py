@@ -99,12 +99,14 @@ def flat_labels(data: RequestData) -> dict[str, np.ndarray]:
 
 @dataclass
 class GBDTConfig:
-    """LightGBM settings: the library's defaults (learning rate 0.1, 31 leaves, 20 rows a leaf) plus bagging."""
+    """LightGBM settings: the library's defaults (learning rate 0.1, 31 leaves, 20 rows a leaf) plus bagging
+    (the benchmark's peer); the platform's model family reads params.yaml's ``ctr.gbdt_*`` (``gbdt_config``)."""
 
     learning_rate: float = 0.1
     num_leaves: int = 31
     min_child_samples: int = 20
     feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
     lambda_l2: float = 1.0
     max_rounds: int = 2000
     early_stopping_rounds: int = 50
@@ -161,10 +163,19 @@ class GBDTModel:
         return out
 
 
+def gbdt_config(ctr) -> GBDTConfig:
+    """The ``ctr.gbdt_*`` settings of params.yaml (``ctr.cpu_threads`` threads; 0 = LightGBM's default)."""
+    return GBDTConfig(learning_rate=ctr.gbdt_learning_rate, num_leaves=ctr.gbdt_num_leaves,
+                      min_child_samples=ctr.gbdt_min_child_samples, feature_fraction=ctr.gbdt_feature_fraction,
+                      bagging_fraction=ctr.gbdt_bagging_fraction, lambda_l2=ctr.gbdt_lambda_l2,
+                      max_rounds=ctr.gbdt_max_rounds, early_stopping_rounds=ctr.gbdt_early_stopping_rounds,
+                      num_threads=ctr.cpu_threads, variants=list(ctr.gbdt_variants))
+
+
 def _params(cfg: GBDTConfig, seed: int) -> dict:
     return {"objective": "binary", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
             "min_child_samples": cfg.min_child_samples, "feature_fraction": cfg.feature_fraction,
-            "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": cfg.lambda_l2, "num_threads": cfg.num_threads,
+            "bagging_fraction": cfg.bagging_fraction, "bagging_freq": 1, "lambda_l2": cfg.lambda_l2, "num_threads": cfg.num_threads,
             "seed": seed, "deterministic": True, "verbose": -1, "max_cat_to_onehot": 8}
 
 

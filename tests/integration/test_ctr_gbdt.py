@@ -14,10 +14,15 @@ pytest.importorskip("lightgbm")
 
 def test_lightgbm_trains_registers_and_serves(tmp_path):
     params = featured_project(tmp_path / "project", {"generate": {"n_users": 200, "n_pois": 60, "n_requests": 1500},
-                                                     "ctr": {"model": "lightgbm"}})
+                                                     "ctr": {"model": "lightgbm",
+                                                             "gbdt_variants": ["tabular", "tabular+history"]}})
     with project_cwd(params.root):
         summary = steps.ctr_step(params, run_id=tracking.start_run(params, "ctr"))
         assert summary["model"] == "lightgbm"
+        import json  # params.yaml's ctr.gbdt_* reach LightGBM: only the two variants asked for were tried
+
+        info = json.loads(next(params.path("data_dir").rglob("gbdt.json")).read_text())["info"]
+        assert sorted(info["variants"]) == ["tabular", "tabular+history"] and info["variant"] in info["variants"]
         assert 0.55 < summary["test.all.auc.ctr"] < 1 and 0 < summary["test.all.oracle_auc.ctr"] <= 1
         result = steps.ctr_register_step(params, run_id=tracking.start_run(params, "register"))
         assert result["promoted"], result["reason"]
