@@ -42,6 +42,11 @@ def configure(params: Params) -> str:
     os.environ["MLFLOW_TRACKING_URI"] = uri  # child processes (DVC stages, workers) agree
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(params.tracking.experiment)
+    if exp is not None and exp.lifecycle_stage == "deleted":  # deleted in the UI: runs cannot start there
+        raise ValueError(
+            f"MLflow experiment {params.tracking.experiment!r} (id {exp.experiment_id}) at {uri} is deleted: "
+            f"restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`, or in the UI), "
+            f"delete it for good (`mlflow gc`), or set tracking.experiment in params.yaml to another name")
     if exp is not None:
         if EXPERIMENT_KIND not in exp.tags:  # made before the UI was told: open it on runs too
             client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")

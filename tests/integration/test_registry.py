@@ -189,3 +189,12 @@ def test_an_unchanged_model_reuses_its_version(params):
     off = params.model_copy(update={"reliability": params.reliability.model_copy(update={"reuse_unchanged_models": False})})
     forced = _register(off, quality_candidate("m", auc=0.63, baseline_auc=0.55))
     assert not forced.get("reused") and int(forced["version"]) == int(changed["version"]) + 1
+
+
+def test_an_experiment_deleted_in_the_ui_is_a_clear_error_not_a_failed_run(params):
+    exp_id = tracking.configure(params)
+    _client(params).delete_experiment(exp_id)
+    with pytest.raises(ValueError, match=r"is deleted: restore it .*mlflow experiments restore --experiment-id"):
+        tracking.configure(params)
+    _client(params).restore_experiment(exp_id)
+    assert tracking.configure(params) == exp_id
