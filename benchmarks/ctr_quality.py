@@ -125,9 +125,10 @@ def verdict(table: dict, rivals: list[str]) -> dict:
         key = f"all.auc.{task}"
         best = max(present, key=lambda b: table[b][key]["mean"])
         full, base = table[FULL][key], table[best][key]
+        one_seed = len(full["values"]) < 2  # no spread measured: "beyond the spread" cannot be told
         out[task] = {"best": best, "margin": round(full["mean"] - base["mean"], 4),
-                     "seed_spread": max(full["std"], base["std"]),
-                     "beats_every_one_beyond_spread": all(
+                     "seed_spread": None if one_seed else max(full["std"], base["std"]),
+                     "beats_every_one_beyond_spread": None if one_seed else all(
                          full["mean"] - table[b][key]["mean"] > max(full["std"], table[b][key]["std"]) for b in present)}
     return out
 
@@ -189,29 +190,51 @@ def family_summary(worlds: dict, models: list[str], peers: list[str]) -> tuple[d
               f"(target >= +0.005)")
         for w, d in worlds.items():
             for task, v in d["verdict_vs_peers"].items():
-                print(f"  [{w}] {task.upper()}: best peer {v['best']}, margin {v['margin']:+.4f} (spread "
-                      f"{v['seed_spread']:.4f}); beats every peer beyond the spread: {v['beats_every_one_beyond_spread']}")
+                spread = "one seed: no spread" if v["seed_spread"] is None else f"spread {v['seed_spread']:.4f}"
+                beats = v["beats_every_one_beyond_spread"]
+                print(f"  [{w}] {task.upper()}: best peer {v['best']}, margin {v['margin']:+.4f} ({spread}); "
+                      f"beats every peer beyond the spread: {'n/a' if beats is None else beats}")
     return avg, summary
 
 
 def combine(paths: list[str], out: Path) -> int:
-    """Merge the worlds of several ctr_quality reports (runs split over processes) into one report
-    with the family average, and print it."""
+    """Merge several ctr_quality reports (runs split over processes: by world, or by seed of one
+    world) into one report with the family average, and print it. Runs of the same world and model
+    from several reports are pooled (their seeds must differ)."""
     import json
 
     from ctr_peers import PEERS
 
-    worlds, first = {}, None
+    worlds, first, seeds = {}, None, {}
     for p in paths:
         d = json.loads(Path(p).read_text())
         first = first or d
         for w, v in d["worlds"].items():
-            worlds[w] = v
-            print_world(w, v["models"], v["oracle"], d["seeds"])
+            seeds.setdefault(w, [])
+            if set(seeds[w]) & set(d["seeds"]):
+                raise ValueError(f"{p}: world {w!r} seeds {d['seeds']} are already in an earlier report")
+            seeds[w] += d["seeds"]
+            if w not in worlds:
+                worlds[w] = v
+                continue
+            runs = worlds[w]["runs"]
+            for m, rs in v["runs"].items():
+                runs[m] = runs.get(m, []) + rs
+            worlds[w]["oracle"] = worlds[w]["oracle"] or v["oracle"]
+    peers = list(PEERS)
+    for w, v in worlds.items():
+        runs = {m: rs for m, rs in v["runs"].items() if rs}
+        v["models"] = summarise(runs)
+        v["verdict_vs_peers"] = verdict(v["models"], [p for p in peers if p in v["models"]])
+        v["verdict_vs_baselines"] = verdict(v["models"], [b for b in BASELINES if b in v["models"]])
+        v["speed_vs_peers"] = speed_ratios(v["models"], peers)
+        v["seeds"] = seeds[w]
+        print_world(w, v["models"], v["oracle"], seeds[w])
     models = list(dict.fromkeys(m for w in worlds.values() for m in w["models"]))
     avg, summary = family_summary(worlds, models, [p for p in PEERS if p in models])
     default = worlds.get("default") or next(iter(worlds.values()))
-    save_report({**first, "worlds": worlds, "family_average": avg, "summary": summary, "combined_from": paths,
+    save_report({**first, "seeds": sorted(set(s for v in seeds.values() for s in v)), "worlds": worlds,
+                 "family_average": avg, "summary": summary, "combined_from": paths,
                  "oracle": default["oracle"], "models": default["models"]}, out)
     return 0
 
