@@ -258,6 +258,13 @@ def main(argv=None) -> int:
     args, params, cfg = setup
     if args.combine:
         return combine(args.combine, Path(args.out))
+    import importlib.util
+
+    # Checked before hours of training, not when the first DeepCTR peer is reached.
+    if any(p.startswith("deepctr_") for p in args.peers) and importlib.util.find_spec("deepctr_torch") is None:
+        print("the deepctr_* peers need DeepCTR-Torch: pip install -c constraints.txt -e '.[bench]' (make bench "
+              "does it), or leave them out with --peers lightgbm", file=sys.stderr)
+        return 2
     from components.ctr.data import build_dataset
     # The first optimizer a process builds imports torch._dynamo (seconds): paid here, not by whichever
     # model happens to train first.
