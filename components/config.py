@@ -359,7 +359,7 @@ class CTRConfig(Section):
     ctcvr_weight: float = Field(1.0, ge=0)
     batch_requests: int = Field(256, ge=1)
     epochs: int = Field(8, ge=1)
-    patience: int = Field(2, ge=1)
+    patience: int = Field(3, ge=1)
     lr: float = Field(0.002, gt=0)
     weight_decay: float = Field(1.0e-5, ge=0)
     grad_clip: float = Field(1.0, ge=0)
