@@ -164,12 +164,11 @@ class GBDTModel:
 
 
 def gbdt_config(ctr) -> GBDTConfig:
-    """The ``ctr.gbdt_*`` settings of params.yaml (``ctr.cpu_threads`` threads; 0 = LightGBM's default)."""
-    return GBDTConfig(learning_rate=ctr.gbdt_learning_rate, num_leaves=ctr.gbdt_num_leaves,
-                      min_child_samples=ctr.gbdt_min_child_samples, feature_fraction=ctr.gbdt_feature_fraction,
-                      bagging_fraction=ctr.gbdt_bagging_fraction, lambda_l2=ctr.gbdt_lambda_l2,
-                      max_rounds=ctr.gbdt_max_rounds, early_stopping_rounds=ctr.gbdt_early_stopping_rounds,
-                      num_threads=ctr.cpu_threads, variants=list(ctr.gbdt_variants))
+    """The ``ctr.gbdt_<field>`` settings of params.yaml (``ctr.cpu_threads`` threads; 0 = LightGBM's default)."""
+    from dataclasses import fields
+
+    got = {f.name: getattr(ctr, f"gbdt_{f.name}") for f in fields(GBDTConfig) if f.name != "num_threads"}
+    return GBDTConfig(**{**got, "variants": list(got["variants"])}, num_threads=ctr.cpu_threads)
 
 
 def _params(cfg: GBDTConfig, seed: int) -> dict:

@@ -82,7 +82,9 @@ def quantile_edges(values, bands: int, keep_count: bool = True) -> list[float]:
     (the Feast schema depends on it); else the distinct quantiles only (fewer bands when values tie)."""
     x = pd.to_numeric(pd.Series(values), errors="coerce").dropna().to_numpy(np.float64)
     if not keep_count:
-        return [] if len(x) == 0 or bands < 2 else [float(e) for e in np.unique(np.quantile(x, np.linspace(0, 1, bands + 1)[1:-1]))]
+        if len(x) == 0 or bands < 2:
+            return []
+        return [float(e) for e in np.unique(np.quantile(x, np.linspace(0, 1, bands + 1)[1:-1]))]
     if len(x) == 0:
         raise ValueError("no values to learn band edges from")
     edges = [float(f"{v:.4g}") for v in np.quantile(x, np.arange(1, bands) / bands)]

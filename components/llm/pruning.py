@@ -560,8 +560,6 @@ def slice_bert(model, hidden: torch.Tensor, heads: list[torch.Tensor], ffn: list
     dtype = model.get_input_embeddings().weight.dtype
     small = type(model)(new_cfg).to(dtype)
     h = hidden.long()
-
-
     se, te = small.bert.embeddings, model.bert.embeddings
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
         getattr(se, name).weight.copy_(getattr(te, name).weight[:, h])

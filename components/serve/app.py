@@ -141,10 +141,10 @@ class ModelHolder:
 
 def create_app(params: Params, holder: ModelHolder | None = None, watch: bool = True):
     """The FastAPI app: loads the champion at startup, then watches the alias (``watch``)."""
+    import orjson
     import pandas as pd
     from fastapi import Body, FastAPI
     from fastapi.exceptions import RequestValidationError
-    import orjson
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 

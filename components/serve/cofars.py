@@ -71,6 +71,9 @@ class Scope:
         return np.where(ids[at] == keys, w[at], 0.0)
 
 
+_EMPTY_SCOPE = Scope(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0), 0.0, 0.0, None)  # read only
+
+
 def merge(scopes: list[Scope]) -> Scope:
     """The union of disjoint scopes (the selected context nodes)."""
     if len(scopes) == 1:
@@ -211,8 +214,7 @@ def served_sequence_vector(model, b: dict, cand: torch.Tensor, state: CoFARSStat
     out = [s, s * cand]
     if model.profile_scopes:
         slot = int(b["slot"][0]) if "slot" in b else 0
-        empty = Scope(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0), 0.0, 0.0, None)
-        scopes = [state.whole, state.per_slot.get(slot, empty) if slot > 0 else empty, sel_scope]
+        scopes = [state.whole, state.per_slot.get(slot, _EMPTY_SCOPE) if slot > 0 else _EMPTY_SCOPE, sel_scope]
         text = model.use_text and "cand_text" in b and "hist_text" in b
         unit = F.normalize(b["cand_text"][0], dim=-1) if text else None  # once for the three scopes
         out.append(torch.cat([_profile(sc, b, unit) for sc in scopes], -1).unsqueeze(0))

@@ -107,18 +107,16 @@ def _geohash_centre(code: str) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class RequestLayout:
-    """Where each of a model's numeric inputs comes from for one PoI block: ``poi_at`` / ``poi_from``
-    (encoder column <- block column), the rest by name from the user, context and scene values."""
+    """Where a model's numeric inputs come from over one PoI block. The encoder's output
+    (standardised values, then one missing flag per view) is column-wise and a view is keyed by one
+    entity, so the PoI columns are standardised once per block (``poi_std``); a request standardises
+    one row of the ``other`` columns (user, context and scene values, by name) and takes the rest
+    from ``poi_std``."""
 
     stamp: tuple
-    poi_at: np.ndarray
-    poi_from: np.ndarray
-    other: list[tuple[int, str]]
+    other: list[tuple[int, str]]  # (encoder column, name) of the columns the block does not hold
     scene_index: dict[str, int]
     views: frozenset  # the feature views the model reads (the others are not read per request)
-    # The encoder's output (standardised values, then one missing flag per view) is column-wise and
-    # a view is keyed by one entity, so the PoI columns are standardised once per block: a request
-    # standardises one row of user / context / scene values and takes the PoI columns from here.
     poi_std: np.ndarray  # (P, outputs) float32: every catalogue row with only its PoI values set
     poi_cols: np.ndarray  # (outputs,) bool: the output columns that come from poi_std
 
@@ -130,13 +128,11 @@ def request_layout(model: ServedModel, block) -> RequestLayout:
         return got
     enc = model.scorer.encoder
     col = {c: i for i, c in enumerate(block.columns)}
-    at = [j for j, c in enumerate(enc.numeric) if c in col]
-    poi_at, poi_from = np.array(at, np.int64), np.array([col[enc.numeric[j]] for j in at], np.int64)
+    in_block = np.array([c in col for c in enc.numeric], bool)
     raw = np.full((len(block.values), len(enc.numeric)), np.nan)
-    raw[:, poi_at] = block.values[:, poi_from]
-    in_block = np.isin(np.arange(len(enc.numeric)), poi_at)
+    raw[:, in_block] = block.values[:, [col[c] for c in enc.numeric if c in col]]
     _, view_cols = enc._numeric_groups
-    layout = RequestLayout((block.stamp, tuple(block.columns)), poi_at, poi_from,
+    layout = RequestLayout((block.stamp, tuple(block.columns)),
                            [(j, c) for j, c in enumerate(enc.numeric) if c not in col],
                            {v: i for i, v in enumerate(model.scene_ids or [])},
                            frozenset(c.split("__")[0] for c in enc.numeric), enc.standardise(raw),
