@@ -569,6 +569,9 @@ class ServeConfig(Section):
     feature_poll_seconds: float = Field(5.0, gt=0)  # how often the in-process PoI feature block checks for a materialisation
     torch_threads: int = Field(1, ge=1)  # torch CPU threads per scoring process (requests run in parallel threads)
     workers: int = Field(1, ge=1, le=64)  # uvicorn worker processes (each loads the model; one per core scales)
+    # glibc's mmap threshold in MiB (0 = glibc's own, dynamic): blocks under it are reused from the
+    # heap instead of mapped and unmapped per request; glibc accepts at most 32 on 64-bit systems.
+    malloc_mmap_threshold_mb: int = Field(32, ge=0, le=32)
     model_name: str | None = None  # registered model to serve; null = ctr.registered_name
 
 

@@ -369,6 +369,12 @@ def test_two_worker_processes_serve_one_port_and_sum_their_metrics(project):
             assert proc.poll() is None, log.read_text()[-3000:]
             time.sleep(0.5)
         assert log.read_text().count("serving ") == 2, log.read_text()[-3000:]  # each worker loaded it
+        while time.time() < deadline:  # the shared socket listens once a worker's start-up is complete
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.ConnectError:
+                time.sleep(0.2)
         row, scene = _scene(project)
         req = {"user_id": str(row["user_id"]), "candidates": _pois(project, 10), **scene}
         n = 12

@@ -1,0 +1,32 @@
+"""The service's process-level settings: the C allocator's mmap threshold and the frozen heap."""
+import gc
+import platform
+import weakref
+
+import pytest
+
+from components.serve.app import settle_heap, tune_malloc
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_tune_malloc_sets_glibc_thresholds():
+    assert tune_malloc(32) is True
+    assert tune_malloc(0) is False  # 0 leaves glibc's dynamic threshold alone
+
+
+def test_settle_heap_freezes_what_is_alive_and_collects_the_rest():
+    class Cycle:
+        pass
+
+    a, b = Cycle(), Cycle()
+    a.other, b.other = b, a  # garbage only a collection frees
+    gone = weakref.ref(a)
+    kept = Cycle()
+    del a, b
+    try:
+        settle_heap()
+        assert gone() is None  # collected, not frozen
+        assert gc.get_freeze_count() > 1000  # the interpreter's and the libraries' objects, out of the collector's walks
+        assert kept not in gc.get_objects()  # alive, so frozen: no collection walks it any more
+    finally:
+        gc.unfreeze()
