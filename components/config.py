@@ -569,6 +569,8 @@ class ServeConfig(Section):
     feature_poll_seconds: float = Field(5.0, gt=0)  # how often the in-process PoI feature block checks for a materialisation
     torch_threads: int = Field(1, ge=1)  # torch CPU threads per scoring process (requests run in parallel threads)
     workers: int = Field(1, ge=1, le=64)  # uvicorn worker processes (each loads the model; one per core scales)
+    # requests scored at once per process (0 = one per CPU the process may run on); the rest wait
+    max_concurrent: int = Field(0, ge=0, le=256)
     # glibc's mmap threshold in MiB (0 = glibc's own, dynamic): blocks under it are reused from the
     # heap instead of mapped and unmapped per request; glibc accepts at most 32 on 64-bit systems.
     malloc_mmap_threshold_mb: int = Field(32, ge=0, le=32)

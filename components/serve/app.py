@@ -88,6 +88,19 @@ def tune_malloc(threshold_mb: int) -> bool:
     return bool(mallopt(m_mmap_threshold, size)) and bool(mallopt(m_trim_threshold, 2 * size))
 
 
+def scoring_slots(max_concurrent: int) -> int:
+    """Requests one process scores at once: ``serve.max_concurrent``, or (0) one per CPU it may run
+    on. More threads than cores do not add throughput (the Python parts hold the GIL) but share it
+    out: every request in flight slows down, and the switching costs CPU. Measured with 4 clients on
+    2 cores (Redis, n = 10 000): p99 56 -> 45 ms with 1 worker, 41 -> 37 ms with 2."""
+    if max_concurrent > 0:
+        return max_concurrent
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return max(1, os.cpu_count() or 1)
+
+
 def settle_heap() -> None:
     """Collect, then move every object alive now (the libraries, Feast's registry, the served model)
     into the collector's permanent generation (``gc.freeze``): they live as long as the process or
@@ -191,6 +204,7 @@ def create_app(params: Params, holder: ModelHolder | None = None, watch: bool = 
     from components.serve.scoring import StateCache, score_request
 
     metrics = holder.metrics if holder is not None else Metrics()
+    gate = threading.BoundedSemaphore(scoring_slots(params.serve.max_concurrent))
     holder = holder or ModelHolder(params, metrics)
     data = {}
 
@@ -261,7 +275,8 @@ def create_app(params: Params, holder: ModelHolder | None = None, watch: bool = 
         model = holder.current  # this request finishes on this model whatever a swap does meanwhile
         if model is None:
             return bad(503, [holder.last_error or "no model loaded yet"])
-        out = score_request(model, req, data["online"], data["behaviors"], data["states"])
+        with gate:  # at most serve.max_concurrent at once: the time waiting here counts in the latency
+            out = score_request(model, req, data["online"], data["behaviors"], data["states"])
         metrics.requests.labels("200").inc()
         metrics.candidates.inc(len(req.candidates))
         metrics.cold.inc(sum(s["cold_poi"] for s in out["scores"]))

@@ -1,4 +1,4 @@
-"""The service's process-level settings: the C allocator's mmap threshold and the frozen heap."""
+"""The service's process-level settings: the C allocator's mmap threshold, the frozen heap, the scoring slots."""
 import gc
 import platform
 import weakref
@@ -30,3 +30,13 @@ def test_settle_heap_freezes_what_is_alive_and_collects_the_rest():
         assert kept not in gc.get_objects()  # alive, so frozen: no collection walks it any more
     finally:
         gc.unfreeze()
+
+
+def test_scoring_slots_default_to_the_cpus_the_process_may_use():
+    import os
+
+    from components.serve.app import scoring_slots
+
+    assert scoring_slots(3) == 3
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert scoring_slots(0) == cpus >= 1
