@@ -361,6 +361,8 @@ class CTRConfig(Section):
     epochs: int = Field(8, ge=1)
     patience: int = Field(3, ge=1)
     lr: float = Field(0.002, gt=0)
+    lr_decay: float = Field(0.5, gt=0, le=1)  # lr x this after an epoch without a better valid CTR AUC; 1 = off
+    lr_decay_restores_best: bool = False      # ... after loading the best epoch's weights back (with lr_decay < 1)
     weight_decay: float = Field(1.0e-5, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

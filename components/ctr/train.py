@@ -1,6 +1,7 @@
 """Training and scoring of the CTR models: what is CTR's own (the model, request batches bucketed
 by history length, the loss, validation CTR AUC) handed to components/training's ``fit()``, which
-early-stops on that AUC and writes a checkpoint per epoch in ``ckpt_dir`` that a rerun resumes from.
+early-stops on that AUC (with ``ctr.lr_decay`` < 1 it also decays the learning rate when the AUC
+stalls) and writes a checkpoint per epoch in ``ckpt_dir`` that a rerun resumes from.
 
 Under ``torchrun`` / ``accelerate launch`` each process takes every world-size-th batch; every
 process scores the (small) validation split itself, so the early-stopping decision agrees.
@@ -161,12 +162,13 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
         out = fit(acc, recipe, epochs=cfg.epochs, ckpt_dir=ckpt_dir,
                   fingerprint=_fingerprint(name, cfg, seed, ds) if ckpt_dir is not None else "",
                   grad_clip=cfg.grad_clip, monitor="valid_auc_ctr", patience=cfg.patience, min_delta=1e-5,
-                  restore_best=True, log=log, progress=progress, desc=f"ctr {name}")
+                  restore_best=True, lr_decay=cfg.lr_decay, decay_restores_best=cfg.lr_decay_restores_best,
+                  log=log, progress=progress, desc=f"ctr {name}")
     net = out.model
     net.eval()
     best = out.best or {"value": -1.0, "epoch": 0}
     info = {"history": out.history, "best_epoch": best["epoch"], "best_valid_auc_ctr": best["value"],
-            "epochs_run": len(out.history), "resumed_from_epoch": out.start_epoch,
+            "epochs_run": len(out.history), "resumed_from_epoch": out.start_epoch, "lr_decays": out.lr_decays,
             "seconds": round(time.perf_counter() - t0, 2), "device": str(acc.device),
             "mixed_precision": acc.mixed_precision, "parameters": sum(p.numel() for p in net.parameters())}
     return net, info

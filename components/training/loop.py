@@ -5,7 +5,7 @@ schedule), batches, loss and evaluation, plus hooks where it must step in (HKFR'
 HomoDistil's importance update and pruning schedule, state such as the pruning masks). fit()
 owns the rest: `accelerate` (device, bf16 autocast on CUDA / fp32 on CPU, DDP from the launcher's
 environment), gradient clipping, the progress bar, metrics through the caller's ``log`` callback on
-the main process only, early stopping, a time budget, and the atomic checkpoints of
+the main process only, early stopping, learning-rate decay on a plateau, a time budget, and the atomic checkpoints of
 components/training/checkpoint.py that a rerun resumes from.
 
 Two ways to count: ``steps=N`` (``batches(step)`` returns the batch of a step, a pure function of
@@ -65,24 +65,36 @@ class FitResult:
     finished: bool
     best: dict | None
     stopped_early: bool
+    lr_decays: int = 0  # plateau decays of the learning rate over the whole run (fit's lr_decay)
 
 
 def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = None,
         ckpt_dir: Path | None = None, fingerprint: str = "", keep: int = 2, checkpoint_every: int | None = None,
         grad_clip: float = 0.0, eval_every: int | None = None, eval_at_start: bool = False,
         monitor: str | None = None, mode: str = "max", patience: int | None = None, min_delta: float = 0.0,
-        restore_best: bool = False, log: Callable[[dict, int], None] | None = None, log_every: int | None = None,
+        restore_best: bool = False, lr_decay: float = 1.0, decay_restores_best: bool = False,
+        log: Callable[[dict, int], None] | None = None, log_every: int | None = None,
         max_steps: int | None = None, time_budget_s: float | None = None, fresh: bool = False,
         progress: bool = True, desc: str = "train") -> FitResult:
     """Train ``recipe`` with accelerator ``acc`` for ``steps`` or ``epochs``, resuming from the newest
     intact checkpoint of run ``fingerprint`` in ``ckpt_dir``; stop early after ``patience`` evaluations
     without ``monitor`` improving by ``min_delta``, after ``max_steps`` steps of this call, or once
     ``time_budget_s`` has passed (at a checkpoint; with ``epochs`` both are checked at epoch ends).
+    ``lr_decay`` < 1: an evaluation that does not improve ``monitor`` (and does not stop the run)
+    multiplies every parameter group's learning rate by it (Keras' / Lightning's ReduceLROnPlateau
+    with no patience of its own; the early-stopping count goes on), after loading the best weights
+    back first with ``decay_restores_best``. A per-step ``scheduler`` keeps the decay: its
+    ``base_lrs`` (what LambdaLR and the other closed-form schedules start from) are scaled too.
     ``log(metrics, step)`` runs on the main process."""
     from tqdm.auto import tqdm
 
     if (steps is None) == (epochs is None):
         raise ValueError("fit: give either steps (batches(step) -> a batch) or epochs (batches(epoch) -> a sequence)")
+    if not 0 < lr_decay <= 1:
+        raise ValueError(f"fit: lr_decay must be in (0, 1] (1 = no decay), got {lr_decay}")
+    if lr_decay < 1 and monitor is None:
+        raise ValueError("fit: lr_decay < 1 needs a monitor (the metric whose plateau decays the learning rate)")
+    keep_best = restore_best or (lr_decay < 1 and decay_restores_best)
     by_step = steps is not None
     main = acc.is_main_process
     model = recipe.wrap(recipe.model) if recipe.wrap is not None else recipe.model
@@ -136,11 +148,23 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
             best is None or (value > best["value"] + min_delta if mode == "max" else value < best["value"] - min_delta))
         if improved:
             t["best"], t["bad"] = {"value": float(value), "step": t["step"], "epoch": t["epoch"]}, 0
-            if restore_best:
+            if keep_best:
                 best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
         else:
             t["bad"] += 1
             t["stopped"] = patience is not None and t["bad"] >= patience
+            if lr_decay < 1 and not t["stopped"]:
+                decay()
+
+    def decay() -> None:
+        """The plateau's learning-rate decay (the optimizer's and scheduler's state: checkpointed)."""
+        if decay_restores_best and best_weights is not None:
+            net.load_state_dict(best_weights)
+        for group in optimizer.param_groups:
+            group["lr"] *= lr_decay
+        if scheduler is not None and hasattr(scheduler, "base_lrs"):
+            scheduler.base_lrs = [b * lr_decay for b in scheduler.base_lrs]
+        t["lr_decays"] = t.get("lr_decays", 0) + 1
 
     def save() -> None:
         if ckpt_dir is None:
@@ -229,7 +253,7 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
         ts = time.perf_counter()
         t["epoch"], t["in_epoch"] = epoch + 1, 0
         row = {"epoch": epoch + 1, **{f"train_{k}": float(np.mean(v)) for k, v in sums.items()
-                                      if k != "lr" or scheduler is not None}}
+                                      if k != "lr" or scheduler is not None or lr_decay < 1}}
         if recipe.evaluate is not None:
             ev = evaluate()
             row.update(ev)
@@ -249,7 +273,8 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
     finished = t["stopped"] or (t["step"] >= steps if by_step else t["epoch"] >= epochs)
     return FitResult(model=net, start_step=start_step, start_epoch=start_epoch, step=t["step"], epoch=t["epoch"],
                      history=t["history"], logged=logged, step_rows=step_rows, train_seconds=train_seconds,
-                     finished=bool(finished), best=t["best"], stopped_early=bool(t["stopped"]))
+                     finished=bool(finished), best=t["best"], stopped_early=bool(t["stopped"]),
+                     lr_decays=int(t.get("lr_decays", 0)))
 
 
 def _out_of_budget(done: int, stop_at: int | None, t0: float, budget: float | None) -> bool:

@@ -26,6 +26,8 @@ def test_repository_params_load():
         ({"features": {"price_band_edges": [50, 10]}}, "features.price_band_edges"),
         ({"ingest": {"mode": "merge"}}, "ingest.mode"),
         ({"seed": "abc"}, "seed"),
+        ({"ctr": {"lr_decay": 1.5}}, "ctr.lr_decay"),
+        ({"ctr": {"lr_decay": 0}}, "ctr.lr_decay"),
     ],
 )
 def test_bad_values_name_the_knob(override, where):

@@ -159,3 +159,77 @@ def test_fingerprint_follows_knobs_and_data(tmp_path):
     assert a == fingerprint({"lr": 0.1}, f) and a != fingerprint({"lr": 0.2}, f)
     f.write_text("a b d\n")
     assert a != fingerprint({"lr": 0.1}, f)
+
+
+
+def _plateau_run(scores, tmp_path=None, first: int = 0, starts: dict | None = None, **kw):
+    """An epoch-counted run (4 steps an epoch, no schedule, lr 0.05) whose validation metric of epoch
+    e is ``scores[e - 1]`` (``first``: the epochs a resumed run skips); ``starts[e]``: the weights
+    0-based epoch e starts from."""
+    x, y = _data()
+    recipe = _recipe(dropout=0.0)
+    recipe.scheduler = None
+    evaluated = []
+
+    def batches(epoch):
+        if starts is not None:
+            starts[epoch] = _weights(recipe.model)
+        return [(x[i:i + 16], y[i:i + 16]) for i in range(0, N, 16)]
+
+    def valid(model):
+        evaluated.append(1)
+        return {"auc": scores[first + len(evaluated) - 1]}
+
+    recipe.batches, recipe.evaluate = batches, valid
+    return fit(make_accelerator("no", seed=0), recipe, epochs=6, monitor="auc", patience=3, min_delta=1e-3,
+               restore_best=True, progress=False, ckpt_dir=tmp_path, fingerprint="plateau", **kw)
+
+
+def test_lr_decays_after_each_epoch_without_improvement_and_resumes_decayed(tmp_path):
+    scores = [0.5, 0.7, 0.6, 0.65, 0.8, 0.85]  # epochs 3 and 4 do not beat 0.7; 5 does
+    out = _plateau_run(scores, lr_decay=0.5)
+    # epoch e trains with the lr its predecessors' evaluations left: halved after epoch 3, again after 4
+    assert [r["train_lr"] for r in out.history] == pytest.approx([0.05, 0.05, 0.05, 0.025, 0.0125, 0.0125])
+    assert out.lr_decays == 2 and not out.stopped_early and out.best["epoch"] == 6
+    plain = _plateau_run(scores)  # lr_decay 1: the lr stays put
+    assert plain.lr_decays == 0 and {r["lr"] for r in plain.step_rows} == {0.05}
+    # interrupted after epoch 4 (both decays done): the resumed run trains on with the decayed lr
+    first = _plateau_run(scores, tmp_path, lr_decay=0.5, max_steps=16)
+    assert first.epoch == 4 and first.lr_decays == 2
+    rest = _plateau_run(scores, tmp_path, first=4, lr_decay=0.5)
+    assert rest.start_epoch == 4 and rest.lr_decays == 2
+    assert [r["lr"] for r in rest.step_rows] == pytest.approx([0.0125] * 8)
+    for k, v in _weights(rest.model).items():
+        assert torch.allclose(v, _weights(out.model)[k], atol=1e-6), k
+
+
+def test_lr_decay_can_restore_the_best_weights_first_and_early_stopping_still_counts():
+    scores = [0.5, 0.7, 0.6, 0.6, 0.6, 0.9]  # best after epoch 2, then three epochs without a gain
+    starts: dict[int, dict] = {}
+    out = _plateau_run(scores, lr_decay=0.5, decay_restores_best=True, starts=starts)
+    # epochs 4 and 5 (0-based 3, 4) start again from the end of epoch 2 (= the start of 0-based epoch 2)
+    for e in (3, 4):
+        for k, v in starts[e].items():
+            assert torch.equal(v, starts[2][k]), (e, k)
+    # the third epoch without a gain stops the run (patience 3) and decays nothing
+    assert out.stopped_early and out.epoch == 5 and out.lr_decays == 2
+    assert [r["train_lr"] for r in out.history] == pytest.approx([0.05, 0.05, 0.05, 0.025, 0.0125])
+    starts = {}
+    _plateau_run(scores, lr_decay=0.5, starts=starts)  # without restoring: epoch 4 starts where 3 ended
+    assert not all(torch.equal(v, starts[2][k]) for k, v in starts[3].items())
+
+
+def test_lr_decay_survives_a_closed_form_per_step_schedule():
+    calls = iter([0.5, 0.4, 0.3])
+    recipe = _recipe(lambda m: {"auc": next(calls)})
+    recipe.scheduler = lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0)  # sets the lr every step
+    out = fit(make_accelerator("no", seed=0), recipe, steps=6, eval_every=2, monitor="auc", patience=5,
+              lr_decay=0.5, progress=False)
+    assert [r["lr"] for r in out.step_rows] == pytest.approx([0.05, 0.05, 0.05, 0.05, 0.025, 0.025])
+
+
+def test_lr_decay_out_of_range_or_without_a_monitor_is_refused():
+    with pytest.raises(ValueError, match="lr_decay"):
+        fit(make_accelerator("no", seed=0), _recipe(), steps=2, monitor="auc", lr_decay=1.5, progress=False)
+    with pytest.raises(ValueError, match="monitor"):
+        fit(make_accelerator("no", seed=0), _recipe(), steps=2, lr_decay=0.5, progress=False)
