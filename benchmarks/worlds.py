@@ -46,30 +46,12 @@ LLM_STEPS = ("corpus", "pretrain", "pairs", "contrastive_teacher", "distill", "c
 
 def world_params(base, name: str, log=print, llm: str = "shared"):
     """Params of world ``name`` (the base project's for ``default``), building it first if needed."""
-    from components.config import load_params
-
     if name not in WORLDS:
         raise ValueError(f"unknown world {name!r}; choose from {sorted(WORLDS)}")
     if name == "default":
         return base
-    root = base.path("data_dir") / "worlds" / name
-    params_file = root / "params.yaml"
-    raw = yaml.safe_load((base.root / "params.yaml").read_text())
-    raw["generate"] = {**raw.get("generate", {}), **WORLDS[name]}
-    raw["paths"]["feature_repo"] = "feature_repo"
-    text = yaml.safe_dump(raw, sort_keys=False)
-    done = root / ".built"
-    if not (done.exists() and params_file.exists() and params_file.read_text() == text):
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir(parents=True)
-        shutil.copytree(base.path("feature_repo"), root / "feature_repo",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.db", "data"))
-        params_file.write_text(text)
-        _build(load_params(params_file), log)
-        done.write_text("ok\n")
-    params = load_params(params_file)
-    own = root / ".llm_per_world"
+    params = build_project(base, base.path("data_dir") / "worlds" / name, WORLDS[name], log)
+    own = params.root / ".llm_per_world"
     if llm == "per_world" and not own.exists():
         _llm_stages(params, log)
         own.write_text("ok\n")
@@ -79,6 +61,31 @@ def world_params(base, name: str, log=print, llm: str = "shared"):
     if not (params.path("embeddings_dir") / "scene_embeddings.parquet").exists():
         _embed(base, params, log)
     return params
+
+
+def build_project(base, root: Path, generate: dict, log=print, params_file: Path | None = None):
+    """A project folder ``root`` with its own params.yaml (``params_file``, default the base project's,
+    with ``generate`` merged over its ``generate:``) and Feast repo, built through generate -> ingest ->
+    features; kept and reused while its params.yaml is unchanged. Returns its params."""
+    from components.config import load_params
+
+    root = Path(root)
+    params_file_out = root / "params.yaml"
+    raw = yaml.safe_load(Path(params_file or base.root / "params.yaml").read_text())
+    raw["generate"] = {**raw.get("generate", {}), **generate}
+    raw["paths"]["feature_repo"] = "feature_repo"
+    text = yaml.safe_dump(raw, sort_keys=False)
+    done = root / ".built"
+    if not (done.exists() and params_file_out.exists() and params_file_out.read_text() == text):
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        shutil.copytree(base.path("feature_repo"), root / "feature_repo",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.db", "data"))
+        params_file_out.write_text(text)
+        _build(load_params(params_file_out), log)
+        done.write_text("ok\n")
+    return load_params(params_file_out)
 
 
 def _build(params, log) -> None:
