@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from components.config import Params
 
 log = logging.getLogger("scenerec.serve")
+_METRICS_DIR_ENV = "SCENEREC_METRICS_DIR"  # the workers' shared prometheus folder (serve.workers > 1)
 
 
 class Metrics:
@@ -55,13 +56,15 @@ class Metrics:
         self.pushed = Counter("scenerec_pushed_behaviors", "Behaviours pushed", registry=self.registry)
 
     def text(self) -> bytes:
-        """The Prometheus exposition; with several workers (``PROMETHEUS_MULTIPROC_DIR`` set by
-        ``serve``) the sum over all of them, as prometheus_client's multiprocess mode collects it."""
+        """The Prometheus exposition; with several workers (``serve`` sets ``SCENEREC_METRICS_DIR``
+        and ``PROMETHEUS_MULTIPROC_DIR`` to one folder) the sum over all of them, as
+        prometheus_client's multiprocess mode collects it."""
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shared = os.environ.get(_METRICS_DIR_ENV)  # set by serve() only: Feast's import sets
+        if shared:  # PROMETHEUS_MULTIPROC_DIR to a folder of its own, so that variable says nothing
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry, path=shared)
             return generate_latest(registry)
         return generate_latest(self.registry)
 
@@ -327,6 +330,7 @@ def serve(params: Params, host: str | None = None, port: int | None = None) -> N
         return
     with tempfile.TemporaryDirectory(prefix="scenerec-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client in each worker
+        os.environ[_METRICS_DIR_ENV] = metrics_dir  # and by Metrics.text: sum over the workers
         os.environ[_PARAMS_ENV] = json.dumps({"params": params.model_dump(mode="json"), "root": str(params.root)})
         uvicorn.run("components.serve.app:app_from_env", factory=True, workers=params.serve.workers, host=host,
                     port=port, log_level="info")
