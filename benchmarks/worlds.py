@@ -6,7 +6,8 @@ Each variant overrides ``generate:`` knobs only (components/config.py GenerateCo
 same contract, pipeline and params serve every world. A variant is built once into
 ``data/worlds/<name>/`` (generate -> ingest -> features, then the per-feature scene and PoI
 embeddings written by the default project's fine-tuned encoder: the LLM is not retrained per
-world, as a user would reuse one encoder across markets) and reused by later runs. With
+world, as a user would reuse one encoder across markets) and reused by later runs while the
+sections its build reads are unchanged (a CTR knob does not rebuild it: ``MODEL_ONLY``). With
 ``llm="per_world"`` the world runs its own LLM stages instead (corpus -> pretrain -> pairs ->
 contrastive -> HomoDistil -> contrastive -> embed, as `make demo` does on the default world), as a
 user does on their own logs: measured 2026-12-02, the shared encoder gave larr_cofars no gain over
@@ -63,10 +64,16 @@ def world_params(base, name: str, log=print, llm: str = "shared"):
     return params
 
 
+# Sections read only by the models trained on a built world, never by its build: a change to them
+# (a CTR knob, say) rewrites the world's params.yaml but does not rebuild its data and LLM stages.
+MODEL_ONLY = ("ctr", "news", "hkfr", "tracking", "reliability")
+
+
 def build_project(base, root: Path, generate: dict, log=print, params_file: Path | None = None):
     """A project folder ``root`` with its own params.yaml (``params_file``, default the base project's,
     with ``generate`` merged over its ``generate:``) and Feast repo, built through generate -> ingest ->
-    features; kept and reused while its params.yaml is unchanged. Returns its params."""
+    features; kept and reused while the sections its build reads (all but ``MODEL_ONLY``) are
+    unchanged; its params.yaml always carries the base's current model sections. Returns its params."""
     from components.config import load_params
 
     root = Path(root)
@@ -74,18 +81,21 @@ def build_project(base, root: Path, generate: dict, log=print, params_file: Path
     raw = yaml.safe_load(Path(params_file or base.root / "params.yaml").read_text())
     raw["generate"] = {**raw.get("generate", {}), **generate}
     raw["paths"]["feature_repo"] = "feature_repo"
-    text = yaml.safe_dump(raw, sort_keys=False)
-    done = root / ".built"
-    if not (done.exists() and params_file_out.exists() and params_file_out.read_text() == text):
+    build_key = yaml.safe_dump({k: v for k, v in raw.items() if k not in MODEL_ONLY}, sort_keys=False)
+    done = root / ".built"  # holds the build key of the data in the folder
+    fresh = done.exists() and done.read_text() == build_key
+    if not fresh:
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
         shutil.copytree(base.path("feature_repo"), root / "feature_repo",
                         ignore=shutil.ignore_patterns("__pycache__", "*.db", "data"))
-        params_file_out.write_text(text)
-        _build(load_params(params_file_out), log)
-        done.write_text("ok\n")
-    return load_params(params_file_out)
+    params_file_out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = load_params(params_file_out)
+    if not fresh:
+        _build(params, log)
+        done.write_text(build_key)
+    return params
 
 
 def _build(params, log) -> None:

@@ -1,0 +1,34 @@
+"""benchmarks/worlds.py build_project: a world is rebuilt when what its build reads changes, not
+when a model knob does (a CTR knob used to rebuild every world, LLM stages included)."""
+import sys
+
+import yaml
+
+from tests.factories import REPO
+
+
+def test_a_model_knob_rewrites_the_world_params_without_rebuilding_it(tiny_project):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from worlds import build_project
+
+    from components.config import load_params
+
+    base_file = tiny_project / "params.yaml"
+    base = load_params(base_file)
+    root = tiny_project / "data" / "worlds" / "w"
+    first = build_project(base, root, {"position_bias": 0.05}, log=lambda *a, **k: None)
+    built = (root / ".built").stat().st_mtime_ns
+    curated = sorted(p.name for p in first.path("curated_dir").iterdir())
+    assert curated and first.generate.position_bias == 0.05
+
+    raw = yaml.safe_load(base_file.read_text())
+    raw["ctr"]["lr"] = 0.0123  # a model knob: same data, new params
+    base_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    second = build_project(load_params(base_file), root, {"position_bias": 0.05}, log=lambda *a, **k: None)
+    assert second.ctr.lr == 0.0123
+    assert (root / ".built").stat().st_mtime_ns == built  # not rebuilt
+
+    third = build_project(load_params(base_file), root, {"position_bias": 0.2}, log=lambda *a, **k: None)
+    assert third.generate.position_bias == 0.2 and third.ctr.lr == 0.0123
+    assert (root / ".built").stat().st_mtime_ns != built  # what the build reads changed: rebuilt
+    assert sorted(p.name for p in third.path("curated_dir").iterdir()) == curated
