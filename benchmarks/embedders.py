@@ -432,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mlm_steps:
             pm = pm.model_copy(update={"llm": pm.llm.model_copy(update={
                 "steps": args.mlm_steps, "warmup_steps": min(pm.llm.warmup_steps, args.mlm_steps - 1),
+                "head_warmup_steps": round(pm.llm.head_warmup_steps * args.mlm_steps / pm.llm.steps),
                 "checkpoint_every": args.mlm_steps, "eval_every": args.mlm_steps})})
         pm = pm.model_copy(update={"contrastive": pm.contrastive.model_copy(update={"steps": args.steps})})
         if todo(work / "encoder_minilm_mnrl" / "encoder.json"):

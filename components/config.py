@@ -165,6 +165,10 @@ class LLMConfig(Section):
     lr: float = Field(2e-3, gt=0)                # peak learning rate (AdamW)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = Field(10, ge=0)          # linear warm-up from 0
+    # base_model only: first steps train just the weights the checkpoint lacks (a fresh MLM head), the base
+    # frozen, so a random head does not distort the pretrained representation (linear probe, then fine-tune)
+    head_warmup_steps: int = Field(0, ge=0)
+    head_lr: float | None = Field(None, gt=0)   # peak learning rate of those fresh weights; None = lr
     weight_decay: float = Field(0.1, ge=0)       # on matrices only, not on norms
     adam_betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = Field(1.0, ge=0)          # max global gradient norm; 0 = no clipping
@@ -195,6 +199,9 @@ class LLMConfig(Section):
             raise ValueError(f"seq_len ({self.seq_len}) exceeds max_position ({self.max_position})")
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be fewer than steps ({self.steps})")
+        if self.head_warmup_steps and self.head_warmup_steps + self.warmup_steps >= self.steps:
+            raise ValueError(f"head_warmup_steps ({self.head_warmup_steps}) + warmup_steps ({self.warmup_steps}) "
+                             f"must be fewer than steps ({self.steps}): the base model trains after the head warm-up")
         return self
 
 
@@ -227,6 +234,7 @@ class ContrastiveConfig(Section):
     # Training
     temperature: float = Field(0.05, gt=0)
     symmetric: bool = True                          # InfoNCE both ways (anchor->positive and back)
+    negatives: Literal["strategy", "batch"] = "strategy"  # in-batch negatives from the pair's own strategy, or from every strategy's pairs of the step
     weights: dict[str, float] = {"user_user": 1.0, "poi_poi": 1.0, "user_poi": 1.0}  # 0 drops a strategy
     steps: int = Field(40, ge=1)
     batch_size: int = Field(8, ge=2)                # pairs per strategy per step (in-batch negatives)

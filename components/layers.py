@@ -110,19 +110,27 @@ class TargetAttention(nn.Module):
 
 
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float, normalize: bool = False,
-             symmetric: bool = True, exclude: torch.Tensor | None = None) -> torch.Tensor:
+             symmetric: bool = True, exclude: torch.Tensor | None = None,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE with in-batch negatives: row i of queries (B, d) should pick row i of keys (B, d)
     among all B keys, cross-entropy of ``q_i·k_j / τ`` over j (and, when ``symmetric``, the same from
     the keys' side, the two averaged). ``normalize``: L2-normalise both first (cosine similarity; for
     inputs that are not unit vectors already). ``exclude`` (B, B) bool, False on the diagonal: pairs
-    (i, j) left out of each other's negatives (its transpose applies to the keys' side). Returns a scalar."""
+    (i, j) left out of each other's negatives (its transpose applies to the keys' side). ``weights`` (B,):
+    each pair's weight in the (weighted) mean over pairs. Returns a scalar."""
     if normalize:
         queries, keys = F.normalize(queries, dim=-1), F.normalize(keys, dim=-1)
     logits = queries @ keys.T / temperature
     target = torch.arange(len(queries), device=queries.device)
     if exclude is not None:
         logits = logits.masked_fill(exclude, float("-inf"))
-    loss = F.cross_entropy(logits, target)
+    if weights is None:
+        loss = F.cross_entropy(logits, target)
+        if not symmetric:
+            return loss
+        return (loss + F.cross_entropy(logits.T, target)) / 2
+    w = weights.to(logits.dtype) / weights.sum().clamp(min=1e-12)
+    loss = (F.cross_entropy(logits, target, reduction="none") * w).sum()
     if not symmetric:
         return loss
-    return (loss + F.cross_entropy(logits.T, target)) / 2
+    return (loss + (F.cross_entropy(logits.T, target, reduction="none") * w).sum()) / 2

@@ -3,7 +3,9 @@
 Each step draws ``batch_size`` pairs from every strategy (user–user, PoI–PoI, user–PoI; mined in
 ``pairs.py``), embeds both sides with the one shared ``TextEncoder`` (last token -> MLP -> unit
 vector) and takes InfoNCE over cosine similarities with the other pairs of the batch as negatives;
-the strategies' losses are summed with ``contrastive.weights``.
+the strategies' losses are summed with ``contrastive.weights``. With ``contrastive.negatives: batch``
+one InfoNCE runs over every strategy's pairs of the step instead (more, and harder to tell apart,
+negatives per pair: the recipe of sentence-transformers' MultipleNegativesRankingLoss).
 
 Choices of ours (LARR gives none): the loss is symmetric by default (anchor->positive and back); two
 pairs of a batch that share an entity (a popular PoI twice, one user twice, PoI pairs i->j and j->i)
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from components.config import Params
 from components.layers import info_nce
@@ -78,6 +81,28 @@ def strategy_loss(model, encoder: TextEncoder, pairs: pd.DataFrame, idx: np.ndar
     return info_nce(a, p, temperature, symmetric=symmetric, exclude=shared)
 
 
+def mixed_loss(model, encoder: TextEncoder, train: dict[str, pd.DataFrame], idx: dict[str, np.ndarray],
+               temperature: float, symmetric: bool, weights: dict[str, float]) -> tuple[torch.Tensor, dict]:
+    """InfoNCE over the pairs of every strategy drawn this step at once (``contrastive.negatives:
+    batch``): each pair's negatives are all other pairs of the step, whatever their strategy (as
+    sentence-transformers' MultipleNegativesRankingLoss on a mixed dataset). A pair's loss counts with
+    its strategy's weight. Returns (loss, {strategy: mean loss of its pairs} for logging)."""
+    rows = pd.concat([train[s].iloc[i][["anchor_id", "positive_id", "anchor_text", "positive_text"]]
+                      for s, i in idx.items()], ignore_index=True)
+    names = np.concatenate([[s] * len(i) for s, i in idx.items()])
+    z = model(**encoder.tokenize(rows["anchor_text"].tolist() + rows["positive_text"].tolist()))
+    a, p = z[:len(rows)], z[len(rows):]
+    shared = torch.as_tensor(false_negatives(rows["anchor_id"].to_numpy(), rows["positive_id"].to_numpy()),
+                             device=a.device)
+    w = torch.as_tensor([float(weights[s]) for s in names], device=a.device)
+    total = info_nce(a, p, temperature, symmetric=symmetric, exclude=shared, weights=w)
+    with torch.no_grad():  # per-strategy figures for the log
+        logits = (a @ p.T / temperature).masked_fill(shared, float("-inf"))
+        per_row = F.cross_entropy(logits, torch.arange(len(rows), device=a.device), reduction="none")
+    parts = {s: float(per_row[torch.as_tensor(names == s)].mean()) for s in idx}
+    return total, parts
+
+
 def _lr_lambda(warmup: int, steps: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -128,12 +153,17 @@ def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
         return AdamW([g for g in groups if g["params"]],  # head_hidden 0: no head group
                      weight_decay=cfg.weight_decay)
 
+    def draw(step: int) -> dict[str, np.ndarray]:
+        return {s: batch_indices(len(train[s]), cfg.batch_size, params.seed, step, STRATEGIES.index(s),
+                                 acc.process_index) for s in strategies}
+
     def loss(model, step: int):
-        # The strategies' weighted sum, one backward; under DDP negatives stay within a process.
-        parts = {s: strategy_loss(model, encoder, train[s],
-                                  batch_indices(len(train[s]), cfg.batch_size, params.seed, step,
-                                                STRATEGIES.index(s), acc.process_index),
-                                  cfg.temperature, cfg.symmetric) for s in strategies}
+        # One backward per step; under DDP negatives stay within a process.
+        if cfg.negatives == "batch":
+            total, parts = mixed_loss(model, encoder, train, draw(step), cfg.temperature, cfg.symmetric, cfg.weights)
+            return total, {"loss.batch": float(total.detach()), **{f"loss.{s}": v for s, v in parts.items()}}
+        parts = {s: strategy_loss(model, encoder, train[s], idx, cfg.temperature, cfg.symmetric)
+                 for s, idx in draw(step).items()}
         total = sum(cfg.weights[s] * v for s, v in parts.items())
         return total, {f"loss.{s}": float(v.detach()) for s, v in parts.items()}
 

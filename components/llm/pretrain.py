@@ -96,13 +96,46 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices (linear layers, embeddings), none on norms and biases (nanoGPT)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+class HeadWarmup:
+    """The base model's learning-rate multiplier under a head warm-up: 0 (frozen) for the first
+    ``hold`` steps, then ``WarmupCosine(warmup, steps - hold)`` from its start, so the base gets its own
+    linear warm-up once the fresh head has learned to read it."""
+
+    def __init__(self, hold: int, warmup: int, steps: int, min_ratio: float):
+        self.hold, self.after = hold, WarmupCosine(warmup, steps - hold, min_ratio)
+
+    def __call__(self, step: int) -> float:
+        return 0.0 if step < self.hold else self.after(step - self.hold)
+
+
+def param_groups(model, weight_decay: float, fresh: set[str] | frozenset = frozenset(),
+                 fresh_lr: float | None = None) -> list[dict]:
+    """Weight decay on matrices (linear layers, embeddings), none on norms and biases (nanoGPT).
+    With ``fresh`` (parameter names), those form two groups of their own after the others (the head
+    warm-up schedules them apart), at ``fresh_lr`` when given; empty groups are left out."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = []
+    for part in ([p for n, p in named if n not in fresh], [p for n, p in named if n in fresh]):
+        groups += [{"params": [p for p in part if p.dim() >= 2], "weight_decay": weight_decay},
+                   {"params": [p for p in part if p.dim() < 2], "weight_decay": 0.0}]
+    if not fresh:
+        return groups[:2]
+    if fresh_lr is not None:
+        for g in groups[2:]:
+            g["lr"] = fresh_lr
+    return [g for g in groups if g["params"]]
+
+
+def lr_lambdas(cfg, model, groups: list[dict]) -> list:
+    """One schedule per parameter group: every group on ``WarmupCosine``, or, with a head warm-up and
+    a base checkpoint that lacked some weights, the base's groups on ``HeadWarmup``."""
+    fresh = set(getattr(model, "fresh_parameters", ()) or ())
+    cosine = WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    if not (cfg.head_warmup_steps and fresh):
+        return [cosine] * len(groups)
+    ids = {id(p) for n, p in model.named_parameters() if n in fresh}
+    base = HeadWarmup(cfg.head_warmup_steps, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    return [cosine if all(id(p) in ids for p in g["params"]) else base for g in groups]
 
 
 @torch.no_grad()
@@ -177,6 +210,8 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
 
     model = build_model(cfg, tokenizer, root=params.root)
     objective = LMObjective.for_model(model, tokenizer, cfg.objective, cfg.mask_probability)
+    # A head warm-up needs weights the base checkpoint lacked (e.g. a sentence-transformers BERT's MLM head).
+    fresh = set(getattr(model, "fresh_parameters", ())) if cfg.head_warmup_steps else set()
     n_params = count_parameters(model)
     order = BlockOrder(len(train_blocks), cfg.batch_size, params.seed)
     rank = acc.process_index
@@ -189,10 +224,9 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
     recipe = training.Recipe(
         model=model,
         # fused: one kernel for all parameters instead of a Python loop over them (CPU and CUDA alike)
-        optimizer=lambda m: torch.optim.AdamW(param_groups(m, cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas,
-                                              fused=True),
-        scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(
-            o, WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)),
+        optimizer=lambda m: torch.optim.AdamW(param_groups(m, cfg.weight_decay, fresh, cfg.head_lr), lr=cfg.lr,
+                                              betas=cfg.adam_betas, fused=True),
+        scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambdas(cfg, model, o.param_groups)),
         batches=batch,
         loss=lambda m, b: objective.loss(m, *b),  # next-token (labels shifted inside the model) or masked LM
         evaluate=lambda m: {"heldout_ppl": heldout_perplexity(m, eval_blocks, per_rank, acc, objective, params.seed)},

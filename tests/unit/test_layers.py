@@ -105,3 +105,12 @@ def test_info_nce_exclude_removes_negatives_and_is_low_for_aligned_pairs():
     assert info_nce(a, a.clone(), 0.1, exclude=exclude) < 1e-3 < info_nce(a, a.clone(), 0.1)
     shuffled = a[[2, 0, 1]]
     assert info_nce(a, shuffled, 0.1, exclude=exclude) > 1.0, "misaligned pairs cost a lot"
+
+
+def test_info_nce_weights_give_a_weighted_mean_over_pairs():
+    q, k = torch.randn(4, 3), torch.randn(4, 3)
+    per_row = F.cross_entropy(q @ k.T / 0.5, torch.arange(4), reduction="none")
+    w = torch.tensor([1.0, 0.0, 2.0, 1.0])
+    assert info_nce(q, k, 0.5, symmetric=False, weights=w).item() == pytest.approx(
+        (per_row * w).sum().item() / 4, abs=1e-6)
+    assert info_nce(q, k, 0.5, weights=torch.ones(4)).item() == pytest.approx(info_nce(q, k, 0.5).item(), abs=1e-6)

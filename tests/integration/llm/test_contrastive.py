@@ -11,7 +11,7 @@ import torch
 
 from components.llm.contrastive import (
     batch_indices, checkpoint_dir, contrastive_step, cpu_threads, evaluate, false_negatives, finetune,
-    retrieval_metrics, strategy_loss,
+    mixed_loss, retrieval_metrics, strategy_loss,
 )
 from components.layers import info_nce
 from components.llm.encoder import TextEncoder
@@ -63,6 +63,26 @@ def test_info_nce_ignores_duplicate_entities_as_negatives():
     assert masked < 1e-3 < plain
     assert false_negatives(ids_a, ids_p).tolist() == [[False, True, False], [True, False, False],
                                                       [False, False, False]]
+
+
+def test_batch_negatives_span_every_strategy(world):
+    """contrastive.negatives: batch — one InfoNCE over all strategies' pairs of the step: the same as
+    info_nce over the concatenated pairs, each pair's negatives drawn from every strategy; a weight of 0
+    takes a strategy's pairs out of the loss (they still serve as negatives)."""
+    params, pairs, model_dir, *_ = world
+    train = {s: df.reset_index(drop=True) for s, df in by_strategy(pairs, "train").items()}
+    enc = TextEncoder.from_backbone(model_dir, params.contrastive, seed=0).eval()
+    idx = {s: batch_indices(len(df), 4, 0, 0, k) for k, (s, df) in enumerate(train.items())}
+    with torch.no_grad():
+        total, parts = mixed_loss(enc, enc, train, idx, 0.1, True, {s: 1.0 for s in train})
+        rows = pd.concat([train[s].iloc[i] for s, i in idx.items()], ignore_index=True)
+        a, p = enc.embed(rows["anchor_text"].tolist()), enc.embed(rows["positive_text"].tolist())
+        excl = torch.as_tensor(false_negatives(rows["anchor_id"].to_numpy(), rows["positive_id"].to_numpy()))
+        assert total.item() == pytest.approx(info_nce(a, p, 0.1, exclude=excl).item(), rel=1e-5)
+        assert set(parts) == set(train) and all(np.isfinite(v) for v in parts.values())
+        first = next(iter(train))
+        dropped, _ = mixed_loss(enc, enc, train, idx, 0.1, True, {s: float(s != first) for s in train})
+        assert dropped.item() != pytest.approx(total.item())
 
 
 def test_retrieval_metrics_rank_and_ties():

@@ -142,3 +142,59 @@ def test_packaged_minilm_pretrains_and_encodes(tmp_path):
     assert enc.pooling == "mean" and enc.embed_dim == 384
     emb = enc.encode(["<poi> <name> Blue Lotus <cate> noodles </poi>", "<scene> <weather> rainy </scene>"])
     assert emb.shape == (2, 384) and np.isfinite(emb).all()
+
+
+def test_added_markers_start_from_their_spelled_out_pieces(bert_run):
+    """Each field marker's new embedding row is the mean of the base rows of the pieces the base tokenizer
+    splits it into: distinct markers, not 25 copies of the mean embedding (transformers' default)."""
+    from transformers import AutoTokenizer
+
+    from components.llm.model import build_model
+
+    params, _, _, base = bert_run
+    tok = AutoTokenizer.from_pretrained(str(params.path("llm_dir") / "tokenizer"))
+    base_tok = AutoTokenizer.from_pretrained(str(base))
+    from transformers import AutoModel
+
+    base_rows = AutoModel.from_pretrained(str(base)).get_input_embeddings().weight.detach()
+    rows = build_model(params.llm, tok, root=params.root).get_input_embeddings().weight.detach()
+    assert torch.equal(rows[:len(base_tok)], base_rows)  # the base rows untouched
+    for marker in ("<poi>", "</poi>", "<price>", "<weather>"):
+        pieces = base_tok.encode(marker, add_special_tokens=False)
+        assert len(pieces) > 1  # the base spells it out
+        torch.testing.assert_close(rows[tok.convert_tokens_to_ids(marker)], base_rows[pieces].mean(0))
+    added = rows[len(base_tok):]
+    assert torch.cdist(added, added).fill_diagonal_(1.0).min() > 0  # all distinct
+
+
+def test_head_warmup_trains_only_the_fresh_head_first(bert_run):
+    """llm.head_warmup_steps: the weights the base checkpoint lacked (the MLM head's transform) train
+    at head_lr while every base weight stays put; afterwards the base follows its own warm-up."""
+    from transformers import AutoTokenizer
+
+    from components.llm.model import build_model
+    from components.llm.pretrain import HeadWarmup, WarmupCosine, lr_lambdas, param_groups
+
+    params, *_ = bert_run
+    cfg = params.llm.model_copy(update={"steps": 8, "warmup_steps": 1, "head_warmup_steps": 3, "head_lr": 1e-2})
+    tok = AutoTokenizer.from_pretrained(str(params.path("llm_dir") / "tokenizer"))
+    model = build_model(cfg, tok, root=params.root)
+    fresh = set(model.fresh_parameters)
+    assert fresh and all(n.startswith("cls.") for n in fresh)  # the MLM head only, never the encoder
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, fresh, cfg.head_lr), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambdas(cfg, model, opt.param_groups))
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0] + [cfg.head_lr * WarmupCosine(1, 8, cfg.min_lr_ratio)(0)] * 2
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    obj = LMObjective.for_model(model, tok)
+    ids = torch.tensor([tok.encode("<poi> <name> blue lotus <cate> noodles </poi>")] * 4)
+    for step in range(3):
+        obj.loss(model, ids, step_generator(0, step)).backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and moved <= fresh
+    assert HeadWarmup(3, 1, 8, cfg.min_lr_ratio)(3) > 0  # the base starts its own warm-up at step 3
+    assert opt.param_groups[0]["lr"] == pytest.approx(cfg.lr * HeadWarmup(3, 1, 8, cfg.min_lr_ratio)(3))
+    with pytest.raises(ValueError, match="head_warmup_steps"):
+        type(params.llm)(**{**params.llm.model_dump(), "steps": 8, "warmup_steps": 1, "head_warmup_steps": 7})
