@@ -135,7 +135,7 @@ def build_model(cfg: LLMConfig, tokenizer, root: Path | None = None):
     model.fresh_parameters = sorted(set(info["missing_keys"]) & {n for n, _ in model.named_parameters()})
     n_base = model.get_input_embeddings().num_embeddings
     if n_base != len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the new rows are set just below
         init_added_embeddings(model, tokenizer, path, n_base)
     model.config.bos_token_id = tokenizer.bos_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
@@ -166,10 +166,8 @@ def init_added_embeddings(model, tokenizer, base_path: Path, n_base: int) -> lis
     for i in range(n_base, len(tokenizer)):
         text = tokenizer.convert_ids_to_tokens(i)
         pieces = [j for j in base_tok.encode(text, add_special_tokens=False) if j < n_base]
-        if not pieces:
-            continue
-        for w in tables:
-            w[i] = w[pieces].mean(0)
+        for w in tables:  # a token the base cannot spell (no pieces): the mean of all base rows
+            w[i] = w[pieces].mean(0) if pieces else w[:n_base].mean(0)
         added.append(text)
     return added
 
