@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     params = params.model_copy(update=update)
 
     from components.data.generate import TASTE_DIMS, hidden_variables
-    from components.llm.contrastive import finetune
+    from components.llm.contrastive import finetune, for_student
     from components.llm.corpus import build_corpus
     from components.llm.distill import homodistil
     from components.llm.encoder import TextEncoder
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 homodistil(params, llm / "pretrained", llm / "student")
         if todo(work / "encoder_student" / "encoder.json"):
             with clock("student"):
-                finetune(params, llm / "student", work / "encoder_student", pairs=train)
+                finetune(for_student(params), llm / "student", work / "encoder_student", pairs=train)
 
         # MiniLM: as packaged, + MNRL, and ours from it (continual MLM + our contrastive stage).
         minilm = resolve_base_model(MINILM_PACKAGE)
@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                 distilled[name] = json.loads((sdir / "distill.json").read_text())
                 if todo(work / f"encoder_{name}" / "encoder.json"):
                     with clock(f"ft_{name}"):
-                        finetune(pm, sdir, work / f"encoder_{name}", pairs=train)
+                        finetune(for_student(pm), sdir, work / f"encoder_{name}", pairs=train)
 
         encoders = {
             "lm_untuned": TextEncoder.from_backbone(llm / "pretrained", params.contrastive, head=False, device="cpu"),

@@ -239,6 +239,7 @@ class ContrastiveConfig(Section):
     steps: int = Field(40, ge=1)
     batch_size: int = Field(8, ge=2)                # pairs per strategy per step (in-batch negatives)
     lr: float = Field(2e-4, gt=0)                   # backbone
+    student_lr: float | None = Field(None, gt=0)    # backbone rate for a distilled student; None = lr
     head_lr: float = Field(1e-3, gt=0)              # MLP head (fresh, so it moves faster)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(5, ge=0)

@@ -233,12 +233,13 @@ def pairs_step(params: Params, run_id: str | None = None) -> dict:
 
 def contrastive_step(params: Params, model: str = "teacher", run_id: str | None = None) -> dict:
     """Contrastive fine-tuning of the teacher or the student into a text encoder; registers it."""
-    from components.llm.contrastive import contrastive_step as finetune
+    from components.llm.contrastive import contrastive_step as finetune, for_student
 
     backbone, encoder = LLM_ENCODERS[model]
     registered = encoder_registered_name(params, model)
     llm = params.path("llm_dir")
-    metrics = _numbers(finetune(params, llm / backbone, llm / encoder, run_id=run_id, register_as=registered))
+    tuned = for_student(params) if model == "student" else params
+    metrics = _numbers(finetune(tuned, llm / backbone, llm / encoder, run_id=run_id, register_as=registered))
     write_report(params, f"contrastive_{model}", metrics)
     return metrics
 

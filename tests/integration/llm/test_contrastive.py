@@ -175,3 +175,14 @@ def test_step_registers_a_pyfunc_that_reproduces_the_embeddings(world, tmp_path,
         np.testing.assert_allclose(got, TextEncoder.load(tmp_path / "enc").encode(texts), atol=1e-5)
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def test_student_rate_replaces_the_backbone_rate_only_when_set(world):
+    from components.llm.contrastive import for_student
+
+    params, *_ = world
+    assert for_student(params) is params  # student_lr None: the teacher's rate
+    tuned = params.model_copy(update={"contrastive": params.contrastive.model_copy(update={"student_lr": 5e-4})})
+    student = for_student(tuned)
+    assert student.contrastive.lr == 5e-4 and student.contrastive.head_lr == params.contrastive.head_lr
+    assert tuned.contrastive.lr == params.contrastive.lr  # the original is untouched
