@@ -372,6 +372,7 @@ class CTRConfig(Section):
     lr: float = Field(0.002, gt=0)
     lr_decay: float = Field(0.5, gt=0, le=1)  # lr x this after an epoch without a better valid CTR AUC; 1 = off
     lr_decay_restores_best: bool = False      # ... after loading the best epoch's weights back (with lr_decay < 1)
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # evaluate / keep an exponential moving average of the weights; 0 = off
     weight_decay: float = Field(1.0e-5, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

@@ -163,6 +163,7 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
                   fingerprint=_fingerprint(name, cfg, seed, ds) if ckpt_dir is not None else "",
                   grad_clip=cfg.grad_clip, monitor="valid_auc_ctr", patience=cfg.patience, min_delta=1e-5,
                   restore_best=True, lr_decay=cfg.lr_decay, decay_restores_best=cfg.lr_decay_restores_best,
+                  ema_decay=cfg.ema_decay,
                   log=log, progress=progress, desc=f"ctr {name}")
     net = out.model
     net.eval()

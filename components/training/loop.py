@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -73,7 +74,7 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
         grad_clip: float = 0.0, eval_every: int | None = None, eval_at_start: bool = False,
         monitor: str | None = None, mode: str = "max", patience: int | None = None, min_delta: float = 0.0,
         restore_best: bool = False, lr_decay: float = 1.0, decay_restores_best: bool = False,
-        log: Callable[[dict, int], None] | None = None, log_every: int | None = None,
+        ema_decay: float = 0.0, log: Callable[[dict, int], None] | None = None, log_every: int | None = None,
         max_steps: int | None = None, time_budget_s: float | None = None, fresh: bool = False,
         progress: bool = True, desc: str = "train") -> FitResult:
     """Train ``recipe`` with accelerator ``acc`` for ``steps`` or ``epochs``, resuming from the newest
@@ -85,6 +86,9 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
     with no patience of its own; the early-stopping count goes on), after loading the best weights
     back first with ``decay_restores_best``. A per-step ``scheduler`` keeps the decay: its
     ``base_lrs`` (what LambdaLR and the other closed-form schedules start from) are scaled too.
+    ``ema_decay`` > 0: an exponential moving average of the weights (floating-point state) is kept
+    after every optimizer step; evaluations, the best weights and the returned model use the average
+    (Polyak averaging, as timm's ModelEmaV2), training goes on with the raw weights.
     ``log(metrics, step)`` runs on the main process."""
     from tqdm.auto import tqdm
 
@@ -94,6 +98,8 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
         raise ValueError(f"fit: lr_decay must be in (0, 1] (1 = no decay), got {lr_decay}")
     if lr_decay < 1 and monitor is None:
         raise ValueError("fit: lr_decay < 1 needs a monitor (the metric whose plateau decays the learning rate)")
+    if not 0 <= ema_decay < 1:
+        raise ValueError(f"fit: ema_decay must be in [0, 1) (0 = off), got {ema_decay}")
     keep_best = restore_best or (lr_decay < 1 and decay_restores_best)
     by_step = steps is not None
     main = acc.is_main_process
@@ -106,6 +112,7 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
 
     t: dict[str, Any] = {"step": 0, "epoch": 0, "in_epoch": 0, "history": [], "best": None, "bad": 0, "stopped": False}
     best_weights: dict | None = None
+    ema = _WeightAverage(net, ema_decay) if ema_decay > 0 else None
     if ckpt_dir is not None:
         ckpt_dir = Path(ckpt_dir)
         if main:
@@ -121,6 +128,8 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
                 scheduler.load_state_dict(saved["state"]["scheduler"])
             for name, obj in recipe.state.items():
                 obj.load_state_dict(saved["state"][name])
+            if ema is not None and "ema" in saved["state"]:
+                ema.load_state_dict(saved["state"]["ema"])
             t, best_weights = saved["trainer"], saved["best"]
     start_step, start_epoch = t["step"], t["epoch"]
     stop_at = start_step + max_steps if max_steps is not None else None
@@ -135,9 +144,16 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
             log(metrics, step)
 
     def evaluate() -> dict:
-        ev = dict(recipe.evaluate(net))
+        with ema.swapped_in() if ema is not None else nullcontext():
+            ev = dict(recipe.evaluate(net))
         prepared.train()
         return ev
+
+    def weights() -> dict:
+        """The weights that count (for the best epoch): the average with ``ema_decay``, else the raw ones."""
+        if ema is not None:
+            return ema.full_state()
+        return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
     def consider(ev: Mapping[str, float]) -> None:
         nonlocal best_weights
@@ -149,7 +165,7 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
         if improved:
             t["best"], t["bad"] = {"value": float(value), "step": t["step"], "epoch": t["epoch"]}, 0
             if keep_best:
-                best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                best_weights = weights()
         else:
             t["bad"] += 1
             t["stopped"] = patience is not None and t["bad"] >= patience
@@ -160,6 +176,8 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
         """The plateau's learning-rate decay (the optimizer's and scheduler's state: checkpointed)."""
         if decay_restores_best and best_weights is not None:
             net.load_state_dict(best_weights)
+            if ema is not None:
+                ema.reset()
         for group in optimizer.param_groups:
             group["lr"] *= lr_decay
         if scheduler is not None and hasattr(scheduler, "base_lrs"):
@@ -179,6 +197,8 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
         acc.wait_for_everyone()
         if main:
             state = {"optimizer": optimizer.state_dict(), **{k: o.state_dict() for k, o in recipe.state.items()}}
+            if ema is not None:
+                state["ema"] = ema.state_dict()
             if scheduler is not None:
                 state["scheduler"] = scheduler.state_dict()
             ckpt.publish(folder, ckpt_dir, t["step"], fingerprint, net, state, t, best_weights, keep)
@@ -217,6 +237,8 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
             if scheduler is not None:
                 scheduler.step()
             opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update()
             done = t["step"] = step + 1
             t["in_epoch"] = i + 1
             extra = recipe.after_step(done) if recipe.after_step is not None else None
@@ -269,12 +291,58 @@ def fit(acc, recipe: Recipe, *, steps: int | None = None, epochs: int | None = N
         log.flush()
     if restore_best and best_weights is not None:
         net.load_state_dict(best_weights)
+    elif ema is not None:
+        net.load_state_dict(ema.full_state())
     acc.wait_for_everyone()
     finished = t["stopped"] or (t["step"] >= steps if by_step else t["epoch"] >= epochs)
     return FitResult(model=net, start_step=start_step, start_epoch=start_epoch, step=t["step"], epoch=t["epoch"],
                      history=t["history"], logged=logged, step_rows=step_rows, train_seconds=train_seconds,
                      finished=bool(finished), best=t["best"], stopped_early=bool(t["stopped"]),
                      lr_decays=int(t.get("lr_decays", 0)))
+
+
+class _WeightAverage:
+    """Exponential moving average of a module's floating-point state (parameters and float buffers);
+    integer buffers (counters) are taken as they are. The average starts at the first weights and its
+    decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates (TensorFlow's
+    ExponentialMovingAverage with num_updates), so early epochs are not dominated by the start."""
+
+    def __init__(self, net, decay: float):
+        self.net, self.decay, self.n = net, decay, 0
+        self.avg = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        for k, v in self.net.state_dict().items():
+            if k in self.avg:
+                self.avg[k].mul_(d).add_(v.detach(), alpha=1 - d)
+
+    def reset(self) -> None:
+        self.avg = {k: v.detach().clone() for k, v in self.net.state_dict().items() if v.is_floating_point()}
+        self.n = 0
+
+    def full_state(self) -> dict:
+        """The module's state dict with the averaged tensors (copies)."""
+        return {k: (self.avg[k] if k in self.avg else v).detach().clone() for k, v in self.net.state_dict().items()}
+
+    @contextmanager
+    def swapped_in(self):
+        raw = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        self.net.load_state_dict(self.full_state())
+        try:
+            yield
+        finally:
+            self.net.load_state_dict(raw)
+
+    def state_dict(self) -> dict:
+        return {"n": self.n, "avg": {k: v.detach().cpu() for k, v in self.avg.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n = int(state["n"])
+        for k, v in state["avg"].items():
+            self.avg[k] = v.to(self.avg[k].device, self.avg[k].dtype)
 
 
 def _out_of_budget(done: int, stop_at: int | None, t0: float, budget: float | None) -> bool:

@@ -233,3 +233,40 @@ def test_lr_decay_out_of_range_or_without_a_monitor_is_refused():
         fit(make_accelerator("no", seed=0), _recipe(), steps=2, monitor="auc", lr_decay=1.5, progress=False)
     with pytest.raises(ValueError, match="monitor"):
         fit(make_accelerator("no", seed=0), _recipe(), steps=2, lr_decay=0.5, progress=False)
+
+
+def test_weight_average_is_what_evaluations_see_and_what_the_run_returns(tmp_path):
+    """ema_decay > 0: each evaluation scores the moving average of the weights (not the raw ones),
+    the returned model holds the average, a resumed run ends where an uninterrupted one does, and
+    ema_decay 0 leaves fit() as it was."""
+    seen: list[dict] = []
+
+    def valid(m):
+        seen.append(_weights(m))
+        return {"auc": float(len(seen))}  # always improving: the last evaluation is the best
+
+    def run(ckpt_dir=None, **kw):
+        recipe = _recipe(valid)
+        raw: dict = {}
+        recipe.after_step = lambda step: raw.update(_weights(recipe.model)) or None
+        out = fit(make_accelerator("no", seed=0), recipe, steps=12, eval_every=4, monitor="auc", restore_best=True,
+                  ckpt_dir=ckpt_dir, fingerprint="ema", checkpoint_every=4, progress=False, ema_decay=0.9, **kw)
+        return out, raw
+
+    out, raw = run()
+    # an average of the path lags the raw weights: the last evaluation saw neither the raw end point...
+    assert not torch.allclose(seen[-1]["1.weight"], raw["1.weight"])
+    # ... and the run returns what that evaluation saw (the best, averaged weights)
+    for k, v in _weights(out.model).items():
+        assert torch.equal(v, seen[-1][k]), k
+    seen.clear()
+    first, _ = run(tmp_path, max_steps=6)
+    rest, _ = run(tmp_path)
+    assert rest.start_step == 6
+    for k, v in _weights(rest.model).items():
+        assert torch.allclose(v, _weights(out.model)[k], atol=1e-6), k
+    plain = fit(make_accelerator("no", seed=0), _recipe(), steps=12, progress=False, ema_decay=0.0)
+    for k, v in _weights(plain.model).items():
+        assert torch.equal(v, _weights(_run().model)[k]), k
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit(make_accelerator("no", seed=0), _recipe(), steps=2, ema_decay=1.0, progress=False)
