@@ -430,10 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         minilm = resolve_base_model(MINILM_PACKAGE)
         pm = profile(params, Path(args.profile), str(work / "llm_minilm"))
         if args.mlm_steps:
-            pm = pm.model_copy(update={"llm": pm.llm.model_copy(update={
-                "steps": args.mlm_steps, "warmup_steps": min(pm.llm.warmup_steps, args.mlm_steps - 1),
-                "head_warmup_steps": round(pm.llm.head_warmup_steps * args.mlm_steps / pm.llm.steps),
-                "checkpoint_every": args.mlm_steps, "eval_every": args.mlm_steps})})
+            # The head warm-up keeps its share of the steps; the base's warm-up fits in what is left.
+            head = min(round(pm.llm.head_warmup_steps * args.mlm_steps / pm.llm.steps), args.mlm_steps - 1)
+            pm = pm.model_copy(update={"llm": type(pm.llm)(**{**pm.llm.model_dump(), **{  # validated again
+                "steps": args.mlm_steps, "warmup_steps": min(pm.llm.warmup_steps, args.mlm_steps - 1 - head),
+                "head_warmup_steps": head, "checkpoint_every": args.mlm_steps, "eval_every": args.mlm_steps}})})
         pm = pm.model_copy(update={"contrastive": pm.contrastive.model_copy(update={"steps": args.steps})})
         if todo(work / "encoder_minilm_mnrl" / "encoder.json"):
             with clock("minilm_mnrl"), cpu_threads(pm.contrastive.cpu_threads):
