@@ -111,8 +111,9 @@ class HeadWarmup:
 def param_groups(model, weight_decay: float, fresh: set[str] | frozenset = frozenset(),
                  fresh_lr: float | None = None) -> list[dict]:
     """Weight decay on matrices (linear layers, embeddings), none on norms and biases (nanoGPT).
-    With ``fresh`` (parameter names), those form two groups of their own after the others (the head
-    warm-up schedules them apart), at ``fresh_lr`` when given; empty groups are left out."""
+    With ``fresh`` (parameter names), those form two groups of their own after the others, marked
+    ``"fresh": True`` (the head warm-up schedules them apart), at ``fresh_lr`` when given; empty
+    groups are left out."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = []
     for part in ([p for n, p in named if n not in fresh], [p for n, p in named if n in fresh]):
@@ -120,22 +121,21 @@ def param_groups(model, weight_decay: float, fresh: set[str] | frozenset = froze
                    {"params": [p for p in part if p.dim() < 2], "weight_decay": 0.0}]
     if not fresh:
         return groups[:2]
-    if fresh_lr is not None:
-        for g in groups[2:]:
+    for g in groups[2:]:
+        g["fresh"] = True
+        if fresh_lr is not None:
             g["lr"] = fresh_lr
     return [g for g in groups if g["params"]]
 
 
-def lr_lambdas(cfg, model, groups: list[dict]) -> list:
-    """One schedule per parameter group: every group on ``WarmupCosine``, or, with a head warm-up and
-    a base checkpoint that lacked some weights, the base's groups on ``HeadWarmup``."""
-    fresh = set(getattr(model, "fresh_parameters", ()) or ())
+def lr_lambdas(cfg, groups: list[dict]) -> list:
+    """One schedule per parameter group (``param_groups``'): the fresh groups and, without fresh
+    groups, every group on ``WarmupCosine``; with them, the base's groups on ``HeadWarmup``."""
     cosine = WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-    if not (cfg.head_warmup_steps and fresh):
+    if not any(g.get("fresh") for g in groups):
         return [cosine] * len(groups)
-    ids = {id(p) for n, p in model.named_parameters() if n in fresh}
     base = HeadWarmup(cfg.head_warmup_steps, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-    return [cosine if all(id(p) in ids for p in g["params"]) else base for g in groups]
+    return [cosine if g.get("fresh") else base for g in groups]
 
 
 @torch.no_grad()
@@ -226,7 +226,7 @@ def _pretrain(params: Params, run_id: str | None, max_steps_this_run: int | None
         # fused: one kernel for all parameters instead of a Python loop over them (CPU and CUDA alike)
         optimizer=lambda m: torch.optim.AdamW(param_groups(m, cfg.weight_decay, fresh, cfg.head_lr), lr=cfg.lr,
                                               betas=cfg.adam_betas, fused=True),
-        scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambdas(cfg, model, o.param_groups)),
+        scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambdas(cfg, o.param_groups)),
         batches=batch,
         loss=lambda m, b: objective.loss(m, *b),  # next-token (labels shifted inside the model) or masked LM
         evaluate=lambda m: {"heldout_ppl": heldout_perplexity(m, eval_blocks, per_rank, acc, objective, params.seed)},

@@ -182,7 +182,7 @@ def test_head_warmup_trains_only_the_fresh_head_first(bert_run):
     fresh = set(model.fresh_parameters)
     assert fresh and all(n.startswith("cls.") for n in fresh)  # the MLM head only, never the encoder
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, fresh, cfg.head_lr), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambdas(cfg, model, opt.param_groups))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambdas(cfg, opt.param_groups))
     assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0] + [cfg.head_lr * WarmupCosine(1, 8, cfg.min_lr_ratio)(0)] * 2
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     obj = LMObjective.for_model(model, tok)
