@@ -28,6 +28,11 @@ its mined pairs (``contrastive:`` of params.yaml), it builds and measures:
                       oneshot     pruned to the target at step 0 by the teacher's PLATON scores, then distilled
                       plain       distill.schedule none: the target shape cut from the teacher's first
                                   channels/heads/neurons, distilled with the same losses and steps
+                    (with the profile's ``distill.teacher: encoder`` each student is distilled from its
+                    teacher encoder's body — ours_from_minilm's, or the tiny teacher's — instead of the
+                    MLM-pretrained model; with ``contrastive.teacher_weight`` > 0, every student's contrastive
+                    stage also learns its teacher encoder's in-batch similarities: ours_from_minilm's for
+                    the MiniLM students, the teacher's for the tiny student)
 
 and prints, per embedder: recall@10 and MRR per strategy and their mean over strategies (also on the
 "clean" held-out pairs whose texts share no identifying span, pairs.shares_identifying_span), a PoI
@@ -421,10 +426,12 @@ def main(argv: list[str] | None = None) -> int:
                 finetune(params, llm / "pretrained", work / "encoder_teacher", pairs=train)
         if todo(llm / "student" / "config.json"):
             with clock("distill"):
-                homodistil(params, llm / "pretrained", llm / "student")
+                homodistil(params, llm / "pretrained", llm / "student",
+                           body_dir=work / "encoder_teacher" / "backbone" if params.distill.teacher == "encoder" else None)
         if todo(work / "encoder_student" / "encoder.json"):
             with clock("student"):
-                finetune(for_student(params), llm / "student", work / "encoder_student", pairs=train)
+                finetune(for_student(params), llm / "student", work / "encoder_student", pairs=train,
+                         teacher_dir=work / "encoder_teacher")  # used when contrastive.teacher_weight > 0
 
         # MiniLM: as packaged, + MNRL, and ours from it (continual MLM + our contrastive stage).
         minilm = resolve_base_model(MINILM_PACKAGE)
@@ -463,11 +470,13 @@ def main(argv: list[str] | None = None) -> int:
                 sdir = work / "minilm_students" / name
                 if todo(sdir / "config.json"):
                     with clock(f"distill_{name}"):
-                        homodistil(pd_, mlm_dir, sdir)
+                        homodistil(pd_, mlm_dir, sdir, body_dir=work / "encoder_ours_from_minilm" / "backbone"
+                                   if pd_.distill.teacher == "encoder" else None)
                 distilled[name] = json.loads((sdir / "distill.json").read_text())
                 if todo(work / f"encoder_{name}" / "encoder.json"):
                     with clock(f"ft_{name}"):
-                        finetune(for_student(pm), sdir, work / f"encoder_{name}", pairs=train)
+                        finetune(for_student(pm), sdir, work / f"encoder_{name}", pairs=train,
+                                 teacher_dir=work / "encoder_ours_from_minilm")
 
         encoders = {
             "lm_untuned": TextEncoder.from_backbone(llm / "pretrained", params.contrastive, head=False, device="cpu"),

@@ -240,6 +240,7 @@ class ContrastiveConfig(Section):
     batch_size: int = Field(8, ge=2)                # pairs per strategy per step (in-batch negatives)
     lr: float = Field(2e-4, gt=0)                   # backbone
     student_lr: float | None = Field(None, gt=0)    # backbone rate for a distilled student; None = lr
+    teacher_weight: float = Field(0.0, ge=0)        # distilled student: + this x KL to the teacher encoder's in-batch similarities; 0 = off
     head_lr: float = Field(1e-3, gt=0)              # MLP head (fresh, so it moves faster)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(5, ge=0)
@@ -281,6 +282,10 @@ class DistillConfig(Section):
     # teacher's own PLATON scores (over warmup_steps batches), then distilled; none = plain distillation
     # of the target shape initialised from the teacher's first channels/heads/neurons (no pruning).
     schedule: Literal["homotopic", "oneshot", "none"] = "homotopic"
+    # What is distilled: the pretrained LM (task-agnostic, as HomoDistil) or ``encoder``: the same LM
+    # with its transformer body replaced by the contrastive teacher encoder's (its LM head kept), so
+    # the student is pruned from, and tracks, the body that writes the embeddings.
+    teacher: Literal["pretrained", "encoder"] = "pretrained"
     # Schedule (steps are optimizer steps)
     steps: int = Field(600, ge=1)                     # T: all distillation steps, recovery included
     warmup_steps: int = Field(60, ge=0)               # t_w: no pruning before

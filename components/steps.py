@@ -239,7 +239,10 @@ def contrastive_step(params: Params, model: str = "teacher", run_id: str | None 
     registered = encoder_registered_name(params, model)
     llm = params.path("llm_dir")
     tuned = for_student(params) if model == "student" else params
-    metrics = _numbers(finetune(tuned, llm / backbone, llm / encoder, run_id=run_id, register_as=registered))
+    # The student also learns the fine-tuned teacher's similarities (contrastive.teacher_weight > 0).
+    teacher = llm / LLM_ENCODERS["teacher"][1] if model == "student" else None
+    metrics = _numbers(finetune(tuned, llm / backbone, llm / encoder, run_id=run_id, register_as=registered,
+                                teacher_dir=teacher))
     write_report(params, f"contrastive_{model}", metrics)
     return metrics
 
@@ -250,7 +253,9 @@ def distill_step(params: Params, run_id: str | None = None) -> dict:
     from components.llm.distill import homodistil
 
     llm = params.path("llm_dir")
-    metrics = _numbers(homodistil(params, llm / "pretrained", llm / "student", run_id=run_id))
+    # distill.teacher: encoder — the pretrained LM with the contrastive teacher's body
+    body = llm / LLM_ENCODERS["teacher"][1] / "backbone" if params.distill.teacher == "encoder" else None
+    metrics = _numbers(homodistil(params, llm / "pretrained", llm / "student", run_id=run_id, body_dir=body))
     write_report(params, "distill", metrics)
     return metrics
 
@@ -589,11 +594,13 @@ STEPS: dict[str, Step] = _registry(
          inputs=(f"{_LLM}/pretrained", f"{_LLM}/pairs"), outputs=(f"{_LLM}/encoder_teacher",)),
     Step("distill", distill_step, "distill", flow="llm", task="homodistil", tags=("gpu",),
          help="HomoDistil: distil the teacher into a pruned student",
-         inputs=(f"{_LLM}/pretrained", f"{_LLM}/corpus"), outputs=(f"{_LLM}/student",)),
+         inputs=(f"{_LLM}/pretrained", f"{_LLM}/corpus", f"{_LLM}/encoder_teacher"),  # teacher: distill.teacher
+         outputs=(f"{_LLM}/student",)),
     Step("contrastive_student", contrastive_step, "contrastive", flow="llm", task="contrastive-fine-tuning",
          tags=("gpu",), help="contrastive fine-tuning into a text encoder; registers it in MLflow",
          command="contrastive", arguments=(_MODEL_ARG,), fixed={"model": "student"}, stage_args="--model student",
-         inputs=(f"{_LLM}/student", f"{_LLM}/pairs"), outputs=(f"{_LLM}/encoder_student",)),
+         inputs=(f"{_LLM}/student", f"{_LLM}/pairs", f"{_LLM}/encoder_teacher"),  # teacher: contrastive.teacher_weight
+         outputs=(f"{_LLM}/encoder_student",)),
     Step("embed", embed_step, "embed", flow="llm", task="embed-scenes-and-pois", tags=("gpu",),
          help="embed every scene value and PoI once; write them to Feast",
          inputs=(f"{_LLM}/encoder_${{embed.encoder}}", _CURATED), outputs=("${paths.embeddings_dir}",)),

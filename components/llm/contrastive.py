@@ -78,29 +78,65 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int, strategy: int, 
     return rng.choice(n, size=min(batch_size, n), replace=False)
 
 
+def relation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher ‖ student) between in-batch similarity distributions: for each of the n texts, the
+    softmax at ``temperature`` over its similarity to the n − 1 others, the teacher's as the target,
+    averaged over texts. Both inputs (n, d) unit vectors; the widths may differ (a 128-wide student
+    learns a 384-wide teacher's geometry, not its coordinates)."""
+    n = len(student)
+    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
+    s = (student @ student.T / temperature)[off].view(n, n - 1)
+    t = (teacher.to(student.dtype) @ teacher.to(student.dtype).T / temperature)[off].view(n, n - 1)
+    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+
+
+class TeacherTerm:
+    """``contrastive.teacher_weight``: a distilled student also matches the fine-tuned teacher
+    encoder's view of each step's texts (``relation_kl`` over all anchors and positives of the step).
+    The contrastive loss alone gives the student one positive per text; the teacher's similarities
+    to every other text of the step are a denser target (measured: benchmarks/embedders.py, README).
+    ``last`` holds the latest value for the log."""
+
+    def __init__(self, encoder: TextEncoder, weight: float, temperature: float):
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.weight, self.temperature, self.last = weight, temperature, float("nan")
+
+    def __call__(self, texts: list[str], z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = self.encoder(**self.encoder.tokenize(texts)).to(z.device)
+        term = relation_kl(z, t, self.temperature)
+        self.last = float(term.detach())
+        return self.weight * term
+
+
 def strategy_loss(model, encoder: TextEncoder, pairs: pd.DataFrame, idx: np.ndarray, temperature: float,
-                  symmetric: bool = True) -> torch.Tensor:
+                  symmetric: bool = True, teacher: TeacherTerm | None = None) -> torch.Tensor:
     """InfoNCE of the pairs ``idx`` of one strategy. Anchors and positives go through one forward
-    (``model``: the encoder, or its DDP wrapper; ``encoder``: the unwrapped one, for tokenising)."""
+    (``model``: the encoder, or its DDP wrapper; ``encoder``: the unwrapped one, for tokenising);
+    plus the ``teacher`` term on the same texts when given."""
     rows = pairs.iloc[idx]
     texts = rows["anchor_text"].tolist() + rows["positive_text"].tolist()
     z = model(**encoder.tokenize(texts))
     a, p = z[:len(idx)], z[len(idx):]
     shared = torch.as_tensor(false_negatives(rows["anchor_id"].to_numpy(), rows["positive_id"].to_numpy()),
                              device=a.device)
-    return info_nce(a, p, temperature, symmetric=symmetric, exclude=shared)
+    loss = info_nce(a, p, temperature, symmetric=symmetric, exclude=shared)
+    return loss if teacher is None else loss + teacher(texts, z)
 
 
 def mixed_loss(model, encoder: TextEncoder, train: dict[str, pd.DataFrame], idx: dict[str, np.ndarray],
-               temperature: float, symmetric: bool, weights: dict[str, float]) -> tuple[torch.Tensor, dict]:
+               temperature: float, symmetric: bool, weights: dict[str, float],
+               teacher: TeacherTerm | None = None) -> tuple[torch.Tensor, dict]:
     """InfoNCE over the pairs of every strategy drawn this step at once (``contrastive.negatives:
     batch``): each pair's negatives are all other pairs of the step, whatever their strategy (as
     sentence-transformers' MultipleNegativesRankingLoss on a mixed dataset). A pair's loss counts with
-    its strategy's weight. Returns (loss, {strategy: mean loss of its pairs} for logging)."""
+    its strategy's weight; the ``teacher`` term on the step's texts is added when given. Returns
+    (loss, {strategy: mean InfoNCE of its pairs} for logging)."""
     rows = pd.concat([train[s].iloc[i][["anchor_id", "positive_id", "anchor_text", "positive_text"]]
                       for s, i in idx.items()], ignore_index=True)
     names = np.concatenate([[s] * len(i) for s, i in idx.items()])
-    z = model(**encoder.tokenize(rows["anchor_text"].tolist() + rows["positive_text"].tolist()))
+    texts = rows["anchor_text"].tolist() + rows["positive_text"].tolist()
+    z = model(**encoder.tokenize(texts))
     a, p = z[:len(rows)], z[len(rows):]
     shared = torch.as_tensor(false_negatives(rows["anchor_id"].to_numpy(), rows["positive_id"].to_numpy()),
                              device=a.device)
@@ -110,7 +146,7 @@ def mixed_loss(model, encoder: TextEncoder, train: dict[str, pd.DataFrame], idx:
         logits = (a @ p.T / temperature).masked_fill(shared, float("-inf"))
         per_row = F.cross_entropy(logits, torch.arange(len(rows), device=a.device), reduction="none")
     parts = {s: float(per_row[torch.as_tensor(names == s)].mean()) for s in idx}
-    return total, parts
+    return (total if teacher is None else total + teacher(texts, z)), parts
 
 
 def _lr_lambda(warmup: int, steps: int):
@@ -126,18 +162,21 @@ def _lr_lambda(warmup: int, steps: int):
 
 
 def finetune(params: Params, model_dir: str | Path | None = None, out_dir: str | Path | None = None,
-             run_id: str | None = None, pairs: dict[str, pd.DataFrame] | None = None) -> dict:
+             run_id: str | None = None, pairs: dict[str, pd.DataFrame] | None = None,
+             teacher_dir: str | Path | None = None) -> dict:
     """Fine-tune the LM in ``model_dir`` on the training pairs; save the encoder to ``out_dir``.
 
-    ``pairs``: ``{strategy: frame}`` (default: the mined training split). Checkpoints go beside
+    ``pairs``: ``{strategy: frame}`` (default: the mined training split). ``teacher_dir``: a saved
+    encoder whose in-batch similarities the model also learns (``TeacherTerm``) when
+    ``contrastive.teacher_weight`` > 0 (a distilled student and its teacher). Checkpoints go beside
     ``out_dir`` (``<out_dir>_ckpt``, outside the DVC output) and a rerun resumes from the newest.
     Returns loss figures and timings.
     """
     with cpu_threads(params.contrastive.cpu_threads):
-        return _finetune(params, model_dir, out_dir, run_id, pairs)
+        return _finetune(params, model_dir, out_dir, run_id, pairs, teacher_dir)
 
 
-def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
+def _finetune(params, model_dir, out_dir, run_id, pairs, teacher_dir=None) -> dict:
     from torch.optim import AdamW
     from torch.optim.lr_scheduler import LambdaLR
 
@@ -154,6 +193,10 @@ def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
     acc = make_accelerator(cfg.mixed_precision, seed=params.seed)
     encoder = TextEncoder.from_backbone(model_dir, cfg, seed=params.seed, device=acc.device)
     strategies = [s for s in STRATEGIES if s in train]
+    teacher_dir = Path(teacher_dir) if teacher_dir is not None and cfg.teacher_weight > 0 else None
+    teacher = None
+    if teacher_dir is not None:
+        teacher = TeacherTerm(TextEncoder.load(teacher_dir, device=acc.device), cfg.teacher_weight, cfg.temperature)
 
     def optimizer(model):
         head = list(model.head.parameters())
@@ -170,17 +213,22 @@ def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
     def loss(model, step: int):
         # One backward per step; under DDP negatives stay within a process.
         if cfg.negatives == "batch":
-            total, parts = mixed_loss(model, encoder, train, draw(step), cfg.temperature, cfg.symmetric, cfg.weights)
-            return total, {"loss.batch": float(total.detach()), **{f"loss.{s}": v for s, v in parts.items()}}
-        parts = {s: strategy_loss(model, encoder, train[s], idx, cfg.temperature, cfg.symmetric)
-                 for s, idx in draw(step).items()}
-        total = sum(cfg.weights[s] * v for s, v in parts.items())
-        return total, {f"loss.{s}": float(v.detach()) for s, v in parts.items()}
+            total, parts = mixed_loss(model, encoder, train, draw(step), cfg.temperature, cfg.symmetric, cfg.weights,
+                                      teacher=teacher)
+            logged = {"loss.batch": float(total.detach()), **{f"loss.{s}": v for s, v in parts.items()}}
+        else:
+            parts = {s: strategy_loss(model, encoder, train[s], idx, cfg.temperature, cfg.symmetric, teacher=teacher)
+                     for s, idx in draw(step).items()}
+            total = sum(cfg.weights[s] * v for s, v in parts.items())
+            logged = {f"loss.{s}": float(v.detach()) for s, v in parts.items()}
+        if teacher is not None:  # (per strategy above: InfoNCE + its weighted teacher term)
+            logged["loss.teacher"] = teacher.last
+        return total, logged
 
     recipe = Recipe(model=encoder, optimizer=optimizer, batches=lambda step: step, loss=loss,
                     scheduler=lambda o: LambdaLR(o, _lr_lambda(cfg.warmup_steps, cfg.steps)))
     fit_out = fit(acc, recipe, steps=cfg.steps, ckpt_dir=checkpoint_dir(out_dir),
-                  fingerprint=_run_fingerprint(params, model_dir, train), checkpoint_every=cfg.checkpoint_every,
+                  fingerprint=_run_fingerprint(params, model_dir, train, teacher_dir), checkpoint_every=cfg.checkpoint_every,
                   grad_clip=cfg.grad_clip, log=MlflowLog(params, run_id, prefix="contrastive."),
                   log_every=cfg.log_every, desc="contrastive")
     if acc.is_main_process:
@@ -203,10 +251,14 @@ def _finetune(params, model_dir, out_dir, run_id, pairs) -> dict:
 _NOT_TRAINING = {"cpu_threads", "log_every", "checkpoint_every", "eval_k", "eval_batch_size", "registered_name"}
 
 
-def _run_fingerprint(params: Params, model_dir: Path, train: dict[str, pd.DataFrame]) -> str:
-    """What a checkpoint is only valid for: the training knobs, the seed, the backbone and the pairs."""
+def _run_fingerprint(params: Params, model_dir: Path, train: dict[str, pd.DataFrame],
+                     teacher_dir: Path | None = None) -> str:
+    """What a checkpoint is only valid for: the training knobs, the seed, the backbone, the teacher
+    (when one is used) and the pairs."""
     knobs = params.contrastive.model_dump(mode="json", exclude=_NOT_TRAINING)
     weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("config.json"))
+    if teacher_dir is not None:
+        weights += sorted(teacher_dir.rglob("*.safetensors"))
     return fingerprint({"knobs": knobs, "seed": params.seed}, *weights,
                        *[x for s in sorted(train) for x in (s, train[s][["anchor_id", "positive_id", "anchor_text"]])])
 
@@ -305,8 +357,10 @@ def evaluate(encoder: TextEncoder, heldout_pairs: dict[str, pd.DataFrame], untun
 
 
 def contrastive_step(params: Params, model_dir: str | Path | None = None, out_dir: str | Path | None = None,
-                     run_id: str | None = None, register_as: str | None = None) -> dict:
-    """Mine (or reuse) pairs, fine-tune, evaluate on the held-out pairs, save the encoder to
+                     run_id: str | None = None, register_as: str | None = None,
+                     teacher_dir: str | Path | None = None) -> dict:
+    """Mine (or reuse) pairs, fine-tune (with ``teacher_dir``'s encoder as the teacher term when
+    ``contrastive.teacher_weight`` > 0), evaluate on the held-out pairs, save the encoder to
     ``out_dir`` (default ``llm_dir/encoder``) and, with ``register_as``, register it in the MLflow
     Model Registry. Writes ``out_dir/metrics.json``; returns the flat metrics."""
     from accelerate import PartialState
@@ -318,7 +372,7 @@ def contrastive_step(params: Params, model_dir: str | Path | None = None, out_di
     out_dir = Path(out_dir or default_out_dir(params))
     t0 = time.perf_counter()
     pairs = load_pairs(params)
-    fit = finetune(params, model_dir, out_dir, run_id, pairs=by_strategy(pairs, "train"))
+    fit = finetune(params, model_dir, out_dir, run_id, pairs=by_strategy(pairs, "train"), teacher_dir=teacher_dir)
     if not PartialState().is_main_process:
         return fit
 

@@ -231,9 +231,11 @@ def heldout_perplexity(model, blocks: torch.Tensor, batch_size: int = 8, device=
 # Runners
 
 
-def load_teacher(teacher_dir: Path):
+def load_teacher(teacher_dir: Path, body_dir: Path | None = None):
     """The teacher (frozen, eval mode) and its tokenizer; refuses what pruning.py cannot prune (a Llama
-    and a BERT with its MLM head are supported) with a clear error."""
+    and a BERT with its MLM head are supported) with a clear error. ``body_dir`` (``distill.teacher:
+    encoder``): a transformer body of the same architecture (a contrastive encoder's ``backbone/``)
+    that replaces the LM's body; the LM head stays the pretrained one."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     teacher_dir = Path(teacher_dir)
@@ -249,8 +251,30 @@ def load_teacher(teacher_dir: Path):
         check_supported(model)
     except ValueError as e:
         raise ValueError(f"{teacher_dir}: {e}") from None
+    if body_dir is not None:
+        swap_body(model, Path(body_dir))
     model.eval().requires_grad_(False)
     return model, AutoTokenizer.from_pretrained(teacher_dir)
+
+
+def swap_body(model, body_dir: Path) -> None:
+    """Load the transformer body saved in ``body_dir`` (``AutoModel``: a contrastive encoder's
+    backbone) into ``model.base_model``: every weight of the body must be there with the same shape;
+    only a BERT pooler (which the LM has not) may be left over."""
+    from transformers import AutoModel
+
+    if not (body_dir / "config.json").exists():
+        raise FileNotFoundError(f"{body_dir}: no encoder backbone (config.json); run the contrastive teacher "
+                                "stage first (distill.teacher: encoder distils its body)")
+    body = AutoModel.from_pretrained(body_dir, dtype=torch.float32)
+    state = {k: v for k, v in body.state_dict().items() if not k.startswith("pooler.")}
+    own = model.base_model.state_dict()
+    wrong = sorted(k for k, v in state.items() if k not in own or own[k].shape != v.shape)
+    missing = sorted(k for k in own if k not in state)
+    if wrong or missing:
+        raise ValueError(f"{body_dir}: this body does not fit the pretrained LM (distill.teacher: encoder needs the "
+                         f"encoder fine-tuned from it); unknown or reshaped: {wrong[:5]}, missing: {missing[:5]}")
+    model.base_model.load_state_dict(state, strict=True)
 
 
 def make_student(teacher, init: str, shape: Shape, seed: int = 0):
@@ -272,11 +296,14 @@ def make_student(teacher, init: str, shape: Shape, seed: int = 0):
 _SCHEDULE_INIT = {"homotopic": "copy", "oneshot": "oneshot", "none": "truncate"}
 
 
-def homodistil(params: Params, teacher_dir: Path, out_dir: Path, run_id: str | None = None) -> dict:
+def homodistil(params: Params, teacher_dir: Path, out_dir: Path, run_id: str | None = None,
+               body_dir: Path | None = None) -> dict:
     """Distil ``teacher_dir`` into a pruned student saved in ``out_dir`` by ``distill.schedule``
-    (homotopic by default); returns sizes, losses and perplexity."""
+    (homotopic by default); ``body_dir``: the teacher's body replaced by that encoder backbone's
+    (``load_teacher``). Returns sizes, losses and perplexity."""
     with cpu_threads(params.distill.cpu_threads):
-        return _distill(params, Path(teacher_dir), Path(out_dir), _SCHEDULE_INIT[params.distill.schedule], run_id)
+        return _distill(params, Path(teacher_dir), Path(out_dir), _SCHEDULE_INIT[params.distill.schedule], run_id,
+                        body_dir)
 
 
 def oneshot_student(teacher, target: Shape, batches, n_batches: int, cfg: DistillConfig):
@@ -298,12 +325,12 @@ def oneshot_student(teacher, target: Shape, batches, n_batches: int, cfg: Distil
 
 
 def plain_distill(params: Params, teacher_dir: Path, out_dir: Path, init: str = "truncate",
-                  run_id: str | None = None) -> dict:
+                  run_id: str | None = None, body_dir: Path | None = None) -> dict:
     """The baseline: a student of HomoDistil's final shape, same losses and steps, no homotopic pruning."""
     if init not in ("truncate", "scratch"):
         raise ValueError(f"init must be 'truncate' or 'scratch', got {init!r}")
     with cpu_threads(params.distill.cpu_threads):
-        return _distill(params, Path(teacher_dir), Path(out_dir), init, run_id)
+        return _distill(params, Path(teacher_dir), Path(out_dir), init, run_id, body_dir)
 
 
 # Knobs that change how often we look or save, not what the student learns: changing one still resumes.
@@ -311,10 +338,13 @@ def plain_distill(params: Params, teacher_dir: Path, out_dir: Path, init: str = 
 _NOT_IN_FINGERPRINT = {"checkpoint_every", "keep_checkpoints", "log_every", "eval_blocks", "cpu_threads", "schedule"}
 
 
-def _fingerprint(teacher_dir: Path, cfg: DistillConfig, init: str, seed: int) -> str:
-    """What decides the trajectory: the teacher's weights, the distill knobs that matter, init and seed."""
+def _fingerprint(teacher_dir: Path, cfg: DistillConfig, init: str, seed: int, body_dir: Path | None = None) -> str:
+    """What decides the trajectory: the teacher's weights (and its swapped-in body's), the distill knobs
+    that matter, init and seed."""
     knobs = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
     files = sorted(teacher_dir.glob("*.safetensors")) + sorted(teacher_dir.glob("config.json"))
+    if body_dir is not None:
+        files += sorted(Path(body_dir).glob("*.safetensors"))
     return fingerprint({"cfg": knobs, "init": init, "seed": seed}, *files)
 
 
@@ -326,7 +356,8 @@ def _lr_factor(step: int, cfg: DistillConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id: str | None) -> dict:
+def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id: str | None,
+             body_dir: Path | None = None) -> dict:
     from components import tracking
 
     cfg = params.distill
@@ -337,7 +368,7 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
         raise ValueError(
             f"distill.batch_size ({cfg.batch_size}) must be a multiple of the {acc.num_processes} processes")
 
-    teacher, tokenizer = load_teacher(teacher_dir)
+    teacher, tokenizer = load_teacher(teacher_dir, body_dir)
     full, target = shape_of(teacher.config), target_shape(teacher.config, cfg)
     teacher_params = count_params(teacher.config)
     corpus = params.path("llm_dir") / "corpus"
@@ -402,14 +433,14 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
 
     if run_id and acc.is_main_process:
         tracking.log_params(params, run_id, {
-            "method": method, "teacher_dir": str(teacher_dir),
+            "method": method, "teacher_dir": str(teacher_dir), "teacher_body_dir": str(body_dir or teacher_dir),
             **{f"distill.{k}": v for k, v in cfg.model_dump().items()},
             "teacher_params": teacher_params["total"], "target_shape": json.dumps(target.as_dict()),
         })
     # Checkpoints live beside out_dir (which holds only the model that encoders load); a checkpoint of
     # another teacher or config is never resumed.
     fit_out = fit(acc, recipe, steps=cfg.steps, ckpt_dir=out_dir.with_name(out_dir.name + "_ckpt"),
-                  fingerprint=_fingerprint(teacher_dir, cfg, init, params.seed), keep=cfg.keep_checkpoints,
+                  fingerprint=_fingerprint(teacher_dir, cfg, init, params.seed, body_dir), keep=cfg.keep_checkpoints,
                   checkpoint_every=cfg.checkpoint_every, grad_clip=cfg.grad_clip, log=MlflowLog(params, run_id),
                   log_every=cfg.log_every, desc=method)
     inner, start, history = fit_out.model, fit_out.start_step, fit_out.logged
@@ -429,6 +460,7 @@ def _distill(params: Params, teacher_dir: Path, out_dir: Path, init: str, run_id
     small_params = count_params(small.config)
     result = {
         "method": method,
+        "teacher": "encoder" if body_dir is not None else "pretrained",
         "teacher_params": teacher_params,
         "student_params": small_params,
         "param_ratio": small_params["total"] / teacher_params["total"],

@@ -11,7 +11,7 @@ import torch
 
 from components.llm.contrastive import (
     batch_indices, checkpoint_dir, contrastive_step, cpu_threads, evaluate, false_negatives, finetune,
-    mixed_loss, retrieval_metrics, strategy_loss,
+    TeacherTerm, mixed_loss, relation_kl, retrieval_metrics, strategy_loss,
 )
 from components.layers import info_nce
 from components.llm.encoder import TextEncoder
@@ -83,6 +83,48 @@ def test_batch_negatives_span_every_strategy(world):
         first = next(iter(train))
         dropped, _ = mixed_loss(enc, enc, train, idx, 0.1, True, {s: float(s != first) for s in train})
         assert dropped.item() != pytest.approx(total.item())
+
+
+def test_relation_kl_matches_geometry_not_coordinates():
+    """The teacher term compares in-batch similarity distributions: zero for the same geometry (a
+    rotated copy, or a wider teacher holding the same vectors padded with zeros), positive otherwise."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    rot, _ = torch.linalg.qr(torch.randn(4, 4, generator=g))
+    wide = torch.cat([z, torch.zeros(6, 12)], dim=-1)
+    assert relation_kl(z, z @ rot, 0.1).item() == pytest.approx(0.0, abs=1e-5)
+    assert relation_kl(z, wide, 0.1).item() == pytest.approx(0.0, abs=1e-5)
+    other = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    assert relation_kl(z, other, 0.1).item() > 0.01
+    z.requires_grad_(True)
+    relation_kl(z, other, 0.1).backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+def test_student_learns_from_the_teacher_encoder(world, tmp_path):
+    """contrastive.teacher_weight > 0 with a teacher encoder: the run logs the teacher term, which falls,
+    and its encoder differs from the run without the teacher; weight 0 ignores the teacher."""
+    params, pairs, model_dir, enc_dir, plain_fit = world
+    train = by_strategy(pairs, "train")
+    cfg = params.contrastive.model_copy(update={"teacher_weight": 1.0})
+    taught = params.model_copy(update={"contrastive": cfg})
+    fit = finetune(taught, model_dir, tmp_path / "taught", pairs=train, teacher_dir=enc_dir)
+    assert fit["loss.teacher"] < fit["loss.teacher_first"]
+    ids = TextEncoder.load(enc_dir).tokenize(["<user> a text </user>"])
+    with torch.no_grad():
+        a = TextEncoder.load(tmp_path / "taught")(**ids)
+        b = TextEncoder.load(enc_dir)(**ids)
+    assert not torch.allclose(a, b)
+    # the term itself: weight x relation_kl of the student's and the teacher's embeddings of the texts
+    texts = train[STRATEGIES[0]]["anchor_text"].head(5).tolist()
+    term = TeacherTerm(TextEncoder.load(enc_dir), 2.0, 0.1)
+    student = TextEncoder.load(tmp_path / "taught")
+    with torch.no_grad():
+        zs, zt = student.embed(texts), term.encoder.embed(texts)
+        assert term(texts, zs).item() == pytest.approx(2.0 * relation_kl(zs, zt, 0.1).item(), rel=1e-5)
+    # weight 0: no teacher term in the log, whatever teacher_dir says
+    off = finetune(params, model_dir, tmp_path / "off", pairs=train, teacher_dir=enc_dir)
+    assert "loss.teacher" not in off and off["loss"] == pytest.approx(plain_fit["loss"], rel=1e-6)
 
 
 def test_retrieval_metrics_rank_and_ties():

@@ -186,3 +186,33 @@ def test_oneshot_keeps_the_teachers_highest_scoring_units(bert_project):
     probe.update_importance()
     top = probe.scores()["hidden"].topk(16).indices.sort().values
     assert torch.equal(kept, top) and not torch.equal(kept, torch.arange(16))
+
+
+def test_encoder_teacher_swaps_in_the_fine_tuned_body(bert_project, tmp_path):
+    """distill.teacher: encoder — the teacher is the pretrained MLM model with the contrastive encoder's
+    body (its MLM head kept); the student is distilled from it; a body of another shape is refused."""
+    from transformers import AutoModel, BertConfig, BertModel
+
+    root, teacher_dir = bert_project
+    body = AutoModel.from_pretrained(teacher_dir)  # as TextEncoder saves backbone/: a BertModel, pooler included
+    with torch.no_grad():
+        for p in body.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # "fine-tuned"
+    body.save_pretrained(tmp_path / "backbone")
+    plain, _ = distill.load_teacher(teacher_dir)
+    swapped, _ = distill.load_teacher(teacher_dir, tmp_path / "backbone")
+    for name, value in body.state_dict().items():
+        if not name.startswith("pooler."):
+            assert torch.equal(swapped.base_model.state_dict()[name], value), name
+    assert torch.equal(swapped.cls.predictions.decoder.bias, plain.cls.predictions.decoder.bias)
+    x = torch.randint(5, 200, (2, 9))
+    with torch.no_grad():
+        assert not torch.allclose(swapped(input_ids=x).logits, plain(input_ids=x).logits)
+    out = distill.homodistil(tiny_params(root, steps=4), teacher_dir, tmp_path / "student",
+                             body_dir=tmp_path / "backbone")
+    assert out["teacher"] == "encoder" and math.isfinite(out["heldout_ppl"])
+    # another architecture's body: a clear error naming the folder, not a silent partial load
+    BertModel(BertConfig(vocab_size=205, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="other.*does not fit"):
+        distill.load_teacher(teacher_dir, tmp_path / "other")
