@@ -435,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
 
         # MiniLM: as packaged, + MNRL, and ours from it (continual MLM + our contrastive stage).
         minilm = resolve_base_model(MINILM_PACKAGE)
+        # The profile is merged over ``params`` as scaled above for the tiny LM (--distill-steps), so the
+        # MiniLM students' distill schedule starts from that scaled one; their learning-rate warm-up is
+        # distill.lr_warmup_steps x --minilm-distill-steps / --distill-steps (7 of 40 steps with the
+        # README's flags). Measured: the same students with a 1-step warm-up kept much less recall
+        # (reports/benchmarks/embedders_teacher.json, schedule_note).
         pm = profile(params, Path(args.profile), str(work / "llm_minilm"))
         if args.mlm_steps:
             # The head warm-up keeps its share of the steps; the base's warm-up fits in what is left.
