@@ -426,8 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                 finetune(params, llm / "pretrained", work / "encoder_teacher", pairs=train)
         if todo(llm / "student" / "config.json"):
             with clock("distill"):
-                homodistil(params, llm / "pretrained", llm / "student",
-                           body_dir=work / "encoder_teacher" / "backbone" if params.distill.teacher == "encoder" else None)
+                homodistil(params, llm / "pretrained", llm / "student", encoder_dir=work / "encoder_teacher")
         if todo(work / "encoder_student" / "encoder.json"):
             with clock("student"):
                 finetune(for_student(params), llm / "student", work / "encoder_student", pairs=train,
@@ -475,8 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                 sdir = work / "minilm_students" / name
                 if todo(sdir / "config.json"):
                     with clock(f"distill_{name}"):
-                        homodistil(pd_, mlm_dir, sdir, body_dir=work / "encoder_ours_from_minilm" / "backbone"
-                                   if pd_.distill.teacher == "encoder" else None)
+                        homodistil(pd_, mlm_dir, sdir, encoder_dir=work / "encoder_ours_from_minilm")
                 distilled[name] = json.loads((sdir / "distill.json").read_text())
                 if todo(work / f"encoder_{name}" / "encoder.json"):
                     with clock(f"ft_{name}"):

@@ -254,8 +254,8 @@ def distill_step(params: Params, run_id: str | None = None) -> dict:
 
     llm = params.path("llm_dir")
     # distill.teacher: encoder — the pretrained LM with the contrastive teacher's body
-    body = llm / LLM_ENCODERS["teacher"][1] / "backbone" if params.distill.teacher == "encoder" else None
-    metrics = _numbers(homodistil(params, llm / "pretrained", llm / "student", run_id=run_id, body_dir=body))
+    metrics = _numbers(homodistil(params, llm / "pretrained", llm / "student", run_id=run_id,
+                                  encoder_dir=llm / LLM_ENCODERS["teacher"][1]))
     write_report(params, "distill", metrics)
     return metrics
 

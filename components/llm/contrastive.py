@@ -85,8 +85,9 @@ def relation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float
     learns a 384-wide teacher's geometry, not its coordinates)."""
     n = len(student)
     off = ~torch.eye(n, dtype=torch.bool, device=student.device)
+    teacher = teacher.to(student.dtype)
     s = (student @ student.T / temperature)[off].view(n, n - 1)
-    t = (teacher.to(student.dtype) @ teacher.to(student.dtype).T / temperature)[off].view(n, n - 1)
+    t = (teacher @ teacher.T / temperature)[off].view(n, n - 1)
     return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
 
 
@@ -194,9 +195,8 @@ def _finetune(params, model_dir, out_dir, run_id, pairs, teacher_dir=None) -> di
     encoder = TextEncoder.from_backbone(model_dir, cfg, seed=params.seed, device=acc.device)
     strategies = [s for s in STRATEGIES if s in train]
     teacher_dir = Path(teacher_dir) if teacher_dir is not None and cfg.teacher_weight > 0 else None
-    teacher = None
-    if teacher_dir is not None:
-        teacher = TeacherTerm(TextEncoder.load(teacher_dir, device=acc.device), cfg.teacher_weight, cfg.temperature)
+    teacher = (TeacherTerm(TextEncoder.load(teacher_dir, device=acc.device), cfg.teacher_weight, cfg.temperature)
+               if teacher_dir is not None else None)
 
     def optimizer(model):
         head = list(model.head.parameters())

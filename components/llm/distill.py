@@ -296,14 +296,26 @@ def make_student(teacher, init: str, shape: Shape, seed: int = 0):
 _SCHEDULE_INIT = {"homotopic": "copy", "oneshot": "oneshot", "none": "truncate"}
 
 
+def body_dir_for(cfg: DistillConfig, encoder_dir: Path | None) -> Path | None:
+    """The backbone that replaces the teacher's body under ``distill.teacher: encoder`` (the saved
+    contrastive teacher ``encoder_dir``'s), or None for ``pretrained``."""
+    if cfg.teacher == "pretrained":
+        return None
+    if encoder_dir is None:
+        raise ValueError("distill.teacher is 'encoder' but no teacher encoder was given to distil from")
+    from components.llm.encoder import BACKBONE_DIR
+
+    return Path(encoder_dir) / BACKBONE_DIR
+
+
 def homodistil(params: Params, teacher_dir: Path, out_dir: Path, run_id: str | None = None,
-               body_dir: Path | None = None) -> dict:
+               encoder_dir: Path | None = None) -> dict:
     """Distil ``teacher_dir`` into a pruned student saved in ``out_dir`` by ``distill.schedule``
-    (homotopic by default); ``body_dir``: the teacher's body replaced by that encoder backbone's
-    (``load_teacher``). Returns sizes, losses and perplexity."""
+    (homotopic by default); with ``distill.teacher: encoder`` the teacher's body is the one of the
+    saved encoder ``encoder_dir`` (``load_teacher``). Returns sizes, losses and perplexity."""
     with cpu_threads(params.distill.cpu_threads):
         return _distill(params, Path(teacher_dir), Path(out_dir), _SCHEDULE_INIT[params.distill.schedule], run_id,
-                        body_dir)
+                        body_dir_for(params.distill, encoder_dir))
 
 
 def oneshot_student(teacher, target: Shape, batches, n_batches: int, cfg: DistillConfig):
@@ -325,12 +337,12 @@ def oneshot_student(teacher, target: Shape, batches, n_batches: int, cfg: Distil
 
 
 def plain_distill(params: Params, teacher_dir: Path, out_dir: Path, init: str = "truncate",
-                  run_id: str | None = None, body_dir: Path | None = None) -> dict:
+                  run_id: str | None = None, encoder_dir: Path | None = None) -> dict:
     """The baseline: a student of HomoDistil's final shape, same losses and steps, no homotopic pruning."""
     if init not in ("truncate", "scratch"):
         raise ValueError(f"init must be 'truncate' or 'scratch', got {init!r}")
     with cpu_threads(params.distill.cpu_threads):
-        return _distill(params, Path(teacher_dir), Path(out_dir), init, run_id, body_dir)
+        return _distill(params, Path(teacher_dir), Path(out_dir), init, run_id, body_dir_for(params.distill, encoder_dir))
 
 
 # Knobs that change how often we look or save, not what the student learns: changing one still resumes.

@@ -198,9 +198,9 @@ def test_encoder_teacher_swaps_in_the_fine_tuned_body(bert_project, tmp_path):
     with torch.no_grad():
         for p in body.encoder.parameters():
             p.add_(0.05 * torch.randn_like(p))  # "fine-tuned"
-    body.save_pretrained(tmp_path / "backbone")
+    body.save_pretrained(tmp_path / "encoder" / "backbone")
     plain, _ = distill.load_teacher(teacher_dir)
-    swapped, _ = distill.load_teacher(teacher_dir, tmp_path / "backbone")
+    swapped, _ = distill.load_teacher(teacher_dir, tmp_path / "encoder" / "backbone")
     for name, value in body.state_dict().items():
         if not name.startswith("pooler."):
             assert torch.equal(swapped.base_model.state_dict()[name], value), name
@@ -208,9 +208,13 @@ def test_encoder_teacher_swaps_in_the_fine_tuned_body(bert_project, tmp_path):
     x = torch.randint(5, 200, (2, 9))
     with torch.no_grad():
         assert not torch.allclose(swapped(input_ids=x).logits, plain(input_ids=x).logits)
-    out = distill.homodistil(tiny_params(root, steps=4), teacher_dir, tmp_path / "student",
-                             body_dir=tmp_path / "backbone")
+    out = distill.homodistil(tiny_params(root, steps=4, teacher="encoder"), teacher_dir, tmp_path / "student",
+                             encoder_dir=tmp_path / "encoder")
     assert out["teacher"] == "encoder" and math.isfinite(out["heldout_ppl"])
+    # teacher: pretrained ignores the encoder; encoder without one is a clear error
+    assert distill.body_dir_for(DistillConfig(), tmp_path / "encoder") is None
+    with pytest.raises(ValueError, match="no teacher encoder"):
+        distill.body_dir_for(DistillConfig(teacher="encoder"), None)
     # another architecture's body: a clear error naming the folder, not a silent partial load
     BertModel(BertConfig(vocab_size=205, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=32, max_position_embeddings=64)).save_pretrained(tmp_path / "other")
