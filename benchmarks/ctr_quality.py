@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     worlds = {}
     for world in family(args.worlds):
         wp = world_params(params, world, llm=args.world_llm)
-        wcfg = wp.ctr if args.epochs is None else wp.ctr.model_copy(update={"epochs": args.epochs})
+        wcfg = args.ctr_for(wp.ctr)
         t1 = time.perf_counter()
         ds = build_dataset(wp)
         print(f"[{world}] data: {int(ds.train.mask.sum())} / {int(ds.valid.mask.sum())} / {int(ds.test.mask.sum())} "
@@ -307,6 +307,7 @@ def main(argv=None) -> int:
     avg, summary = family_summary(worlds, models, args.peers)
     default = worlds.get("default") or next(iter(worlds.values()))
     save_report({"benchmark": "ctr_quality", "machine": platform.platform(), "seeds": seeds, "quick": args.quick,
+                 "ctr_overrides": args.ctr_update,
                  "worlds": worlds, "family_average": avg, "summary": summary,
                  # the default world's figures at the top level, as before the world family
                  "oracle": default["oracle"], "models": default["models"],

@@ -13,24 +13,46 @@ def save_report(report: dict, out: Path) -> Path:
 
 
 def ctr_benchmark_setup(ap, argv, name: str, seeds: bool = True):
-    """Shared start of the CTR benchmarks: ``--params``, ``--epochs``, ``--out`` and (``seeds``)
-    ``--seeds`` added to ``ap``, parsed; returns (args, params, ctr config) or None after printing a
-    parameters error."""
+    """Shared start of the CTR benchmarks: ``--params``, ``--epochs``, ``--set``, ``--out`` and
+    (``seeds``) ``--seeds`` added to ``ap``, parsed; returns (args, params, ctr config) or None after
+    printing a parameters error. ``--epochs`` and every ``--set ctr.KEY=VALUE`` are applied to that
+    config and, through ``args.ctr_for(ctr_config)``, to any other (a variant world's)."""
     import sys
+
+    import yaml
 
     root = Path(__file__).resolve().parents[1]
     if seeds:
         ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--params", default=str(root / "params.yaml"))
     ap.add_argument("--epochs", type=int, default=None, help="override ctr.epochs (early stopping still applies)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="override ctr.KEY for this run, validated as in params.yaml (e.g. --set cross_layers=1)")
     ap.add_argument("--out", default=str(root / "reports" / "benchmarks" / f"{name}.json"))
     args = ap.parse_args(argv)
     from components.config import ParamsError, load_params
 
+    update = {} if args.epochs is None else {"epochs": args.epochs}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        key = key.removeprefix("ctr.")
+        if not sep or not key:
+            print(f"--set {item!r}: expected KEY=VALUE (a key of the ctr: section)", file=sys.stderr)
+            return None
+        update[key] = yaml.safe_load(value)
     try:
         params = load_params(args.params)
-    except ParamsError as e:
-        print(e, file=sys.stderr)
+        unknown = sorted(set(update) - set(type(params.ctr).model_fields))
+        if unknown:
+            print(f"--set: ctr has no key {', '.join(unknown)}", file=sys.stderr)
+            return None
+
+        def ctr_for(ctr):
+            return type(ctr).model_validate({**ctr.model_dump(), **update}) if update else ctr
+
+        cfg = ctr_for(params.ctr)
+    except (ParamsError, ValueError) as e:
+        print(f"--set: {e}" if update and not isinstance(e, ParamsError) else e, file=sys.stderr)
         return None
-    cfg = params.ctr if args.epochs is None else params.ctr.model_copy(update={"epochs": args.epochs})
+    args.ctr_for, args.ctr_update = ctr_for, update
     return args, params, cfg

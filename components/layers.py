@@ -4,6 +4,7 @@
   head and scene projection, CoFARS's probability encoder, the CTR towers, PerCoNet's contrast head).
 - ``TargetAttention``: DIN-style attention of a target over a padded behaviour sequence (the CTR
   models' DIN, SIM-hard and CoFARS phase 2).
+- ``CrossNetwork``: DCN-v2's cross layers (explicit feature crosses in front of the CTR models' MLP).
 - ``info_nce``: InfoNCE with in-batch negatives (LARR's contrastive fine-tuning and scene alignment,
   PerCoNet's cross-view loss).
 """
@@ -47,6 +48,26 @@ def _legacy_sequential_keys(state_dict, prefix, *_):
     """``{prefix}0.weight`` -> ``{prefix}net.0.weight`` (a bare ``nn.Sequential``'s keys), in place."""
     for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit()]:
         state_dict[f"{prefix}net.{key[len(prefix):]}"] = state_dict.pop(key)
+
+
+class CrossNetwork(nn.Module):
+    """DCN-v2 cross layers (Wang et al. 2021): ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l``, full rank.
+    Each layer adds one degree of explicit, bounded feature crossing (products of the input's
+    coordinates) that an MLP only approximates; the residual keeps the input, so zero layers is the
+    identity. x (..., dim) -> (..., dim)."""
+
+    def __init__(self, dim: int, layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+        for lin in self.layers:
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = x
+        for lin in self.layers:
+            x = x0 * lin(x) + x
+        return x
 
 
 class TargetAttention(nn.Module):

@@ -26,7 +26,7 @@ from components.config import CTRConfig
 from components.ctr.cofars import CoFARS, ContextGraph, phase1_score, subsequence_mask
 from components.ctr.esmm import ESMMHeads
 from components.ctr.larr import SceneAggregator
-from components.layers import MLP, TargetAttention, info_nce
+from components.layers import MLP, CrossNetwork, TargetAttention, info_nce
 
 MODEL_SPECS = {
     "id_only": dict(scene="ids", sequence="none"),
@@ -193,6 +193,8 @@ class CTRModel(nn.Module):
         n_profile = self.profile_scopes * (PROFILE_STATS + (1 if self.use_text else 0))
         seq_dim += n_profile
         in_dim = (d + d + d + cfg.collab_dim * (2 if self.use_text else 1) + d + 2 * d + d + 1 + seq_dim)
+        # DCN-v2 cross layers in front of the MLP (the paper's stacked structure); none = the MLP alone.
+        self.cross = CrossNetwork(in_dim, cfg.cross_layers) if cfg.cross_layers else None
         self.bottom = nn.Sequential(MLP(in_dim, cfg.mlp_hidden[:-1], cfg.mlp_hidden[-1], dropout=cfg.dropout),
                                     nn.ReLU(), nn.Dropout(cfg.dropout))
         self.heads = ESMMHeads(cfg.mlp_hidden[-1], cfg.tower_hidden, dropout=cfg.dropout,
@@ -361,7 +363,8 @@ class CTRModel(nn.Module):
         if self.sequence != "none":
             hist = self.history(b)
             parts.append(self.sequence_vector(b, cand, hist, aux))
-        x = self.bottom(torch.cat(parts, -1))
+        x = torch.cat(parts, -1)
+        x = self.bottom(x if self.cross is None else self.cross(x))
         out = self.heads(x)
         out.update(aux)
         return out

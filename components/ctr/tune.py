@@ -25,6 +25,7 @@ SPACE = {
     "id_dropout": ("float", 0.0, 0.3),
     "embed_dim": ("choice", [8, 16, 32]),
     "batch_requests": ("choice", [128, 256, 512]),
+    "cross_layers": ("choice", [0, 1, 2]),
 }
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from components.layers import MLP, TargetAttention, info_nce
+from components.layers import MLP, CrossNetwork, TargetAttention, info_nce
 
 
 @pytest.fixture(autouse=True)
@@ -114,3 +114,23 @@ def test_info_nce_weights_give_a_weighted_mean_over_pairs():
     assert info_nce(q, k, 0.5, symmetric=False, weights=w).item() == pytest.approx(
         (per_row * w).sum().item() / 4, abs=1e-6)
     assert info_nce(q, k, 0.5, weights=torch.ones(4)).item() == pytest.approx(info_nce(q, k, 0.5).item(), abs=1e-6)
+
+
+def test_cross_network_is_dcn_v2s_recurrence():
+    """x_{l+1} = x_0 * (W_l x_l + b_l) + x_l, layer by layer; no layers is the identity."""
+    x = torch.randn(3, 2, 5)
+    assert torch.equal(CrossNetwork(5, 0)(x), x)
+    net = CrossNetwork(5, 2)
+    with torch.no_grad():
+        for lin in net.layers:
+            lin.bias.normal_()
+        x1 = x * (x @ net.layers[0].weight.T + net.layers[0].bias) + x
+        x2 = x * (x1 @ net.layers[1].weight.T + net.layers[1].bias) + x1
+        assert torch.allclose(net(x), x2, atol=1e-6)
+    # a cross of two inputs: the output holds their product, which a sum of the inputs cannot
+    net = CrossNetwork(2, 1)
+    with torch.no_grad():
+        net.layers[0].weight.copy_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+        net.layers[0].bias.zero_()
+        out = net(torch.tensor([[2.0, 3.0]]))
+    assert torch.allclose(out, torch.tensor([[2.0 * 3.0 + 2.0, 3.0]]))

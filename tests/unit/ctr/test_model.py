@@ -28,6 +28,19 @@ def test_every_model_scores_requests_of_very_different_history_lengths(name):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def test_cross_layers_sit_in_front_of_the_mlp_and_train():
+    """``ctr.cross_layers``: DCN-v2 layers over the MLP's input; none by default (no extra weights)."""
+    assert CTRModel("larr_cofars", CFG, SHAPES).cross is None
+    torch.manual_seed(0)
+    model = CTRModel("larr_cofars", CFG.model_copy(update={"cross_layers": 2}), SHAPES)
+    assert len(model.cross.layers) == 2
+    assert model.cross.layers[0].in_features == model.bottom[0].net[0].in_features
+    b = make_batch([0, 5, 30], k=3)
+    out = model(b)
+    model.loss(out, b)["loss"].backward()
+    assert all(lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0 for lin in model.cross.layers)
+
+
 @pytest.mark.parametrize("name", ["din_full", "avg_pool", "sim_hard", "cofars"])
 def test_padding_never_changes_a_score(name):
     """The same request scores the same whether its batch pads history to 8 or to 60 positions."""
