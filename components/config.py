@@ -344,6 +344,7 @@ class CTRConfig(Section):
     embed_dim: int = Field(16, ge=2)
     mlp_hidden: list[int] = [128, 64]
     cross_layers: int = Field(0, ge=0, le=8)  # DCN-v2 cross layers over the MLP's input; 0 = plain MLP
+    cross_rank: int = Field(0, ge=0)          # rank of each cross layer's matrix; 0 = full rank
     tower_hidden: list[int] = [32]
     attention_hidden: list[int] = [32]
     dropout: float = Field(0.1, ge=0, lt=1)

@@ -51,17 +51,24 @@ def _legacy_sequential_keys(state_dict, prefix, *_):
 
 
 class CrossNetwork(nn.Module):
-    """DCN-v2 cross layers (Wang et al. 2021): ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l``, full rank.
-    Each layer adds one degree of explicit, bounded feature crossing (products of the input's
-    coordinates) that an MLP only approximates; the residual keeps the input, so zero layers is the
-    identity. x (..., dim) -> (..., dim)."""
+    """DCN-v2 cross layers (Wang et al. 2021): ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l``. Each layer
+    adds one degree of explicit, bounded feature crossing (products of the input's coordinates) that
+    an MLP only approximates; the residual keeps the input, so zero layers is the identity. With
+    ``rank`` > 0, ``W_l = U_l V_l`` of that rank (the paper's low-rank cross: fewer weights to fit).
+    x (..., dim) -> (..., dim)."""
 
-    def __init__(self, dim: int, layers: int):
+    def __init__(self, dim: int, layers: int, rank: int = 0):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
-        for lin in self.layers:
-            nn.init.xavier_uniform_(lin.weight)
-            nn.init.zeros_(lin.bias)
+        if rank and rank < dim:
+            self.layers = nn.ModuleList(nn.Sequential(nn.Linear(dim, rank, bias=False), nn.Linear(rank, dim))
+                                        for _ in range(layers))
+        else:
+            self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = x

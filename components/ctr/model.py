@@ -194,7 +194,7 @@ class CTRModel(nn.Module):
         seq_dim += n_profile
         in_dim = (d + d + d + cfg.collab_dim * (2 if self.use_text else 1) + d + 2 * d + d + 1 + seq_dim)
         # DCN-v2 cross layers in front of the MLP (the paper's stacked structure); none = the MLP alone.
-        self.cross = CrossNetwork(in_dim, cfg.cross_layers) if cfg.cross_layers else None
+        self.cross = CrossNetwork(in_dim, cfg.cross_layers, cfg.cross_rank) if cfg.cross_layers else None
         self.bottom = nn.Sequential(MLP(in_dim, cfg.mlp_hidden[:-1], cfg.mlp_hidden[-1], dropout=cfg.dropout),
                                     nn.ReLU(), nn.Dropout(cfg.dropout))
         self.heads = ESMMHeads(cfg.mlp_hidden[-1], cfg.tower_hidden, dropout=cfg.dropout,

@@ -134,3 +134,14 @@ def test_cross_network_is_dcn_v2s_recurrence():
         net.layers[0].bias.zero_()
         out = net(torch.tensor([[2.0, 3.0]]))
     assert torch.allclose(out, torch.tensor([[2.0 * 3.0 + 2.0, 3.0]]))
+
+
+def test_low_rank_cross_layer_is_the_same_recurrence_with_w_of_that_rank():
+    x = torch.randn(4, 6)
+    net = CrossNetwork(6, 1, rank=2)
+    down, up = net.layers[0]
+    with torch.no_grad():
+        w = up.weight @ down.weight
+        assert torch.linalg.matrix_rank(w) == 2
+        assert torch.allclose(net(x), x * (x @ w.T + up.bias) + x, atol=1e-6)
+    assert sum(p.numel() for p in net.parameters()) == 6 * 2 + 2 * 6 + 6
