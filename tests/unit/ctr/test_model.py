@@ -29,12 +29,14 @@ def test_every_model_scores_requests_of_very_different_history_lengths(name):
 
 
 def test_cross_layers_sit_in_front_of_the_mlp_and_train():
-    """``ctr.cross_layers``: DCN-v2 layers over the MLP's input; none by default (no extra weights)."""
-    assert CTRModel("larr_cofars", CFG, SHAPES).cross is None
+    """``ctr.cross_layers``: DCN-v2 layers over the MLP's input (``cross_rank``: of that rank); 0 = none."""
+    assert CTRModel("larr_cofars", CFG.model_copy(update={"cross_layers": 0}), SHAPES).cross is None
     torch.manual_seed(0)
-    model = CTRModel("larr_cofars", CFG.model_copy(update={"cross_layers": 2}), SHAPES)
+    model = CTRModel("larr_cofars", CFG.model_copy(update={"cross_layers": 2, "cross_rank": 0}), SHAPES)
     assert len(model.cross.layers) == 2
     assert model.cross.layers[0].in_features == model.bottom[0].net[0].in_features
+    thin = CTRModel("larr_cofars", CFG.model_copy(update={"cross_layers": 1, "cross_rank": 4}), SHAPES)
+    assert thin.cross.layers[0][0].out_features == 4
     b = make_batch([0, 5, 30], k=3)
     out = model(b)
     model.loss(out, b)["loss"].backward()
