@@ -363,11 +363,14 @@ class CTRModel(nn.Module):
         if self.sequence != "none":
             hist = self.history(b)
             parts.append(self.sequence_vector(b, cand, hist, aux))
-        x = torch.cat(parts, -1)
-        x = self.bottom(x if self.cross is None else self.cross(x))
-        out = self.heads(x)
+        out = self.top(torch.cat(parts, -1))
         out.update(aux)
         return out
+
+    def top(self, x: torch.Tensor) -> dict:
+        """The concatenated inputs (..., in_dim) through the cross layers (if any), the shared MLP and
+        the ESMM heads; the one path for training, evaluation and served CoFARS."""
+        return self.heads(self.bottom(x if self.cross is None else self.cross(x)))
 
     def _numeric(self, b):
         x = b["numeric"]

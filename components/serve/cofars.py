@@ -17,7 +17,7 @@ push (a new state) drops it. The candidates' item embeddings are gathered from `
 those of ``CTRModel.forward`` on the same window (tests/unit/serve/test_cofars.py).
 
 Built on the model's own functions and submodules (``model.cofars.offline`` / ``model.cofars``,
-``model.attention``, ``model.bottom`` / ``heads``), so it follows any retraining.
+``model.attention``, ``model.top``: cross layers, MLP and heads), so it follows any retraining.
 """
 from __future__ import annotations
 
@@ -252,4 +252,4 @@ def served_forward(model, b: dict, state: CoFARSState, items: torch.Tensor | Non
     parts = [user, cand, user * cand, scene_k, model.scene_to_item(scene_k) * cand, model.numeric_proj(model._numeric(b)),
              model.position_emb(b["position"].clamp(max=MAX_POSITION - 1)), b["distance"].unsqueeze(-1),
              served_sequence_vector(model, b, cand, state)]
-    return model.heads(model.bottom(torch.cat(parts, -1)))
+    return model.top(torch.cat(parts, -1))
