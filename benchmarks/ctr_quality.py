@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from report import ctr_benchmark_setup, save_report  # noqa: E402  (benchmarks/report.py)
+from report import ctr_benchmark_setup, save_report, with_ctr_update  # noqa: E402  (benchmarks/report.py)
 
 BASELINES = ("id_only", "avg_pool", "din_full", "sim_hard")
 FULL = "larr_cofars"
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     worlds = {}
     for world in family(args.worlds):
         wp = world_params(params, world, llm=args.world_llm)
-        wcfg = args.ctr_for(wp.ctr)
+        wcfg = with_ctr_update(wp.ctr, args.ctr_update)
         t1 = time.perf_counter()
         ds = build_dataset(wp)
         print(f"[{world}] data: {int(ds.train.mask.sum())} / {int(ds.valid.mask.sum())} / {int(ds.test.mask.sum())} "

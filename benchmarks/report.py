@@ -15,11 +15,12 @@ def save_report(report: dict, out: Path) -> Path:
 def ctr_benchmark_setup(ap, argv, name: str, seeds: bool = True):
     """Shared start of the CTR benchmarks: ``--params``, ``--epochs``, ``--set``, ``--out`` and
     (``seeds``) ``--seeds`` added to ``ap``, parsed; returns (args, params, ctr config) or None after
-    printing a parameters error. ``--epochs`` and every ``--set ctr.KEY=VALUE`` are applied to that
-    config and, through ``args.ctr_for(ctr_config)``, to any other (a variant world's)."""
+    printing a parameters error. ``--epochs`` and every ``--set KEY=VALUE`` land in
+    ``args.ctr_update``, applied to that config (and, by ``with_ctr_update``, to a variant world's)."""
     import sys
 
     import yaml
+    from pydantic import ValidationError
 
     root = Path(__file__).resolve().parents[1]
     if seeds:
@@ -32,27 +33,26 @@ def ctr_benchmark_setup(ap, argv, name: str, seeds: bool = True):
     args = ap.parse_args(argv)
     from components.config import ParamsError, load_params
 
-    update = {} if args.epochs is None else {"epochs": args.epochs}
+    args.ctr_update = {} if args.epochs is None else {"epochs": args.epochs}
     for item in args.overrides:
         key, sep, value = item.partition("=")
-        key = key.removeprefix("ctr.")
         if not sep or not key:
             print(f"--set {item!r}: expected KEY=VALUE (a key of the ctr: section)", file=sys.stderr)
             return None
-        update[key] = yaml.safe_load(value)
+        args.ctr_update[key.removeprefix("ctr.")] = yaml.safe_load(value)
     try:
         params = load_params(args.params)
-        unknown = sorted(set(update) - set(type(params.ctr).model_fields))
-        if unknown:
-            print(f"--set: ctr has no key {', '.join(unknown)}", file=sys.stderr)
-            return None
-
-        def ctr_for(ctr):
-            return type(ctr).model_validate({**ctr.model_dump(), **update}) if update else ctr
-
-        cfg = ctr_for(params.ctr)
-    except (ParamsError, ValueError) as e:
-        print(f"--set: {e}" if update and not isinstance(e, ParamsError) else e, file=sys.stderr)
+    except ParamsError as e:
+        print(e, file=sys.stderr)
         return None
-    args.ctr_for, args.ctr_update = ctr_for, update
+    try:  # the ctr: section forbids unknown keys and checks every value's range
+        cfg = with_ctr_update(params.ctr, args.ctr_update)
+    except ValidationError as e:
+        print(f"--set: {e}", file=sys.stderr)
+        return None
     return args, params, cfg
+
+
+def with_ctr_update(ctr, update: dict):
+    """``ctr`` (a CTRConfig) with ``update`` merged over it, validated as params.yaml is."""
+    return type(ctr).model_validate({**ctr.model_dump(), **update}) if update else ctr

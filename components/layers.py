@@ -54,7 +54,8 @@ class CrossNetwork(nn.Module):
     """DCN-v2 cross layers (Wang et al. 2021): ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l``. Each layer
     adds one degree of explicit, bounded feature crossing (products of the input's coordinates) that
     an MLP only approximates; the residual keeps the input, so zero layers is the identity. With
-    ``rank`` > 0, ``W_l = U_l V_l`` of that rank (the paper's low-rank cross: fewer weights to fit).
+    ``0 < rank < dim``, ``W_l = U_l V_l`` of that rank (the paper's low-rank cross: fewer weights to
+    fit); otherwise full rank.
     x (..., dim) -> (..., dim)."""
 
     def __init__(self, dim: int, layers: int, rank: int = 0):

@@ -603,7 +603,8 @@ STEPS: dict[str, Step] = _registry(
          outputs=(f"{_LLM}/encoder_student",)),
     Step("embed", embed_step, "embed", flow="llm", task="embed-scenes-and-pois", tags=("gpu",),
          help="embed every scene value and PoI once; write them to Feast",
-         inputs=(f"{_LLM}/encoder_${{embed.encoder}}", _CURATED, "${paths.features_dir}"), outputs=("${paths.embeddings_dir}",)),
+         inputs=(f"{_LLM}/encoder_${{embed.encoder}}", _CURATED, "${paths.features_dir}"),
+         outputs=("${paths.embeddings_dir}",)),
     # HKFR: heterogeneous knowledge -> instruction-tuned LLM -> user knowledge feature
     Step("knowledge", knowledge_step, "hkfr", flow="hkfr", task="knowledge-and-instructions",
          help="HKFR: per-user knowledge texts (snapshots) and the instruction dataset",

@@ -348,24 +348,29 @@ class CTRModel(nn.Module):
         aux: dict = {}
         cand = self.item(b["cand_poi"], b.get("cand_text"), b["cand_category"], b["cand_price"], b["cand_rating"],
                          b["cand_delivery"])  # (R, K, d)
-        r, k, d = cand.shape
-        user = self.user_emb(b["user"]).unsqueeze(1).expand(r, k, d)
-        if self.user_dense is not None:  # the user's profile / knowledge, in the same space as the ID embedding
-            user = user + self.user_dense(b["numeric"].index_select(-1, self.user_dense_idx))
-        collab, larr = self.scene(b)
-        scene = collab if larr is None else torch.cat([collab, larr], -1)
-        if larr is not None:
-            aux["scene_vec"], aux["collab_vec"] = larr, collab
-        scene_k = scene.unsqueeze(1).expand(r, k, scene.shape[-1])
-        scene_item = self.scene_to_item(scene_k) * cand
-        parts = [user, cand, user * cand, scene_k, scene_item, self.numeric_proj(self._numeric(b)),
-                 self.position_emb(b["position"].clamp(max=MAX_POSITION - 1)), b["distance"].unsqueeze(-1)]
+        parts = self.context_parts(b, cand, aux)
         if self.sequence != "none":
             hist = self.history(b)
             parts.append(self.sequence_vector(b, cand, hist, aux))
         out = self.top(torch.cat(parts, -1))
         out.update(aux)
         return out
+
+    def context_parts(self, b: dict, cand: torch.Tensor, aux: dict | None = None) -> list[torch.Tensor]:
+        """The MLP's inputs besides the sequence vector, each (R, K, ·): user, item, their product,
+        scene, scene × item, numeric features, position, distance; the one definition for training,
+        evaluation and served CoFARS. ``aux`` receives LARR's scene and collaborative vectors."""
+        r, k, d = cand.shape
+        user = self.user_emb(b["user"]).unsqueeze(1).expand(r, k, d)
+        if self.user_dense is not None:  # the user's profile / knowledge, in the same space as the ID embedding
+            user = user + self.user_dense(b["numeric"].index_select(-1, self.user_dense_idx))
+        collab, larr = self.scene(b)
+        scene = collab if larr is None else torch.cat([collab, larr], -1)
+        if larr is not None and aux is not None:
+            aux["scene_vec"], aux["collab_vec"] = larr, collab
+        scene_k = scene.unsqueeze(1).expand(r, k, scene.shape[-1])
+        return [user, cand, user * cand, scene_k, self.scene_to_item(scene_k) * cand, self.numeric_proj(self._numeric(b)),
+                self.position_emb(b["position"].clamp(max=MAX_POSITION - 1)), b["distance"].unsqueeze(-1)]
 
     def top(self, x: torch.Tensor) -> dict:
         """The concatenated inputs (..., in_dim) through the cross layers (if any), the shared MLP and

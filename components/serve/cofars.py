@@ -17,7 +17,7 @@ push (a new state) drops it. The candidates' item embeddings are gathered from `
 those of ``CTRModel.forward`` on the same window (tests/unit/serve/test_cofars.py).
 
 Built on the model's own functions and submodules (``model.cofars.offline`` / ``model.cofars``,
-``model.attention``, ``model.top``: cross layers, MLP and heads), so it follows any retraining.
+``model.attention``, ``model.context_parts`` and ``model.top``: cross layers, MLP and heads), so it follows any retraining.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from components.ctr.cofars import ContextGraph
-from components.ctr.model import MAX_POSITION
 
 # Per-behaviour arrays a state is built from (one user, oldest first).
 HIST_KEYS = ("hist_poi", "hist_row", "hist_category", "hist_price", "hist_rating", "hist_delivery",
@@ -242,14 +241,5 @@ def served_forward(model, b: dict, state: CoFARSState, items: torch.Tensor | Non
     else:
         cand = model.item(b["cand_poi"], b.get("cand_text"), b["cand_category"], b["cand_price"],
                           b["cand_rating"], b["cand_delivery"])
-    r, k, d = cand.shape
-    user = model.user_emb(b["user"]).unsqueeze(1).expand(r, k, d)
-    if model.user_dense is not None:
-        user = user + model.user_dense(b["numeric"].index_select(-1, model.user_dense_idx))
-    collab, larr = model.scene(b)
-    scene = collab if larr is None else torch.cat([collab, larr], -1)
-    scene_k = scene.unsqueeze(1).expand(r, k, scene.shape[-1])
-    parts = [user, cand, user * cand, scene_k, model.scene_to_item(scene_k) * cand, model.numeric_proj(model._numeric(b)),
-             model.position_emb(b["position"].clamp(max=MAX_POSITION - 1)), b["distance"].unsqueeze(-1),
-             served_sequence_vector(model, b, cand, state)]
+    parts = [*model.context_parts(b, cand), served_sequence_vector(model, b, cand, state)]
     return model.top(torch.cat(parts, -1))
