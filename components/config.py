@@ -240,6 +240,7 @@ class ContrastiveConfig(Section):
     batch_size: int = Field(8, ge=2)                # pairs per strategy per step (in-batch negatives)
     lr: float = Field(2e-4, gt=0)                   # backbone
     student_lr: float | None = Field(None, gt=0)    # backbone rate for a distilled student; None = lr
+    student_steps: int | None = Field(None, ge=1)   # a distilled student's steps (cheaper than the teacher's); None = steps
     teacher_weight: float = Field(0.0, ge=0)        # distilled student: + this x KL to the teacher encoder's in-batch similarities; 0 = off
     head_lr: float = Field(1e-3, gt=0)              # MLP head (fresh, so it moves faster)
     weight_decay: float = Field(0.01, ge=0)

@@ -43,13 +43,21 @@ def default_out_dir(params: Params) -> Path:
 
 
 def for_student(params: Params) -> Params:
-    """``params`` for fine-tuning a distilled student: ``contrastive.lr`` replaced by ``student_lr`` when
-    set. A pruned copy has lost the balance its pretraining found (on MiniLM's 25 % HomoDistil student,
-    20 steps at the teacher's 2e-5 left held-out recall@10 at 0.20, 5e-4 gave 0.26; benchmarks/embedders.py)."""
+    """``params`` for fine-tuning a distilled student: ``contrastive.lr`` replaced by ``student_lr`` and
+    ``steps`` by ``student_steps`` when set (the warm-up keeps its share of the steps). A pruned copy has
+    lost the balance its pretraining found (on MiniLM's 25 % HomoDistil student, 20 steps at the
+    teacher's 2e-5 left held-out recall@10 at 0.20, 5e-4 gave 0.26; benchmarks/embedders.py), and a
+    step of it costs a fraction of the teacher's, so it can take more of them for the same CPU time."""
     cfg = params.contrastive
-    if cfg.student_lr is None:
+    update = {}
+    if cfg.student_lr is not None:
+        update["lr"] = cfg.student_lr
+    if cfg.student_steps is not None and cfg.student_steps != cfg.steps:
+        update["steps"] = cfg.student_steps
+        update["warmup_steps"] = min(round(cfg.warmup_steps * cfg.student_steps / cfg.steps), cfg.student_steps - 1)
+    if not update:
         return params
-    return params.model_copy(update={"contrastive": cfg.model_copy(update={"lr": cfg.student_lr})})
+    return params.model_copy(update={"contrastive": cfg.model_copy(update=update)})
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -96,15 +104,25 @@ class TeacherTerm:
     encoder's view of each step's texts (``relation_kl`` over all anchors and positives of the step).
     The contrastive loss alone gives the student one positive per text; the teacher's similarities
     to every other text of the step are a denser target (measured: benchmarks/embedders.py, README).
-    ``last`` holds the latest value for the log."""
+    ``last`` holds the latest value for the log. The teacher is frozen and in eval mode, so each text's
+    embedding is computed once and kept (``cache``): the training pairs recur every epoch, and the
+    teacher's forward would otherwise cost more than the student's step."""
 
     def __init__(self, encoder: TextEncoder, weight: float, temperature: float):
         self.encoder = encoder.eval().requires_grad_(False)
         self.weight, self.temperature, self.last = weight, temperature, float("nan")
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        new = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if new:
+            with torch.no_grad():
+                z = self.encoder(**self.encoder.tokenize(new)).float().cpu()
+            self.cache.update(zip(new, z))
+        return torch.stack([self.cache[t] for t in texts])
 
     def __call__(self, texts: list[str], z: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            t = self.encoder(**self.encoder.tokenize(texts)).to(z.device)
+        t = self.embed(texts).to(z.device)
         term = relation_kl(z, t, self.temperature)
         self.last = float(term.detach())
         return self.weight * term

@@ -122,6 +122,12 @@ def test_student_learns_from_the_teacher_encoder(world, tmp_path):
     with torch.no_grad():
         zs, zt = student.embed(texts), term.encoder.embed(texts)
         assert term(texts, zs).item() == pytest.approx(2.0 * relation_kl(zs, zt, 0.1).item(), rel=1e-5)
+    # the frozen teacher embeds each text once; cached and fresh texts mixed give what a fresh forward gives
+    assert list(term.cache) == list(dict.fromkeys(texts))
+    mixed = texts[::-1][:3] + train[STRATEGIES[0]]["positive_text"].head(2).tolist()
+    with torch.no_grad():
+        np.testing.assert_allclose(term.embed(mixed).numpy(), term.encoder.embed(mixed).numpy(), atol=1e-5)
+    assert set(term.cache) == set(texts) | set(mixed)
     # weight 0: no teacher term in the log, whatever teacher_dir says
     off = finetune(params, model_dir, tmp_path / "off", pairs=train, teacher_dir=enc_dir)
     assert "loss.teacher" not in off and off["loss"] == pytest.approx(plain_fit["loss"], rel=1e-6)
@@ -219,7 +225,7 @@ def test_step_registers_a_pyfunc_that_reproduces_the_embeddings(world, tmp_path,
         mlflow.set_tracking_uri(previous)
 
 
-def test_student_rate_replaces_the_backbone_rate_only_when_set(world):
+def test_student_rate_and_steps_replace_the_teachers_only_when_set(world):
     from components.llm.contrastive import for_student
 
     params, *_ = world
@@ -228,3 +234,9 @@ def test_student_rate_replaces_the_backbone_rate_only_when_set(world):
     student = for_student(tuned)
     assert student.contrastive.lr == 5e-4 and student.contrastive.head_lr == params.contrastive.head_lr
     assert tuned.contrastive.lr == params.contrastive.lr  # the original is untouched
+    # student_steps: more (cheaper) steps for the student, its warm-up keeping the same share
+    longer = params.model_copy(update={"contrastive": params.contrastive.model_copy(
+        update={"steps": 40, "warmup_steps": 4, "student_steps": 120})})
+    student = for_student(longer)
+    assert (student.contrastive.steps, student.contrastive.warmup_steps, student.contrastive.lr) == (120, 12, longer.contrastive.lr)
+    assert longer.contrastive.steps == 40
