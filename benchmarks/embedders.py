@@ -23,7 +23,8 @@ its mined pairs (``contrastive:`` of params.yaml), it builds and measures:
   minilm_{schedule}_{pct}
                     students of ours_from_minilm's MLM-pretrained encoder at each --minilm-ratios
                     parameter budget (pct = 100 x ratio; the profile's ``distill:``, --minilm-distill-steps),
-                    each then through our contrastive stage like ours_from_minilm:
+                    each then through our contrastive stage like ours_from_minilm (at the profile's
+                    contrastive.student_lr, for its contrastive.student_steps):
                       homodistil  distill.schedule homotopic: a copy pruned on the cubic schedule (HomoBERT)
                       oneshot     pruned to the target at step 0 by the teacher's PLATON scores, then distilled
                       plain       distill.schedule none: the target shape cut from the teacher's first

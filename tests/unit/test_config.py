@@ -16,6 +16,20 @@ def test_repository_params_load():
     assert p.generate.start.tzinfo is not None
 
 
+@pytest.mark.parametrize("profile", sorted(p.name for p in (REPO / "params").glob("*.yaml")))
+def test_shipped_profiles_load(profile):
+    """Every profile in params/ validates merged over params.yaml (a typo in one fails here, not in a
+    user's run); what a profile sets is what the run gets."""
+    path = REPO / "params" / profile
+    p = load_params(path)
+    for section, knobs in (yaml.safe_load(path.read_text()) or {}).items():
+        if isinstance(knobs, dict):
+            for key, value in knobs.items():
+                if not isinstance(value, dict):
+                    got = getattr(getattr(p, section), key)
+                    assert (list(got) if isinstance(got, tuple) else got) == value, f"{profile}: {section}.{key}"
+
+
 @pytest.mark.parametrize(
     "override, where",
     [
