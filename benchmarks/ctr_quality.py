@@ -13,8 +13,8 @@ Every model runs on one CPU thread, so training rows/s (training rows x epochs /
 LightGBM rows / seconds of fitting the chosen variant's two boosters), the same per CPU-second of the
 process (ours and DeepCTR; what shared cores do not distort) and scoring rows/s (test rows /
 seconds) compare like with like. ``--quick``: seed 0, larr_cofars and din_full only.
-``--combine REPORT ...`` trains nothing: it merges per-world reports (worlds run in parallel
-processes) into ``--out`` with the family average.
+``--combine REPORT[:MODEL,...] ...`` trains nothing: it merges reports (worlds run in parallel
+processes, or the peers of an earlier run beside ours retrained) into ``--out`` with the family average.
 Prints per world and model CTR / CTCVR AUC (mean ± std over seeds), GAUC, cold-user AUC, the
 gap to the oracle and both speeds, then the family average; writes reports/benchmarks/ctr_quality.json.
 """
@@ -197,30 +197,47 @@ def family_summary(worlds: dict, models: list[str], peers: list[str]) -> tuple[d
     return avg, summary
 
 
-def combine(paths: list[str], out: Path) -> int:
-    """Merge several ctr_quality reports (runs split over processes: by world, or by seed of one
-    world) into one report with the family average, and print it. Runs of the same world and model
-    from several reports are pooled (their seeds must differ)."""
+def parse_source(spec: str) -> tuple[str, set[str] | None]:
+    """``REPORT`` or ``REPORT:MODEL,MODEL``: a report, and which of its models to take (None: all)."""
+    path, _, models = spec.partition(":")
+    return path, ({m for m in models.split(",") if m} or None) if models else None
+
+
+def combine(specs: list[str], out: Path) -> int:
+    """Merge several ctr_quality reports into one with the family average, and print it: runs split
+    over processes (by world, or by seed of one world), or models measured in different runs — e.g.
+    the peers of an earlier report beside ours retrained after a change, since the peers read nothing
+    our settings change (``REPORT:lightgbm,deepctr_din`` takes only those models of REPORT). Runs of
+    the same world and model from several reports are pooled (their seeds must differ). The first
+    report's settings (``ctr``, ``ctr_overrides``) head the result; ``sources`` says what came from where."""
     import json
 
     from ctr_peers import PEERS
 
-    worlds, first, seeds = {}, None, {}
-    for p in paths:
+    worlds, first, seeds, sources = {}, None, {}, {}
+    for spec in specs:
+        p, keep = parse_source(spec)
         d = json.loads(Path(p).read_text())
         first = first or d
+        taken = set()
         for w, v in d["worlds"].items():
-            seeds.setdefault(w, [])
-            if set(seeds[w]) & set(d["seeds"]):
-                raise ValueError(f"{p}: world {w!r} seeds {d['seeds']} are already in an earlier report")
-            seeds[w] += d["seeds"]
+            runs_in = {m: rs for m, rs in v["runs"].items() if keep is None or m in keep}
+            taken |= set(runs_in)
             if w not in worlds:
-                worlds[w] = v
-                continue
-            runs = worlds[w]["runs"]
-            for m, rs in v["runs"].items():
-                runs[m] = runs.get(m, []) + rs
+                worlds[w] = {**v, "runs": {}}
+            for m, rs in runs_in.items():
+                have = seeds.setdefault((w, m), [])
+                if set(have) & set(d["seeds"]):
+                    raise ValueError(f"{p}: world {w!r} model {m!r} seeds {d['seeds']} are already in an earlier report")
+                have += d["seeds"]
+                worlds[w]["runs"][m] = worlds[w]["runs"].get(m, []) + rs
             worlds[w]["oracle"] = worlds[w]["oracle"] or v["oracle"]
+        if keep is not None and keep - taken:
+            raise ValueError(f"{p}: no runs of {sorted(keep - taken)} in it (it has {sorted(taken) or 'none of those'})")
+        name = Path(p).resolve()
+        name = str(name.relative_to(ROOT)) if name.is_relative_to(ROOT) else name.name  # no machine paths in reports
+        sources[name] = {"models": sorted(taken), "seeds": d["seeds"], "ctr_overrides": d.get("ctr_overrides", {})}
+    seeds = {w: sorted({s for (w_, _), ss in seeds.items() if w_ == w for s in ss}) for w in worlds}
     peers = list(PEERS)
     for w, v in worlds.items():
         runs = {m: rs for m, rs in v["runs"].items() if rs}
@@ -234,7 +251,7 @@ def combine(paths: list[str], out: Path) -> int:
     avg, summary = family_summary(worlds, models, [p for p in PEERS if p in models])
     default = worlds.get("default") or next(iter(worlds.values()))
     save_report({**first, "seeds": sorted(set(s for v in seeds.values() for s in v)), "worlds": worlds,
-                 "family_average": avg, "summary": summary, "combined_from": paths,
+                 "family_average": avg, "summary": summary, "combined_from": list(sources), "sources": sources,
                  "oracle": default["oracle"], "models": default["models"]}, out)
     return 0
 
@@ -250,8 +267,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="seed 0 only, larr_cofars and din_full only")
     ap.add_argument("--world-llm", choices=["shared", "per_world"], default="shared",
                     help="variant worlds embed with the default project's encoder (shared) or run their own LLM stages")
-    ap.add_argument("--combine", nargs="+", default=None, metavar="REPORT",
-                    help="train nothing: merge the worlds of these reports into --out with the family average")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="REPORT[:MODEL,...]",
+                    help="train nothing: merge these reports (or only the named models of one) into --out "
+                         "with the family average")
     setup = ctr_benchmark_setup(ap, argv, "ctr_quality")
     if setup is None:
         return 2
