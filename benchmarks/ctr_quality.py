@@ -200,7 +200,7 @@ def family_summary(worlds: dict, models: list[str], peers: list[str]) -> tuple[d
 def parse_source(spec: str) -> tuple[str, set[str] | None]:
     """``REPORT`` or ``REPORT:MODEL,MODEL``: a report, and which of its models to take (None: all)."""
     path, _, models = spec.partition(":")
-    return path, ({m for m in models.split(",") if m} or None) if models else None
+    return path, set(filter(None, models.split(","))) or None
 
 
 def combine(specs: list[str], out: Path) -> int:
@@ -214,7 +214,9 @@ def combine(specs: list[str], out: Path) -> int:
 
     from ctr_peers import PEERS
 
-    worlds, first, seeds, sources = {}, None, {}, {}
+    worlds, first, sources = {}, None, {}
+    seeds: dict[str, set] = {}  # per world: every seed of any model
+    model_seeds: dict[tuple[str, str], list] = {}  # per (world, model): must not repeat
     for spec in specs:
         p, keep = parse_source(spec)
         d = json.loads(Path(p).read_text())
@@ -226,10 +228,11 @@ def combine(specs: list[str], out: Path) -> int:
             if w not in worlds:
                 worlds[w] = {**v, "runs": {}}
             for m, rs in runs_in.items():
-                have = seeds.setdefault((w, m), [])
+                have = model_seeds.setdefault((w, m), [])
                 if set(have) & set(d["seeds"]):
                     raise ValueError(f"{p}: world {w!r} model {m!r} seeds {d['seeds']} are already in an earlier report")
                 have += d["seeds"]
+                seeds.setdefault(w, set()).update(d["seeds"])
                 worlds[w]["runs"][m] = worlds[w]["runs"].get(m, []) + rs
             worlds[w]["oracle"] = worlds[w]["oracle"] or v["oracle"]
         if keep is not None and keep - taken:
@@ -237,7 +240,7 @@ def combine(specs: list[str], out: Path) -> int:
         name = Path(p).resolve()
         name = str(name.relative_to(ROOT)) if name.is_relative_to(ROOT) else name.name  # no machine paths in reports
         sources[name] = {"models": sorted(taken), "seeds": d["seeds"], "ctr_overrides": d.get("ctr_overrides", {})}
-    seeds = {w: sorted({s for (w_, _), ss in seeds.items() if w_ == w for s in ss}) for w in worlds}
+    seeds = {w: sorted(seeds.get(w, ())) for w in worlds}
     peers = list(PEERS)
     for w, v in worlds.items():
         runs = {m: rs for m, rs in v["runs"].items() if rs}
@@ -251,7 +254,7 @@ def combine(specs: list[str], out: Path) -> int:
     avg, summary = family_summary(worlds, models, [p for p in PEERS if p in models])
     default = worlds.get("default") or next(iter(worlds.values()))
     save_report({**first, "seeds": sorted(set(s for v in seeds.values() for s in v)), "worlds": worlds,
-                 "family_average": avg, "summary": summary, "combined_from": list(sources), "sources": sources,
+                 "family_average": avg, "summary": summary, "sources": sources,
                  "oracle": default["oracle"], "models": default["models"]}, out)
     return 0
 

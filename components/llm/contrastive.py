@@ -52,7 +52,7 @@ def for_student(params: Params) -> Params:
     update = {}
     if cfg.student_lr is not None:
         update["lr"] = cfg.student_lr
-    if cfg.student_steps is not None and cfg.student_steps != cfg.steps:
+    if cfg.student_steps is not None:
         update["steps"] = cfg.student_steps
         update["warmup_steps"] = min(round(cfg.warmup_steps * cfg.student_steps / cfg.steps), cfg.student_steps - 1)
     if not update:
@@ -117,7 +117,7 @@ class TeacherTerm:
         new = list(dict.fromkeys(t for t in texts if t not in self.cache))
         if new:
             with torch.no_grad():
-                z = self.encoder(**self.encoder.tokenize(new)).float().cpu()
+                z = self.encoder(**self.encoder.tokenize(new)).float()  # kept on the teacher's device
             self.cache.update(zip(new, z))
         return torch.stack([self.cache[t] for t in texts])
 
