@@ -81,7 +81,8 @@ def build_project(base, root: Path, generate: dict, log=print, params_file: Path
     raw = yaml.safe_load(Path(params_file or base.root / "params.yaml").read_text())
     raw["generate"] = {**raw.get("generate", {}), **generate}
     raw["paths"]["feature_repo"] = "feature_repo"
-    build_key = yaml.safe_dump({k: v for k, v in raw.items() if k not in MODEL_ONLY}, sort_keys=False)
+    # sorted: moving a key within params.yaml changes nothing a build reads, so it rebuilds nothing
+    build_key = yaml.safe_dump({k: v for k, v in raw.items() if k not in MODEL_ONLY}, sort_keys=True)
     done = root / ".built"  # holds the build key of the data in the folder
     fresh = done.exists() and done.read_text() == build_key
     if not fresh:

@@ -28,6 +28,11 @@ def test_a_model_knob_rewrites_the_world_params_without_rebuilding_it(tiny_proje
     assert second.ctr.lr == 0.0123
     assert (root / ".built").stat().st_mtime_ns == built  # not rebuilt
 
+    raw["generate"] = dict(reversed(list(raw["generate"].items())))  # the same values, written in another order
+    base_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    build_project(load_params(base_file), root, {"position_bias": 0.05}, log=lambda *a, **k: None)
+    assert (root / ".built").stat().st_mtime_ns == built  # not rebuilt either
+
     third = build_project(load_params(base_file), root, {"position_bias": 0.2}, log=lambda *a, **k: None)
     assert third.generate.position_bias == 0.2 and third.ctr.lr == 0.0123
     assert (root / ".built").stat().st_mtime_ns != built  # what the build reads changed: rebuilt
