@@ -299,6 +299,7 @@ def main(argv=None) -> int:
     for world in family(args.worlds):
         wp = world_params(params, world, llm=args.world_llm)
         wcfg = with_ctr_update(wp.ctr, args.ctr_update)
+        wp = wp.model_copy(update={"ctr": wcfg})  # data-side knobs (split, user vocabulary, bins) too
         t1 = time.perf_counter()
         ds = build_dataset(wp)
         print(f"[{world}] data: {int(ds.train.mask.sum())} / {int(ds.valid.mask.sum())} / {int(ds.test.mask.sum())} "

@@ -16,7 +16,9 @@ def ctr_benchmark_setup(ap, argv, name: str, seeds: bool = True):
     """Shared start of the CTR benchmarks: ``--params``, ``--epochs``, ``--set``, ``--out`` and
     (``seeds``) ``--seeds`` added to ``ap``, parsed; returns (args, params, ctr config) or None after
     printing a parameters error. ``--epochs`` and every ``--set KEY=VALUE`` land in
-    ``args.ctr_update``, applied to that config (and, by ``with_ctr_update``, to a variant world's)."""
+    ``args.ctr_update``, applied to that config and to the params' ``ctr:`` (which ``build_dataset``
+    reads: the split, the user vocabulary and the bins are ctr knobs too), and, by
+    ``with_ctr_update``, to a variant world's."""
     import sys
 
     import yaml
@@ -50,7 +52,8 @@ def ctr_benchmark_setup(ap, argv, name: str, seeds: bool = True):
     except ValidationError as e:
         print(f"--set: {e}", file=sys.stderr)
         return None
-    return args, params, cfg
+    # params carry the update too: some ctr knobs shape the dataset (build_dataset reads params.ctr)
+    return args, params.model_copy(update={"ctr": cfg}), cfg
 
 
 def with_ctr_update(ctr, update: dict):
