@@ -350,6 +350,9 @@ class CTRConfig(Section):
     attention_hidden: list[int] = [32]
     dropout: float = Field(0.1, ge=0, lt=1)
     id_dropout: float = Field(0.1, ge=0, lt=1)
+    # Users with fewer requests in the training period share the unknown-ID row (FuxiCTR's
+    # min_categr_count); 0 = every user seen in the training period (impressions or behaviours).
+    user_min_requests: int = Field(0, ge=0)
     embedding_init_std: float = Field(0.01, gt=0)
     larr_d_model: int = Field(32, ge=4)
     larr_heads: int = Field(2, ge=1)

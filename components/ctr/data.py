@@ -237,11 +237,18 @@ class FeatureEncoder:
     # -- fitting -------------------------------------------------------------------------------
     @classmethod
     def fit(cls, train: pd.DataFrame, behaviors: pd.DataFrame, pois: pd.DataFrame, cutoff_ns: int,
-            n_bins: int = 4) -> "FeatureEncoder":
+            n_bins: int = 4, user_min_requests: int = 0) -> "FeatureEncoder":
         """Fit on training impressions and the behaviours logged before ``cutoff_ns``; PoI price,
-        rating and delivery bins are ``n_bins`` quantiles of the PoIs open before it."""
+        rating and delivery bins are ``n_bins`` quantiles of the PoIs open before it. A user gets an
+        ID row of their own when seen in that period and, with ``user_min_requests`` > 0, when they
+        made at least that many training requests: the others read the unknown-ID row, the one a
+        user new at serving time reads, so that row learns from young users, not only from hidden IDs."""
         seen_b = behaviors[_ts_ns(behaviors["ts"]) < cutoff_ns]
-        users = Vocab(sorted(set(train["user_id"].astype(str)) | set(seen_b["user_id"].astype(str))))
+        known = set(train["user_id"].astype(str)) | set(seen_b["user_id"].astype(str))
+        if user_min_requests > 0:
+            n = train.groupby(train["user_id"].astype(str))["request_id"].nunique()
+            known = set(n.index[n >= user_min_requests])
+        users = Vocab(sorted(known))
         poi_ids = set(train["poi_id"].astype(str)) | set(seen_b["poi_id"].dropna().astype(str))
         opened = pois[_ts_ns(pois["opened_at"]) < cutoff_ns]["poi_id"].astype(str)
         known_pois = Vocab(sorted(poi_ids & set(opened)))
@@ -690,7 +697,8 @@ def build_dataset(params: Params, sources: CTRSources | None = None) -> CTRDatas
     for name, part in parts.items():
         if part.empty:
             raise ValueError(f"the {name} split is empty: too few requests ({len(req_ts)}) for the ctr split fractions")
-    enc = FeatureEncoder.fit(parts["train"], src.behaviors, src.pois, valid_start, cfg.numeric_bins)
+    enc = FeatureEncoder.fit(parts["train"], src.behaviors, src.pois, valid_start, cfg.numeric_bins,
+                            cfg.user_min_requests)
     poi_table = PoiTable.build(src.pois, enc, params.features, src.poi_embeddings)
     opened = dict(zip(src.pois["poi_id"].astype(str), src.pois["opened_at"]))
     hist = History.build(src.behaviors, poi_table, enc, cfg, params.features)
