@@ -1,0 +1,155 @@
+"""Which of an embedder's two tables moves the downstream CTR model, and is it their content or their scale?
+
+    python benchmarks/embedder_tables.py --keep DIR [--seeds 0 1 2]
+        [--swap POI_EMBEDDER:SCENE_EMBEDDER ...] [--scale EMBEDDER:RMS ...] [--out FILE]
+
+Reads a folder kept by ``benchmarks/embedders.py --keep DIR --ctr-seeds ...``: its downstream world
+(``DIR/ctr_world``, a full project) and the tables each embedder wrote there
+(``DIR/ctr_world/embeddings/NAME/{poi,scene}_embeddings.parquet``). Each variant writes a pair of
+tables into a folder of its own and trains ``larr_cofars`` with the world's ``ctr:`` settings once per
+seed (benchmarks/ctr_quality.py run_ours, as embedders.py's downstream runs do):
+
+  --swap P:S     the PoI table of embedder P with the scene-value table of embedder S
+  --scale E:R    both of E's tables centred on their own mean row and scaled to an RMS of R per row
+                 (the same normalisation any table could get: does the spread, not the content, decide?)
+
+Prints test CTR / CTCVR AUC per seed and mean ± std per variant, with each table's spread (mean
+cosine between rows, RMS of the centred rows); writes reports/benchmarks/embedder_tables.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from report import save_report  # noqa: E402  (benchmarks/report.py)
+
+CTR_MODEL = "larr_cofars"
+TABLES = ("poi", "scene")
+
+
+def table_matrix(df: pd.DataFrame) -> np.ndarray:
+    return np.stack([np.asarray(e, np.float32) for e in df["embedding"]])
+
+
+def spread(x: np.ndarray) -> dict[str, float]:
+    """Mean cosine between distinct rows and the RMS per row of the table centred on its mean row."""
+    u = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    cos = u @ u.T
+    n = len(x)
+    centred = x - x.mean(0)
+    return {"mean_cosine": round(float((cos.sum() - np.trace(cos)) / (n * (n - 1))), 3),
+            "centred_rms": round(float(np.sqrt((centred ** 2).sum(1).mean())), 3)}
+
+
+def rescaled(x: np.ndarray, rms: float) -> np.ndarray:
+    c = x - x.mean(0)
+    return c * (rms / max(float(np.sqrt((c ** 2).sum(1).mean())), 1e-12))
+
+
+def parse_variant(text: str, kind: str) -> tuple[str, str]:
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise SystemExit(f"--{kind} {text!r}: expected {'POI:SCENE' if kind == 'swap' else 'EMBEDDER:RMS'}")
+    if kind == "scale":
+        try:
+            if float(b) <= 0:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"--scale {text!r}: the RMS must be a positive number") from None
+    return a, b
+
+
+def variant_tables(emb_root: Path, kind: str, a: str, b: str) -> dict[str, pd.DataFrame]:
+    """The (poi, scene) tables of one variant."""
+    def read(name: str, table: str) -> pd.DataFrame:
+        path = emb_root / name / f"{table}_embeddings.parquet"
+        if not path.exists():
+            known = sorted(p.name for p in emb_root.iterdir() if p.is_dir()) if emb_root.exists() else []
+            raise SystemExit(f"{path} not found: embedders with tables in this folder: {known}")
+        return pd.read_parquet(path)
+
+    if kind == "swap":
+        return {"poi": read(a, "poi"), "scene": read(b, "scene")}
+    out = {}
+    for t in TABLES:
+        df = read(a, t)
+        out[t] = df.assign(embedding=list(rescaled(table_matrix(df), float(b)).astype(np.float32)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--keep", type=Path, required=True, help="a folder kept by benchmarks/embedders.py --ctr-seeds")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--swap", nargs="*", default=[], metavar="POI:SCENE")
+    ap.add_argument("--scale", nargs="*", default=[], metavar="EMBEDDER:RMS")
+    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks" / "embedder_tables.json")
+    args = ap.parse_args(argv)
+    variants = [("swap", *parse_variant(v, "swap")) for v in args.swap] + \
+               [("scale", *parse_variant(v, "scale")) for v in args.scale]
+    if not variants:
+        ap.error("give at least one --swap or --scale")
+    world = args.keep / "ctr_world"
+    if not (world / "params.yaml").exists():
+        print(f"{world}/params.yaml not found: run benchmarks/embedders.py --keep {args.keep} --ctr-seeds ... first",
+              file=sys.stderr)
+        return 2
+
+    from ctr_quality import run_ours, summarise  # benchmarks/ctr_quality.py
+
+    from components.config import load_params
+    from components.ctr.data import build_dataset
+
+    params = load_params(world / "params.yaml")
+    emb_root = world / "embeddings"
+    t0 = time.perf_counter()
+    runs, stats = {}, {}
+    for kind, a, b in variants:
+        label = f"poi_{a}+scene_{b}" if kind == "swap" else f"{a}@rms_{b}"
+        folder = world / "embeddings_variants" / label
+        folder.mkdir(parents=True, exist_ok=True)
+        tables = variant_tables(emb_root, kind, a, b)
+        for t, df in tables.items():
+            df.to_parquet(folder / f"{t}_embeddings.parquet", index=False)
+        stats[label] = {t: spread(table_matrix(df)) for t, df in tables.items()}
+        pv = params.model_copy(update={"paths": params.paths.model_copy(update={"embeddings_dir": str(folder)})})
+        ds = build_dataset(pv)
+        runs[label] = []
+        for seed in args.seeds:
+            m = run_ours(CTR_MODEL, ds, params.ctr, seed)
+            runs[label].append(m)
+            print(f"  {label:<44} seed {seed} CTR AUC {m['all.auc.ctr']:.4f}  CTCVR AUC {m['all.auc.ctcvr']:.4f}  "
+                  f"epochs {m['epochs']}", flush=True)
+        del ds
+    table = summarise(runs)
+    print(f"\n{CTR_MODEL} test AUC per table variant (seeds {args.seeds}, mean ± std)")
+    print(f"{'variant':<44} {'CTR AUC':>15} {'CTCVR AUC':>17}  spread poi / scene (mean cos, centred RMS)")
+    for label, row in table.items():
+        s = stats[label]
+        print(f"{label:<44} {row['all.auc.ctr']['mean']:.4f} ± {row['all.auc.ctr']['std']:.4f}  "
+              f"{row['all.auc.ctcvr']['mean']:.4f} ± {row['all.auc.ctcvr']['std']:.4f}  "
+              f"{s['poi']['mean_cosine']:.2f}/{s['poi']['centred_rms']:.2f}  "
+              f"{s['scene']['mean_cosine']:.2f}/{s['scene']['centred_rms']:.2f}")
+    as_written = {name: {t: spread(table_matrix(pd.read_parquet(emb_root / name / f"{t}_embeddings.parquet")))
+                         for t in TABLES} for name in sorted(p.name for p in emb_root.iterdir() if p.is_dir())}
+    save_report({"benchmark": "embedder_tables", "machine": platform.platform(), "model": CTR_MODEL,
+                 "world": str(world.relative_to(args.keep)), "seeds": args.seeds,
+                 "variants": [{"kind": k, "a": a, "b": b} for k, a, b in variants],
+                 "summary": table, "table_spread": stats, "table_spread_as_written": as_written,
+                 "runs": runs, "ctr": params.ctr.model_dump(mode="json"),
+                 "seconds": round(time.perf_counter() - t0, 1)}, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
