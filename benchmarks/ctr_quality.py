@@ -298,8 +298,9 @@ def main(argv=None) -> int:
     worlds = {}
     for world in family(args.worlds):
         wp = world_params(params, world, llm=args.world_llm)
-        wcfg = with_ctr_update(wp.ctr, args.ctr_update)
-        wp = wp.model_copy(update={"ctr": wcfg})  # data-side knobs (split, user vocabulary, bins) too
+        # the overrides reach the dataset too (split, user vocabulary, bins are ctr knobs)
+        wp = wp.model_copy(update={"ctr": with_ctr_update(wp.ctr, args.ctr_update)})
+        wcfg = wp.ctr
         t1 = time.perf_counter()
         ds = build_dataset(wp)
         print(f"[{world}] data: {int(ds.train.mask.sum())} / {int(ds.valid.mask.sum())} / {int(ds.test.mask.sum())} "

@@ -19,7 +19,7 @@ cosine between rows, RMS of the centred rows); writes reports/benchmarks/embedde
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import platform
 import sys
 import time
@@ -41,19 +41,24 @@ def table_matrix(df: pd.DataFrame) -> np.ndarray:
     return np.stack([np.asarray(e, np.float32) for e in df["embedding"]])
 
 
+def centred(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """The table centred on its mean row, and the RMS per row of that."""
+    c = x - x.mean(0)
+    return c, float(np.sqrt((c ** 2).sum(1).mean()))
+
+
 def spread(x: np.ndarray) -> dict[str, float]:
     """Mean cosine between distinct rows and the RMS per row of the table centred on its mean row."""
     u = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
     cos = u @ u.T
     n = len(x)
-    centred = x - x.mean(0)
     return {"mean_cosine": round(float((cos.sum() - np.trace(cos)) / (n * (n - 1))), 3),
-            "centred_rms": round(float(np.sqrt((centred ** 2).sum(1).mean())), 3)}
+            "centred_rms": round(centred(x)[1], 3)}
 
 
 def rescaled(x: np.ndarray, rms: float) -> np.ndarray:
-    c = x - x.mean(0)
-    return c * (rms / max(float(np.sqrt((c ** 2).sum(1).mean())), 1e-12))
+    c, r = centred(x)
+    return c * (rms / max(r, 1e-12))
 
 
 def parse_variant(text: str, kind: str) -> tuple[str, str]:
@@ -69,20 +74,23 @@ def parse_variant(text: str, kind: str) -> tuple[str, str]:
     return a, b
 
 
+@functools.lru_cache(maxsize=None)
+def read_table(emb_root: Path, name: str, table: str) -> pd.DataFrame:
+    """``table`` (poi / scene) as embedder ``name`` wrote it, read once per run (callers do not modify it)."""
+    path = emb_root / name / f"{table}_embeddings.parquet"
+    if not path.exists():
+        known = sorted(p.name for p in emb_root.iterdir() if p.is_dir()) if emb_root.exists() else []
+        raise SystemExit(f"{path} not found: embedders with tables in this folder: {known}")
+    return pd.read_parquet(path)
+
+
 def variant_tables(emb_root: Path, kind: str, a: str, b: str) -> dict[str, pd.DataFrame]:
     """The (poi, scene) tables of one variant."""
-    def read(name: str, table: str) -> pd.DataFrame:
-        path = emb_root / name / f"{table}_embeddings.parquet"
-        if not path.exists():
-            known = sorted(p.name for p in emb_root.iterdir() if p.is_dir()) if emb_root.exists() else []
-            raise SystemExit(f"{path} not found: embedders with tables in this folder: {known}")
-        return pd.read_parquet(path)
-
     if kind == "swap":
-        return {"poi": read(a, "poi"), "scene": read(b, "scene")}
+        return {"poi": read_table(emb_root, a, "poi"), "scene": read_table(emb_root, b, "scene")}
     out = {}
     for t in TABLES:
-        df = read(a, t)
+        df = read_table(emb_root, a, t)
         out[t] = df.assign(embedding=list(rescaled(table_matrix(df), float(b)).astype(np.float32)))
     return out
 
@@ -140,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['all.auc.ctcvr']['mean']:.4f} ± {row['all.auc.ctcvr']['std']:.4f}  "
               f"{s['poi']['mean_cosine']:.2f}/{s['poi']['centred_rms']:.2f}  "
               f"{s['scene']['mean_cosine']:.2f}/{s['scene']['centred_rms']:.2f}")
-    as_written = {name: {t: spread(table_matrix(pd.read_parquet(emb_root / name / f"{t}_embeddings.parquet")))
-                         for t in TABLES} for name in sorted(p.name for p in emb_root.iterdir() if p.is_dir())}
+    as_written = {name: {t: spread(table_matrix(read_table(emb_root, name, t))) for t in TABLES}
+                  for name in sorted(p.name for p in emb_root.iterdir() if p.is_dir())}
     save_report({"benchmark": "embedder_tables", "machine": platform.platform(), "model": CTR_MODEL,
                  "world": str(world.relative_to(args.keep)), "seeds": args.seeds,
                  "variants": [{"kind": k, "a": a, "b": b} for k, a, b in variants],

@@ -244,10 +244,11 @@ class FeatureEncoder:
         made at least that many training requests: the others read the unknown-ID row, the one a
         user new at serving time reads, so that row learns from young users, not only from hidden IDs."""
         seen_b = behaviors[_ts_ns(behaviors["ts"]) < cutoff_ns]
-        known = set(train["user_id"].astype(str)) | set(seen_b["user_id"].astype(str))
         if user_min_requests > 0:
             n = train.groupby(train["user_id"].astype(str))["request_id"].nunique()
             known = set(n.index[n >= user_min_requests])
+        else:
+            known = set(train["user_id"].astype(str)) | set(seen_b["user_id"].astype(str))
         users = Vocab(sorted(known))
         poi_ids = set(train["poi_id"].astype(str)) | set(seen_b["poi_id"].dropna().astype(str))
         opened = pois[_ts_ns(pois["opened_at"]) < cutoff_ns]["poi_id"].astype(str)
