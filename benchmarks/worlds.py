@@ -39,6 +39,10 @@ WORLDS: dict[str, dict] = {
                          "hidden_noise_std": 0.9},
     # A cold market in a cheap currency where temperature matters little.
     "cold_cheap": {"temperature_offset": -12.0, "temperature_effect": 0.5, "price_scale": 0.15},
+    # A convenience / grocery market: what is near, quick and well rated gets the click; personal
+    # taste and habit matter far less than in a cuisine market (one shop's milk is another's).
+    "convenience_market": {"taste_effect": 0.4, "collab_effect": 0.5, "distance_effect": 2.5,
+                           "quality_effect": 1.8, "delivery_effect": 3.0},
 }
 
 
@@ -84,7 +88,7 @@ def build_project(base, root: Path, generate: dict, log=print, params_file: Path
     # sorted: moving a key within params.yaml changes nothing a build reads, so it rebuilds nothing
     build_key = yaml.safe_dump({k: v for k, v in raw.items() if k not in MODEL_ONLY}, sort_keys=True)
     done = root / ".built"  # holds the build key of the data in the folder
-    fresh = done.exists() and done.read_text() == build_key
+    fresh = done.exists() and same_build(yaml.safe_load(done.read_text()), yaml.safe_load(build_key))
     if not fresh:
         if root.exists():
             shutil.rmtree(root)
@@ -97,6 +101,29 @@ def build_project(base, root: Path, generate: dict, log=print, params_file: Path
         _build(params, log)
         done.write_text(build_key)
     return params
+
+
+def same_build(built: dict, now: dict) -> bool:
+    """Whether a world built with the sections ``built`` reads the same as one built now: equal
+    values, a knob written on one side only counting as its default (a knob added to params.yaml at
+    the value the code already used changes nothing a build reads, so it rebuilds nothing)."""
+    from components.config import Params
+
+    for name in set(built) | set(now):
+        a, b = built.get(name), now.get(name)
+        model = Params.model_fields[name].annotation if name in Params.model_fields else None
+        if not (isinstance(a, dict) and isinstance(b, dict) and hasattr(model, "model_fields")):
+            if a != b:
+                return False
+            continue
+        for key in set(a) | set(b):
+            field = model.model_fields.get(key)
+            if field is None or field.is_required():
+                if a.get(key, ...) != b.get(key, ...):
+                    return False
+            elif a.get(key, field.default) != b.get(key, field.default):
+                return False
+    return True
 
 
 def _build(params, log) -> None:

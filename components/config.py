@@ -59,6 +59,14 @@ class GenerateConfig(Section):
     rating_spread: float = Field(0.35, ge=0, le=2)  # ... and how much quality moves them
     temperature_offset: float = Field(0.0, ge=-30, le=30)  # a colder / warmer market (deg C added to the climate)
     temperature_effect: float = Field(1.0, ge=0, le=5)  # how strongly temperature shifts what is wanted
+    # What decides a click differs by market: personal taste and habit in a cuisine market; distance,
+    # delivery time and the shop's standing in a convenience / grocery one. Each scales its part of
+    # the utility (1 = the default world).
+    taste_effect: float = Field(1.0, ge=0, le=5)  # taste match (user x scene x PoI)
+    collab_effect: float = Field(1.0, ge=0, le=5)  # the unwritten user-PoI affinity (habit, friends, ...)
+    distance_effect: float = Field(1.0, ge=0, le=10)  # distance between the request and the PoI
+    quality_effect: float = Field(1.0, ge=0, le=5)  # the shop's quality and popularity
+    delivery_effect: float = Field(1.0, ge=0, le=10)  # delivery minutes
     format: Literal["parquet", "csv"] = "parquet"
 
     @field_validator("start")

@@ -57,11 +57,12 @@ Utility.  ``U(user, poi, scene) = (θ_user + Δθ_scene)·(w ⊙ taste_poi) + lo
 A user chooses among the PoIs of their own city (all PoIs only in worlds too small to fill a page).
 Everything is vectorised numpy over chunks of events × PoIs (bounded memory) and deterministic by
 seed: same seed and config → identical files.  The world's coefficients are module constants below;
-the knobs a user may want (sizes, cold start, noise, position bias, CTR, CVR) are in ``GenerateConfig``.
+the knobs a user may want (sizes, cold start, noise, position bias, CTR, CVR, written scales, and how much
+each part of the utility weighs: ``*_effect``, all 1 here) are in ``GenerateConfig``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -560,7 +561,9 @@ def _pois(cfg: GenerateConfig, clock: Clock, districts, rng) -> Pois:
     rating = np.where(rng.random(n) < np.where(cold, 0.3, 0.03), np.nan, rating)
     names, descs = _poi_text(rng, cat, taste, price)
     descs = np.where(rng.random(n) < 0.04, None, descs)
-    static = (QUALITY_W * quality + pop - DELIVERY_W * (delivery - 30)).astype(np.float32)
+    # How much a shop's standing (quality, popularity) and its delivery time weigh differs by market.
+    static = (QUALITY_W * cfg.quality_effect * quality + cfg.quality_effect * pop
+              - DELIVERY_W * cfg.delivery_effect * (delivery - 30)).astype(np.float32)
     frame = pd.DataFrame({
         "poi_id": np.array([f"p{i:06d}" for i in range(n)], dtype=object),
         "name": names,
@@ -713,23 +716,37 @@ def _scenes(users: Users, clock: Clock, climate: Climate, districts, rng, user: 
                   mu.astype(np.float32), lam.astype(np.float32))
 
 
-def _utility(sc: Scenes, users: Users, pois: Pois, poi_idx: np.ndarray | None = None):
+@dataclass(frozen=True)
+class Effects:
+    """How much each part of the utility weighs in this world (GenerateConfig's ``*_effect`` knobs
+    times the module constants; all 1 = the default world, bit for bit)."""
+    taste: np.ndarray = field(default_factory=lambda: TASTE_WEIGHT)
+    collab_half: float = COLLAB_W / 2
+    distance: float = DIST_W
+
+    @classmethod
+    def of(cls, cfg: GenerateConfig) -> "Effects":
+        return cls((TASTE_WEIGHT * np.float32(cfg.taste_effect)).astype(np.float32),
+                   COLLAB_W / 2 * cfg.collab_effect, DIST_W * cfg.distance_effect)
+
+
+def _utility(sc: Scenes, users: Users, pois: Pois, poi_idx: np.ndarray | None = None, effects: Effects = Effects()):
     """Utility, price fit and taste match: (n, P) over all ``pois``, or (n,) for pairs with ``poi_idx``.
 
     Returns float32 arrays ``(u, price_fit, match)``; ``u`` already includes ``price_fit``.
     """
     if poi_idx is not None:  # pairs: the same formula on gathered rows
         p = poi_idx
-        match = np.einsum("nd,nd->n", sc.theta * TASTE_WEIGHT, pois.taste[p])
+        match = np.einsum("nd,nd->n", sc.theta * effects.taste, pois.taste[p])
         collab = np.einsum("nd,nd->n", users.collab[sc.user], pois.collab[p])
-        u = match + CAT_SLOT_TERM[pois.cat[p], sc.slot] + COLLAB_W / 2 * collab + pois.static[p]
+        u = match + CAT_SLOT_TERM[pois.cat[p], sc.slot] + effects.collab_half * collab + pois.static[p]
         gap = pois.logp[p] - sc.mu
         dx, dy = pois.x[p] - sc.x, pois.y[p] - sc.y
         lam = sc.lam
     else:  # all PoIs: (n, P) float32, built in place (this is the generator's hot loop)
-        match = (sc.theta * TASTE_WEIGHT) @ pois.taste.T
+        match = (sc.theta * effects.taste) @ pois.taste.T
         u = users.collab[sc.user] @ pois.collab.T
-        u *= np.float32(COLLAB_W / 2)
+        u *= np.float32(effects.collab_half)
         u += match
         u += CAT_SLOT_TERM[:, sc.slot][pois.cat].T
         u += pois.static[None, :]
@@ -742,7 +759,7 @@ def _utility(sc: Scenes, users: Users, pois: Pois, poi_idx: np.ndarray | None = 
     dx *= dx
     dy *= dy
     dx += dy
-    u -= np.float32(DIST_W) * np.sqrt(dx)
+    u -= np.float32(effects.distance) * np.sqrt(dx)
     return u.astype(np.float32, copy=False), price_fit.astype(np.float32, copy=False), match.astype(np.float32, copy=False)
 
 
@@ -826,7 +843,7 @@ def _impressions(cfg, clock, climate, districts, users, pois, rng):
         for sl in _chunks(len(members), sub.n):
             req = members[sl]
             s = sc.take(req)
-            u, price_fit, match = _utility(s, users, sub)
+            u, price_fit, match = _utility(s, users, sub, effects=Effects.of(cfg))
             ok = _open_mask(s, sub)
             rel = np.where(ok, u / 2 + _gumbel(rng, u.shape), -np.inf)
             rel_idx = _top_k(rel, n_rel)
@@ -915,7 +932,7 @@ def _sessions(cfg, clock, climate, districts, users, pois, imp, rng, log: _Log, 
 def _session_chunk(cfg, s: Scenes, srow, users, sub: Pois, local, max_views, imp, rng, log: _Log):
     """Sessions ``s`` choosing among the PoIs ``sub`` (global ids ``local``); appends their rows to ``log``."""
     n = len(s.user)
-    u, price_fit, match = _utility(s, users, sub)
+    u, price_fit, match = _utility(s, users, sub, effects=Effects.of(cfg))
     score = np.where(_open_mask(s, sub), u + _gumbel(rng, u.shape), -np.inf)
     views = _top_k(score, max_views)
     n_views = np.minimum(1 + rng.poisson(MEAN_VIEWS - 1, n), max_views)
@@ -1062,7 +1079,7 @@ def hidden_variables(cfg: GenerateConfig, seed: int) -> dict[str, pd.DataFrame]:
     """
     _, _, _, _, pois, users, imp = _world(cfg, seed)
     sc = imp["sc"]
-    u, _, _ = _utility(sc.take(imp["row"]), users, pois, imp["poi"])
+    u, _, _ = _utility(sc.take(imp["row"]), users, pois, imp["poi"], Effects.of(cfg))
     collab = [f"collab{j}" for j in range(K_COLLAB)]
     taste = list(TASTE_DIMS)
     user_ids, poi_ids = users.frame["user_id"].to_numpy(), pois.frame["poi_id"].to_numpy()

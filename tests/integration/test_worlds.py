@@ -33,6 +33,11 @@ def test_a_model_knob_rewrites_the_world_params_without_rebuilding_it(tiny_proje
     build_project(load_params(base_file), root, {"position_bias": 0.05}, log=lambda *a, **k: None)
     assert (root / ".built").stat().st_mtime_ns == built  # not rebuilt either
 
+    del raw["generate"]["taste_effect"]  # a knob at its default, written on one side only: reads the same
+    base_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    build_project(load_params(base_file), root, {"position_bias": 0.05}, log=lambda *a, **k: None)
+    assert (root / ".built").stat().st_mtime_ns == built  # not rebuilt
+
     third = build_project(load_params(base_file), root, {"position_bias": 0.2}, log=lambda *a, **k: None)
     assert third.generate.position_bias == 0.2 and third.ctr.lr == 0.0123
     assert (root / ".built").stat().st_mtime_ns != built  # what the build reads changed: rebuilt

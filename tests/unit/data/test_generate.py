@@ -301,3 +301,23 @@ def test_rating_scale_and_temperature_knobs_move_what_is_written():
     assert 9.0 < diff < 11.0
     strong = generate_tables(SMALL.model_copy(update={"temperature_effect": 3.0}), seed=5)
     assert not strong["impressions"]["click"].equals(base["impressions"]["click"])
+
+
+def test_effect_knobs_move_what_decides_a_click():
+    def corr(tables, column):  # correlation over impressions of the true P(click) with a PoI column
+        truth = tables["truth"].merge(tables["pois"][["poi_id", column]], on="poi_id")
+        return truth["p_click"].corr(truth[column])
+
+    base = generate_tables(SMALL, seed=5)
+    slow = generate_tables(SMALL.model_copy(update={"delivery_effect": 5.0}), seed=5)
+    assert corr(slow, "delivery_minutes") < corr(base, "delivery_minutes") - 0.1
+    standing = generate_tables(SMALL.model_copy(update={"quality_effect": 3.0}), seed=5)
+    assert corr(standing, "rating") > corr(base, "rating") + 0.1
+    def poi_share(tables):  # share of P(click)'s variance that the PoI alone explains
+        t = tables["truth"]
+        return t.groupby("poi_id")["p_click"].transform("mean").var() / t["p_click"].var()
+    far = generate_tables(SMALL.model_copy(update={"distance_effect": 4.0}), seed=5)
+    assert poi_share(far) < poi_share(base) - 0.05  # where the request is from matters more
+    # Taste and habit switched off: the shop's standing explains more of what is left.
+    plain = generate_tables(SMALL.model_copy(update={"taste_effect": 0.0, "collab_effect": 0.0}), seed=5)
+    assert corr(plain, "rating") > corr(base, "rating") + 0.05
