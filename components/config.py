@@ -362,6 +362,10 @@ class CTRConfig(Section):
     # min_categr_count); 0 = every user seen in the training period (impressions or behaviours).
     user_min_requests: int = Field(0, ge=0)
     embedding_init_std: float = Field(0.01, gt=0)
+    # Warm start of the user / PoI ID rows: BPR on the training period's behaviour log
+    # (components/ctr/id_pretrain.py), epochs over the log (0 = off) and the rows' RMS after it.
+    id_pretrain_epochs: int = Field(0, ge=0, le=100)
+    id_pretrain_rms: float = Field(0.05, gt=0)
     larr_d_model: int = Field(32, ge=4)
     larr_heads: int = Field(2, ge=1)
     larr_layers: int = Field(1, ge=1)

@@ -29,7 +29,28 @@ def build_model(name: str, cfg: CTRConfig, ds: CTRDataset, seed: int) -> CTRMode
     text = ds.pois.text_emb
     has_text = text is not None and ds.scene_table is not None
     shapes = ModelShapes.from_sizes(ds.encoder.sizes(), text.shape[1] if has_text else 0)
-    return CTRModel(name, cfg, shapes)
+    model = CTRModel(name, cfg, shapes)
+    if cfg.id_pretrain_epochs > 0:
+        warm_start_ids(model, ds, cfg, seed)
+    return model
+
+
+def warm_start_ids(model: CTRModel, ds: CTRDataset, cfg: CTRConfig, seed: int) -> None:
+    """The model's user and PoI ID rows from BPR on the training period's behaviour log
+    (components/ctr/id_pretrain.py); rows without behaviours keep their initialisation."""
+    from components.ctr.id_pretrain import behaviour_pairs, pretrain_id_embeddings, rescale
+
+    h = ds.history
+    user_rows = {int(u): (h.user_start[k], h.user_end[k])
+                 for k, u in zip(h.user_start, ds.encoder.users.encode(list(h.user_start)))}
+    users, pois, w = behaviour_pairs(user_rows, h.ts, ds.pois.vocab_id[h.poi_row], h.behavior,
+                                     cfg.profile_behavior_weights, ds.valid_start_ns)
+    u, p = pretrain_id_embeddings(users, pois, w, model.user_emb.num_embeddings, model.poi_emb.num_embeddings,
+                                  model.user_emb.embedding_dim, cfg.id_pretrain_epochs, seed)
+    with torch.no_grad():
+        for emb, table in ((model.user_emb, u), (model.poi_emb, p)):
+            rows = table.abs().sum(-1) > 0
+            emb.weight[rows] = rescale(table, cfg.id_pretrain_rms)[rows].to(emb.weight.dtype)
 
 
 def _by_length(data: RequestData, size: int) -> list[np.ndarray]:

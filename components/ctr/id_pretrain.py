@@ -1,0 +1,84 @@
+"""User and PoI ID embeddings pretrained on the behaviour log before CTR training starts.
+
+A user sees a few dozen impressions in the training period but leaves a hundred or more behaviours
+(views, clicks, favourites, orders) in the log; an ID embedding learnt from the impressions alone
+reads a handful of clicks. Pretraining both tables on the log with BPR (Rendle et al., 2009: a
+behaviour's PoI should score above a random PoI, ``u·p_pos + b_pos > u·p_neg + b_neg``) starts the
+CTR model from the user-PoI affinities the log shows (the word2vec / matrix-factorisation warm
+start of industrial CTR models), and training refines them.
+
+Point in time: only behaviours before the validation split starts are read (the log holds every
+impression's click seconds after it, so a later behaviour would leak the labels). Rows that
+``FeatureEncoder`` maps to the unknown ID (0) are left as initialised. The tables are rescaled to a
+fixed RMS (``ctr.id_pretrain_rms``) so that the CTR model's learning rate and weight decay see the
+same magnitudes in every world.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def behaviour_pairs(user_rows: dict[int, tuple[int, int]], history_ts: np.ndarray, poi_vocab: np.ndarray,
+                    behavior: np.ndarray, weights: list[float], before_ns: int) -> tuple[np.ndarray, ...]:
+    """(user index, PoI index, weight) of every logged behaviour before ``before_ns`` of a user and a
+    PoI that have their own embedding rows. ``user_rows``: user index -> [start, end) in the history
+    arrays; ``behavior`` 1.. (view, click, favourite, order) weighted by ``weights``."""
+    users, pois, w = [], [], []
+    wt = np.asarray([0.0, *weights], np.float32)
+    for u, (s, e) in user_rows.items():
+        if u <= 0 or e <= s:
+            continue
+        n = s + int(np.searchsorted(history_ts[s:e], before_ns, side="left"))
+        p = poi_vocab[s:n]
+        keep = p > 0
+        users.append(np.full(int(keep.sum()), u, np.int64))
+        pois.append(p[keep])
+        w.append(wt[behavior[s:n][keep]])
+    if not users:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(users), np.concatenate(pois), np.concatenate(w)
+
+
+def pretrain_id_embeddings(users: np.ndarray, pois: np.ndarray, weights: np.ndarray, n_users: int, n_pois: int,
+                           dim: int, epochs: int, seed: int, lr: float = 0.05, l2: float = 1e-4,
+                           batch: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """BPR over (user, PoI, weight) pairs with one uniform negative PoI each (rows 1..n_pois-1).
+    Returns (n_users, dim) and (n_pois, dim) float tensors; row 0 and rows without pairs are zero."""
+    g = torch.Generator().manual_seed(seed)
+    u_emb = torch.nn.Parameter(torch.randn(n_users, dim, generator=g) * 0.1)
+    p_emb = torch.nn.Parameter(torch.randn(n_pois, dim, generator=g) * 0.1)
+    p_bias = torch.nn.Parameter(torch.zeros(n_pois))
+    opt = torch.optim.Adam([u_emb, p_emb, p_bias], lr=lr)
+    u_t, p_t = torch.as_tensor(users), torch.as_tensor(pois)
+    w_t = torch.as_tensor(weights, dtype=torch.float32)
+    n = len(u_t)
+    for _ in range(epochs if n and n_pois > 2 else 0):
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n, batch):
+            idx = order[i:i + batch]
+            u, p = u_t[idx], p_t[idx]
+            neg = torch.randint(1, n_pois, (len(idx),), generator=g)
+            ue = u_emb[u]
+            diff = (ue * (p_emb[p] - p_emb[neg])).sum(-1) + p_bias[p] - p_bias[neg]
+            loss = (w_t[idx] * F.softplus(-diff)).sum() / w_t[idx].sum()
+            loss = loss + l2 * (ue.pow(2).sum(-1) + p_emb[p].pow(2).sum(-1) + p_emb[neg].pow(2).sum(-1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    seen_u = torch.zeros(n_users, dtype=torch.bool)
+    seen_p = torch.zeros(n_pois, dtype=torch.bool)
+    seen_u[u_t] = True
+    seen_p[p_t] = True
+    seen_u[0] = seen_p[0] = False
+    return (u_emb.detach() * seen_u[:, None]), (p_emb.detach() * seen_p[:, None])
+
+
+def rescale(table: torch.Tensor, rms: float) -> torch.Tensor:
+    """``table`` with its nonzero rows scaled together to root-mean-square entry ``rms``."""
+    rows = table.abs().sum(-1) > 0
+    if not rows.any():
+        return table
+    cur = table[rows].pow(2).mean().sqrt()
+    return table * (rms / cur.clamp_min(1e-12))

@@ -1,0 +1,32 @@
+"""BPR warm start of the CTR model's ID rows (components/ctr/id_pretrain.py)."""
+import numpy as np
+import torch
+
+from components.ctr.id_pretrain import behaviour_pairs, pretrain_id_embeddings, rescale
+
+
+def test_pairs_read_only_the_log_before_the_cut_and_only_rows_with_an_id():
+    ts = np.array([10, 20, 30, 5, 50])  # user 1: rows 0-2, user 0 (unknown ID): row 3, user 2: row 4
+    poi = np.array([3, 0, 4, 2, 1])  # row 1's PoI has no ID of its own
+    beh = np.array([1, 2, 4, 4, 3])
+    u, p, w = behaviour_pairs({1: (0, 3), 0: (3, 4), 2: (4, 5)}, ts, poi, beh, [1.0, 2.0, 2.0, 3.0], before_ns=30)
+    assert u.tolist() == [1] and p.tolist() == [3] and w.tolist() == [1.0]  # ts 30 and 50 are not before the cut
+    u, p, w = behaviour_pairs({1: (0, 3), 0: (3, 4), 2: (4, 5)}, ts, poi, beh, [1.0, 2.0, 2.0, 3.0], before_ns=99)
+    assert u.tolist() == [1, 1, 2] and p.tolist() == [3, 4, 1] and w.tolist() == [1.0, 3.0, 2.0]
+
+
+def test_bpr_puts_each_user_nearer_the_pois_of_their_own_taste():
+    rng = np.random.default_rng(0)
+    n_users, n_pois = 41, 31  # row 0 unknown; users 1-20 like PoIs 1-15, users 21-40 PoIs 16-30
+    users = rng.integers(1, n_users, 4000)
+    pois = np.where(users <= 20, rng.integers(1, 16, 4000), rng.integers(16, 31, 4000))
+    u, p = pretrain_id_embeddings(users, pois, np.ones(4000, np.float32), n_users, n_pois, dim=8, epochs=5, seed=0)
+    score = u @ p.T
+    own = torch.cat([score[1:21, 1:16].flatten(), score[21:, 16:].flatten()]).mean()
+    other = torch.cat([score[1:21, 16:].flatten(), score[21:, 1:16].flatten()]).mean()
+    assert own > other + 0.5
+    assert torch.all(u[0] == 0) and torch.all(p[0] == 0)  # the unknown rows are left to the model
+    again, _ = pretrain_id_embeddings(users, pois, np.ones(4000, np.float32), n_users, n_pois, dim=8, epochs=5, seed=0)
+    assert torch.equal(u, again)  # seeded
+    scaled = rescale(u, 0.05)
+    assert abs(float(scaled[1:].pow(2).mean().sqrt()) - 0.05) < 1e-6 and torch.all(scaled[0] == 0)
