@@ -365,7 +365,7 @@ class CTRConfig(Section):
     # Warm start of the user / PoI ID rows: BPR on the training period's behaviour log
     # (components/ctr/id_pretrain.py), epochs over the log (0 = off) and the rows' RMS after it.
     id_pretrain_epochs: int = Field(0, ge=0, le=100)
-    id_pretrain_rms: float = Field(0.05, gt=0)
+    id_pretrain_rms: float = Field(0.3, gt=0)
     larr_d_model: int = Field(32, ge=4)
     larr_heads: int = Field(2, ge=1)
     larr_layers: int = Field(1, ge=1)
