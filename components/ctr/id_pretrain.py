@@ -41,38 +41,60 @@ def behaviour_pairs(user_rows: dict[int, tuple[int, int]], history_ts: np.ndarra
     return np.concatenate(users), np.concatenate(pois), np.concatenate(w)
 
 
+class BPR(torch.nn.Module):
+    """User and PoI factors with a PoI bias: score(u, p) = u·p + b_p."""
+
+    def __init__(self, n_users: int, n_pois: int, dim: int, generator: torch.Generator):
+        super().__init__()
+        self.user = torch.nn.Parameter(torch.randn(n_users, dim, generator=generator) * 0.1)
+        self.poi = torch.nn.Parameter(torch.randn(n_pois, dim, generator=generator) * 0.1)
+        self.bias = torch.nn.Parameter(torch.zeros(n_pois))
+
+
 def pretrain_id_embeddings(users: np.ndarray, pois: np.ndarray, weights: np.ndarray, n_users: int, n_pois: int,
-                           dim: int, epochs: int, seed: int, lr: float = 0.05, l2: float = 1e-4,
+                           dim: int, epochs: int, seed: int, acc=None, lr: float = 0.05, l2: float = 1e-4,
                            batch: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """BPR over (user, PoI, weight) pairs with one uniform negative PoI each (rows 1..n_pois-1).
-    Returns (n_users, dim) and (n_pois, dim) float tensors; row 0 and rows without pairs are zero."""
+    """BPR over (user, PoI, weight) pairs with one uniform negative PoI each (rows 1..n_pois-1),
+    trained by the project's one loop (components/training ``fit``) on accelerator ``acc`` (default:
+    the CPU, fp32). Draws come from a generator of its own seeded by ``seed`` (the caller's global
+    random state is left as it was). Returns (n_users, dim) and (n_pois, dim) float tensors; row 0 and
+    rows without pairs are zero."""
+    from components.training import Recipe, fit
+
     g = torch.Generator().manual_seed(seed)
-    u_emb = torch.nn.Parameter(torch.randn(n_users, dim, generator=g) * 0.1)
-    p_emb = torch.nn.Parameter(torch.randn(n_pois, dim, generator=g) * 0.1)
-    p_bias = torch.nn.Parameter(torch.zeros(n_pois))
-    opt = torch.optim.Adam([u_emb, p_emb, p_bias], lr=lr)
+    model = BPR(n_users, n_pois, dim, g)
     u_t, p_t = torch.as_tensor(users), torch.as_tensor(pois)
     w_t = torch.as_tensor(weights, dtype=torch.float32)
     n = len(u_t)
-    for _ in range(epochs if n and n_pois > 2 else 0):
+
+    def batches(epoch: int) -> list[tuple[torch.Tensor, ...]]:  # each epoch's draws, in order, from g
         order = torch.randperm(n, generator=g)
+        out = []
         for i in range(0, n, batch):
             idx = order[i:i + batch]
-            u, p = u_t[idx], p_t[idx]
-            neg = torch.randint(1, n_pois, (len(idx),), generator=g)
-            ue = u_emb[u]
-            diff = (ue * (p_emb[p] - p_emb[neg])).sum(-1) + p_bias[p] - p_bias[neg]
-            loss = (w_t[idx] * F.softplus(-diff)).sum() / w_t[idx].sum()
-            loss = loss + l2 * (ue.pow(2).sum(-1) + p_emb[p].pow(2).sum(-1) + p_emb[neg].pow(2).sum(-1)).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            out.append((u_t[idx], p_t[idx], torch.randint(1, n_pois, (len(idx),), generator=g), w_t[idx]))
+        return out
+
+    def loss(m: BPR, b) -> torch.Tensor:
+        u, p, neg, w = b
+        ue = m.user[u]
+        diff = (ue * (m.poi[p] - m.poi[neg])).sum(-1) + m.bias[p] - m.bias[neg]
+        fit_loss = (w * F.softplus(-diff)).sum() / w.sum()
+        return fit_loss + l2 * (ue.pow(2).sum(-1) + m.poi[p].pow(2).sum(-1) + m.poi[neg].pow(2).sum(-1)).mean()
+
+    if epochs and n and n_pois > 2:
+        if acc is None:
+            from accelerate import Accelerator
+
+            acc = Accelerator(cpu=True)
+        model = fit(acc, Recipe(model=model, optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
+                                batches=batches, loss=loss), epochs=epochs, progress=False, desc="id pretrain").model
     seen_u = torch.zeros(n_users, dtype=torch.bool)
     seen_p = torch.zeros(n_pois, dtype=torch.bool)
     seen_u[u_t] = True
     seen_p[p_t] = True
     seen_u[0] = seen_p[0] = False
-    return (u_emb.detach() * seen_u[:, None]), (p_emb.detach() * seen_p[:, None])
+    return model.user.detach() * seen_u[:, None], model.poi.detach() * seen_p[:, None]
 
 
 def rescale(table: torch.Tensor, rms: float) -> torch.Tensor:

@@ -23,19 +23,20 @@ from components.ctr.model import CTRModel, ModelShapes
 from components.training import Recipe, cpu_threads, fingerprint, fit, make_accelerator
 
 
-def build_model(name: str, cfg: CTRConfig, ds: CTRDataset, seed: int) -> CTRModel:
-    """A fresh model sized for the dataset's encoder (seeded)."""
+def build_model(name: str, cfg: CTRConfig, ds: CTRDataset, seed: int, acc=None) -> CTRModel:
+    """A fresh model sized for the dataset's encoder (seeded); ``acc``: the accelerator a warm start
+    of the ID rows trains on (``ctr.id_pretrain_epochs``)."""
     torch.manual_seed(seed)
     text = ds.pois.text_emb
     has_text = text is not None and ds.scene_table is not None
     shapes = ModelShapes.from_sizes(ds.encoder.sizes(), text.shape[1] if has_text else 0)
     model = CTRModel(name, cfg, shapes)
     if cfg.id_pretrain_epochs > 0:
-        warm_start_ids(model, ds, cfg, seed)
+        warm_start_ids(model, ds, cfg, seed, acc)
     return model
 
 
-def warm_start_ids(model: CTRModel, ds: CTRDataset, cfg: CTRConfig, seed: int) -> None:
+def warm_start_ids(model: CTRModel, ds: CTRDataset, cfg: CTRConfig, seed: int, acc=None) -> None:
     """The model's user and PoI ID rows from BPR on the training period's behaviour log
     (components/ctr/id_pretrain.py); rows without behaviours keep their initialisation."""
     from components.ctr.id_pretrain import behaviour_pairs, pretrain_id_embeddings, rescale
@@ -46,7 +47,7 @@ def warm_start_ids(model: CTRModel, ds: CTRDataset, cfg: CTRConfig, seed: int) -
     users, pois, w = behaviour_pairs(user_rows, h.ts, ds.pois.vocab_id[h.poi_row], h.behavior,
                                      cfg.profile_behavior_weights, ds.valid_start_ns)
     u, p = pretrain_id_embeddings(users, pois, w, model.user_emb.num_embeddings, model.poi_emb.num_embeddings,
-                                  model.user_emb.embedding_dim, cfg.id_pretrain_epochs, seed)
+                                  model.user_emb.embedding_dim, cfg.id_pretrain_epochs, seed, acc)
     with torch.no_grad():
         for emb, table in ((model.user_emb, u), (model.poi_emb, p)):
             rows = table.abs().sum(-1) > 0
@@ -162,7 +163,7 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
     metrics on the main process. With ``ckpt_dir``, a run resumes from its last finished epoch."""
     t0 = time.perf_counter()
     acc = make_accelerator(cfg.mixed_precision, seed=seed)
-    net = build_model(name, cfg, ds, seed)
+    net = build_model(name, cfg, ds, seed, acc)
 
     def loss(model, b):
         losses = net.loss(model(b), b)

@@ -835,6 +835,7 @@ def _impressions(cfg, clock, climate, districts, users, pois, rng):
     sc = _scenes(users, clock, climate, districts, rng, user, t)
 
     n_rel = int(np.ceil(RELEVANT_SHARE * k))
+    effects = Effects.of(cfg)
     parts = []
     for c in range(len(CITIES)):
         members = np.flatnonzero(users.city[user] == c)
@@ -843,7 +844,7 @@ def _impressions(cfg, clock, climate, districts, users, pois, rng):
         for sl in _chunks(len(members), sub.n):
             req = members[sl]
             s = sc.take(req)
-            u, price_fit, match = _utility(s, users, sub, effects=Effects.of(cfg))
+            u, price_fit, match = _utility(s, users, sub, effects=effects)
             ok = _open_mask(s, sub)
             rel = np.where(ok, u / 2 + _gumbel(rng, u.shape), -np.inf)
             rel_idx = _top_k(rel, n_rel)
@@ -918,6 +919,7 @@ def _sessions(cfg, clock, climate, districts, users, pois, imp, rng, log: _Log, 
     lo = np.maximum(users.registered_s[user], 0)
     t = _sample_times(rng, lo, np.full(len(user), clock.span_s - END_MARGIN_S, np.int64), clock.start_s)
     sc = _scenes(users, clock, climate, districts, rng, user, t)
+    effects = Effects.of(cfg)
     for c in range(len(CITIES)):
         members = np.flatnonzero(users.city[user] == c)
         local = _choice_set(pois, c, 12)
@@ -925,14 +927,16 @@ def _sessions(cfg, clock, climate, districts, users, pois, imp, rng, log: _Log, 
         max_views = min(12, sub.n)
         for sl in _chunks(len(members), sub.n):
             idx = members[sl]
-            _session_chunk(cfg, sc.take(idx), idx + scene_offset, users, sub, local, max_views, imp, rng, log)
+            _session_chunk(cfg, sc.take(idx), idx + scene_offset, users, sub, local, max_views, imp, rng, log,
+                           effects)
     return sc
 
 
-def _session_chunk(cfg, s: Scenes, srow, users, sub: Pois, local, max_views, imp, rng, log: _Log):
+def _session_chunk(cfg, s: Scenes, srow, users, sub: Pois, local, max_views, imp, rng, log: _Log,
+                   effects: Effects):
     """Sessions ``s`` choosing among the PoIs ``sub`` (global ids ``local``); appends their rows to ``log``."""
     n = len(s.user)
-    u, price_fit, match = _utility(s, users, sub, effects=Effects.of(cfg))
+    u, price_fit, match = _utility(s, users, sub, effects=effects)
     score = np.where(_open_mask(s, sub), u + _gumbel(rng, u.shape), -np.inf)
     views = _top_k(score, max_views)
     n_views = np.minimum(1 + rng.poisson(MEAN_VIEWS - 1, n), max_views)

@@ -327,9 +327,7 @@ def oneshot_student(teacher, target: Shape, batches, n_batches: int, cfg: Distil
     for step in range(n_batches):
         x, labels = batches(step)
         out = student(input_ids=x, labels=x if labels is None else labels)  # causal labels shift inside
-        student.zero_grad(set_to_none=True)
-        out.loss.backward()
-        pruner.update_importance()
+        pruner.score_loss(out.loss)
     pruner.prune_to(target)
     pruner.detach()
     kept = pruner.kept_indices()["hidden"]

@@ -287,12 +287,21 @@ class Pruner:
     # ---- importance ----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def update_importance(self) -> None:
-        """Fold the current gradients into the PLATON EMAs (call after backward, before step)."""
+    def update_importance(self, grads: dict[str, torch.Tensor | None] | None = None) -> None:
+        """Fold gradients into the PLATON EMAs: ``grads`` by parameter name, or (None) the ``.grad``
+        the training loop's backward left (call after backward, before step)."""
         for n, p in self.params.items():
-            if p.grad is not None:
-                platon_update(self.ibar[n], self.ubar[n], p, p.grad, self.beta1, self.beta2)
+            g = p.grad if grads is None else grads.get(n)
+            if g is not None:
+                platon_update(self.ibar[n], self.ubar[n], p, g, self.beta1, self.beta2)
         self.updates += 1
+
+    def score_loss(self, loss: torch.Tensor) -> None:
+        """``update_importance`` with the gradients of ``loss`` (autograd, no ``.grad`` left behind):
+        scoring without training, as the one-shot baseline prunes."""
+        names = list(self.params)
+        grads = torch.autograd.grad(loss, [self.params[n] for n in names], allow_unused=True)
+        self.update_importance(dict(zip(names, grads)))
 
     @torch.no_grad()
     def scores(self) -> dict[str, torch.Tensor]:
