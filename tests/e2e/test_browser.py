@@ -150,9 +150,12 @@ def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
         assert set(props) == {"ctr", "params_file", "isolate"}
         browser.get(f"http://127.0.0.1:{port}/deployments/deployment/{dep['id']}/run")
         model = _until(lambda: _field(browser, "Model", "select"), 60, "the ctr form")
-        body = browser.find_element(By.TAG_NAME, "body").text
+        # The select can render before its description (seen on a loaded machine): wait for the text.
+        body = _until(lambda: (t := browser.find_element(By.TAG_NAME, "body").text) and
+                      "larr_cofars | larr_din" in t and t, 30,
+                      "the Model field's description from params.yaml's comment")
         assert 'Property is type "None"' not in body
-        assert "larr_cofars | larr_din" in body, "field descriptions come from params.yaml's comments"
+        model = _field(browser, "Model", "select")  # found again: the form may have re-rendered
         Select(model).select_by_visible_text("id_only")
         epochs = _field(browser, "Epochs", "input")
         expected = str(yaml.safe_load((REPO / "params.yaml").read_text())["ctr"]["epochs"])
