@@ -135,6 +135,14 @@ def _until(fn, seconds: float, what: str):
     raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
+def _page_text(driver, needle: str, seconds: float, what: str) -> str:
+    """The page's text once it contains ``needle`` (the page is still rendering until then)."""
+    from selenium.webdriver.common.by import By
+
+    return _until(lambda: (t := driver.find_element(By.TAG_NAME, "body").text) and needle in t and t,
+                  seconds, what)
+
+
 def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -149,13 +157,12 @@ def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
         props = dep["parameter_openapi_schema"]["properties"]
         assert set(props) == {"ctr", "params_file", "isolate"}
         browser.get(f"http://127.0.0.1:{port}/deployments/deployment/{dep['id']}/run")
-        model = _until(lambda: _field(browser, "Model", "select"), 60, "the ctr form")
-        # The select can render before its description (seen on a loaded machine): wait for the text.
-        body = _until(lambda: (t := browser.find_element(By.TAG_NAME, "body").text) and
-                      "larr_cofars | larr_din" in t and t, 30,
-                      "the Model field's description from params.yaml's comment")
+        # The form is ready when the Model field's description (params.yaml's comment) is shown: on a
+        # loaded machine the select rendered before it.
+        body = _page_text(browser, "larr_cofars | larr_din", 60,
+                          "the ctr form's Model description from params.yaml's comment")
         assert 'Property is type "None"' not in body
-        model = _field(browser, "Model", "select")  # found again: the form may have re-rendered
+        model = _field(browser, "Model", "select")
         Select(model).select_by_visible_text("id_only")
         epochs = _field(browser, "Epochs", "input")
         expected = str(yaml.safe_load((REPO / "params.yaml").read_text())["ctr"]["epochs"])
@@ -211,8 +218,7 @@ def test_ctr_from_the_prefect_form_to_the_mlflow_registry(stack, browser):
 
         # MLflow: the version the form's run registered, its alias and its lineage tags.
         browser.get(f"http://127.0.0.1:{mport}/#/models/scenerec-ctr-small-overrides/versions/1")
-        text = _until(lambda: (t := browser.find_element(By.TAG_NAME, "body").text) and
-                      "architecture" in t and t, 90, "the model version page")
+        text = _page_text(browser, "architecture", 90, "the model version page")
         alias = "champion" if "`champion`" in summary else "challenger"
         assert alias in text, f"the version page shows the alias the run gave it ({alias})"
         assert "id_only" in text and run_id in text, "the version names its architecture and Prefect run"
