@@ -118,13 +118,19 @@ class GBDTModel:
     """Two LightGBM boosters (click, click-and-order) on the chosen feature variant."""
 
     name = "lightgbm"
-    use_text = False  # reads no LLM embeddings
+    # What the serving paths ask of every CTR model (components/serve/scoring.py): the trees read no
+    # LLM embeddings and no served CoFARS state, so they score through ``CTRScorer.score``.
+    use_text = False
+    sequence = None
 
     def __init__(self, variant: str, boosters: dict, max_history: int, info: dict):
         self.variant, self.boosters, self.max_history, self.info = variant, boosters, max_history, info
 
     def eval(self) -> "GBDTModel":
         return self
+
+    def use_scene_table(self, table) -> None:
+        """Neural models cache their LARR scene vectors here; the trees have none to cache."""
 
     def save(self, out_dir) -> None:
         """``gbdt_ctr.txt`` / ``gbdt_ctcvr.txt`` (LightGBM's text format) and ``gbdt.json``."""

@@ -1,6 +1,7 @@
 """The GBDT family through the platform's paths on a tiny project: `scenerec ctr --model lightgbm`
 trains and evaluates beside the oracle, registers through the same registry step, and the
-registered pyfunc scores a request like the neural models' does."""
+registered pyfunc scores a request like the neural models' does, and so does the online service
+(`scenerec serve`: Feast online reads, the behaviour store)."""
 import mlflow
 import numpy as np
 import pytest
@@ -27,9 +28,33 @@ def test_lightgbm_trains_registers_and_serves(tmp_path):
         result = steps.ctr_register_step(params, run_id=tracking.start_run(params, "register"))
         assert result["promoted"], result["reason"]
         model = mlflow.pyfunc.load_model(f"models:/{params.ctr.registered_name}@champion")
-        req = scoring_request(params, 5)
+        # After the last logged impression, so the snapshot and the online stores hold the same past.
+        import pandas as pd
+
+        last = pd.read_parquet(params.path("curated_dir") / "impressions.parquet")["ts"].max()
+        # Positions as the service gives them (the order of the candidates; the pyfunc's default is 0).
+        req = scoring_request(params, 5).assign(ts=(pd.Timestamp(last) + pd.Timedelta(hours=1)).isoformat(),
+                                                position=range(5))
         scores = model.predict(req)
         assert scores["poi_id"].tolist() == req["poi_id"].tolist()
         assert np.all((scores["ctr"] > 0) & (scores["ctr"] < 1))
         assert np.all((scores["ctcvr"] > 0) & (scores["ctcvr"] <= scores["ctr"]))
         assert scores["ctr"].nunique() > 1  # the trees tell the candidates apart
+        from fastapi.testclient import TestClient
+
+        from components.serve.app import create_app
+
+        with TestClient(create_app(params, watch=False)) as client:
+            assert client.get("/ready").json()["ready"] is True, client.get("/ready").json()
+            body = {"user_id": str(req["user_id"].iloc[0]), "candidates": req["poi_id"].tolist(),
+                    **{k: req[k].iloc[0] for k in ("geohash", "location_type", "weather")},
+                    "ts": str(req["ts"].iloc[0]), "temperature_c": float(req["temperature_c"].iloc[0]),
+                    "is_holiday": bool(req["is_holiday"].iloc[0])}
+            r = client.post("/score", json=body)
+            assert r.status_code == 200, r.text
+            served = r.json()["scores"]
+            assert [s["poi_id"] for s in served] == req["poi_id"].tolist()
+            assert all(0 < s["ctcvr"] <= s["ctr"] < 1 for s in served)
+            assert len({s["ctr"] for s in served}) > 1
+            # Feast's online rows and the behaviour store give the trees the pyfunc's inputs.
+            np.testing.assert_allclose([s["ctr"] for s in served], scores["ctr"].to_numpy(), rtol=1e-5)
