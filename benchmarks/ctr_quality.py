@@ -46,17 +46,22 @@ SPEEDS = ("train_rows_per_s", "train_cpu_rows_per_s", "score_rows_per_s")
 
 
 def run_ours(name, ds, cfg, seed):
-    """Train and score one of our models; metrics with timings."""
+    """Train and score one of our models (any family: components/ctr/families.py); metrics with
+    timings. The ensemble also reports its weights and each member's test AUC alone, so that it is
+    compared with its own members trained in the same run."""
+    from components.ctr import families
     from components.ctr.evaluate import score_metrics
-    from components.ctr.train import predict, train_model
 
     cpu = time.process_time()
-    model, info = train_model(name, ds, cfg, seed=seed, progress=False)
+    model, info = families.train(name, ds, cfg, seed=seed, progress=False)
     cpu = time.process_time() - cpu
     t = time.perf_counter()
-    scores = predict(model, ds.test, ds, cfg)
+    scores = families.scores(model, ds.test, ds, cfg)
     score_s = time.perf_counter() - t
     metrics = score_metrics(scores, ds.test)
+    if name == "ensemble":
+        members = {m: score_metrics(s, ds.test) for m, s in zip(model.members, model.member_scores(ds.test, ds))}
+        metrics.update(weights=model.weights, members={m: {k: v[k] for k in KEYS if k in v} for m, v in members.items()})
     rows = int(ds.train.mask.sum())
     metrics.update(train_seconds=info["seconds"], epochs=info["epochs_run"], best_epoch=info["best_epoch"],
                    train_rows_per_s=rows * info["epochs_run"] / info["seconds"],
@@ -115,16 +120,16 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     return table
 
 
-def verdict(table: dict, rivals: list[str]) -> dict:
-    """larr_cofars against the best rival per task: margin, seed spread, beaten beyond the spread."""
+def verdict(table: dict, rivals: list[str], subject: str = FULL) -> dict:
+    """``subject`` (larr_cofars) against the best rival per task: margin, seed spread, beaten beyond the spread."""
     out = {}
-    present = [b for b in rivals if b in table]
-    if FULL not in table or not present:
+    present = [b for b in rivals if b in table and b != subject]
+    if subject not in table or not present:
         return out
     for task in ("ctr", "ctcvr"):
         key = f"all.auc.{task}"
         best = max(present, key=lambda b: table[b][key]["mean"])
-        full, base = table[FULL][key], table[best][key]
+        full, base = table[subject][key], table[best][key]
         one_seed = len(full["values"]) < 2  # no spread measured: "beyond the spread" cannot be told
         out[task] = {"best": best, "margin": round(full["mean"] - base["mean"], 4),
                      "seed_spread": None if one_seed else max(full["std"], base["std"]),
@@ -157,9 +162,9 @@ def print_world(world: str, table: dict, oracle: dict, seeds) -> None:
               + (f"  ({', '.join(sorted(set(row['variant'])))})" if "variant" in row else ""))
 
 
-def family_summary(worlds: dict, models: list[str], peers: list[str]) -> tuple[dict, dict]:
+def family_summary(worlds: dict, models: list[str], peers: list[str], subject: str = FULL) -> tuple[dict, dict]:
     """Each model's AUC averaged over the worlds (per seed, then mean ± std over seeds), printed,
-    and larr_cofars against the best peer on that average and on every world."""
+    and ``subject`` (larr_cofars) against the best peer on that average and on every world."""
     avg = {}
     for name in models:
         if not all(name in w["runs"] for w in worlds.values()):
@@ -179,14 +184,14 @@ def family_summary(worlds: dict, models: list[str], peers: list[str]) -> tuple[d
                   f"{row['all.auc.ctcvr']['mean']:>9.4f} ± {row['all.auc.ctcvr']['std']:.4f}")
     peers = [p for p in peers if p in avg]
     summary = {}
-    if FULL in avg and peers:
+    if subject in avg and peers:
         best = max(peers, key=lambda p: avg[p]["all.auc.ctr"]["mean"])
-        summary = {"best_peer_on_family_ctr": best,
-                   "family_margin_ctr": round(avg[FULL]["all.auc.ctr"]["mean"] - avg[best]["all.auc.ctr"]["mean"], 4),
+        summary = {"subject": subject, "best_peer_on_family_ctr": best,
+                   "family_margin_ctr": round(avg[subject]["all.auc.ctr"]["mean"] - avg[best]["all.auc.ctr"]["mean"], 4),
                    "beats_best_peer_beyond_spread_on_every_world": {
                        w: {t: v["beats_every_one_beyond_spread"] for t, v in d["verdict_vs_peers"].items()}
                        for w, d in worlds.items()}}
-        print(f"\n{FULL} vs best peer on the family average ({best}): CTR AUC {summary['family_margin_ctr']:+.4f} "
+        print(f"\n{subject} vs best peer on the family average ({best}): CTR AUC {summary['family_margin_ctr']:+.4f} "
               f"(target >= +0.005)")
         for w, d in worlds.items():
             for task, v in d["verdict_vs_peers"].items():
@@ -203,7 +208,7 @@ def parse_source(spec: str) -> tuple[str, set[str] | None]:
     return path, set(filter(None, models.split(","))) or None
 
 
-def combine(specs: list[str], out: Path) -> int:
+def combine(specs: list[str], out: Path, subject: str = FULL) -> int:
     """Merge several ctr_quality reports into one with the family average, and print it: runs split
     over processes (by world, or by seed of one world), or models measured in different runs — e.g.
     the peers of an earlier report beside ours retrained after a change, since the peers read nothing
@@ -245,13 +250,13 @@ def combine(specs: list[str], out: Path) -> int:
     for w, v in worlds.items():
         runs = {m: rs for m, rs in v["runs"].items() if rs}
         v["models"] = summarise(runs)
-        v["verdict_vs_peers"] = verdict(v["models"], [p for p in peers if p in v["models"]])
-        v["verdict_vs_baselines"] = verdict(v["models"], [b for b in BASELINES if b in v["models"]])
+        v["verdict_vs_peers"] = verdict(v["models"], [p for p in peers if p in v["models"]], subject)
+        v["verdict_vs_baselines"] = verdict(v["models"], [b for b in BASELINES if b in v["models"]], subject)
         v["speed_vs_peers"] = speed_ratios(v["models"], peers)
         v["seeds"] = seeds[w]
         print_world(w, v["models"], v["oracle"], seeds[w])
     models = list(dict.fromkeys(m for w in worlds.values() for m in w["models"]))
-    avg, summary = family_summary(worlds, models, [p for p in PEERS if p in models])
+    avg, summary = family_summary(worlds, models, [p for p in PEERS if p in models], subject)
     default = worlds.get("default") or next(iter(worlds.values()))
     save_report({**first, "seeds": sorted(set(s for v in seeds.values() for s in v)), "worlds": worlds,
                  "family_average": avg, "summary": summary, "sources": sources,
@@ -273,12 +278,14 @@ def main(argv=None) -> int:
     ap.add_argument("--combine", nargs="+", default=None, metavar="REPORT[:MODEL,...]",
                     help="train nothing: merge these reports (or only the named models of one) into --out "
                          "with the family average")
+    ap.add_argument("--subject", default=FULL, help="the model the verdicts and the family margin are about "
+                                                    "(e.g. ensemble; it must be among the models run or combined)")
     setup = ctr_benchmark_setup(ap, argv, "ctr_quality")
     if setup is None:
         return 2
     args, params, cfg = setup
     if args.combine:
-        return combine(args.combine, Path(args.out))
+        return combine(args.combine, Path(args.out), args.subject)
     import importlib.util
 
     # Checked before hours of training, not when the first DeepCTR peer is reached.
@@ -310,15 +317,19 @@ def main(argv=None) -> int:
         for seed in seeds:
             for name in models:
                 t1 = time.perf_counter()
-                m = (run_ours if name in ALL else run_peer)(name, ds, wcfg, seed)
+                m = (run_peer if name in PEERS else run_ours)(name, ds, wcfg, seed)
                 runs[name].append(m)
                 oracle = {k: v for k, v in m.items() if "oracle_auc" in k or "oracle_gauc" in k} or oracle
                 print(f"  [{world}] seed {seed} {name:<13} CTR AUC {m['all.auc.ctr']:.4f}  CTCVR AUC "
                       f"{m['all.auc.ctcvr']:.4f}  epochs {m['epochs']}  ({time.perf_counter() - t1:.0f} s)", flush=True)
+                for member, r in m.get("members", {}).items():  # the ensemble's members, alone
+                    print(f"  [{world}] seed {seed}   member {member:<13} CTR AUC {r['all.auc.ctr']:.4f}  CTCVR AUC "
+                          f"{r['all.auc.ctcvr']:.4f}  weights ctr {m['weights']['ctr']} ctcvr {m['weights']['ctcvr']}",
+                          flush=True)
         table = summarise(runs)
         worlds[world] = {"oracle": oracle, "models": table, "runs": runs,
-                         "verdict_vs_peers": verdict(table, [p for p in args.peers if p in table]),
-                         "verdict_vs_baselines": verdict(table, [b for b in BASELINES if b in table]),
+                         "verdict_vs_peers": verdict(table, [p for p in args.peers if p in table], args.subject),
+                         "verdict_vs_baselines": verdict(table, [b for b in BASELINES if b in table], args.subject),
                          "generate": wp.generate.model_dump(mode="json")}
         print_world(world, table, oracle, seeds)
         worlds[world]["speed_vs_peers"] = speed_ratios(table, args.peers)
@@ -327,7 +338,7 @@ def main(argv=None) -> int:
                                                           f"x{v:.2f}" for k, v in r.items()))
         del ds
 
-    avg, summary = family_summary(worlds, models, args.peers)
+    avg, summary = family_summary(worlds, models, args.peers, args.subject)
     default = worlds.get("default") or next(iter(worlds.values()))
     save_report({"benchmark": "ctr_quality", "machine": platform.platform(), "seeds": seeds, "quick": args.quick,
                  "ctr_overrides": args.ctr_update,

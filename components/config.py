@@ -339,7 +339,8 @@ class EmbedConfig(Section):
     batch_size: int = Field(64, ge=1)
 
 
-CTR_MODELS = ("id_only", "avg_pool", "din_full", "sim_hard", "cofars", "larr_din", "larr_cofars", "lightgbm")
+CTR_MODELS = ("id_only", "avg_pool", "din_full", "sim_hard", "cofars", "larr_din", "larr_cofars", "lightgbm",
+              "ensemble")
 
 
 class CTRConfig(Section):
@@ -414,6 +415,11 @@ class CTRConfig(Section):
     gbdt_early_stopping_rounds: int = Field(50, ge=1)
     gbdt_variants: list[Literal["tabular", "tabular+history", "tabular+ids", "tabular+history+ids"]] = Field(
         default_factory=lambda: ["tabular", "tabular+history", "tabular+ids", "tabular+history+ids"], min_length=1)
+    # ctr.model: ensemble (components/ctr/ensemble.py): its members trained as usual, their logits
+    # averaged with weights chosen on the validation split (per task, a grid of this step on the simplex)
+    ensemble_members: list[Literal[CTR_MODELS[:-1]]] = Field(
+        default_factory=lambda: ["larr_cofars", "lightgbm"], min_length=2, max_length=3)
+    ensemble_weight_step: float = Field(0.05, ge=0.01, le=0.5)
     registered_name: str = "scenerec-ctr"
     promotion_metric: Literal["auc.ctr", "auc.ctcvr", "gauc.ctr", "gauc.ctcvr"] = "auc.ctr"
     promotion_margin: float = Field(0.002, ge=0)
@@ -430,6 +436,11 @@ class CTRConfig(Section):
             raise ValueError(f"short_term ({self.short_term}) must not exceed max_history ({self.max_history})")
         if not self.history_behaviors:
             raise ValueError("history_behaviors must name at least one behaviour")
+        if len(set(self.ensemble_members)) != len(self.ensemble_members):
+            raise ValueError(f"ensemble_members must name each model once, got {self.ensemble_members}")
+        if abs(round(1 / self.ensemble_weight_step) * self.ensemble_weight_step - 1) > 1e-9:
+            raise ValueError(f"ensemble_weight_step ({self.ensemble_weight_step}) must divide 1 "
+                             "(0.05, 0.1, 0.25, ...): the weights are multiples of it summing to 1")
         w = self.profile_behavior_weights
         if len(w) != 4 or any(x < 0 for x in w) or sum(w) <= 0:
             raise ValueError(f"profile_behavior_weights must be 4 non-negative weights (view, click, favorite, "

@@ -251,6 +251,20 @@ def scoring_request(params: Params, n: int) -> pd.DataFrame:
                          "is_holiday": bool(imp["is_holiday"])})
 
 
+def served_request(params: Params, n: int) -> tuple[pd.DataFrame, dict]:
+    """The same request for the pyfunc (a frame) and for `scenerec serve`'s POST /score (a body): one
+    hour after the last logged impression, so the model's snapshot and the online stores hold the same
+    past, and with the positions the service gives (the candidates' order; the pyfunc's default is 0)."""
+    last = pd.read_parquet(params.path("curated_dir") / "impressions.parquet")["ts"].max()
+    req = scoring_request(params, n).assign(ts=(pd.Timestamp(last) + pd.Timedelta(hours=1)).isoformat(),
+                                            position=range(n))
+    first = req.iloc[0]
+    body = {"user_id": str(first["user_id"]), "candidates": req["poi_id"].tolist(), "ts": str(first["ts"]),
+            **{k: str(first[k]) for k in ("geohash", "location_type", "weather")},
+            "temperature_c": float(first["temperature_c"]), "is_holiday": bool(first["is_holiday"])}
+    return req, body
+
+
 # A 2-layer, hidden-32 model on a few hundred documents: every stage runs in about a second.
 TINY_LLM = {
     "vocab_size": 400, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,

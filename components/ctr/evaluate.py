@@ -8,7 +8,7 @@ import numpy as np
 from components.config import CTRConfig
 from components.ctr.data import CTRDataset, RequestData
 from components.ctr.metrics import auc, calibration_bins, gauc, logloss, roc_points
-from components.ctr.train import predict
+from components.ctr import families
 
 TASKS = {"ctr": ("click", "p_click"), "ctcvr": ("order", "p_order")}
 
@@ -51,7 +51,7 @@ def score_metrics(scores: dict, data: RequestData) -> dict:
 def evaluate(model, ds: CTRDataset, cfg: CTRConfig, data: RequestData | None = None) -> tuple[dict, dict]:
     """(metrics, plots) of ``model`` on the test split (or ``data``)."""
     data = data or ds.test
-    scores = model.predict(data, ds) if model.name == "lightgbm" else predict(model, data, ds, cfg)
+    scores = families.scores(model, data, ds, cfg)
     metrics = score_metrics(scores, data)
     plots = {
         "roc": [dict(task=t, **pt) for t, (label, _) in TASKS.items() for pt in roc_points(scores[label], scores[t])],

@@ -16,12 +16,12 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
 
 from components.config import CTRConfig, FeaturesConfig
+from components.ctr import families
 from components.ctr.data import (SCENE_COLUMNS, FeatureEncoder, History, PoiTable, RequestData, encode_requests,
                                  scene_embedding_table)
-from components.ctr.model import CTRModel, ModelShapes
+from components.ctr.model import CTRModel
 from components.features.engineering import KEYS
 
 FEATURE_VIEWS = KEYS  # every feature table the features stage writes -> its entity key
@@ -45,11 +45,7 @@ class CTRScorer:
         out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"name": self.model.name, "ctr": self.cfg.model_dump(mode="json"),
                 "features": self.features.model_dump(mode="json")}
-        if self.model.name == "lightgbm":  # the GBDT family (components/ctr/tabular.py)
-            self.model.save(out_dir)
-        else:
-            torch.save(self.model.state_dict(), out_dir / "model.pt")
-            meta["shapes"] = self.model.shapes.__dict__
+        meta.update(families.save(self.model, out_dir))  # components/ctr/families.py
         (out_dir / "model.json").write_text(json.dumps(meta, indent=2))
         self.encoder.save(out_dir / "encoder.json")
         return out_dir
@@ -62,13 +58,7 @@ class CTRScorer:
         meta = json.loads((model_dir / "model.json").read_text())
         cfg, features = CTRConfig(**meta["ctr"]), FeaturesConfig(**meta["features"])
         encoder = FeatureEncoder.load(model_dir / "encoder.json")
-        if meta["name"] == "lightgbm":
-            from components.ctr.tabular import GBDTModel
-
-            return cls(GBDTModel.load(model_dir), encoder, cfg, features)
-        model = CTRModel(meta["name"], cfg, ModelShapes(**meta["shapes"]))
-        model.load_state_dict(torch.load(model_dir / "model.pt", map_location=device, weights_only=True))
-        return cls(model.to(device), encoder, cfg, features)
+        return cls(families.load(meta["name"], meta, model_dir, cfg, device), encoder, cfg, features)
 
     def prepare(self, frame: pd.DataFrame, behaviors: pd.DataFrame, pois: pd.DataFrame,
                 poi_embeddings: pd.DataFrame | None, scene_embeddings: pd.DataFrame | None,
@@ -87,15 +77,12 @@ class CTRScorer:
     def score(self, data: RequestData, poi_table: PoiTable, history: History, scene_table) -> dict:
         """``predict`` output (flat arrays) for encoded requests."""
         from components.ctr.data import CTRDataset
-        from components.ctr.train import predict
 
         ds = CTRDataset(self.encoder, poi_table, history, data, data, data, scene_table, 0, 0)
-        if self.model.name == "lightgbm":
-            return self.model.predict(data, ds)
         if scene_table is not None and self._cached_table is not scene_table:  # rows index this table
             self.model.use_scene_table(scene_table)
             self._cached_table = scene_table
-        return predict(self.model, data, ds, self.cfg)
+        return families.scores(self.model, data, ds, self.cfg)
 
     def evaluate(self, frame: pd.DataFrame, behaviors, pois, poi_embeddings, scene_embeddings, users=None,
                  truth=None, cold_after_ns: int | None = None) -> dict:

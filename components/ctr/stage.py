@@ -26,10 +26,10 @@ def train_and_evaluate(params: Params, run_id: str | None = None, model_name: st
     """Train ``ctr.model`` (or ``model_name``), evaluate it, save it to ``<ctr_dir>/model``.
     Returns (metrics, plots): test metrics beside the oracle, training summary, curves."""
     from components import tracking
+    from components.ctr import families
     from components.ctr.data import build_dataset
     from components.ctr.evaluate import evaluate, headline
     from components.ctr.serving import CTRScorer, write_snapshot
-    from components.ctr.train import train_model
 
     cfg = params.ctr
     name = model_name or cfg.model
@@ -42,14 +42,7 @@ def train_and_evaluate(params: Params, run_id: str | None = None, model_name: st
         if run_id:
             tracking.log_metrics(params, run_id, {f"train.{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
 
-    if name == "lightgbm":  # the GBDT family: variant chosen on validation, no epochs to resume
-        from components.ctr.tabular import gbdt_config, train_gbdt
-
-        model, info = train_gbdt(ds, gbdt_config(cfg), seed=params.seed, max_history=cfg.max_history,
-                                 log=lambda row, _: log(row, 0))
-        info.update(history=[], best_epoch=0, parameters=sum(b.num_trees() for b in model.boosters.values()))
-    else:
-        model, info = train_model(name, ds, cfg, seed=params.seed, ckpt_dir=out_dir / CHECKPOINTS, log=log)
+    model, info = families.train(name, ds, cfg, seed=params.seed, ckpt_dir=out_dir / CHECKPOINTS, log=log)
     metrics, plots = evaluate(model, ds, cfg)
     model_dir = out_dir / MODEL_DIR
     if model_dir.exists():

@@ -53,9 +53,11 @@ def tune_ctr(params: Params, trials: int, budget_seconds: float, parent_run_id: 
     from components.ctr.train import train_model
 
     base = params.ctr
-    if base.model == "lightgbm":
-        raise ValueError("tune searches the neural CTR model's knobs; ctr.model is lightgbm (set it to one of the "
-                         "neural models, e.g. larr_cofars)")
+    neural = [m for m in (base.ensemble_members if base.model == "ensemble" else [base.model]) if m != "lightgbm"]
+    if not neural:
+        raise ValueError(f"tune searches the neural CTR model's knobs; ctr.model is {base.model} with no neural model "
+                         "(set it, or a member of ctr.ensemble_members, to one of the neural models, e.g. larr_cofars)")
+    base = base.model_copy(update={"model": neural[0]})  # an ensemble's neural member is what is tuned
     t0 = time.perf_counter()
     ds = build_dataset(params)
 

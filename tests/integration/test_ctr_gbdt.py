@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from components import steps, tracking
-from tests.factories import featured_project, project_cwd, scoring_request
+from tests.factories import featured_project, project_cwd, served_request
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("lightgbm")
@@ -28,13 +28,7 @@ def test_lightgbm_trains_registers_and_serves(tmp_path):
         result = steps.ctr_register_step(params, run_id=tracking.start_run(params, "register"))
         assert result["promoted"], result["reason"]
         model = mlflow.pyfunc.load_model(f"models:/{params.ctr.registered_name}@champion")
-        # After the last logged impression, so the snapshot and the online stores hold the same past.
-        import pandas as pd
-
-        last = pd.read_parquet(params.path("curated_dir") / "impressions.parquet")["ts"].max()
-        # Positions as the service gives them (the order of the candidates; the pyfunc's default is 0).
-        req = scoring_request(params, 5).assign(ts=(pd.Timestamp(last) + pd.Timedelta(hours=1)).isoformat(),
-                                                position=range(5))
+        req, body = served_request(params, 5)
         scores = model.predict(req)
         assert scores["poi_id"].tolist() == req["poi_id"].tolist()
         assert np.all((scores["ctr"] > 0) & (scores["ctr"] < 1))
@@ -46,10 +40,6 @@ def test_lightgbm_trains_registers_and_serves(tmp_path):
 
         with TestClient(create_app(params, watch=False)) as client:
             assert client.get("/ready").json()["ready"] is True, client.get("/ready").json()
-            body = {"user_id": str(req["user_id"].iloc[0]), "candidates": req["poi_id"].tolist(),
-                    **{k: req[k].iloc[0] for k in ("geohash", "location_type", "weather")},
-                    "ts": str(req["ts"].iloc[0]), "temperature_c": float(req["temperature_c"].iloc[0]),
-                    "is_holiday": bool(req["is_holiday"].iloc[0])}
             r = client.post("/score", json=body)
             assert r.status_code == 200, r.text
             served = r.json()["scores"]
