@@ -12,7 +12,6 @@ flat dict of ``train.predict`` (ctr, ctcvr, labels, user, row, slot in (request,
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +81,3 @@ def load(name: str, meta: dict, model_dir: Path, cfg: CTRConfig, device: str = "
     model.load_state_dict(torch.load(Path(model_dir) / "model.pt", map_location=device, weights_only=True))
     return model.to(device)
 
-
-def read_meta(model_dir: Path) -> dict:
-    return json.loads((Path(model_dir) / "model.json").read_text())
