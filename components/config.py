@@ -420,6 +420,7 @@ class CTRConfig(Section):
     ensemble_members: list[Literal[CTR_MODELS[:-1]]] = Field(
         default_factory=lambda: ["larr_cofars", "lightgbm"], min_length=2, max_length=3)
     ensemble_weight_step: float = Field(0.05, ge=0.01, le=0.5)
+    ensemble_confidence: float = Field(0.9, ge=0, lt=1)  # share of bootstrap resamples a mix must win; 0 = off
     registered_name: str = "scenerec-ctr"
     promotion_metric: Literal["auc.ctr", "auc.ctcvr", "gauc.ctr", "gauc.ctcvr"] = "auc.ctr"
     promotion_margin: float = Field(0.002, ge=0)

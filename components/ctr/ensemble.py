@@ -6,7 +6,9 @@ default ``larr_cofars`` and ``lightgbm``), each trained as it would be alone, sc
 with weights on the simplex (multiples of ``ctr.ensemble_weight_step`` summing to 1) chosen by
 AUC on the validation split — the split every member already early-stops on; the test split is
 never seen. A weight of 1 on one member is on the grid, so the ensemble is never chosen worse than
-its best member on validation. CTCVR is capped at CTR (P(click and order) ≤ P(click)).
+its best member on validation; a mix is kept only when it beats that member in
+``ctr.ensemble_confidence`` of bootstrap resamples of the validation rows (``fit_weights``).
+CTCVR is capped at CTR (P(click and order) ≤ P(click)).
 
 Why: where tabular columns carry most of a click (convenience / grocery markets) a tree reads them
 as well as the neural model and is better on cold users, while the neural model reads the scene and
@@ -58,15 +60,30 @@ def combine(member_scores: list[dict], weights: dict[str, list[float]]) -> dict[
     return out
 
 
-def fit_weights(member_scores: list[dict], step: float) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Per task, the grid's weights with the best AUC on these (validation) scores; and that AUC."""
+def fit_weights(member_scores: list[dict], step: float, confidence: float = 0.9, resamples: int = 200,
+                seed: int = 0) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Per task, the grid's weights with the best AUC on these (validation) scores, and that AUC.
+
+    A mix is kept only when it beats the best member alone in at least ``confidence`` of
+    ``resamples`` paired bootstrap resamples of the rows; otherwise that member alone is chosen.
+    With few positives (a CTCVR task with a few dozen orders in the validation split) the best mix is
+    mostly noise, and a weak member would be mixed in on its strength."""
     grid = weight_grid(len(member_scores), step)
+    alone = [int(np.flatnonzero(np.isclose(grid[:, m], 1.0))[0]) for m in range(len(member_scores))]
+    rng = np.random.default_rng(seed)
+    n = len(member_scores[0]["click"])
+    draws = [rng.integers(0, n, n) for _ in range(resamples)] if confidence > 0 else []
     weights, best = {}, {}
     for task, label in TASKS.items():
         y = member_scores[0][label]
         z = np.stack([logit(s[task]) for s in member_scores], 1)
-        aucs = [auc(y, z @ w) for w in grid]
-        i = int(np.argmax(aucs))
+        aucs = np.array([auc(y, z @ w) for w in grid])
+        i = int(np.nanargmax(aucs))
+        j = max(alone, key=lambda r: aucs[r])
+        if i != j and draws:
+            a, b = z @ grid[i], z @ grid[j]
+            wins = np.mean([auc(y[d], a[d]) > auc(y[d], b[d]) for d in draws])
+            i = i if wins >= confidence else j
         weights[task], best[task] = [round(float(v), 6) for v in grid[i]], float(aucs[i])
     return weights, best
 
@@ -138,7 +155,7 @@ def train_ensemble(ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path
                                                     log=member_log, progress=progress)
     model = EnsembleModel(members, {}, cfg)
     valid = model.member_scores(ds.valid, ds)
-    model.weights, best = fit_weights(valid, cfg.ensemble_weight_step)
+    model.weights, best = fit_weights(valid, cfg.ensemble_weight_step, cfg.ensemble_confidence, seed=seed)
     alone = {name: {task: float(auc(s[label], s[task])) for task, label in TASKS.items()}
              for name, s in zip(members, valid)}
     if log is not None:

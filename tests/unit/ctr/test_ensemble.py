@@ -65,3 +65,14 @@ def test_tune_searches_an_ensembles_neural_member_and_refuses_trees_alone():
     trees = params.model_copy(update={"ctr": params.ctr.model_copy(update={"model": "lightgbm"})})
     with pytest.raises(ValueError, match="ctr.model is lightgbm with no neural model"):
         tune_ctr(trees, trials=1, budget_seconds=1)
+
+
+def test_a_mix_that_wins_validation_by_noise_falls_back_to_the_best_member():
+    rng = np.random.default_rng(3)
+    n = 3000
+    y = (rng.random(n) < 0.01).astype(np.float32)  # ~30 positives: a CTCVR-like validation split
+    strong, weak = _scores(rng, n, y, 2.0, 1.0), _scores(rng, n, y, 0.3, 1.0)
+    mixed, _ = fit_weights([strong, weak], 0.05, confidence=0.0)
+    kept, _ = fit_weights([strong, weak], 0.05, confidence=0.9, seed=0)
+    assert kept["ctr"] == [1.0, 0.0]
+    assert mixed["ctr"] != [1.0, 0.0]  # without the rule the weak member gets a weight by chance
