@@ -92,7 +92,9 @@ class EnsembleModel:
     """Trained members (name -> model) and their per-task weights; scores like a GBDTModel does."""
 
     name = "ensemble"
-    sequence = None  # served through CTRScorer.score (members read the history there), not served CoFARS
+    # Not CoFARS itself: the online service scores a CoFARS member from its served per-user state and
+    # the others from the history (components/serve/scoring.py: served_net, score_request).
+    sequence = None
 
     def __init__(self, members: dict, weights: dict[str, list[float]], cfg: CTRConfig, info: dict | None = None):
         self.members, self.weights, self.cfg, self.info = members, weights, cfg, info or {}
@@ -111,13 +113,16 @@ class EnsembleModel:
             if getattr(m, "use_text", False):
                 m.use_scene_table(table)
 
-    def member_scores(self, data: RequestData, ds: CTRDataset) -> list[dict]:
+    def member_scores(self, data: RequestData, ds: CTRDataset, served: dict | None = None) -> list[dict]:
+        """Each member's flat scores; ``served`` (id(member) -> scores) stands in for the members it has."""
         from components.ctr import families
 
-        return [families.scores(m, data, ds, self.cfg) for m in self.members.values()]
+        served = served or {}
+        return [served[id(m)] if id(m) in served else families.scores(m, data, ds, self.cfg)
+                for m in self.members.values()]
 
-    def predict(self, data: RequestData, ds: CTRDataset) -> dict[str, np.ndarray]:
-        return combine(self.member_scores(data, ds), self.weights)
+    def predict(self, data: RequestData, ds: CTRDataset, served: dict | None = None) -> dict[str, np.ndarray]:
+        return combine(self.member_scores(data, ds, served), self.weights)
 
     def save(self, out_dir) -> None:
         """``members/<name>/`` (each member's own files) and ``ensemble.json`` (order, weights, info)."""

@@ -74,14 +74,18 @@ class CTRScorer:
                                truth, None, ids)
         return data, poi_table, history, table
 
-    def score(self, data: RequestData, poi_table: PoiTable, history: History, scene_table) -> dict:
-        """``predict`` output (flat arrays) for encoded requests."""
+    def score(self, data: RequestData, poi_table: PoiTable, history: History, scene_table,
+              served: dict | None = None) -> dict:
+        """``predict`` output (flat arrays) for encoded requests. ``served``: an ensemble's members
+        already scored (id(member) -> scores), e.g. its CoFARS member from a served per-user state."""
         from components.ctr.data import CTRDataset
 
         ds = CTRDataset(self.encoder, poi_table, history, data, data, data, scene_table, 0, 0)
         if scene_table is not None and self._cached_table is not scene_table:  # rows index this table
             self.model.use_scene_table(scene_table)
             self._cached_table = scene_table
+        if served:
+            return self.model.predict(data, ds, served=served)
         return families.scores(self.model, data, ds, self.cfg)
 
     def evaluate(self, frame: pd.DataFrame, behaviors, pois, poi_embeddings, scene_embeddings, users=None,

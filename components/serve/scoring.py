@@ -48,12 +48,21 @@ class ServedModel:
         if table is not None:
             py.scorer.model.use_scene_table(table)
             py.scorer._cached_table = table
-        items = None
-        if py.scorer.model.sequence == "cofars":
+        items, net = None, served_net(py.scorer.model)
+        if net is not None:
             from components.serve.cofars import item_table
 
-            items = item_table(py.scorer.model, poi_table)
+            items = item_table(net, poi_table)
         return cls(name, str(version), py.scorer, poi_table, ids, table, time.time(), items)
+
+
+def served_net(model):
+    """The CoFARS network that scores from a served per-user state: the model itself, or an ensemble's
+    CoFARS member (components/ctr/ensemble.py); None when the model has none."""
+    if model.sequence == "cofars":
+        return model
+    members = getattr(model, "members", {})
+    return next((m for m in members.values() if getattr(m, "sequence", None) == "cofars"), None)
 
 
 def history_from_rows(rows: pd.DataFrame, user_id: str, poi_table: PoiTable, scorer) -> History:
@@ -219,16 +228,22 @@ _EMPTY_HISTORY = History(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(
                          {}, {}, np.zeros(0, np.int64))
 
 
-def _served_cofars(model: ServedModel, data, history: History, state) -> dict:
-    """ctr / ctcvr of the request's candidates through components/serve/cofars.py."""
+def _served_cofars(model: ServedModel, net, data, state) -> dict:
+    """ctr / ctcvr of the request's candidates through components/serve/cofars.py (``net``:
+    ``served_net`` of the model), with the flat keys of ``train.predict``."""
+    from dataclasses import replace
+
     from components.ctr.data import make_batch, to_tensors
     from components.serve.cofars import served_forward
 
-    b = make_batch(data, np.array([0]), _EMPTY_HISTORY, model.poi_table, 1,
-                   scene_table=model.scene_table if model.scorer.model.use_text else None)
-    out = served_forward(model.scorer.model, to_tensors(b), state, model.items)
+    none = np.zeros(1, np.int64)  # the state stands for the history
+    b = make_batch(replace(data, hist_start=none, hist_end=none), np.array([0]), _EMPTY_HISTORY, model.poi_table, 1,
+                   scene_table=model.scene_table if net.use_text else None)
+    out = served_forward(net, to_tensors(b), state, model.items)
     k = int(data.mask[0].sum())
-    return {"ctr": out["ctr"][0, :k].numpy(), "ctcvr": out["ctcvr"][0, :k].numpy(), "slot": np.arange(k)}
+    zeros = np.zeros(k, np.float32)
+    return {"ctr": out["ctr"][0, :k].numpy(), "ctcvr": out["ctcvr"][0, :k].numpy(), "click": zeros, "order": zeros,
+            "user": np.repeat(data.user_id[:1], k), "row": np.zeros(k, np.int64), "slot": np.arange(k)}
 
 
 def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, states: StateCache | None = None) -> dict:
@@ -249,7 +264,9 @@ def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, st
     values = {**user_values, **context_values, **scene["numeric"]}
     newest = [t for t in (user_ts, context_ts, int(block.ts_ns[rows].max())) if t is not None and t >= 0]
     ts_ns = scene["ts_ns"]
-    if scorer.model.sequence == "cofars" and states is not None:
+    net = served_net(scorer.model)
+    recent = None
+    if net is not None and states is not None:
         last_ts = behaviors.newest_ts(req.user_id, before_ns=ts_ns)
         if last_ts is not None:
             newest.append(last_ts)
@@ -257,21 +274,27 @@ def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, st
         def build():
             from components.serve.cofars import build_state
 
-            recent = behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
-            return build_state(scorer.model, window_arrays(model, history_from_rows(recent, req.user_id,
-                                                                                      model.poi_table, scorer)))
+            window = behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
+            return build_state(net, window_arrays(model, history_from_rows(window, req.user_id,
+                                                                          model.poi_table, scorer)))
 
         state = states.get((model.version, req.user_id, last_ts), build)
-        history = _EMPTY_HISTORY
-        data = assemble_request(model, req, rows, scene, values, block, history)
-        scores = _served_cofars(model, data, history, state)
+        if net is scorer.model:  # the state is all the history the model reads
+            data = assemble_request(model, req, rows, scene, values, block, _EMPTY_HISTORY)
+            scores = _served_cofars(model, net, data, state)
+        else:  # an ensemble: the CoFARS member from its state, the others from the history
+            recent = behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
+            history = history_from_rows(recent, req.user_id, model.poi_table, scorer)
+            data = assemble_request(model, req, rows, scene, values, block, history)
+            scores = scorer.score(data, model.poi_table, history, model.scene_table,
+                                  served={id(net): _served_cofars(model, net, data, state)})
     else:
         recent = behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
-        if len(recent):
-            newest.append(int(recent["ts"].iloc[-1]))
         history = history_from_rows(recent, req.user_id, model.poi_table, scorer)
         data = assemble_request(model, req, rows, scene, values, block, history)
         scores = scorer.score(data, model.poi_table, history, model.scene_table)
+    if recent is not None and len(recent):
+        newest.append(int(recent["ts"].iloc[-1]))
     order = np.argsort(scores["slot"], kind="stable")  # one request: slot = position = input order
     ctr, ctcvr = scores["ctr"][order].astype(float), scores["ctcvr"][order].astype(float)
     freshest = max(newest) if newest else None

@@ -5,6 +5,7 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
 from components import steps, tracking
@@ -65,3 +66,19 @@ def test_ensemble_trains_registers_and_serves(tmp_path):
             r = client.post("/score", json=body)
             assert r.status_code == 200, r.text
             np.testing.assert_allclose([s["ctr"] for s in r.json()["scores"]], scores["ctr"].to_numpy(), rtol=1e-5)
+            # The CoFARS member from its served per-user state (what /score does) = over the history.
+            from components.serve.online import OnlineFeatures, behavior_store
+            from components.serve.schema import parse_request
+            from components.serve.scoring import StateCache, score_request, served_net
+
+            served_model = client.app.state.holder.current
+            assert served_net(served_model.scorer.model) is served_model.scorer.model.members["cofars"]
+            online, store, states = OnlineFeatures(params), behavior_store(params), StateCache()
+            users = pd.read_parquet(params.path("curated_dir") / "behaviors.parquet")["user_id"].value_counts()
+            for user in users.index[:3].astype(str):
+                req_u = parse_request({**body, "user_id": user}, 100)
+                a = score_request(served_model, req_u, online, store, states)
+                b = score_request(served_model, req_u, online, store, None)
+                np.testing.assert_allclose([s["ctr"] for s in a["scores"]], [s["ctr"] for s in b["scores"]],
+                                           rtol=1e-5, atol=1e-6)
+            assert len(states.items) == 3
