@@ -56,11 +56,17 @@ def run_ours(name, ds, cfg, seed):
     model, info = families.train(name, ds, cfg, seed=seed, progress=False)
     cpu = time.process_time() - cpu
     t = time.perf_counter()
-    scores = families.scores(model, ds.test, ds, cfg)
+    if name == "ensemble":  # the members scored once: alone, and combined
+        from components.ctr.ensemble import combine
+
+        member_scores = model.member_scores(ds.test, ds)
+        scores = combine(member_scores, model.weights)
+    else:
+        scores = families.scores(model, ds.test, ds, cfg)
     score_s = time.perf_counter() - t
     metrics = score_metrics(scores, ds.test)
     if name == "ensemble":
-        members = {m: score_metrics(s, ds.test) for m, s in zip(model.members, model.member_scores(ds.test, ds))}
+        members = {m: score_metrics(s, ds.test) for m, s in zip(model.members, member_scores)}
         metrics.update(weights=model.weights, members={m: {k: v[k] for k in KEYS if k in v} for m, v in members.items()})
     rows = int(ds.train.mask.sum())
     metrics.update(train_seconds=info["seconds"], epochs=info["epochs_run"], best_epoch=info["best_epoch"],

@@ -70,9 +70,14 @@ def fit_weights(member_scores: list[dict], step: float, confidence: float = 0.9,
     mostly noise, and a weak member would be mixed in on its strength."""
     grid = weight_grid(len(member_scores), step)
     alone = [int(np.flatnonzero(np.isclose(grid[:, m], 1.0))[0]) for m in range(len(member_scores))]
-    rng = np.random.default_rng(seed)
     n = len(member_scores[0]["click"])
-    draws = [rng.integers(0, n, n) for _ in range(resamples)] if confidence > 0 else []
+    draws = []  # the same resamples for every task, drawn when a mix first needs the test
+
+    def resampled():
+        if not draws:
+            rng = np.random.default_rng(seed)
+            draws.extend(rng.integers(0, n, n) for _ in range(resamples))
+        return draws
     weights, best = {}, {}
     for task, label in TASKS.items():
         y = member_scores[0][label]
@@ -80,9 +85,9 @@ def fit_weights(member_scores: list[dict], step: float, confidence: float = 0.9,
         aucs = np.array([auc(y, z @ w) for w in grid])
         i = int(np.nanargmax(aucs))
         j = max(alone, key=lambda r: aucs[r])
-        if i != j and draws:
+        if i != j and confidence > 0:
             a, b = z @ grid[i], z @ grid[j]
-            wins = np.mean([auc(y[d], a[d]) > auc(y[d], b[d]) for d in draws])
+            wins = np.mean([auc(y[d], a[d]) > auc(y[d], b[d]) for d in resampled()])
             i = i if wins >= confidence else j
         weights[task], best[task] = [round(float(v), 6) for v in grid[i]], float(aucs[i])
     return weights, best

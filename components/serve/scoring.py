@@ -265,8 +265,18 @@ def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, st
     newest = [t for t in (user_ts, context_ts, int(block.ts_ns[rows].max())) if t is not None and t >= 0]
     ts_ns = scene["ts_ns"]
     net = served_net(scorer.model)
-    recent = None
-    if net is not None and states is not None:
+    from_state = net is not None and states is not None
+    # The history the model reads; a CoFARS model served from its state reads none (an ensemble's
+    # other members still do).
+    recent = None if from_state and net is scorer.model else behaviors.recent(req.user_id, scorer.cfg.max_history,
+                                                                            before_ns=ts_ns)
+    if recent is not None and len(recent):
+        newest.append(int(recent["ts"].iloc[-1]))
+    history = _EMPTY_HISTORY if recent is None else history_from_rows(recent, req.user_id, model.poi_table, scorer)
+    data = assemble_request(model, req, rows, scene, values, block, history)
+    if not from_state:
+        scores = scorer.score(data, model.poi_table, history, model.scene_table)
+    else:
         last_ts = behaviors.newest_ts(req.user_id, before_ns=ts_ns)
         if last_ts is not None:
             newest.append(last_ts)
@@ -274,27 +284,15 @@ def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, st
         def build():
             from components.serve.cofars import build_state
 
-            window = behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
+            window = recent if recent is not None else behaviors.recent(req.user_id, scorer.cfg.max_history,
+                                                                         before_ns=ts_ns)
             return build_state(net, window_arrays(model, history_from_rows(window, req.user_id,
                                                                           model.poi_table, scorer)))
 
         state = states.get((model.version, req.user_id, last_ts), build)
-        if net is scorer.model:  # the state is all the history the model reads
-            data = assemble_request(model, req, rows, scene, values, block, _EMPTY_HISTORY)
-            scores = _served_cofars(model, net, data, state)
-        else:  # an ensemble: the CoFARS member from its state, the others from the history
-            recent = behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
-            history = history_from_rows(recent, req.user_id, model.poi_table, scorer)
-            data = assemble_request(model, req, rows, scene, values, block, history)
-            scores = scorer.score(data, model.poi_table, history, model.scene_table,
-                                  served={id(net): _served_cofars(model, net, data, state)})
-    else:
-        recent = behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
-        history = history_from_rows(recent, req.user_id, model.poi_table, scorer)
-        data = assemble_request(model, req, rows, scene, values, block, history)
-        scores = scorer.score(data, model.poi_table, history, model.scene_table)
-    if recent is not None and len(recent):
-        newest.append(int(recent["ts"].iloc[-1]))
+        served = _served_cofars(model, net, data, state)
+        scores = served if net is scorer.model else scorer.score(  # an ensemble: the others from the history
+            data, model.poi_table, history, model.scene_table, served={id(net): served})
     order = np.argsort(scores["slot"], kind="stable")  # one request: slot = position = input order
     ctr, ctcvr = scores["ctr"][order].astype(float), scores["ctcvr"][order].astype(float)
     freshest = max(newest) if newest else None
