@@ -272,12 +272,14 @@ def combine(specs: list[str], out: Path, subject: str = FULL) -> int:
 
 def main(argv=None) -> int:
     from ctr_peers import PEERS
-    from worlds import WORLDS, family, world_params
+    from worlds import OTHER_GENERATOR, WORLDS, family, world_params
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=None, help=f"our models (default: all; --quick: {QUICK})")
     ap.add_argument("--peers", nargs="*", default=list(PEERS), help="peers to train beside them ([] = none)")
-    ap.add_argument("--worlds", nargs="+", default=["default"], help=f"default | family | any of {list(WORLDS)}")
+    ap.add_argument("--worlds", nargs="+", default=["default"],
+                    help=f"default | family | any of {list(WORLDS)}; also {list(OTHER_GENERATOR)} (another "
+                         "generator, benchmarks/alt_generator.py; not in the family)")
     ap.add_argument("--quick", action="store_true", help="seed 0 only, larr_cofars and din_full only")
     ap.add_argument("--world-llm", choices=["shared", "per_world"], default="shared",
                     help="variant worlds embed with the default project's encoder (shared) or run their own LLM stages")

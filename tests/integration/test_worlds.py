@@ -42,3 +42,27 @@ def test_a_model_knob_rewrites_the_world_params_without_rebuilding_it(tiny_proje
     assert third.generate.position_bias == 0.2 and third.ctr.lr == 0.0123
     assert (root / ".built").stat().st_mtime_ns != built  # what the build reads changed: rebuilt
     assert sorted(p.name for p in third.path("curated_dir").iterdir()) == curated
+
+
+def test_a_world_of_the_other_generator_builds_through_ingestion_and_features(tiny_project):
+    """OTHER_GENERATOR worlds: the batch comes from benchmarks/alt_generator.py, then the same ingest ->
+    features path; other sizes rebuild it, the same ones do not."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import pandas as pd
+    from worlds import build_project
+
+    from components.config import load_params
+
+    base = load_params(tiny_project / "params.yaml")
+    root = tiny_project / "data" / "worlds" / "alt"
+    sizes = dict(n_users=60, n_pois=30, n_requests=300, impressions_per_request=6, days=20)
+    params = build_project(base, root, {}, log=lambda *a, **k: None, generator=sizes)
+    imp = pd.read_parquet(params.path("curated_dir") / "impressions.parquet")
+    assert len(imp) == 300 * 6 and imp["click"].sum() > 0
+    assert (params.path("features_dir")).exists() and any(params.path("features_dir").iterdir())
+    built = (root / ".built").stat().st_mtime_ns
+    build_project(base, root, {}, log=lambda *a, **k: None, generator=sizes)
+    assert (root / ".built").stat().st_mtime_ns == built
+    build_project(base, root, {}, log=lambda *a, **k: None, generator={**sizes, "n_requests": 200})
+    assert (root / ".built").stat().st_mtime_ns != built
+    assert len(pd.read_parquet(params.path("curated_dir") / "impressions.parquet")) == 200 * 6
