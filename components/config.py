@@ -380,6 +380,7 @@ class CTRConfig(Section):
     sim_max: int = Field(64, ge=1)
     history_profile: bool = True
     numeric_bins: int = Field(4, ge=2, le=64)  # quantile bins of PoI price / rating / delivery, learnt on the training split
+    numeric_ple_bins: int = Field(8, ge=0, le=64)  # piecewise-linear encoding of every numeric feature and distance over this many training-split quantile bins; 0 = raw values only
     user_knowledge: bool = False
     profile_behavior_weights: list[float] = [1.0, 2.0, 2.0, 3.0]
     gat_layers: int = Field(1, ge=0)

@@ -366,7 +366,9 @@ CTR_CFG = CTRConfig(embed_dim=8, mlp_hidden=[16, 8], tower_hidden=[8], attention
                     short_term=3, max_history=64)
 CTR_SHAPES = ModelShapes(n_users=10, n_pois=20, n_contexts=7, scene={"location_type": 4, "weather": 4,
                          "temperature_band": 4, "time_slot": 4, "day_type": 3, "area": 5}, n_numeric=5,
-                         n_categories=6, n_bands={"price_band": 5, "rating_band": 5, "delivery_band": 5}, text_dim=12)
+                         n_categories=6, n_bands={"price_band": 5, "rating_band": 5, "delivery_band": 5}, text_dim=12,
+                         # piecewise-linear boundaries of the 5 numeric columns and distance (one constant column)
+                         ple_edges=[[-1.0, 0.0, 1.0], [-2.0, -0.5, 0.5, 2.0], [], [0.0, 1.0], [-1.0, 1.0], [0.0, 0.7, 1.4]])
 
 
 def make_ctr_batch(lengths, k=4, seed=0, cand_seed=None):

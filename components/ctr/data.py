@@ -233,6 +233,9 @@ class FeatureEncoder:
     # Quantile bin edges of the PoI attributes (price, rating, delivery), learnt on the PoIs open in
     # the training period; empty = the fixed ``features.*_band_edges`` (encoders saved before).
     bin_edges: dict[str, list[float]] = field(default_factory=dict)
+    # Piecewise-linear encoding (fit_ple): per standardised numeric column, then distance, the
+    # quantile boundaries of its training-split values; empty = raw values only (encoders saved before).
+    ple_edges: list[list[float]] = field(default_factory=list)
 
     # -- fitting -------------------------------------------------------------------------------
     @classmethod
@@ -283,7 +286,7 @@ class FeatureEncoder:
         return {"users": self.users.to_list(), "pois": self.pois.to_list(), "contexts": self.contexts.to_list(),
                 "scene": {k: v.to_list() for k, v in self.scene.items()}, "numeric": self.numeric,
                 "mean": self.mean.tolist(), "std": self.std.tolist(), "n_categories": self.n_categories,
-                "n_bands": self.n_bands, "bin_edges": self.bin_edges}
+                "n_bands": self.n_bands, "bin_edges": self.bin_edges, "ple_edges": self.ple_edges}
 
     @classmethod
     def from_json(cls, d: dict) -> "FeatureEncoder":
@@ -291,7 +294,8 @@ class FeatureEncoder:
                    {k: Vocab.from_list(v) for k, v in d["scene"].items()}, list(d["numeric"]),
                    np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32), int(d["n_categories"]),
                    {k: int(v) for k, v in d["n_bands"].items()},
-                   {k: [float(x) for x in v] for k, v in d.get("bin_edges", {}).items()})
+                   {k: [float(x) for x in v] for k, v in d.get("bin_edges", {}).items()},
+                   [[float(x) for x in e] for e in d.get("ple_edges", [])])
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json()))
@@ -306,7 +310,25 @@ class FeatureEncoder:
                 "scene": {f: len(v) for f, v in self.scene.items()}, "n_numeric": len(self.numeric),
                 "n_flags": max(4, len({c.split("__")[0] for c in self.numeric})),
                 "n_categories": self.n_categories, "n_bands": dict(self.n_bands),
-                "user_dense": [i for i, c in enumerate(self.numeric) if c.startswith(USER_DENSE_PREFIXES)]}
+                "user_dense": [i for i, c in enumerate(self.numeric) if c.startswith(USER_DENSE_PREFIXES)],
+                "ple_edges": [list(e) for e in self.ple_edges]}
+
+    def fit_ple(self, train: "RequestData", n_bins: int) -> None:
+        """Learn the piecewise-linear encoding's boundaries on the encoded training split: for each
+        standardised numeric column and for distance, the distinct quantiles (0, 1/n, ..., 1) of its
+        values over the real candidates (a tree model's thresholds, learnt from the data, never given).
+        A column with one distinct value gets none (it is encoded as nothing)."""
+        if n_bins <= 0:
+            self.ple_edges = []
+            return
+        n = len(self.numeric)
+        cols = np.concatenate([train.numeric[train.mask][:, :n], train.distance[train.mask][:, None]], 1)
+        q = np.linspace(0.0, 1.0, n_bins + 1)
+        edges = []
+        for j in range(cols.shape[1]):
+            e = np.unique(np.quantile(cols[:, j], q)) if len(cols) else np.zeros(0)
+            edges.append([round(float(x), 6) for x in e] if len(e) >= 2 else [])
+        self.ple_edges = edges
 
     def numeric_matrix(self, df: pd.DataFrame) -> np.ndarray:
         """Standardised numeric features with NaN -> 0, followed by one missing flag per feature view."""
@@ -711,5 +733,7 @@ def build_dataset(params: Params, sources: CTRSources | None = None) -> CTRDatas
         return encode_requests(part, enc, poi_table, hist, test_start, src.users, params.features, src.truth, k,
                                scene_ids)
 
-    return CTRDataset(enc, poi_table, hist, encode(parts["train"]), encode(parts["valid"]), encode(parts["test"]),
+    train = encode(parts["train"])
+    enc.fit_ple(train, cfg.numeric_ple_bins)
+    return CTRDataset(enc, poi_table, hist, train, encode(parts["valid"]), encode(parts["test"]),
                       scene_table, test_start, valid_start)

@@ -57,6 +57,7 @@ class ModelShapes:
     text_dim: int = 0  # width of the LLM embeddings (0 = none available)
     n_flags: int = 4  # missing flags after the numeric features: one per feature view (4 before HKFR's)
     user_dense: list = field(default_factory=list)  # numeric columns describing the user (data.USER_DENSE_PREFIXES)
+    ple_edges: list = field(default_factory=list)  # FeatureEncoder.fit_ple: boundaries per numeric column, then distance
 
     @classmethod
     def from_sizes(cls, sizes: dict, text_dim: int) -> "ModelShapes":
@@ -142,6 +143,37 @@ def history_profile(w: torch.Tensor, hist_row: torch.Tensor, cand_row: torch.Ten
     return torch.stack(feats, -1)
 
 
+class PiecewiseLinear(nn.Module):
+    """Piecewise-linear encoding of numeric inputs (Gorishniy et al., 2022, "On Embeddings for
+    Numerical Features in Tabular Deep Learning"), then one linear map: each column's value x, with
+    boundaries b_0 < ... < b_T learnt as training-split quantiles, becomes T components
+    clamp((x - b_{t-1}) / (b_t - b_{t-1}), 0, 1), so the model reads every feature through a learnt
+    piecewise-linear function, as a tree model reads it through thresholds, with no edge given by hand.
+    ``edges``: per column its boundaries (a column with fewer than 2 reads as zeros)."""
+
+    def __init__(self, edges: list[list[float]], out_dim: int):
+        super().__init__()
+        t = max(max(len(e) - 1 for e in edges), 1)
+        lo = torch.zeros(len(edges), t)
+        width = torch.ones(len(edges), t)
+        valid = torch.zeros(len(edges), t)
+        for j, e in enumerate(edges):
+            e = torch.tensor(e, dtype=torch.float32)
+            if len(e) >= 2:
+                lo[j, :len(e) - 1] = e[:-1]
+                width[j, :len(e) - 1] = (e[1:] - e[:-1]).clamp(min=1e-6)
+                valid[j, :len(e) - 1] = 1.0
+        self.register_buffer("lo", lo, persistent=False)
+        self.register_buffer("width", width, persistent=False)
+        self.register_buffer("valid", valid, persistent=False)
+        self.proj = nn.Linear(len(edges) * t, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(…, C) values -> (…, out_dim)."""
+        z = ((x.unsqueeze(-1) - self.lo) / self.width).clamp(0.0, 1.0) * self.valid
+        return self.proj(z.flatten(-2))
+
+
 class CTRModel(nn.Module):
     """Embedding & MLP CTR model with ESMM heads; scene and sequence modules per ``MODEL_SPECS``."""
 
@@ -168,6 +200,7 @@ class CTRModel(nn.Module):
         n_scene = len(shapes.scene)
         self.scene_collab = nn.Linear(n_scene * d, cfg.collab_dim)
         self.numeric_proj = nn.Linear(shapes.n_numeric + shapes.n_flags, 2 * d)  # + missing flag per view
+        self.ple = PiecewiseLinear(shapes.ple_edges, 2 * d) if shapes.ple_edges else None
         self.use_text = self.scene_mode in ("larr", "fulltext") and shapes.text_dim > 0
         if self.use_text:  # the LLM embeddings arrive in the batch (cand_text, hist_text, scene_feats)
             self.text_proj = nn.Linear(shapes.text_dim, d)
@@ -369,7 +402,12 @@ class CTRModel(nn.Module):
         if larr is not None and aux is not None:
             aux["scene_vec"], aux["collab_vec"] = larr, collab
         scene_k = scene.unsqueeze(1).expand(r, k, scene.shape[-1])
-        return [user, cand, user * cand, scene_k, self.scene_to_item(scene_k) * cand, self.numeric_proj(self._numeric(b)),
+        numeric = self._numeric(b)
+        dense = self.numeric_proj(numeric)
+        if self.ple is not None:
+            n = self.shapes.n_numeric
+            dense = dense + self.ple(torch.cat([numeric[..., :n], b["distance"].unsqueeze(-1)], -1))
+        return [user, cand, user * cand, scene_k, self.scene_to_item(scene_k) * cand, dense,
                 self.position_emb(b["position"].clamp(max=MAX_POSITION - 1)), b["distance"].unsqueeze(-1)]
 
     def top(self, x: torch.Tensor) -> dict:

@@ -285,6 +285,8 @@ def test_user_profile_columns_enter_the_user_embedding():
         assert not torch.allclose(out[0], out[1])
         model.user_dense.weight.zero_()
         model.numeric_proj.weight[:, 1:3] = 0
+        t = model.ple.lo.shape[1]  # and their piecewise-linear pieces
+        model.ple.proj.weight[:, 1 * t:3 * t] = 0
         out = model(b)["ctr"]
     assert torch.allclose(out[0], out[1])
     assert CTRModel("din_full", CFG, SHAPES).user_dense is None  # no such columns: no extra layer
@@ -318,6 +320,36 @@ def test_quantile_edges_follow_the_data_not_a_fixed_scale():
     counts = np.bincount(np.searchsorted(edges, prices, side="right"), minlength=4)
     assert counts.min() > 900  # equal-count bins
     assert quantile_edges([np.nan, None], 4) == []
+
+
+def test_piecewise_linear_encoding_reads_each_value_against_its_learnt_boundaries():
+    from components.ctr.data import FeatureEncoder, RequestData, Vocab
+    from components.ctr.model import PiecewiseLinear
+
+    ple = PiecewiseLinear([[0.0, 1.0, 3.0], [], [5.0, 6.0]], out_dim=2)
+    x = torch.tensor([[-1.0, 9.0, 5.5], [2.0, 9.0, 7.0], [0.5, 9.0, 4.0]])
+    z = ((x.unsqueeze(-1) - ple.lo) / ple.width).clamp(0, 1) * ple.valid
+    np.testing.assert_allclose(z[:, 0].numpy(), [[0, 0], [1, 0.5], [0.5, 0]])  # two pieces: [0, 1], [1, 3]
+    assert z[:, 1].abs().sum() == 0  # a column without boundaries reads as nothing
+    np.testing.assert_allclose(z[:, 2].numpy(), [[0.5, 0], [1, 0], [0, 0]])  # one piece, padding stays 0
+    assert ple(x).shape == (3, 2)
+    # the boundaries are the training split's quantiles, learnt per column (a constant one gets none)
+    rng = np.random.default_rng(0)
+    m = 2000
+    numeric = np.stack([rng.normal(0, 1, m), np.full(m, 0.5), np.zeros(m), np.zeros(m), np.zeros(m)], 1)
+    data = RequestData.__new__(RequestData)
+    data.numeric = numeric.reshape(m, 1, 5).astype(np.float32)  # 2 columns + 3 view flags
+    data.distance = rng.exponential(1.0, (m, 1)).astype(np.float32)
+    data.mask = np.ones((m, 1), bool)
+    enc = FeatureEncoder(Vocab(["u"]), Vocab(["p"]), Vocab(["c"]), {}, ["poi_stats__a", "poi_stats__b"],
+                         np.zeros(2, np.float32), np.ones(2, np.float32), 1, {})
+    enc.fit_ple(data, 4)
+    assert [len(e) for e in enc.ple_edges] == [5, 0, 5]  # two numeric columns, then distance
+    np.testing.assert_allclose(enc.ple_edges[0][2], np.median(numeric[:, 0]), atol=1e-4)
+    assert enc.ple_edges[2][0] >= 0 and enc.sizes()["ple_edges"] == enc.ple_edges
+    assert FeatureEncoder.from_json(enc.to_json()).ple_edges == enc.ple_edges
+    enc.fit_ple(data, 0)
+    assert enc.ple_edges == []  # off: raw values only
 
 
 def test_scene_columns_reach_the_model_as_numbers():
