@@ -243,7 +243,10 @@ class CTRModel(nn.Module):
         e = (self.poi_emb(vocab_id) + self.cat_emb(cat) + self.price_emb(price) + self.rating_emb(rating)
              + self.delivery_emb(delivery))
         if self.use_text:
-            e = e + self.text_proj(text)
+            t = self.text_proj(text)
+            if self.training and self.cfg.text_dropout > 0:  # hide whole texts, as id_dropout hides IDs
+                t = t * (torch.rand(t.shape[:-1] + (1,), device=t.device) >= self.cfg.text_dropout).to(t.dtype)
+            e = e + t
         return e
 
     def scene(self, b):

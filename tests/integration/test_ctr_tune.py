@@ -31,3 +31,8 @@ def test_tune_logs_every_trial_and_writes_the_override(tmp_path):
             f"tags.mlflow.parentRunId = '{run_id}'")
         assert len(runs) == 2
         assert all("valid.auc.ctr" in r.data.metrics and "ctr.lr" in r.data.params for r in runs)
+        # the first trial is the configuration as it stood: tuning never writes worse knobs than that
+        baseline = [r for r in runs if float(r.data.params["ctr.lr"]) == params.ctr.lr
+                    and float(r.data.params["ctr.text_dropout"]) == params.ctr.text_dropout]
+        assert len(baseline) == 1
+        assert out["best_valid_auc_ctr"] >= round(baseline[0].data.metrics["valid.auc.ctr"], 5)

@@ -254,6 +254,24 @@ def test_served_larr_path_scores_exactly_like_training_eval():
     assert not CTRModel("id_only", CFG, SHAPES).use_scene_table(table)
 
 
+def test_text_dropout_hides_whole_poi_texts_in_training_only():
+    cfg = CFG.model_copy(update={"text_dropout": 0.5})
+    torch.manual_seed(0)
+    model = CTRModel("larr_cofars", cfg, SHAPES)
+    b = make_batch([2, 5], k=4)
+    args = (b["cand_poi"], b["cand_text"], b["cand_category"], b["cand_price"], b["cand_rating"], b["cand_delivery"])
+    no_text = (b["cand_poi"], torch.zeros_like(b["cand_text"]), *args[2:])
+    with torch.no_grad():
+        model.eval()  # evaluation reads every text
+        full = model.item(*args)
+        bare = model.item(*no_text) - model.text_proj.bias  # the items without their text term
+        model.train()
+        hidden = model.item(*args)
+    dropped = torch.isclose(hidden, bare, atol=1e-6).all(-1)
+    kept = torch.isclose(hidden, full, atol=1e-6).all(-1)
+    assert (dropped | kept).all() and dropped.any() and kept.any()  # each text wholly kept or wholly hidden
+
+
 def test_weight_on_matches_the_pairwise_definition():
     from components.ctr.model import weight_on
 
