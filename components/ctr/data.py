@@ -236,6 +236,9 @@ class FeatureEncoder:
     # Piecewise-linear encoding (fit_ple): per standardised numeric column, then distance, the
     # quantile boundaries of its training-split values; empty = raw values only (encoders saved before).
     ple_edges: list[list[float]] = field(default_factory=list)
+    # Mean PoI text embedding over the PoIs known in training (fit_text_mean); PoiTable.build centres
+    # every PoI's embedding on it; empty = used as they are (encoders saved before, or switched off).
+    text_mean: list[float] = field(default_factory=list)
 
     # -- fitting -------------------------------------------------------------------------------
     @classmethod
@@ -286,7 +289,8 @@ class FeatureEncoder:
         return {"users": self.users.to_list(), "pois": self.pois.to_list(), "contexts": self.contexts.to_list(),
                 "scene": {k: v.to_list() for k, v in self.scene.items()}, "numeric": self.numeric,
                 "mean": self.mean.tolist(), "std": self.std.tolist(), "n_categories": self.n_categories,
-                "n_bands": self.n_bands, "bin_edges": self.bin_edges, "ple_edges": self.ple_edges}
+                "n_bands": self.n_bands, "bin_edges": self.bin_edges, "ple_edges": self.ple_edges,
+                "text_mean": self.text_mean}
 
     @classmethod
     def from_json(cls, d: dict) -> "FeatureEncoder":
@@ -295,7 +299,8 @@ class FeatureEncoder:
                    np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32), int(d["n_categories"]),
                    {k: int(v) for k, v in d["n_bands"].items()},
                    {k: [float(x) for x in v] for k, v in d.get("bin_edges", {}).items()},
-                   [[float(x) for x in e] for e in d.get("ple_edges", [])])
+                   [[float(x) for x in e] for e in d.get("ple_edges", [])],
+                   [float(x) for x in d.get("text_mean", [])])
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json()))
@@ -312,6 +317,19 @@ class FeatureEncoder:
                 "n_categories": self.n_categories, "n_bands": dict(self.n_bands),
                 "user_dense": [i for i, c in enumerate(self.numeric) if c.startswith(USER_DENSE_PREFIXES)],
                 "ple_edges": [list(e) for e in self.ple_edges]}
+
+    def fit_text_mean(self, poi_embeddings: pd.DataFrame | None) -> None:
+        """The mean text embedding of the PoIs with an ID row (those known in the training period):
+        sentence embeddings of one domain share a dominant direction (mean pairwise cosine 0.96-0.99
+        on our worlds), so what tells PoIs apart is a small residual of each vector until it is removed."""
+        self.text_mean = []
+        if poi_embeddings is None or not len(poi_embeddings):
+            return
+        known = set(self.pois.to_list())
+        rows = [np.asarray(e, np.float64) for p, e in zip(poi_embeddings["poi_id"].astype(str), poi_embeddings["embedding"])
+                if p in known]
+        if rows:
+            self.text_mean = [round(float(x), 7) for x in np.mean(rows, 0)]
 
     def fit_ple(self, train: "RequestData", n_bins: int) -> None:
         """Learn the piecewise-linear encoding's boundaries on the encoded training split: for each
@@ -405,6 +423,11 @@ class PoiTable:
             m = dict(zip(poi_embeddings["poi_id"].astype(str), poi_embeddings["embedding"]))
             dim = len(next(iter(m.values())))
             emb = np.stack([np.asarray(m[i], np.float32) if i in m else np.zeros(dim, np.float32) for i in ids])
+            if len(enc.text_mean) == dim:  # centred on the training PoIs' mean, renormalised; none stays zeros
+                has = np.array([i in m for i in ids])
+                c = emb - np.asarray(enc.text_mean, np.float32)
+                c /= np.clip(np.linalg.norm(c, axis=1, keepdims=True), 1e-6, None)
+                emb = np.where(has[:, None], c, 0.0).astype(np.float32)
         rating = pd.to_numeric(pois["rating"], errors="coerce").to_numpy()
         edges = {k: enc.bin_edges.get(k, getattr(cfg_features, f"{k}_edges")) for k in POI_BINNED}
         price_raw = pd.to_numeric(pois["price"], errors="coerce")
@@ -722,6 +745,8 @@ def build_dataset(params: Params, sources: CTRSources | None = None) -> CTRDatas
             raise ValueError(f"the {name} split is empty: too few requests ({len(req_ts)}) for the ctr split fractions")
     enc = FeatureEncoder.fit(parts["train"], src.behaviors, src.pois, valid_start, cfg.numeric_bins,
                             cfg.user_min_requests)
+    if cfg.center_poi_text:
+        enc.fit_text_mean(src.poi_embeddings)
     poi_table = PoiTable.build(src.pois, enc, params.features, src.poi_embeddings)
     opened = dict(zip(src.pois["poi_id"].astype(str), src.pois["opened_at"]))
     hist = History.build(src.behaviors, poi_table, enc, cfg, params.features)

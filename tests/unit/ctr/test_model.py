@@ -370,6 +370,36 @@ def test_piecewise_linear_encoding_reads_each_value_against_its_learnt_boundarie
     assert enc.ple_edges == []  # off: raw values only
 
 
+def test_poi_texts_are_centred_on_the_training_pois_mean():
+    import pandas as pd
+
+    from components.config import FeaturesConfig
+    from components.ctr.data import FeatureEncoder, PoiTable, Vocab
+
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=8)
+    vecs = common + 0.1 * rng.normal(size=(4, 8))  # one shared direction, small differences
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    pois = pd.DataFrame({"poi_id": ["a", "b", "c", "d", "e"], "geohash": ["wx4g0"] * 5, "rating": [4.0] * 5,
+                         "price": [30.0] * 5, "delivery_minutes": [25.0] * 5, "category": ["x"] * 5})
+    emb = pd.DataFrame({"poi_id": ["a", "b", "c", "d"], "embedding": list(vecs)})  # e has no text
+    enc = FeatureEncoder(Vocab(["a", "b", "c"]), Vocab(["a", "b", "c"]), Vocab(["c"]), {}, [], np.zeros(0, np.float32),
+                         np.ones(0, np.float32), 1, {})
+    enc.pois = Vocab(["a", "b", "c"])  # d opened after the training period: not in the mean
+    features = FeaturesConfig(price_band_edges=[50.0], rating_band_edges=[4.5], delivery_band_edges=[30.0])
+    raw = PoiTable.build(pois, enc, features, emb).text_emb
+    np.testing.assert_allclose(raw[:4], vecs, atol=1e-6)  # no mean fitted: as they are
+    enc.fit_text_mean(emb)
+    np.testing.assert_allclose(enc.text_mean, vecs[:3].mean(0), atol=1e-6)
+    t = PoiTable.build(pois, enc, features, emb).text_emb
+    want = vecs - vecs[:3].mean(0)
+    np.testing.assert_allclose(t[:4], want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
+    assert not t[4].any()  # a PoI without a text stays without one
+    cos = lambda x: (x[:3] @ x[:3].T)[np.triu_indices(3, 1)].mean()  # noqa: E731
+    assert cos(raw) > 0.9 > 0.5 > cos(t)  # the shared direction is gone
+    assert FeatureEncoder.from_json(enc.to_json()).text_mean == enc.text_mean
+
+
 def test_scene_columns_reach_the_model_as_numbers():
     import pandas as pd
 
