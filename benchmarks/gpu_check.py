@@ -95,7 +95,9 @@ def llm_throughput(steps: int, batch: int, seq: int) -> dict:
 
 
 def ctr_batch(r: int, k: int, n: int, text_dim: int, device: str, seed: int = 0) -> dict:
-    """A batch of the default world's shapes: r requests x k candidates, n-long histories."""
+    """A batch of the default world's shapes: r requests x k candidates, n-long histories. The keys of
+    tests/factories.make_ctr_batch, at realistic sizes; not imported from there, because that module
+    needs the pinned set (pydantic, pandas' fixtures) that a device image may lack."""
     g = np.random.default_rng(seed)
     lengths = g.integers(n // 4, n + 1, r)
     mask = np.arange(n)[None, :] < lengths[:, None]

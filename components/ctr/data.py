@@ -341,12 +341,12 @@ class FeatureEncoder:
             return
         n = len(self.numeric)
         cols = np.concatenate([train.numeric[train.mask][:, :n], train.distance[train.mask][:, None]], 1)
-        q = np.linspace(0.0, 1.0, n_bins + 1)
-        edges = []
-        for j in range(cols.shape[1]):
-            e = np.unique(np.quantile(cols[:, j], q)) if len(cols) else np.zeros(0)
-            edges.append([round(float(x), 6) for x in e] if len(e) >= 2 else [])
-        self.ple_edges = edges
+        if not len(cols):
+            self.ple_edges = [[] for _ in range(n + 1)]
+            return
+        qs = np.quantile(cols, np.linspace(0.0, 1.0, n_bins + 1), axis=0)  # (n_bins + 1, columns)
+        uniq = (np.unique(qs[:, j]) for j in range(qs.shape[1]))
+        self.ple_edges = [[round(float(x), 6) for x in e] if len(e) >= 2 else [] for e in uniq]
 
     def numeric_matrix(self, df: pd.DataFrame) -> np.ndarray:
         """Standardised numeric features with NaN -> 0, followed by one missing flag per feature view."""
@@ -422,9 +422,9 @@ class PoiTable:
         if poi_embeddings is not None and len(poi_embeddings):
             m = dict(zip(poi_embeddings["poi_id"].astype(str), poi_embeddings["embedding"]))
             dim = len(next(iter(m.values())))
-            emb = np.stack([np.asarray(m[i], np.float32) if i in m else np.zeros(dim, np.float32) for i in ids])
+            has = np.array([i in m for i in ids])
+            emb = np.stack([np.asarray(m[i], np.float32) if h else np.zeros(dim, np.float32) for i, h in zip(ids, has)])
             if len(enc.text_mean) == dim:  # centred on the training PoIs' mean, renormalised; none stays zeros
-                has = np.array([i in m for i in ids])
                 c = emb - np.asarray(enc.text_mean, np.float32)
                 c /= np.clip(np.linalg.norm(c, axis=1, keepdims=True), 1e-6, None)
                 emb = np.where(has[:, None], c, 0.0).astype(np.float32)

@@ -26,32 +26,34 @@ SPACE = {
     "embed_dim": ("choice", [8, 16, 32]),
     "batch_requests": ("choice", [128, 256, 512]),
     "cross_layers": ("choice", [0, 1, 2]),
-    # How far to trust the LLM's texts: worth +0.004 on a world whose PoI texts were written from
-    # its latents, a loss on one whose texts say little (README, "A world from another generator").
+    # How far to trust the LLM's texts: trusting less cost 0.002-0.004 on the default world, whose PoI
+    # texts are written from its latents, and gained 0.001-0.002 on factor_world, whose texts say little
+    # (README, "A world from another generator").
     "alignment_weight": ("float", 0.0, 0.3),
     "text_dropout": ("float", 0.0, 0.5),
 }
 
 
-def search_space(base) -> dict:
-    """``SPACE`` widened to hold the configuration as it stands (``base``: a CTRConfig), so that it
-    can be the first trial: a range grows to its value, a choice list gains it."""
-    space = {}
+def search_space(base) -> tuple[dict, dict]:
+    """``SPACE`` widened to hold the configuration as it stands (``base``: a CTRConfig), and that
+    configuration as the first trial's point: a range grows to its value, a choice list gains it (a
+    log range cannot hold 0: such a knob keeps its range and is drawn in the first trial too)."""
+    space, start = {}, {}
     for name, (kind, *args) in SPACE.items():
         v = getattr(base, name)
         if kind == "choice":
-            space[name] = (kind, sorted(set(args[0]) | {v}))
-        elif kind == "log" and v <= 0:  # no log scale holds 0: that knob is drawn, the others start as they are
+            space[name], start[name] = (kind, sorted(set(args[0]) | {v})), v
+        elif kind == "log" and v <= 0:
             space[name] = (kind, *args)
         else:
-            space[name] = (kind, min(args[0], v), max(args[1], v))
-    return space
+            space[name], start[name] = (kind, min(args[0], v), max(args[1], v)), v
+    return space, start
 
 
-def suggest(trial, space: dict | None = None) -> dict:
-    """One point of ``space`` (default ``SPACE``) from an Optuna trial."""
+def suggest(trial, space: dict) -> dict:
+    """One point of ``space`` (``search_space``) from an Optuna trial."""
     out = {}
-    for name, (kind, *args) in (space or SPACE).items():
+    for name, (kind, *args) in space.items():
         if kind == "log":
             out[name] = trial.suggest_float(name, args[0], args[1], log=True)
         elif kind == "float":
@@ -77,7 +79,7 @@ def tune_ctr(params: Params, trials: int, budget_seconds: float, parent_run_id: 
         raise ValueError(f"tune searches the neural CTR model's knobs; ctr.model is {base.model} with no neural model "
                          "(set it, or a member of ctr.ensemble_members, to one of the neural models, e.g. larr_cofars)")
     base = base.model_copy(update={"model": neural[0]})  # an ensemble's neural member is what is tuned
-    space = search_space(base)
+    space, start = search_space(base)
     t0 = time.perf_counter()
     ds = build_dataset(params)
 
@@ -98,8 +100,7 @@ def tune_ctr(params: Params, trials: int, budget_seconds: float, parent_run_id: 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=params.seed))
     # The first trial is the configuration as it stands, so the knobs written are never worse on
     # validation than not tuning (Optuna's enqueue_trial; TPE's own start is random).
-    study.enqueue_trial({k: getattr(base, k) for k, (kind, *args) in space.items()
-                         if kind == "choice" or args[0] <= getattr(base, k) <= args[1]})
+    study.enqueue_trial(start)
     remaining = max(budget_seconds - (time.perf_counter() - t0), 1.0)
     study.optimize(objective, n_trials=trials, timeout=remaining)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
