@@ -15,7 +15,9 @@ Tables (written as ``<out_dir>/<table>.parquet``, key + ``event_timestamp`` tz-a
   (``age_18_24``, ``gender_f``, ...; all zero when unknown), stamped at ``registered_at``: the
   only personal signal there is for a user who has no behaviour yet.
 - ``poi_profile`` (poi_id): static attributes stamped at ``opened_at``.
-- ``poi_stats`` (poi_id): cumulative views / clicks / favourites / orders and smoothed rates.
+- ``poi_stats`` (poi_id): cumulative views / clicks / favourites / orders and smoothed rates; with
+  ``features.recent_days`` also the views / clicks / orders of that many last days and a recent CTR
+  shrunk to the PoI's long-run one (catalogues drift: a count since the first day cannot follow it).
 - ``context_stats`` (context_id = ``location_type|time_slot|weather``): behaviour and order counts
   and D(C), the category / price / rating / delivery band distributions of the PoIs clicked or
   ordered in that context (CoFARS, METHODS.md section 2).
@@ -43,6 +45,7 @@ from components.atomic import crash_point, sweep_temp_files, write_parquet_atomi
 from components.config import FeaturesConfig
 from components.data.contract import AGE_GROUPS, BEHAVIORS, GENDERS
 
+RECENT_COUNTS = ("n_view_recent", "n_click_recent", "n_order_recent")  # poi_stats with features.recent_days
 TABLES = ("user_stats", "user_profile", "poi_profile", "poi_stats", "context_stats")
 KEYS = {"user_stats": "user_id", "user_profile": "user_id", "poi_profile": "poi_id", "poi_stats": "poi_id",
         "context_stats": "context_id"}
@@ -184,7 +187,8 @@ def feature_schema(cfg: FeaturesConfig) -> dict[str, list[tuple[str, str]]]:
             ("delivery_minutes", "int64"), ("delivery_band", "int64"),
         ],
         "poi_stats": [("n_view", "int64"), ("n_click", "int64"), ("n_favorite", "int64"), ("n_order", "int64"),
-                      ("ctr_smoothed", "float32"), ("cvr_smoothed", "float32")],
+                      ("ctr_smoothed", "float32"), ("cvr_smoothed", "float32")]
+                     + ([(c, "int64") for c in RECENT_COUNTS] + [("ctr_recent", "float32")] if cfg.recent_days else []),
         "context_stats": [("n_total", "int64"), ("n_click", "int64"), ("n_order", "int64"),
                           ("n_interactions", "int64")] + cats + price + rating + delivery,
     }
@@ -291,6 +295,19 @@ class _Groups:
         flat = self.row_group[ok].astype("int64") * width + values[ok]
         # int32 halves the memory traffic of the (groups x width) matrices; counts stay < 2**31.
         return np.bincount(flat, minlength=self.n * width).astype("int32").reshape(self.n, width)
+
+    def lagged(self, running: np.ndarray, lag: int) -> np.ndarray:
+        """``running`` (a ``cumulative`` matrix) as it stood at each entity's latest group at least
+        ``lag`` periods before the group's own (zeros where the entity has none that old)."""
+        out = np.zeros_like(running)
+        if self.n == 0:
+            return out
+        span = int(self.period.max()) + lag + 1
+        key = self.entity.astype("int64") * span + self.period  # ascending: sorted by entity, then period
+        j = np.searchsorted(key, key - lag, side="right") - 1
+        ok = (j >= 0) & (self.entity[np.maximum(j, 0)] == self.entity)
+        out[ok] = running[j[ok]]
+        return out
 
     def cumulative(self, mat: np.ndarray) -> np.ndarray:
         """Running sum over each entity's periods (groups are sorted by entity, then period)."""
@@ -525,6 +542,17 @@ def poi_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Dat
     cols = {f"n_{n}": cum[:, i].astype("int64") for n, i in idx.items()}
     cols["ctr_smoothed"] = ctr.astype("float32")
     cols["cvr_smoothed"] = cvr.astype("float32")
+    if cfg.recent_days:
+        # The window's counts are the running ones minus those of the snapshot ``lag`` periods back.
+        # A snapshot is written after each active period, so a PoI idle since keeps its last window
+        # until its next activity or the view's ttl: a fading shop fades a period late.
+        lag = max(1, round(cfg.recent_days * 24 / cfg.snapshot_hours))
+        recent = cum - g.lagged(cum, lag)
+        for name in RECENT_COUNTS:
+            cols[name] = recent[:, idx[name[2:-len("_recent")]]].astype("int64")
+        rv, rc = (recent[:, idx[n]].astype("float64") for n in ("view", "click"))
+        with np.errstate(invalid="ignore", divide="ignore"):  # shrunk to the PoI's own long-run rate
+            cols["ctr_recent"] = np.where(rv + k > 0, (rc + k * ctr) / (rv + k), ctr).astype("float32")
     return _frame("poi_id", poi.poi_id[g.entity], _stamp(g.period, cfg), cols)
 
 

@@ -173,6 +173,29 @@ def test_poi_profile_and_stats(tmp_path):
     assert p1.cvr_smoothed == pytest.approx((0 + 20 * 0.5) / (2 + 20), rel=1e-6)
 
 
+def test_poi_recent_window_counts_only_the_last_days(tmp_path):
+    """features.recent_days: per snapshot, the behaviour of the window ending with it; the recent CTR
+    is shrunk to the PoI's own long-run rate. Days 1, 2 and 5 active; a 2-day window."""
+    rows = [("2026-01-01T08:00:00Z", "u1", "p1", "view"), ("2026-01-01T08:01:00Z", "u1", "p1", "click"),
+            ("2026-01-02T08:00:00Z", "u1", "p1", "view"), ("2026-01-02T09:00:00Z", "u2", "p1", "view"),
+            ("2026-01-05T08:00:00Z", "u2", "p1", "view"), ("2026-01-05T08:01:00Z", "u2", "p1", "click"),
+            ("2026-01-05T08:02:00Z", "u2", "p1", "order")]
+    cfg = FeaturesConfig(top_categories=1, recent_days=2, **FIXED_EDGES)
+    assert [c for c, _ in feature_schema(cfg)["poi_stats"]][-4:] == ["n_view_recent", "n_click_recent",
+                                                                      "n_order_recent", "ctr_recent"]
+    _, t, _ = _build(tmp_path, _behaviors(rows), cfg)
+    p1 = t["poi_stats"].query("poi_id == 'p1'").set_index("event_timestamp")
+    day = lambda d: p1.loc[T(f"2026-01-0{d}")]  # noqa: E731  (the snapshot at the end of day d-1)
+    assert (day(2).n_view, day(2).n_view_recent, day(2).n_click_recent) == (1, 1, 1)
+    assert (day(3).n_view, day(3).n_view_recent, day(3).n_click_recent) == (3, 3, 1)  # days 1-2
+    # day 5: the window (days 4-5) holds day 5 alone; day 1's click and day 2's views have left it
+    assert (day(6).n_view, day(6).n_click, day(6).n_view_recent, day(6).n_click_recent,
+            day(6).n_order_recent) == (4, 2, 1, 1, 1)
+    assert day(6).ctr_recent == pytest.approx((1 + 20 * day(6).ctr_smoothed) / (1 + 20), rel=1e-6)
+    # recent_days 0: the cumulative columns only
+    assert "n_view_recent" not in dict(feature_schema(FIXED.model_copy(update={"recent_days": 0}))["poi_stats"])
+
+
 def test_user_profile_one_hot_stamped_at_registration(tmp_path):
     _, t, _ = _build(tmp_path, _behaviors(WORKED))
     prof = t["user_profile"].set_index("user_id")
