@@ -130,6 +130,14 @@ class FeaturesConfig(Section):
             raise ValueError(f"must map >= 2 slot names to distinct start hours in 0-23, got {v}")
         return dict(sorted(v.items(), key=lambda kv: kv[1]))  # key order in the YAML does not matter
 
+    @model_validator(mode="after")
+    def _window(self):
+        if 0 < self.recent_days * 24 < self.snapshot_hours:
+            raise ValueError(f"recent_days ({self.recent_days}) is shorter than one snapshot period "
+                             f"(snapshot_hours {self.snapshot_hours}): give 0 (off) or at least "
+                             f"{self.snapshot_hours / 24:g} days")
+        return self
+
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:

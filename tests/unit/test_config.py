@@ -88,3 +88,14 @@ def test_tuned_params_file_is_merged_over_params_yaml(tmp_path):
     (tmp_path / "params.tuned.yaml").write_text("- not a mapping\n")
     with pytest.raises(ParamsError, match="params.tuned.yaml"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_a_recent_window_shorter_than_a_snapshot_is_refused(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["features"].update(recent_days=0.5, snapshot_hours=24)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match="recent_days .*shorter than one snapshot period"):
+        load_params(tmp_path / "params.yaml")
+    raw["features"].update(recent_days=0)  # off
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert load_params(tmp_path / "params.yaml").features.recent_days == 0
