@@ -45,7 +45,8 @@ from components.atomic import crash_point, sweep_temp_files, write_parquet_atomi
 from components.config import FeaturesConfig
 from components.data.contract import AGE_GROUPS, BEHAVIORS, GENDERS
 
-RECENT_COUNTS = ("n_view_recent", "n_click_recent", "n_order_recent")  # poi_stats with features.recent_days
+RECENT_BEHAVIORS = ("view", "click", "order")  # counted over the last features.recent_days in poi_stats
+RECENT_COUNTS = tuple(f"n_{b}_recent" for b in RECENT_BEHAVIORS)
 TABLES = ("user_stats", "user_profile", "poi_profile", "poi_stats", "context_stats")
 KEYS = {"user_stats": "user_id", "user_profile": "user_id", "poi_profile": "poi_id", "poi_stats": "poi_id",
         "context_stats": "context_id"}
@@ -544,12 +545,12 @@ def poi_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Dat
     cols["cvr_smoothed"] = cvr.astype("float32")
     if cfg.recent_days:
         # The window's counts are the running ones minus those of the snapshot ``lag`` periods back.
-        # A snapshot is written after each active period, so a PoI idle since keeps its last window
-        # until its next activity or the view's ttl: a fading shop fades a period late.
+        # A snapshot is written after each active period only, so a PoI that goes idle keeps its last
+        # window until its next behaviour or the view's ttl (Feast joins the latest snapshot).
         lag = max(1, round(cfg.recent_days * 24 / cfg.snapshot_hours))
         recent = cum - g.lagged(cum, lag)
-        for name in RECENT_COUNTS:
-            cols[name] = recent[:, idx[name[2:-len("_recent")]]].astype("int64")
+        for b, name in zip(RECENT_BEHAVIORS, RECENT_COUNTS):
+            cols[name] = recent[:, idx[b]].astype("int64")
         rv, rc = (recent[:, idx[n]].astype("float64") for n in ("view", "click"))
         with np.errstate(invalid="ignore", divide="ignore"):  # shrunk to the PoI's own long-run rate
             cols["ctr_recent"] = np.where(rv + k > 0, (rc + k * ctr) / (rv + k), ctr).astype("float32")
