@@ -38,6 +38,13 @@ def test_a_model_knob_rewrites_the_world_params_without_rebuilding_it(tiny_proje
     build_project(load_params(base_file), root, {"position_bias": 0.05}, log=lambda *a, **k: None)
     assert (root / ".built").stat().st_mtime_ns == built  # not rebuilt
 
+    key = yaml.safe_load((root / ".built").read_text())
+    del key["build_revision"]  # built by the code before the last change to what a build produces
+    (root / ".built").write_text(yaml.safe_dump(key))
+    build_project(load_params(base_file), root, {"position_bias": 0.05}, log=lambda *a, **k: None)
+    assert (root / ".built").stat().st_mtime_ns != built  # rebuilt
+    built = (root / ".built").stat().st_mtime_ns
+
     third = build_project(load_params(base_file), root, {"position_bias": 0.2}, log=lambda *a, **k: None)
     assert third.generate.position_bias == 0.2 and third.ctr.lr == 0.0123
     assert (root / ".built").stat().st_mtime_ns != built  # what the build reads changed: rebuilt
