@@ -325,11 +325,10 @@ class FeatureEncoder:
         self.text_mean = []
         if poi_embeddings is None or not len(poi_embeddings):
             return
-        known = set(self.pois.to_list())
-        rows = [np.asarray(e, np.float64) for p, e in zip(poi_embeddings["poi_id"].astype(str), poi_embeddings["embedding"])
-                if p in known]
-        if rows:
-            self.text_mean = [round(float(x), 7) for x in np.mean(rows, 0)]
+        known = poi_embeddings["poi_id"].astype(str).isin(self.pois.to_list()).to_numpy()
+        if known.any():
+            rows = np.stack(poi_embeddings["embedding"].to_numpy()[known]).astype(np.float64)
+            self.text_mean = [round(float(x), 7) for x in rows.mean(0)]
 
     def fit_ple(self, train: "RequestData", n_bins: int) -> None:
         """Learn the piecewise-linear encoding's boundaries on the encoded training split: for each
