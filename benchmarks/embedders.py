@@ -16,7 +16,8 @@ its mined pairs (``contrastive:`` of params.yaml), it builds and measures:
   minilm_untuned    all-MiniLM-L6-v2 as packaged, mean pooled, no special tokens
   minilm_mnrl       the off-the-shelf recipe: MultipleNegativesRankingLoss (in-batch softmax over
                     cosine x 20, one direction; sentence-transformers' loss, written out here), --steps
-                    steps of 24 mixed training pairs, lr 2e-5, 10 % warm-up, mean pooling, right truncation
+                    steps of 24 mixed training pairs, lr 2e-5 (--mnrl-lr; sentence-transformers' rate), 10 %
+                    warm-up, mean pooling, right truncation
   ours_from_minilm  params/pretrained.yaml: MiniLM + our field markers, continual masked-LM pretraining
                     on our corpus (--mlm-steps), then our contrastive stage (--steps; 8 pairs per
                     strategy per step, i.e. the same 24 pairs a step as MNRL)
@@ -360,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="held-out queries per strategy, at most (contrastive.heldout_pairs; the default world "
                          "has 353 user-user, 838 PoI-PoI and 5182 user-PoI; params.yaml's 100 leaves a 95%% "
                          "interval of about +-0.05 on mean recall@10, 300 about +-0.03, these about +-0.02)")
+    ap.add_argument("--mnrl-lr", type=float, default=2e-5,
+                    help="MNRL's learning rate (sentence-transformers' default; the profile's contrastive.lr for "
+                         "a same-rate comparison). A kept folder keeps the MNRL encoder it has")
     ap.add_argument("--throughput-texts", type=int, default=128)
     ap.add_argument("--world", choices=sorted(WORLDS), default="default",
                     help="default: params.yaml's generate: section; medium / small: fewer users and PoIs")
@@ -454,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         pm = pm.model_copy(update={"contrastive": pm.contrastive.model_copy(update={"steps": args.steps})})
         if todo(work / "encoder_minilm_mnrl" / "encoder.json"):
             with clock("minilm_mnrl"), cpu_threads(pm.contrastive.cpu_threads):
-                train_mnrl(minilm, train, args.steps, 8 * len(train), 2e-5, params.seed,
+                train_mnrl(minilm, train, args.steps, 8 * len(train), args.mnrl_lr, params.seed,
                            pm.contrastive.max_length).save(work / "encoder_minilm_mnrl")
         mlm_dir = pm.path("llm_dir") / "pretrained"
         if todo(mlm_dir / "config.json"):
@@ -612,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"seed": params.seed, "lm_steps": params.llm.steps, "mlm_steps": pm.llm.steps,
                      "contrastive_steps": args.steps, "heldout_pairs": args.heldout_pairs, "distill_steps": args.distill_steps,
                      "minilm_distill_steps": args.minilm_distill_steps, "minilm_ratios": ratios,
-                     "mnrl": {"steps": args.steps, "batch": 8 * len(train), "lr": 2e-5, "scale": 20.0},
+                     "mnrl": {"steps": args.steps, "batch": 8 * len(train), "lr": args.mnrl_lr, "scale": 20.0},
                      "world": args.world, "ctr_seeds": args.ctr_seeds, "ctr_epochs": args.ctr_epochs,
                      "profile": str(Path(args.profile).relative_to(ROOT))
                      if Path(args.profile).is_relative_to(ROOT) else args.profile},
