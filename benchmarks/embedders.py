@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                          "interval of about +-0.05 on mean recall@10, 300 about +-0.03, these about +-0.02)")
     ap.add_argument("--mnrl-lr", type=float, default=2e-5,
                     help="MNRL's learning rate (sentence-transformers' default; the profile's contrastive.lr for "
-                         "a same-rate comparison). A kept folder keeps the MNRL encoder it has")
+                         "a same-rate comparison). A kept folder's MNRL encoder is retrained when its rate differs")
     ap.add_argument("--throughput-texts", type=int, default=128)
     ap.add_argument("--world", choices=sorted(WORLDS), default="default",
                     help="default: params.yaml's generate: section; medium / small: fewer users and PoIs")
@@ -456,10 +456,15 @@ def main(argv: list[str] | None = None) -> int:
                 "steps": args.mlm_steps, "warmup_steps": min(pm.llm.warmup_steps, args.mlm_steps - 1 - head),
                 "head_warmup_steps": head, "checkpoint_every": args.mlm_steps, "eval_every": args.mlm_steps}})})
         pm = pm.model_copy(update={"contrastive": pm.contrastive.model_copy(update={"steps": args.steps})})
-        if todo(work / "encoder_minilm_mnrl" / "encoder.json"):
+        mnrl_dir = work / "encoder_minilm_mnrl"
+        mnrl_lr_file = mnrl_dir / "mnrl_lr.json"  # a kept MNRL encoder is reused only at the same rate
+        kept_lr = json.loads(mnrl_lr_file.read_text()) if mnrl_lr_file.exists() else 2e-5  # 2e-5: before --mnrl-lr
+        if todo(mnrl_dir / "encoder.json") or kept_lr != args.mnrl_lr:
+            clock.spent.pop("minilm_mnrl", None)  # a retrain's CPU replaces the kept encoder's
             with clock("minilm_mnrl"), cpu_threads(pm.contrastive.cpu_threads):
                 train_mnrl(minilm, train, args.steps, 8 * len(train), args.mnrl_lr, params.seed,
-                           pm.contrastive.max_length).save(work / "encoder_minilm_mnrl")
+                           pm.contrastive.max_length).save(mnrl_dir)
+            mnrl_lr_file.write_text(json.dumps(args.mnrl_lr))
         mlm_dir = pm.path("llm_dir") / "pretrained"
         if todo(mlm_dir / "config.json"):
             with clock("minilm_mlm"):
