@@ -184,6 +184,21 @@ def train_mnrl(model_dir: Path, train: dict[str, pd.DataFrame], steps: int, batc
 # Measurements
 
 
+MNRL_RATE_FILE = "mnrl_lr.json"  # the rate a kept MNRL encoder was trained at
+MNRL_RATE_BEFORE_FLAG = 2e-5  # a kept encoder without that file predates --mnrl-lr: it ran at this rate
+
+
+def mnrl_needs_training(mnrl_dir: Path, lr: float) -> bool:
+    """Whether the MNRL encoder in ``mnrl_dir`` must be (re)trained for rate ``lr``: none is kept
+    there, or the kept one was trained at another rate (a kept folder must not report one rate's
+    encoder under another's name)."""
+    if not (mnrl_dir / "encoder.json").exists():
+        return True
+    rate_file = mnrl_dir / MNRL_RATE_FILE
+    kept = json.loads(rate_file.read_text()) if rate_file.exists() else MNRL_RATE_BEFORE_FLAG
+    return float(kept) != float(lr)
+
+
 def retrieval(encoders: dict, held: dict[str, pd.DataFrame], k: int, seed: int) -> dict:
     """Per embedder and strategy: the rank of every held-out query's positive, and which queries are clean."""
     from components.llm.contrastive import retrieval_ranks, retrieval_task
@@ -457,14 +472,12 @@ def main(argv: list[str] | None = None) -> int:
                 "head_warmup_steps": head, "checkpoint_every": args.mlm_steps, "eval_every": args.mlm_steps}})})
         pm = pm.model_copy(update={"contrastive": pm.contrastive.model_copy(update={"steps": args.steps})})
         mnrl_dir = work / "encoder_minilm_mnrl"
-        mnrl_lr_file = mnrl_dir / "mnrl_lr.json"  # a kept MNRL encoder is reused only at the same rate
-        kept_lr = json.loads(mnrl_lr_file.read_text()) if mnrl_lr_file.exists() else 2e-5  # 2e-5: before --mnrl-lr
-        if todo(mnrl_dir / "encoder.json") or kept_lr != args.mnrl_lr:
+        if mnrl_needs_training(mnrl_dir, args.mnrl_lr):
             clock.spent.pop("minilm_mnrl", None)  # a retrain's CPU replaces the kept encoder's
             with clock("minilm_mnrl"), cpu_threads(pm.contrastive.cpu_threads):
                 train_mnrl(minilm, train, args.steps, 8 * len(train), args.mnrl_lr, params.seed,
                            pm.contrastive.max_length).save(mnrl_dir)
-            mnrl_lr_file.write_text(json.dumps(args.mnrl_lr))
+            (mnrl_dir / MNRL_RATE_FILE).write_text(json.dumps(args.mnrl_lr))
         mlm_dir = pm.path("llm_dir") / "pretrained"
         if todo(mlm_dir / "config.json"):
             with clock("minilm_mlm"):
