@@ -1,7 +1,8 @@
 """Which of an embedder's two tables moves the downstream CTR model, and is it their content or their scale?
 
     python benchmarks/embedder_tables.py --keep DIR [--seeds 0 1 2]
-        [--swap POI_EMBEDDER:SCENE_EMBEDDER ...] [--scale EMBEDDER:RMS ...] [--out FILE]
+        [--swap POI_EMBEDDER:SCENE_EMBEDDER ...] [--scale EMBEDDER:RMS ...] [--shuffle EMBEDDER:SEED ...]
+        [--out FILE]
 
 Reads a folder kept by ``benchmarks/embedders.py --keep DIR --ctr-seeds ...``: its downstream world
 (``DIR/ctr_world``, a full project) and the tables each embedder wrote there
@@ -12,6 +13,9 @@ seed (benchmarks/ctr_quality.py run_ours, as embedders.py's downstream runs do):
   --swap P:S     the PoI table of embedder P with the scene-value table of embedder S
   --scale E:R    both of E's tables centred on their own mean row and scaled to an RMS of R per row
                  (the same normalisation any table could get: does the spread, not the content, decide?)
+  --shuffle E:N  both of E's tables with their rows moved among the ids along one random cycle (seed
+                 N): the same vectors, the same spread, but no PoI or scene value keeps its own (the control for "does the
+                 meaning of the tables move the CTR model at all?")
 
 Prints test CTR / CTCVR AUC per seed and mean ± std per variant, with each table's spread (mean
 cosine between rows, RMS of the centred rows); writes reports/benchmarks/embedder_tables.json.
@@ -61,10 +65,22 @@ def rescaled(x: np.ndarray, rms: float) -> np.ndarray:
     return c * (rms / max(r, 1e-12))
 
 
+def derangement(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The rows of ``x`` moved along one random cycle through all of them: no row keeps its own
+    vector (with two rows or more), whatever the seed."""
+    order = rng.permutation(len(x))
+    out = np.empty_like(x)
+    out[order] = x[np.roll(order, 1)]
+    return out
+
+
 def parse_variant(text: str, kind: str) -> tuple[str, str]:
     a, sep, b = text.partition(":")
     if not sep or not a or not b:
-        raise SystemExit(f"--{kind} {text!r}: expected {'POI:SCENE' if kind == 'swap' else 'EMBEDDER:RMS'}")
+        expected = {"swap": "POI:SCENE", "scale": "EMBEDDER:RMS", "shuffle": "EMBEDDER:SEED"}[kind]
+        raise SystemExit(f"--{kind} {text!r}: expected {expected}")
+    if kind == "shuffle" and not (b.isdigit()):
+        raise SystemExit(f"--shuffle {text!r}: the seed must be a non-negative integer")
     if kind == "scale":
         try:
             if float(b) <= 0:
@@ -89,9 +105,12 @@ def variant_tables(emb_root: Path, kind: str, a: str, b: str) -> dict[str, pd.Da
     if kind == "swap":
         return {"poi": read_table(emb_root, a, "poi"), "scene": read_table(emb_root, b, "scene")}
     out = {}
+    rng = np.random.default_rng(int(b)) if kind == "shuffle" else None
     for t in TABLES:
         df = read_table(emb_root, a, t)
-        out[t] = df.assign(embedding=list(rescaled(table_matrix(df), float(b)).astype(np.float32)))
+        x = table_matrix(df)
+        x = derangement(x, rng) if rng is not None else rescaled(x, float(b)).astype(np.float32)
+        out[t] = df.assign(embedding=list(x))
     return out
 
 
@@ -101,12 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--swap", nargs="*", default=[], metavar="POI:SCENE")
     ap.add_argument("--scale", nargs="*", default=[], metavar="EMBEDDER:RMS")
+    ap.add_argument("--shuffle", nargs="*", default=[], metavar="EMBEDDER:SEED")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks" / "embedder_tables.json")
     args = ap.parse_args(argv)
     variants = [("swap", *parse_variant(v, "swap")) for v in args.swap] + \
-               [("scale", *parse_variant(v, "scale")) for v in args.scale]
+               [("scale", *parse_variant(v, "scale")) for v in args.scale] + \
+               [("shuffle", *parse_variant(v, "shuffle")) for v in args.shuffle]
     if not variants:
-        ap.error("give at least one --swap or --scale")
+        ap.error("give at least one --swap, --scale or --shuffle")
     world = args.keep / "ctr_world"
     if not (world / "params.yaml").exists():
         print(f"{world}/params.yaml not found: run benchmarks/embedders.py --keep {args.keep} --ctr-seeds ... first",
@@ -123,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     runs, stats = {}, {}
     for kind, a, b in variants:
-        label = f"poi_{a}+scene_{b}" if kind == "swap" else f"{a}@rms_{b}"
+        label = {"swap": f"poi_{a}+scene_{b}", "scale": f"{a}@rms_{b}", "shuffle": f"{a}@shuffled_{b}"}[kind]
         folder = world / "embeddings_variants" / label
         folder.mkdir(parents=True, exist_ok=True)
         tables = variant_tables(emb_root, kind, a, b)

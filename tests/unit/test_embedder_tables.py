@@ -55,3 +55,18 @@ def test_bad_variants_name_what_is_wrong(tables, tmp_path):
     _write(tmp_path, "a", np.random.default_rng(2), 0.0)
     with pytest.raises(SystemExit, match=r"not found.*\['a'\]"):
         tables.variant_tables(tmp_path, "swap", "a", "missing")
+
+
+def test_shuffle_keeps_the_vectors_but_not_their_owners(tables, tmp_path):
+    _write(tmp_path, "a", np.random.default_rng(3), 0.0)
+    out = tables.variant_tables(tmp_path, "shuffle", "a", "7")
+    for t in tables.TABLES:
+        before = tables.table_matrix(pd.read_parquet(tmp_path / "a" / f"{t}_embeddings.parquet"))
+        after = tables.table_matrix(out[t])
+        assert list(out[t]["id"]) == list(range(len(before)))  # every id keeps a row
+        assert sorted(map(tuple, after.round(6))) == sorted(map(tuple, before.round(6)))  # the same vectors
+        assert not np.isclose(after, before).all(1).any()  # no id keeps its own vector
+    again = tables.variant_tables(tmp_path, "shuffle", "a", "7")
+    assert np.array_equal(tables.table_matrix(again["poi"]), tables.table_matrix(out["poi"]))  # seeded
+    with pytest.raises(SystemExit, match="non-negative integer"):
+        tables.parse_variant("a:x", "shuffle")
