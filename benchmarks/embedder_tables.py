@@ -14,8 +14,8 @@ seed (benchmarks/ctr_quality.py run_ours, as embedders.py's downstream runs do):
   --scale E:R    both of E's tables centred on their own mean row and scaled to an RMS of R per row
                  (the same normalisation any table could get: does the spread, not the content, decide?)
   --shuffle E:N  both of E's tables with their rows moved among the ids along one random cycle (seed
-                 N): the same vectors, the same spread, but no PoI or scene value keeps its own (the control for "does the
-                 meaning of the tables move the CTR model at all?")
+                 N): the same vectors and spread, but no PoI or scene value keeps its own (the control
+                 for "does the meaning of the tables move the CTR model at all?")
 
 Prints test CTR / CTCVR AUC per seed and mean ± std per variant, with each table's spread (mean
 cosine between rows, RMS of the centred rows); writes reports/benchmarks/embedder_tables.json.
@@ -39,6 +39,9 @@ from report import save_report  # noqa: E402  (benchmarks/report.py)
 
 CTR_MODEL = "larr_cofars"
 TABLES = ("poi", "scene")
+# kind -> (what its argument looks like, the label of its runs); the kinds are also the CLI flags
+VARIANTS = {"swap": ("POI:SCENE", "poi_{a}+scene_{b}"), "scale": ("EMBEDDER:RMS", "{a}@rms_{b}"),
+            "shuffle": ("EMBEDDER:SEED", "{a}@shuffled_{b}")}
 
 
 def table_matrix(df: pd.DataFrame) -> np.ndarray:
@@ -77,9 +80,8 @@ def derangement(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def parse_variant(text: str, kind: str) -> tuple[str, str]:
     a, sep, b = text.partition(":")
     if not sep or not a or not b:
-        expected = {"swap": "POI:SCENE", "scale": "EMBEDDER:RMS", "shuffle": "EMBEDDER:SEED"}[kind]
-        raise SystemExit(f"--{kind} {text!r}: expected {expected}")
-    if kind == "shuffle" and not (b.isdigit()):
+        raise SystemExit(f"--{kind} {text!r}: expected {VARIANTS[kind][0]}")
+    if kind == "shuffle" and not b.isdigit():
         raise SystemExit(f"--shuffle {text!r}: the seed must be a non-negative integer")
     if kind == "scale":
         try:
@@ -118,14 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--keep", type=Path, required=True, help="a folder kept by benchmarks/embedders.py --ctr-seeds")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--swap", nargs="*", default=[], metavar="POI:SCENE")
-    ap.add_argument("--scale", nargs="*", default=[], metavar="EMBEDDER:RMS")
-    ap.add_argument("--shuffle", nargs="*", default=[], metavar="EMBEDDER:SEED")
+    for kind, (form, _) in VARIANTS.items():
+        ap.add_argument(f"--{kind}", nargs="*", default=[], metavar=form)
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks" / "embedder_tables.json")
     args = ap.parse_args(argv)
-    variants = [("swap", *parse_variant(v, "swap")) for v in args.swap] + \
-               [("scale", *parse_variant(v, "scale")) for v in args.scale] + \
-               [("shuffle", *parse_variant(v, "shuffle")) for v in args.shuffle]
+    variants = [(kind, *parse_variant(v, kind)) for kind in VARIANTS for v in getattr(args, kind)]
     if not variants:
         ap.error("give at least one --swap, --scale or --shuffle")
     world = args.keep / "ctr_world"
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     runs, stats = {}, {}
     for kind, a, b in variants:
-        label = {"swap": f"poi_{a}+scene_{b}", "scale": f"{a}@rms_{b}", "shuffle": f"{a}@shuffled_{b}"}[kind]
+        label = VARIANTS[kind][1].format(a=a, b=b)
         folder = world / "embeddings_variants" / label
         folder.mkdir(parents=True, exist_ok=True)
         tables = variant_tables(emb_root, kind, a, b)

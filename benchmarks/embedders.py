@@ -180,10 +180,6 @@ def train_mnrl(model_dir: Path, train: dict[str, pd.DataFrame], steps: int, batc
     return enc.eval()
 
 
-# --------------------------------------------------------------------------------------------------
-# Measurements
-
-
 MNRL_RATE_FILE = "mnrl_lr.json"  # the rate a kept MNRL encoder was trained at
 MNRL_RATE_BEFORE_FLAG = 2e-5  # a kept encoder without that file predates --mnrl-lr: it ran at this rate
 
@@ -197,6 +193,10 @@ def mnrl_needs_training(mnrl_dir: Path, lr: float) -> bool:
     rate_file = mnrl_dir / MNRL_RATE_FILE
     kept = json.loads(rate_file.read_text()) if rate_file.exists() else MNRL_RATE_BEFORE_FLAG
     return float(kept) != float(lr)
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurements
 
 
 def retrieval(encoders: dict, held: dict[str, pd.DataFrame], k: int, seed: int) -> dict:
