@@ -43,6 +43,16 @@ MODEL_SPECS = {
 MAX_POSITION = 64
 
 
+def page_others(cand: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(R, K, d): for each candidate, the mean embedding of the other real candidates of its page.
+    A logged page is what an upstream ranker chose for this user and scene, so what else it shows
+    says something about the user that no column does; zero on a page of one."""
+    m = mask.unsqueeze(-1).to(cand.dtype)
+    total = (cand * m).sum(1, keepdim=True)
+    n = m.sum(1, keepdim=True)
+    return (total - cand * m) / (n - m).clamp(min=1)
+
+
 @dataclass
 class ModelShapes:
     """Vocabulary sizes and input widths the model is built for (from the fitted FeatureEncoder)."""
@@ -225,7 +235,8 @@ class CTRModel(nn.Module):
             self.register_buffer("behavior_weight", torch.tensor([0.0, *cfg.profile_behavior_weights]), persistent=False)
         n_profile = self.profile_scopes * (PROFILE_STATS + (1 if self.use_text else 0))
         seq_dim += n_profile
-        in_dim = (d + d + d + cfg.collab_dim * (2 if self.use_text else 1) + d + 2 * d + d + 1 + seq_dim)
+        in_dim = (d + d + d + cfg.collab_dim * (2 if self.use_text else 1) + d + 2 * d + d + 1 + seq_dim
+                  + (2 * d if cfg.page_context else 0))
         # DCN-v2 cross layers in front of the MLP (the paper's stacked structure); none = the MLP alone.
         self.cross = CrossNetwork(in_dim, cfg.cross_layers, cfg.cross_rank) if cfg.cross_layers else None
         self.bottom = nn.Sequential(MLP(in_dim, cfg.mlp_hidden[:-1], cfg.mlp_hidden[-1], dropout=cfg.dropout),
@@ -410,8 +421,12 @@ class CTRModel(nn.Module):
         if self.ple is not None:
             n = self.shapes.n_numeric
             dense = dense + self.ple(torch.cat([numeric[..., :n], b["distance"].unsqueeze(-1)], -1))
-        return [user, cand, user * cand, scene_k, self.scene_to_item(scene_k) * cand, dense,
-                self.position_emb(b["position"].clamp(max=MAX_POSITION - 1)), b["distance"].unsqueeze(-1)]
+        parts = [user, cand, user * cand, scene_k, self.scene_to_item(scene_k) * cand, dense,
+                 self.position_emb(b["position"].clamp(max=MAX_POSITION - 1)), b["distance"].unsqueeze(-1)]
+        if self.cfg.page_context:
+            page = page_others(cand, b["mask"])
+            parts += [page, page * cand]
+        return parts
 
     def top(self, x: torch.Tensor) -> dict:
         """The concatenated inputs (..., in_dim) through the cross layers (if any), the shared MLP and

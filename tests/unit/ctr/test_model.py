@@ -451,3 +451,31 @@ def test_distinct_history_items_give_the_same_behaviour_embeddings():
     # ... and the same history profile (its text cosine reads the distinct PoIs' texts)
     scopes = model._fixed_scopes(b)
     torch.testing.assert_close(model._profile(b, scopes), model._profile(per_position, scopes), rtol=1e-5, atol=1e-6)
+
+
+def test_page_context_reads_the_other_real_candidates_of_the_page():
+    """``ctr.page_context``: each candidate reads the mean embedding of the other real candidates of
+    its page (itself and padding left out); a page of one reads zeros; the model trains with it."""
+    from components.ctr.model import page_others
+
+    cand = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [100.0, 100.0]],
+                         [[7.0, 1.0], [9.0, 9.0], [9.0, 9.0], [9.0, 9.0]]])
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    page = page_others(cand, mask)
+    assert torch.allclose(page[0, 0], torch.tensor([4.0, 3.0]))  # (3 + 5) / 2, (2 + 4) / 2: not the padded slot
+    assert torch.allclose(page[0, 2], torch.tensor([2.0, 1.0]))
+    assert torch.allclose(page[1, 0], torch.zeros(2))  # alone on its page
+    off = CTRModel("larr_cofars", CFG, SHAPES)
+    torch.manual_seed(0)
+    on = CTRModel("larr_cofars", CFG.model_copy(update={"page_context": True}), SHAPES)
+    assert on.bottom[0].net[0].in_features == off.bottom[0].net[0].in_features + 2 * CFG.embed_dim
+    b = make_batch([3, 9, 0], k=4)
+    out = on(b)
+    on.loss(out, b)["loss"].backward()
+    assert torch.isfinite(out["ctr"]).all()
+    # The same candidate beside other candidates scores differently with the knob, the same without.
+    other = {**b, "cand_poi": b["cand_poi"].clone()}
+    other["cand_poi"][0, 1:] = (other["cand_poi"][0, 1:] + 1) % SHAPES.n_pois
+    with torch.no_grad():
+        assert not torch.allclose(on.eval()(other)["ctr"][0, 0], on(b)["ctr"][0, 0])
+        assert torch.allclose(off.eval()(other)["ctr"][0, 0], off(b)["ctr"][0, 0])
