@@ -43,16 +43,6 @@ MODEL_SPECS = {
 MAX_POSITION = 64
 
 
-def page_others(cand: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(R, K, d): for each candidate, the mean embedding of the other real candidates of its page.
-    A logged page is what an upstream ranker chose for this user and scene, so what else it shows
-    says something about the user that no column does; zero on a page of one."""
-    m = mask.unsqueeze(-1).to(cand.dtype)
-    total = (cand * m).sum(1, keepdim=True)
-    n = m.sum(1, keepdim=True)
-    return (total - cand * m) / (n - m).clamp(min=1)
-
-
 @dataclass
 class ModelShapes:
     """Vocabulary sizes and input widths the model is built for (from the fitted FeatureEncoder)."""
@@ -98,6 +88,17 @@ def gather_selected(mask: torch.Tensor, k: int, *tensors: torch.Tensor):
         else:
             out.append(t.gather(mask.dim() - 1, idx.unsqueeze(-1).expand(*idx.shape, t.shape[-1])))
     return (new_mask, *out)
+
+
+def page_others(cand: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(R, K, d): for each candidate, the mean embedding of the other real candidates of its page
+    (``mask`` (R, K): True = real). A logged page is what an upstream ranker chose for this user and
+    scene, so what else it shows may say something about the user that no column does. A page of one
+    reads zeros; a padded slot reads the mean of all real candidates (its score is never used)."""
+    m = mask.unsqueeze(-1).to(cand.dtype)
+    total = (cand * m).sum(1, keepdim=True)
+    n = m.sum(1, keepdim=True)
+    return (total - cand * m) / (n - m).clamp(min=1)
 
 
 PROFILE_STATS = 6  # per scope: log1p same-PoI weight, PoI share, category share, price gap, |gap|, log1p total
@@ -405,7 +406,8 @@ class CTRModel(nn.Module):
 
     def context_parts(self, b: dict, cand: torch.Tensor, aux: dict | None = None) -> list[torch.Tensor]:
         """The MLP's inputs besides the sequence vector, each (R, K, ·): user, item, their product,
-        scene, scene × item, numeric features, position, distance; the one definition for training,
+        scene, scene × item, numeric features, position, distance and, with ``page_context``, the
+        page's other candidates and their product with the item; the one definition for training,
         evaluation and served CoFARS. ``aux`` receives LARR's scene and collaborative vectors."""
         r, k, d = cand.shape
         user = self.user_emb(b["user"]).unsqueeze(1).expand(r, k, d)

@@ -7,7 +7,7 @@ import torch
 from components.ctr.cofars import (ContextPrototypes, attach_prototypes, pairwise_symmetric_kl, phase1_score,
                                    select_prototypes, selected_contexts, subsequence_mask, temporal_graph)
 from components.ctr.metrics import auc, gauc
-from components.ctr.model import MODEL_SPECS, CTRModel, ModelShapes, gather_selected, last_positions
+from components.ctr.model import MODEL_SPECS, CTRModel, ModelShapes, gather_selected, last_positions, page_others
 from components.registry import decide
 from tests.factories import CTR_CFG as CFG, CTR_SHAPES as SHAPES, make_ctr_batch as make_batch
 
@@ -455,9 +455,8 @@ def test_distinct_history_items_give_the_same_behaviour_embeddings():
 
 def test_page_context_reads_the_other_real_candidates_of_the_page():
     """``ctr.page_context``: each candidate reads the mean embedding of the other real candidates of
-    its page (itself and padding left out); a page of one reads zeros; the model trains with it."""
-    from components.ctr.model import page_others
-
+    its page (itself and padding left out); a page of one reads zeros; the model trains with it and
+    padded candidates never change a real one's score."""
     cand = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [100.0, 100.0]],
                          [[7.0, 1.0], [9.0, 9.0], [9.0, 9.0], [9.0, 9.0]]])
     mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
@@ -465,17 +464,27 @@ def test_page_context_reads_the_other_real_candidates_of_the_page():
     assert torch.allclose(page[0, 0], torch.tensor([4.0, 3.0]))  # (3 + 5) / 2, (2 + 4) / 2: not the padded slot
     assert torch.allclose(page[0, 2], torch.tensor([2.0, 1.0]))
     assert torch.allclose(page[1, 0], torch.zeros(2))  # alone on its page
-    off = CTRModel("larr_cofars", CFG, SHAPES)
     torch.manual_seed(0)
+    off = CTRModel("larr_cofars", CFG, SHAPES)
     on = CTRModel("larr_cofars", CFG.model_copy(update={"page_context": True}), SHAPES)
     assert on.bottom[0].net[0].in_features == off.bottom[0].net[0].in_features + 2 * CFG.embed_dim
     b = make_batch([3, 9, 0], k=4)
     out = on(b)
     on.loss(out, b)["loss"].backward()
-    assert torch.isfinite(out["ctr"]).all()
+    grads = [p.grad for p in on.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    on.eval()
     # The same candidate beside other candidates scores differently with the knob, the same without.
     other = {**b, "cand_poi": b["cand_poi"].clone()}
     other["cand_poi"][0, 1:] = (other["cand_poi"][0, 1:] + 1) % SHAPES.n_pois
+    # Two padded candidates holding other requests' values (a pyfunc batch pads pages to its longest).
+    padded = {}
+    for key, v in b.items():
+        if key.startswith("cand_") or key in ("position", "numeric", "distance", "click", "mask"):
+            fill = torch.zeros_like(v[:, :2]) if key == "mask" else v[:, :2].flip(0)
+            v = torch.cat([v, fill], 1)
+        padded[key] = v
     with torch.no_grad():
-        assert not torch.allclose(on.eval()(other)["ctr"][0, 0], on(b)["ctr"][0, 0])
+        assert not torch.allclose(on(other)["ctr"][0, 0], on(b)["ctr"][0, 0])
         assert torch.allclose(off.eval()(other)["ctr"][0, 0], off(b)["ctr"][0, 0])
+        np.testing.assert_allclose(on(padded)["ctr"][:, :4].numpy(), on(b)["ctr"].numpy(), rtol=1e-5, atol=1e-6)
