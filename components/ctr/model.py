@@ -96,9 +96,8 @@ def page_others(cand: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     scene, so what else it shows may say something about the user that no column does. A page of one
     reads zeros; a padded slot reads the mean of all real candidates (its score is never used)."""
     m = mask.unsqueeze(-1).to(cand.dtype)
-    total = (cand * m).sum(1, keepdim=True)
-    n = m.sum(1, keepdim=True)
-    return (total - cand * m) / (n - m).clamp(min=1)
+    real = cand * m
+    return (real.sum(1, keepdim=True) - real) / (m.sum(1, keepdim=True) - m).clamp(min=1)
 
 
 PROFILE_STATS = 6  # per scope: log1p same-PoI weight, PoI share, category share, price gap, |gap|, log1p total
