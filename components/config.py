@@ -412,6 +412,10 @@ class CTRConfig(Section):
     lr_decay: float = Field(0.5, gt=0, le=1)  # lr x this after an epoch without a better valid CTR AUC; 1 = off
     lr_decay_restores_best: bool = False      # ... after loading the best epoch's weights back (with lr_decay < 1)
     ema_decay: float = Field(0.0, ge=0, lt=1)  # evaluate / keep an exponential moving average of the weights; 0 = off
+    # After early stopping, train the model again from its seed on train + valid, replaying the first
+    # fit's schedule (the same epochs / boosting rounds and learning-rate decays), so it also learns
+    # from the period next to the one it serves. Validation figures of a refit model are in-sample.
+    refit: bool = False
     weight_decay: float = Field(1.0e-5, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

@@ -17,7 +17,7 @@ Choices of ours:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -761,3 +761,35 @@ def build_dataset(params: Params, sources: CTRSources | None = None) -> CTRDatas
     enc.fit_ple(train, cfg.numeric_ple_bins)
     return CTRDataset(enc, poi_table, hist, train, encode(parts["valid"]), encode(parts["test"]),
                       scene_table, test_start, valid_start)
+
+
+
+_PER_CANDIDATE = ("poi_row", "position", "numeric", "distance", "click", "order", "mask", "cold_poi", "p_click",
+                  "p_order")
+
+
+def concat_requests(a: RequestData, b: RequestData) -> RequestData:
+    """Two encoded splits as one (train + valid for ``ctr.refit``); per-candidate arrays padded to
+    the wider split's candidate slots (padding is masked out)."""
+    k = max(a.poi_row.shape[1], b.poi_row.shape[1])
+
+    def pad(name: str, x: np.ndarray) -> np.ndarray:
+        if name not in _PER_CANDIDATE or x.shape[1] == k:
+            return x
+        width = [(0, 0), (0, k - x.shape[1])] + [(0, 0)] * (x.ndim - 2)
+        return np.pad(x, width)
+
+    kw = {}
+    for name, x in a.__dict__.items():
+        y = getattr(b, name)
+        if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
+            kw[name] = np.concatenate([pad(name, x), pad(name, y)])
+        else:  # an optional array only one split has is dropped
+            kw[name] = None if isinstance(x, np.ndarray) or isinstance(y, np.ndarray) else x
+    return RequestData(**kw)
+
+
+def with_valid_in_train(ds: "CTRDataset") -> "CTRDataset":
+    """``ds`` whose training split also holds the validation requests (``ctr.refit``); the encoder,
+    PoI table and history stay those fitted on the training period."""
+    return replace(ds, train=concat_requests(ds.train, ds.valid))

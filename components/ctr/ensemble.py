@@ -157,10 +157,11 @@ def train_ensemble(ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path
 
     t0 = time.perf_counter()
     members, infos = {}, {}
+    first_cfg = cfg.model_copy(update={"refit": False})  # the weights are chosen on out-of-sample scores
     for name in cfg.ensemble_members:
         member_log = None if log is None else (lambda row, step, n=name: log({f"{n}.{k}": v for k, v in row.items()},
                                                                             step))
-        members[name], infos[name] = families.train(name, ds, cfg, seed=seed,
+        members[name], infos[name] = families.train(name, ds, first_cfg, seed=seed,
                                                     ckpt_dir=None if ckpt_dir is None else Path(ckpt_dir) / name,
                                                     log=member_log, progress=progress)
     model = EnsembleModel(members, {}, cfg)
@@ -170,13 +171,18 @@ def train_ensemble(ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path
              for name, s in zip(members, valid)}
     if log is not None:
         log({f"weight.{task}.{name}": w for task, ws in model.weights.items() for name, w in zip(members, ws)}, 0)
+    if cfg.refit:  # each member trained again on train + valid with its own schedule; the weights stay
+        for name in members:
+            members[name], infos[name] = families.refit(name, members[name], infos[name], ds, cfg, seed=seed,
+                                                        progress=progress)
+        model.members = members
     # The neural member's curve is the ensemble's training curve (the trees have none).
     curve = next((infos[n] for n in members if infos[n]["history"]), infos[next(iter(members))])
     info = {"history": curve["history"], "best_epoch": curve["best_epoch"], "epochs_run": curve["epochs_run"],
             "best_valid_auc_ctr": best["ctr"], "best_valid_auc_ctcvr": best["ctcvr"],
             "weights": model.weights, "members_valid_auc": alone,
             "members": {n: {k: i[k] for k in ("best_epoch", "epochs_run", "best_valid_auc_ctr", "seconds",
-                                              "parameters")} for n, i in infos.items()},
+                                              "parameters", "refit") if k in i} for n, i in infos.items()},
             "seconds": round(time.perf_counter() - t0, 2),
             "parameters": int(sum(i["parameters"] for i in infos.values()))}
     model.info = {k: info[k] for k in ("weights", "members_valid_auc", "members")}

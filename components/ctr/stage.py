@@ -61,6 +61,8 @@ def train_and_evaluate(params: Params, run_id: str | None = None, model_name: st
         "data.train_requests": len(ds.train), "data.valid_requests": len(ds.valid), "data.test_requests": len(ds.test),
         "headline": headline(metrics),
     }
+    if "refit" in info:  # ctr.refit: trained again on train + valid (the valid figure above is the first fit's)
+        summary.update({f"train.refit_{k}": v for k, v in info["refit"].items()})
     plots["training"] = [{"epoch": h["epoch"], "train_loss": round(h.get("train_loss", float("nan")), 5),
                           "valid_auc_ctr": round(h["valid_auc_ctr"], 5), "valid_auc_ctcvr": round(h["valid_auc_ctcvr"], 5)}
                          for h in info["history"]]

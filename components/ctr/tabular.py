@@ -229,3 +229,18 @@ def train_gbdt(ds: CTRDataset, cfg: GBDTConfig | None = None, seed: int = 0, max
         b = best[1][task]
         best[1][task] = lgb.Booster(model_str=b.model_to_string(num_iteration=b.best_iteration))
     return GBDTModel(best[0], best[1], max_history, info), info
+
+
+def refit_gbdt(model: "GBDTModel", info: dict, ds: CTRDataset, cfg: GBDTConfig | None = None, seed: int = 0,
+               max_history: int = 256) -> "GBDTModel":
+    """``model``'s variant fitted again on ``ds.train`` (train + valid for ``ctr.refit``) with the
+    boosting rounds early stopping chose for each task in ``info``."""
+    import lightgbm as lgb
+
+    cfg = cfg or GBDTConfig()
+    history, ids = VARIANTS[model.variant]
+    x, y = flat_rows(ds.train, ds, history, ids, max_history), flat_labels(ds.train)
+    chosen = info["variants"][model.variant]
+    boosters = {task: lgb.train(_params(cfg, seed), lgb.Dataset(x, y[label]), max(1, int(chosen[f"rounds_{task}"])))
+                for task, label in (("ctr", "click"), ("ctcvr", "order"))}
+    return GBDTModel(model.variant, boosters, max_history, model.info)

@@ -157,10 +157,13 @@ class _Epoch:
 
 
 def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path | None = None,
-                log=None, progress: bool = True) -> tuple[CTRModel, dict]:
+                log=None, progress: bool = True, replay: dict | None = None) -> tuple[CTRModel, dict]:
     """Train ``name`` on ``ds.train`` with early stopping on ``ds.valid``; returns the best model
     (unwrapped, on its device) and the training history. ``log(metrics, step)`` receives per-epoch
-    metrics on the main process. With ``ckpt_dir``, a run resumes from its last finished epoch."""
+    metrics on the main process. With ``ckpt_dir``, a run resumes from its last finished epoch.
+
+    ``replay``: the info of an earlier fit; its validation figures stand in for evaluating, so that
+    this fit repeats its learning-rate decays and stops at its best epoch (``ctr.refit``)."""
     t0 = time.perf_counter()
     acc = make_accelerator(cfg.mixed_precision, seed=seed)
     net = build_model(name, cfg, ds, seed, acc)
@@ -171,9 +174,12 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
 
     # Computed once: what depends on the requests alone (history profile, CoFARS's offline graph).
     train_constants = request_constants(net, ds.train, ds, cfg, acc.device)
-    valid_constants = request_constants(net, ds.valid, ds, cfg, acc.device)
+    valid_constants = request_constants(net, ds.valid, ds, cfg, acc.device) if replay is None else None
+    replayed = iter([{k: v for k, v in row.items() if k.startswith("valid_")} for row in (replay or {}).get("history", [])])
 
     def evaluate(model) -> dict:
+        if replay is not None:
+            return next(replayed)
         scores = predict(model, ds.valid, ds, cfg, acc.device, constants=valid_constants)
         return {"valid_auc_ctr": auc(scores["click"], scores["ctr"]),
                 "valid_auc_ctcvr": auc(scores["order"], scores["ctcvr"])}
@@ -181,7 +187,8 @@ def train_model(name: str, ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_d
     recipe = Recipe(model=net, batches=_EpochBatches(ds, cfg, seed, net.use_text, acc, train_constants), loss=loss,
                     evaluate=evaluate, optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
     with cpu_threads(cfg.cpu_threads):
-        out = fit(acc, recipe, epochs=cfg.epochs, ckpt_dir=ckpt_dir,
+        out = fit(acc, recipe, epochs=cfg.epochs if replay is None else max(1, int(replay["best_epoch"])),
+                  ckpt_dir=ckpt_dir,
                   fingerprint=_fingerprint(name, cfg, seed, ds) if ckpt_dir is not None else "",
                   grad_clip=cfg.grad_clip, monitor="valid_auc_ctr", patience=cfg.patience, min_delta=1e-5,
                   restore_best=True, lr_decay=cfg.lr_decay, decay_restores_best=cfg.lr_decay_restores_best,
