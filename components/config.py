@@ -113,6 +113,9 @@ class FeaturesConfig(Section):
     # PoI views / clicks / orders in the last N days beside the cumulative ones (0 = none): real
     # catalogues drift (shops rise and fade), and a count since the first day cannot follow that.
     recent_days: float = Field(7.0, ge=0)
+    # With recent_days: the PoI's momentum, log(share of the window's views / clicks over the share of
+    # all so far), computed point-in-time in the feature store so a tree reads it as directly as a network.
+    poi_momentum: bool = False
     # Time-of-day slots by start hour (local time, any key order); the latest one wraps past midnight.
     time_slots: dict[str, int] = {"breakfast": 5, "lunch": 10, "afternoon": 14, "dinner": 17, "late_night": 21}
     temperature_band_edges: list[float] = [0.0, 10.0, 20.0, 30.0]

@@ -17,7 +17,9 @@ Tables (written as ``<out_dir>/<table>.parquet``, key + ``event_timestamp`` tz-a
 - ``poi_profile`` (poi_id): static attributes stamped at ``opened_at``.
 - ``poi_stats`` (poi_id): cumulative views / clicks / favourites / orders and smoothed rates; with
   ``features.recent_days`` also the views / clicks / orders of that many last days and a recent CTR
-  shrunk to the PoI's long-run one (catalogues drift: a count since the first day cannot follow it).
+  shrunk to the PoI's long-run one (catalogues drift: a count since the first day cannot follow it);
+  with ``features.poi_momentum`` also the log ratio of the PoI's share of the window's views / clicks
+  to its share of all of them so far (rising > 0, fading < 0).
 - ``context_stats`` (context_id = ``location_type|time_slot|weather``): behaviour and order counts
   and D(C), the category / price / rating / delivery band distributions of the PoIs clicked or
   ordered in that context (CoFARS, METHODS.md section 2).
@@ -47,6 +49,7 @@ from components.data.contract import AGE_GROUPS, BEHAVIORS, GENDERS
 
 RECENT_BEHAVIORS = ("view", "click", "order")  # counted over the last features.recent_days in poi_stats
 RECENT_COUNTS = tuple(f"n_{b}_recent" for b in RECENT_BEHAVIORS)
+MOMENTUM = ("view_momentum", "click_momentum")  # poi_stats with features.poi_momentum (and recent_days)
 TABLES = ("user_stats", "user_profile", "poi_profile", "poi_stats", "context_stats")
 KEYS = {"user_stats": "user_id", "user_profile": "user_id", "poi_profile": "poi_id", "poi_stats": "poi_id",
         "context_stats": "context_id"}
@@ -189,7 +192,8 @@ def feature_schema(cfg: FeaturesConfig) -> dict[str, list[tuple[str, str]]]:
         ],
         "poi_stats": [("n_view", "int64"), ("n_click", "int64"), ("n_favorite", "int64"), ("n_order", "int64"),
                       ("ctr_smoothed", "float32"), ("cvr_smoothed", "float32")]
-                     + ([(c, "int64") for c in RECENT_COUNTS] + [("ctr_recent", "float32")] if cfg.recent_days else []),
+                     + ([(c, "int64") for c in RECENT_COUNTS] + [("ctr_recent", "float32")] if cfg.recent_days else [])
+                     + ([(c, "float32") for c in MOMENTUM] if cfg.recent_days and cfg.poi_momentum else []),
         "context_stats": [("n_total", "int64"), ("n_click", "int64"), ("n_order", "int64"),
                           ("n_interactions", "int64")] + cats + price + rating + delivery,
     }
@@ -531,8 +535,9 @@ def poi_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Dat
     # Global running totals through each period (over every PoI), for the prior means.
     periods = np.unique(g.period)
     pos = np.searchsorted(periods, g.period)
-    glob = np.cumsum(np.stack([np.bincount(pos, weights=per[:, idx[n]], minlength=len(periods))
-                               for n in ("view", "click", "order")], axis=1), axis=0)[pos]
+    running = np.cumsum(np.stack([np.bincount(pos, weights=per[:, idx[n]], minlength=len(periods))
+                                  for n in ("view", "click", "order")], axis=1), axis=0)
+    glob = running[pos]
     ctr0 = np.divide(glob[:, 1], glob[:, 0], out=np.zeros(g.n), where=glob[:, 0] > 0)
     cvr0 = np.divide(glob[:, 2], glob[:, 1], out=np.zeros(g.n), where=glob[:, 1] > 0)
     k = cfg.popularity_prior
@@ -554,6 +559,17 @@ def poi_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Dat
         rv, rc = (recent[:, idx[n]].astype("float64") for n in ("view", "click"))
         with np.errstate(invalid="ignore", divide="ignore"):  # shrunk to the PoI's own long-run rate
             cols["ctr_recent"] = np.where(rv + k > 0, (rc + k * ctr) / (rv + k), ctr).astype("float32")
+        if cfg.poi_momentum:
+            # log(share of the window's views / clicks) - log(share of all of them so far): > 0 for a
+            # shop on the rise, < 0 for one that fades. Shares of the platform's totals over the same
+            # periods, so that a growing (or seasonal) platform moves no shop's figure.
+            back = np.searchsorted(periods, g.period - lag, side="right") - 1
+            then = np.where((back >= 0)[:, None], running[np.maximum(back, 0)], 0.0)
+            for j, n in enumerate(("view", "click")):
+                now_all, now_recent = glob[:, j], glob[:, j] - then[:, j]
+                mine, mine_recent = cum[:, idx[n]].astype("float64"), recent[:, idx[n]].astype("float64")
+                cols[f"{n}_momentum"] = (np.log((mine_recent + 1) / (now_recent + 1))
+                                         - np.log((mine + 1) / (now_all + 1))).astype("float32")
     return _frame("poi_id", poi.poi_id[g.entity], _stamp(g.period, cfg), cols)
 
 
