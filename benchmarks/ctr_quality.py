@@ -68,10 +68,13 @@ def run_ours(name, ds, cfg, seed):
     if name == "ensemble":
         members = {m: score_metrics(s, ds.test) for m, s in zip(model.members, member_scores)}
         metrics.update(weights=model.weights, members={m: {k: v[k] for k in KEYS if k in v} for m, v in members.items()})
-    rows = int(ds.train.mask.sum())
+    # rows trained on: every epoch of the first fit, plus the refit's (ctr.refit: train + valid rows)
+    seen = int(ds.train.mask.sum()) * info["epochs_run"]
+    if "refit" in info:
+        seen += info["refit"]["rows"] * info["refit"].get("epochs", 0)
+        metrics["refit"] = info["refit"]
     metrics.update(train_seconds=info["seconds"], epochs=info["epochs_run"], best_epoch=info["best_epoch"],
-                   train_rows_per_s=rows * info["epochs_run"] / info["seconds"],
-                   train_cpu_rows_per_s=rows * info["epochs_run"] / cpu,
+                   train_rows_per_s=seen / info["seconds"], train_cpu_rows_per_s=seen / cpu,
                    score_rows_per_s=len(scores["ctr"]) / score_s)
     return metrics
 
@@ -80,6 +83,7 @@ def run_peer(name, ds, cfg, seed):
     """Train and score one peer (benchmarks/ctr_peers.py); metrics with timings."""
     import torch
 
+    from components.ctr.data import with_valid_in_train
     from components.ctr.evaluate import score_metrics
     from components.ctr.tabular import train_gbdt
 
@@ -91,6 +95,11 @@ def run_peer(name, ds, cfg, seed):
         train_cpu_rows_per_s = float("nan")  # not measured for LightGBM
         extra = {"variant": info["variant"], "variant_valid_auc": {k: round(v["valid_auc_ctr"], 4)
                                                                    for k, v in info["variants"].items()}}
+        if cfg.refit:  # the same protocol as ours: trained again on train + valid with the chosen rounds
+            from components.ctr.tabular import refit_gbdt
+
+            model = refit_gbdt(model, info, with_valid_in_train(ds), seed=seed, max_history=cfg.max_history)
+            extra["refit"] = True
     else:
         from ctr_peers import train_deepctr
 
