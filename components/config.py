@@ -418,7 +418,7 @@ class CTRConfig(Section):
     # After early stopping, train the model again from its seed on train + valid, replaying the first
     # fit's schedule (the same epochs / boosting rounds and learning-rate decays), so it also learns
     # from the period next to the one it serves. Validation figures of a refit model are in-sample.
-    refit: bool = False
+    refit: bool = True
     weight_decay: float = Field(1.0e-5, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
