@@ -59,7 +59,7 @@ def refit(name: str, model, info: dict, ds: CTRDataset, cfg: CTRConfig, seed: in
         from components.ctr.train import train_model
 
         new, again = train_model(name, both, cfg, seed=seed, progress=progress, replay=info)
-        steps = {"epochs": again["epochs_run"]}
+        steps = {"epochs": again["epochs_run"], "lr_per_epoch": [h.get("train_lr") for h in again["history"]]}
     seconds = time.perf_counter() - t0
     info = {**info, "refit": {"rows": int(both.train.mask.sum()), "seconds": round(seconds, 2), **steps},
             "seconds": round(info["seconds"] + seconds, 2)}

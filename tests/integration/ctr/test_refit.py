@@ -33,7 +33,9 @@ def test_a_neural_refit_replays_the_schedule_on_train_and_valid(trained_ctr):
     rows = int(ds.train.mask.sum()) + int(ds.valid.mask.sum())
     assert again["refit"]["rows"] == rows
     assert again["refit"]["epochs"] == info["best_epoch"] >= 1  # stopped at the first fit's best epoch
-    assert again["best_valid_auc_ctr"] == info["best_valid_auc_ctr"]  # the out-of-sample figure is kept
+    # the first fit's learning rate epoch by epoch (its decays replayed), as far as its best epoch
+    first = [h.get("train_lr") for h in info["history"][: info["best_epoch"]]]
+    assert again["refit"]["lr_per_epoch"] == first and len(first) == info["best_epoch"]
     before = families.scores(model, ds.test, ds, cfg)
     after = families.scores(new, ds.test, ds, cfg)
     assert not np.allclose(before["ctr"], after["ctr"])  # it learnt from the validation requests too
@@ -74,6 +76,12 @@ def test_an_ensemble_chooses_its_weights_before_refitting_its_members(trained_ct
     cof = model.members["cofars"]
     solo, solo_info = families.train("cofars", ds, cfg.model_copy(update={"refit": False}), seed=0, progress=False)
     refit, _ = families.refit("cofars", solo, solo_info, ds, cfg, seed=0, progress=False)
+    # The weights are those the first fits' (out-of-sample) validation scores give.
+    from components.ctr.ensemble import EnsembleModel, fit_weights
+
+    gbdt, _ = families.train("lightgbm", ds, cfg.model_copy(update={"refit": False}), seed=0)
+    firsts = EnsembleModel({"cofars": solo, "lightgbm": gbdt}, {}, cfg).member_scores(ds.valid, ds)
+    assert fit_weights(firsts, cfg.ensemble_weight_step, cfg.ensemble_confidence, seed=0)[0] == model.weights
     # The member served is the refit of its first fit (same seed): the same scores.
     np.testing.assert_allclose(families.scores(cof, ds.test, ds, cfg)["ctr"],
                                families.scores(refit, ds.test, ds, cfg)["ctr"], rtol=1e-5, atol=1e-7)
