@@ -763,7 +763,6 @@ def build_dataset(params: Params, sources: CTRSources | None = None) -> CTRDatas
                       scene_table, test_start, valid_start)
 
 
-
 _PER_CANDIDATE = ("poi_row", "position", "numeric", "distance", "click", "order", "mask", "cold_poi", "p_click",
                   "p_order")
 

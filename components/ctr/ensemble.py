@@ -174,8 +174,7 @@ def train_ensemble(ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path
     if cfg.refit:  # each member trained again on train + valid with its own schedule; the weights stay
         for name in members:
             members[name], infos[name] = families.refit(name, members[name], infos[name], ds, cfg, seed=seed,
-                                                        progress=progress)
-        model.members = members
+                                                        progress=progress)  # ``model.members`` is this dict
     # The neural member's curve is the ensemble's training curve (the trees have none).
     curve = next((infos[n] for n in members if infos[n]["history"]), infos[next(iter(members))])
     info = {"history": curve["history"], "best_epoch": curve["best_epoch"], "epochs_run": curve["epochs_run"],

@@ -565,9 +565,8 @@ def poi_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Dat
             # periods, so that a growing (or seasonal) platform moves no shop's figure.
             back = np.searchsorted(periods, g.period - lag, side="right") - 1
             then = np.where((back >= 0)[:, None], running[np.maximum(back, 0)], 0.0)
-            for j, n in enumerate(("view", "click")):
-                now_all, now_recent = glob[:, j], glob[:, j] - then[:, j]
-                mine, mine_recent = cum[:, idx[n]].astype("float64"), recent[:, idx[n]].astype("float64")
+            for j, (n, mine, mine_recent) in enumerate((("view", views, rv), ("click", clicks, rc))):
+                now_all, now_recent = glob[:, j], glob[:, j] - then[:, j]  # running's columns: view, click, order
                 cols[f"{n}_momentum"] = (np.log((mine_recent + 1) / (now_recent + 1))
                                          - np.log((mine + 1) / (now_all + 1))).astype("float32")
     return _frame("poi_id", poi.poi_id[g.entity], _stamp(g.period, cfg), cols)
