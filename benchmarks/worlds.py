@@ -46,6 +46,10 @@ WORLDS: dict[str, dict] = {
     # A marketplace with browsing-heavy pages: 2.5 % of impressions clicked, 15 % of clicks ordered
     # (e-commerce and feed levels, against food delivery's ~8 % / 30 %): few positives to learn from.
     "sparse_clicks": {"ctr": 0.025, "cvr": 0.15},
+    # A market whose shops rise and fade (a new chef, a run of reviews, a rival next door): a PoI's
+    # popularity moves linearly over the log, N(0, 1) in utility units from the first day to the last
+    # (about x/÷ 1.7 in click odds), so counts since the first day lag it. Static in every other world.
+    "trending_market": {"popularity_drift": 1.0},
 }
 
 # Worlds written by another generator (benchmarks/alt_generator.py), built with its own sizes: the

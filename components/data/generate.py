@@ -41,6 +41,9 @@ drinks; late night → spicy and heavy; weekend/holiday → pricier and heavier.
 
 Utility.  ``U(user, poi, scene) = (θ_user + Δθ_scene)·(w ⊙ taste_poi) + log suitability(slot, cat)
 − λ_user,scene · price mismatch + quality + popularity + collab factor dot − distance − delivery``.
+With ``popularity_drift`` > 0 (0 here) a PoI's popularity also moves linearly over the log: shops rise
+and fade in real logs (a new chef, a run of reviews, a rival opening next door), so counts since the
+first day lag them; a PoI's change from the first to the last day is N(0, popularity_drift).
 * Impressions (``n_requests`` page views × ``impressions_per_request``): candidates are a mix of
   PoIs a legacy recommender finds relevant (Gumbel top-k on U/2) and random open PoIs of the city,
   ordered by a noisy score.  ``P(click) = σ(a·U + b − position_bias·position + ε)`` with
@@ -453,8 +456,9 @@ class Pois:
     collab: np.ndarray  # (n, K)
     delivery: np.ndarray
     opened_s: np.ndarray  # offset from start (negative: before the range)
-    static: np.ndarray  # the scene-free part of utility: quality, popularity, delivery
+    static: np.ndarray  # the scene-free part of utility: quality, popularity (at the log's start), delivery
     frame: pd.DataFrame | None
+    drift: np.ndarray | None = None  # popularity change per second from the log's start (None: static)
 
     def subset(self, idx: np.ndarray) -> "Pois":
         """The PoIs ``idx`` (arrays only), e.g. one city's choice set."""
@@ -577,8 +581,11 @@ def _pois(cfg: GenerateConfig, clock: Clock, districts, rng) -> Pois:
         "description": descs,
         "opened_at": _to_ts(clock, opened),
     })
+    # Drawn last, from this stream only, so a world without drift is the same bit for bit.
+    drift = (rng.normal(0, cfg.popularity_drift, n) * cfg.quality_effect / clock.span_s
+             if cfg.popularity_drift > 0 else None)
     return Pois(n, city, lat, lon, *_xy(lat, lon, city), cat, taste, np.log(price).astype(np.float32), quality, pop, collab, delivery,
-                opened, static, frame)
+                opened, static, frame, drift)
 
 
 def _users(cfg: GenerateConfig, clock: Clock, districts, rng) -> Users:
@@ -740,6 +747,8 @@ def _utility(sc: Scenes, users: Users, pois: Pois, poi_idx: np.ndarray | None = 
         match = np.einsum("nd,nd->n", sc.theta * effects.taste, pois.taste[p])
         collab = np.einsum("nd,nd->n", users.collab[sc.user], pois.collab[p])
         u = match + CAT_SLOT_TERM[pois.cat[p], sc.slot] + effects.collab_half * collab + pois.static[p]
+        if pois.drift is not None:
+            u = u + (pois.drift[p] * sc.t).astype(np.float32)
         gap = pois.logp[p] - sc.mu
         dx, dy = pois.x[p] - sc.x, pois.y[p] - sc.y
         lam = sc.lam
@@ -750,6 +759,8 @@ def _utility(sc: Scenes, users: Users, pois: Pois, poi_idx: np.ndarray | None = 
         u += match
         u += CAT_SLOT_TERM[:, sc.slot][pois.cat].T
         u += pois.static[None, :]
+        if pois.drift is not None:
+            u += (sc.t[:, None] * pois.drift[None, :]).astype(np.float32)
         gap = pois.logp[None, :] - sc.mu[:, None]
         dx, dy = pois.x[None, :] - sc.x[:, None], pois.y[None, :] - sc.y[:, None]
         lam = sc.lam[:, None]
@@ -1073,8 +1084,8 @@ def hidden_variables(cfg: GenerateConfig, seed: int) -> dict[str, pd.DataFrame]:
 
     * ``users`` (``user_id``): taste per ``TASTE_DIMS``, ``price_mu`` (preferred log price),
       ``price_lambda`` (sensitivity), ``collab0..`` (collaborative factor);
-    * ``pois`` (``poi_id``): taste, ``log_price``, ``static`` (quality + popularity − delivery),
-      ``collab0..``;
+    * ``pois`` (``poi_id``): taste, ``log_price``, ``static`` (quality + popularity − delivery, at the
+      log's start), ``drift_per_day`` (its change a day, 0 without ``popularity_drift``), ``collab0..``;
     * ``requests`` (``request_id``): the scene-adjusted wanted taste ``want_<dim>``, ``want_mu`` and
       ``want_lambda`` of the request's user in its scene;
     * ``impressions`` (``request_id``, ``poi_id``): ``click_logit`` = a·U − position bias·position,
@@ -1092,7 +1103,9 @@ def hidden_variables(cfg: GenerateConfig, seed: int) -> dict[str, pd.DataFrame]:
         "users": pd.DataFrame({"user_id": user_ids, **dict(zip(taste, users.taste.T)), "price_mu": users.price_mu,
                                "price_lambda": users.price_lambda, **dict(zip(collab, users.collab.T))}),
         "pois": pd.DataFrame({"poi_id": poi_ids, **dict(zip(taste, pois.taste.T)), "log_price": pois.logp,
-                              "static": pois.static, **dict(zip(collab, pois.collab.T))}),
+                              "static": pois.static,
+                              "drift_per_day": (pois.drift * 86400 if pois.drift is not None else np.zeros(pois.n)),
+                              **dict(zip(collab, pois.collab.T))}),
         "requests": pd.DataFrame({"request_id": request_ids, **{f"want_{d}": v for d, v in zip(taste, sc.theta.T)},
                                   "want_mu": sc.mu, "want_lambda": sc.lam}),
         "impressions": pd.DataFrame({"request_id": request_ids[imp["row"]], "poi_id": poi_ids[imp["poi"]],

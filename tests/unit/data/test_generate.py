@@ -303,6 +303,30 @@ def test_rating_scale_and_temperature_knobs_move_what_is_written():
     assert not strong["impressions"]["click"].equals(base["impressions"]["click"])
 
 
+def test_popularity_drift_moves_shops_over_the_log_and_nothing_else():
+    """Shops rise and fade: with drift the PoI table is the same (drawn last, from the PoIs' own stream),
+    a PoI's true P(click) climbs over the log in proportion to its hidden drift, and without it
+    nothing in a PoI's standing moves with time."""
+    cfg = MEDIUM.model_copy(update={"popularity_drift": 2.0})
+    base, drifting = generate_tables(MEDIUM, seed=3), generate_tables(cfg, seed=3)
+    pd.testing.assert_frame_equal(base["pois"], drifting["pois"])
+    assert not drifting["truth"]["p_click"].equals(base["truth"]["p_click"])
+
+    def late_minus_early(tables):  # per PoI: mean true click logit in the last third minus the first
+        t = tables["truth"].merge(tables["impressions"][["request_id", "poi_id", "ts"]], on=["request_id", "poi_id"])
+        logit = np.log(t["p_click"] / (1 - t["p_click"]))
+        third = pd.qcut(t["ts"].rank(method="first"), 3, labels=False)
+        by = pd.DataFrame({"poi_id": t["poi_id"], "third": third, "logit": logit}).groupby(["poi_id", "third"])["logit"].mean()
+        return (by.xs(2, level="third") - by.xs(0, level="third")).dropna()
+
+    drift = hidden_variables(cfg, seed=3)["pois"].set_index("poi_id")["drift_per_day"]
+    moved = late_minus_early(drifting)
+    assert np.corrcoef(moved, drift.reindex(moved.index))[0, 1] > 0.5
+    assert (hidden_variables(MEDIUM, seed=3)["pois"]["drift_per_day"] == 0).all()
+    still = late_minus_early(base)  # the same world without drift: its moves are noise, not the drift
+    assert abs(np.corrcoef(still, drift.reindex(still.index))[0, 1]) < 0.3
+
+
 def test_effect_knobs_move_what_decides_a_click():
     def corr(tables, column):  # correlation over impressions of the true P(click) with a PoI column
         truth = tables["truth"].merge(tables["pois"][["poi_id", column]], on="poi_id")
