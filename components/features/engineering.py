@@ -560,15 +560,17 @@ def poi_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Dat
         with np.errstate(invalid="ignore", divide="ignore"):  # shrunk to the PoI's own long-run rate
             cols["ctr_recent"] = np.where(rv + k > 0, (rc + k * ctr) / (rv + k), ctr).astype("float32")
         if cfg.poi_momentum:
-            # log(share of the window's views / clicks) - log(share of all of them so far): > 0 for a
-            # shop on the rise, < 0 for one that fades. Shares of the platform's totals over the same
+            # log((window's views + k) / (expected + k)), expected = the PoI's share of all views so far
+            # times the platform's views in the window (clicks alike, with k * ctr0 pseudo-clicks): > 0
+            # for a shop on the rise, < 0 for one that fades, shrunk to 0 where the counts are few (k + 1
+            # pseudo-views, k = popularity_prior as for ctr_smoothed). Shares of the platform's totals over the same
             # periods, so that a growing (or seasonal) platform moves no shop's figure.
             back = np.searchsorted(periods, g.period - lag, side="right") - 1
             then = np.where((back >= 0)[:, None], running[np.maximum(back, 0)], 0.0)
-            for j, (n, mine, mine_recent) in enumerate((("view", views, rv), ("click", clicks, rc))):
+            for j, (n, mine, mine_recent, prior) in enumerate((("view", views, rv, k + 1), ("click", clicks, rc, k * ctr0 + 1))):
                 now_all, now_recent = glob[:, j], glob[:, j] - then[:, j]  # running's columns: view, click, order
-                cols[f"{n}_momentum"] = (np.log((mine_recent + 1) / (now_recent + 1))
-                                         - np.log((mine + 1) / (now_all + 1))).astype("float32")
+                expected = np.divide(mine * now_recent, now_all, out=np.zeros(g.n), where=now_all > 0)
+                cols[f"{n}_momentum"] = np.log((mine_recent + prior) / (expected + prior)).astype("float32")
     return _frame("poi_id", poi.poi_id[g.entity], _stamp(g.period, cfg), cols)
 
 

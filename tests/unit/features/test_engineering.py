@@ -196,25 +196,33 @@ def test_poi_recent_window_counts_only_the_last_days(tmp_path):
     assert "n_view_recent" not in dict(feature_schema(FIXED.model_copy(update={"recent_days": 0}))["poi_stats"])
 
 
-def test_poi_momentum_is_the_log_ratio_of_recent_to_running_shares(tmp_path):
+def test_poi_momentum_is_recent_counts_over_those_the_running_share_expects(tmp_path):
     """features.poi_momentum: p1 is viewed on day 1 only, p2 on day 1 and three times on day 4; with a
-    2-day window p2 is rising (> 0) and p1 fading (< 0) at the end of day 4, whatever the platform's size."""
+    2-day window p2 is rising (> 0) and p1 fading (< 0) at the end of day 4, whatever the platform's
+    size; the pseudo-counts (popularity_prior + 1 views) pull a PoI with few counts towards 0."""
     rows = [("2026-01-01T08:00:00Z", "u1", "p1", "view"), ("2026-01-01T08:01:00Z", "u1", "p1", "view"),
             ("2026-01-01T09:00:00Z", "u2", "p2", "view"),
             ("2026-01-04T08:00:00Z", "u2", "p2", "view"), ("2026-01-04T08:05:00Z", "u2", "p2", "view"),
             ("2026-01-04T08:06:00Z", "u2", "p2", "click"), ("2026-01-04T09:00:00Z", "u1", "p1", "click")]
-    cfg = FeaturesConfig(top_categories=1, recent_days=2, poi_momentum=True, **FIXED_EDGES)
+    cfg = FeaturesConfig(top_categories=1, recent_days=2, poi_momentum=True, popularity_prior=0, **FIXED_EDGES)
     assert [c for c, _ in feature_schema(cfg)["poi_stats"]][-2:] == ["view_momentum", "click_momentum"]
     _, t, _ = _build(tmp_path, _behaviors(rows), cfg)
     at = t["poi_stats"].set_index(["poi_id", "event_timestamp"])
     p2 = at.loc[("p2", T("2026-01-05"))]
-    # day 4's window: p2 has 2 of the 2 views (platform: 2), 1 of 2 clicks; so far 3 of 5 views, 1 of 2 clicks
-    assert p2.view_momentum == pytest.approx(np.log(3 / 3) - np.log(4 / 6), rel=1e-5)
-    assert p2.click_momentum == pytest.approx(np.log(2 / 3) - np.log(2 / 3), abs=1e-6)
+    # day 4's window: p2 has 2 views (platform: 2), 1 of 2 clicks; so far 3 of 5 views, 1 of 2 clicks:
+    # its running share expects 3 / 5 * 2 = 1.2 of the window's views and 1 / 2 * 2 = 1 of its clicks
+    assert p2.view_momentum == pytest.approx(np.log((2 + 1) / (1.2 + 1)), rel=1e-5) and p2.view_momentum > 0
+    assert p2.click_momentum == pytest.approx(0.0, abs=1e-6)
     p1 = at.loc[("p1", T("2026-01-05"))]  # p1's snapshot for day 4 (its click): no view in the window
-    assert p1.view_momentum == pytest.approx(np.log(1 / 3) - np.log(3 / 6), rel=1e-5) and p1.view_momentum < 0
+    assert p1.view_momentum == pytest.approx(np.log(1 / (0.8 + 1)), rel=1e-5) and p1.view_momentum < 0
     # day 1: every view and click is recent, for the PoI and the platform alike: 0
     assert at.loc[("p1", T("2026-01-02"))].view_momentum == pytest.approx(0.0, abs=1e-6)
+    # a prior of 20 pseudo-impressions shrinks the same evidence towards 0
+    (tmp_path / "k20").mkdir()
+    _, shrunk, _ = _build(tmp_path / "k20", _behaviors(rows), cfg.model_copy(update={"popularity_prior": 20.0}))
+    s2 = shrunk["poi_stats"].set_index(["poi_id", "event_timestamp"]).loc[("p2", T("2026-01-05"))]
+    assert s2.view_momentum == pytest.approx(np.log((2 + 21) / (1.2 + 21)), rel=1e-5)
+    assert 0 < s2.view_momentum < p2.view_momentum
     assert "view_momentum" not in dict(feature_schema(cfg.model_copy(update={"poi_momentum": False}))["poi_stats"])
     assert "view_momentum" not in dict(feature_schema(cfg.model_copy(update={"recent_days": 0}))["poi_stats"])
 
