@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                     oracles.append(o)
             for name in names:
                 m = run_variant(name, cfg, mind_dir, work / f"{name}_{seed}", seed)
+                if args.mind_dir is None:  # a temporary folder: the report names the world, not the path
+                    m["mind_dir"] = mind_dir.name
                 runs[name].append(m)
                 print(f"seed {seed} {name:<18} " + " ".join(f"{k} {m[f'dev.{k}']:.4f}" for k in METRICS)
                       + f"  {m['train.impressions_per_s']:.0f} imp/s  {m['seconds']:.0f} s", flush=True)

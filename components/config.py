@@ -67,7 +67,7 @@ class GenerateConfig(Section):
     distance_effect: float = Field(1.0, ge=0, le=10)  # distance between the request and the PoI
     quality_effect: float = Field(1.0, ge=0, le=5)  # the shop's quality and popularity
     delivery_effect: float = Field(1.0, ge=0, le=10)  # delivery minutes
-    popularity_drift: float = Field(0.0, ge=0, le=5)  # std of a PoI's popularity change over the log (0 = static)
+    popularity_drift: float = Field(0.0, ge=0, le=5)  # std of a PoI's popularity change over the log (x quality_effect; 0 = static)
     format: Literal["parquet", "csv"] = "parquet"
 
     @field_validator("start")

@@ -560,11 +560,11 @@ def poi_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Dat
         with np.errstate(invalid="ignore", divide="ignore"):  # shrunk to the PoI's own long-run rate
             cols["ctr_recent"] = np.where(rv + k > 0, (rc + k * ctr) / (rv + k), ctr).astype("float32")
         if cfg.poi_momentum:
-            # log((window's views + k) / (expected + k)), expected = the PoI's share of all views so far
-            # times the platform's views in the window (clicks alike, with k * ctr0 pseudo-clicks): > 0
-            # for a shop on the rise, < 0 for one that fades, shrunk to 0 where the counts are few (k + 1
-            # pseudo-views, k = popularity_prior as for ctr_smoothed). Shares of the platform's totals over the same
-            # periods, so that a growing (or seasonal) platform moves no shop's figure.
+            # log((window's views + k + 1) / (expected + k + 1)), expected = the PoI's share of all views
+            # so far times the platform's views in the window (clicks alike, with k * ctr0 + 1
+            # pseudo-clicks; k = popularity_prior, as for ctr_smoothed): > 0 for a shop on the rise, < 0
+            # for one that fades, shrunk to 0 where the counts are few. Shares of the platform's totals
+            # over the same periods, so that a growing (or seasonal) platform moves no shop's figure.
             back = np.searchsorted(periods, g.period - lag, side="right") - 1
             then = np.where((back >= 0)[:, None], running[np.maximum(back, 0)], 0.0)
             for j, (n, mine, mine_recent, prior) in enumerate((("view", views, rv, k + 1), ("click", clicks, rc, k * ctr0 + 1))):
