@@ -567,7 +567,8 @@ def poi_stats(b: _Behaviors, poi: _PoiAttributes, cfg: FeaturesConfig) -> pd.Dat
             # over the same periods, so that a growing (or seasonal) platform moves no shop's figure.
             back = np.searchsorted(periods, g.period - lag, side="right") - 1
             then = np.where((back >= 0)[:, None], running[np.maximum(back, 0)], 0.0)
-            for j, (n, mine, mine_recent, prior) in enumerate((("view", views, rv, k + 1), ("click", clicks, rc, k * ctr0 + 1))):
+            pairs = (("view", views, rv, k + 1), ("click", clicks, rc, k * ctr0 + 1))  # with pseudo-counts
+            for j, (n, mine, mine_recent, prior) in enumerate(pairs):
                 now_all, now_recent = glob[:, j], glob[:, j] - then[:, j]  # running's columns: view, click, order
                 expected = np.divide(mine * now_recent, now_all, out=np.zeros(g.n), where=now_all > 0)
                 cols[f"{n}_momentum"] = np.log((mine_recent + prior) / (expected + prior)).astype("float32")

@@ -303,12 +303,12 @@ def test_rating_scale_and_temperature_knobs_move_what_is_written():
     assert not strong["impressions"]["click"].equals(base["impressions"]["click"])
 
 
-def test_popularity_drift_moves_shops_over_the_log_and_nothing_else():
+def test_popularity_drift_moves_shops_over_the_log_and_nothing_else(world):
     """Shops rise and fade: with drift the PoI table is the same (drawn last, from the PoIs' own stream),
     a PoI's true P(click) climbs over the log in proportion to its hidden drift, and without it
     nothing in a PoI's standing moves with time."""
     cfg = MEDIUM.model_copy(update={"popularity_drift": 2.0})
-    base, drifting = generate_tables(MEDIUM, seed=3), generate_tables(cfg, seed=3)
+    base, drifting = world, generate_tables(cfg, seed=3)  # world: MEDIUM at seed 3, without drift
     pd.testing.assert_frame_equal(base["pois"], drifting["pois"])
     assert not drifting["truth"]["p_click"].equals(base["truth"]["p_click"])
 
