@@ -47,16 +47,19 @@ SPEEDS = ("train_rows_per_s", "train_cpu_rows_per_s", "score_rows_per_s")
 
 def run_ours(name, ds, cfg, seed):
     """Train and score one of our models (any family: components/ctr/families.py); metrics with
-    timings. The ensemble also reports its weights and each member's test AUC alone, so that it is
-    compared with its own members trained in the same run."""
+    timings. The ensemble (and a seed bag, ``ctr.seed_bag``) also reports its weights and each
+    member's test AUC alone, so that it is compared with its own members trained in the same run (a
+    bag's first member is the model ``seed_bag: 1`` trains)."""
     from components.ctr import families
+    from components.ctr.ensemble import EnsembleModel
     from components.ctr.evaluate import score_metrics
 
     cpu = time.process_time()
     model, info = families.train(name, ds, cfg, seed=seed, progress=False)
     cpu = time.process_time() - cpu
     t = time.perf_counter()
-    if name == "ensemble":  # the members scored once: alone, and combined
+    grouped = isinstance(model, EnsembleModel)
+    if grouped:  # the members scored once: alone, and combined
         from components.ctr.ensemble import combine
 
         member_scores = model.member_scores(ds.test, ds)
@@ -65,7 +68,7 @@ def run_ours(name, ds, cfg, seed):
         scores = families.scores(model, ds.test, ds, cfg)
     score_s = time.perf_counter() - t
     metrics = score_metrics(scores, ds.test)
-    if name == "ensemble":
+    if grouped:
         members = {m: score_metrics(s, ds.test) for m, s in zip(model.members, member_scores)}
         metrics.update(weights=model.weights, members={m: {k: v[k] for k in KEYS if k in v} for m, v in members.items()})
     # rows trained on: every epoch of the first fit, plus the refit's (ctr.refit: train + valid rows)
@@ -73,6 +76,10 @@ def run_ours(name, ds, cfg, seed):
     if "refit" in info:
         seen += info["refit"]["rows"] * info["refit"].get("epochs", 0)
         metrics["refit"] = info["refit"]
+    if "bag" in info:  # the bag's other networks replay the last fit's epochs
+        last = info["refit"] if "refit" in info else {"rows": int(ds.train.mask.sum()), "epochs": info["best_epoch"]}
+        seen += (info["bag"]["members"] - 1) * last["rows"] * last.get("epochs", 0)
+        metrics["bag"] = info["bag"]
     metrics.update(train_seconds=info["seconds"], epochs=info["epochs_run"], best_epoch=info["best_epoch"],
                    train_rows_per_s=seen / info["seconds"], train_cpu_rows_per_s=seen / cpu,
                    score_rows_per_s=len(scores["ctr"]) / score_s)

@@ -420,6 +420,9 @@ class CTRConfig(Section):
     # fit's schedule (the same epochs / boosting rounds and learning-rate decays), so it also learns
     # from the period next to the one it serves. Validation figures of a refit model are in-sample.
     refit: bool = True
+    # Seed bag: train this many networks (trees) of the model, the first as above and the others
+    # replaying its schedule from the next seeds on the same data, and score the mean of their logits.
+    seed_bag: int = Field(1, ge=1, le=8)
     weight_decay: float = Field(1.0e-5, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

@@ -93,16 +93,24 @@ def fit_weights(member_scores: list[dict], step: float, confidence: float = 0.9,
     return weights, best
 
 
-class EnsembleModel:
-    """Trained members (name -> model) and their per-task weights; scores like a GBDTModel does."""
+def member_family(key: str) -> str:
+    """The model family of an ensemble member's key: ``larr_cofars.seed1`` (a seed bag's second network,
+    ``families.bag``) is a ``larr_cofars``."""
+    return key.split(".", 1)[0]
 
-    name = "ensemble"
-    # Not CoFARS itself: the online service scores a CoFARS member from its served per-user state and
-    # the others from the history (components/serve/scoring.py: served_net, score_request).
+
+class EnsembleModel:
+    """Trained members (key -> model) and their per-task weights; scores like a GBDTModel does.
+    ``name``: ``ensemble``, or the family of a seed bag (``families.bag``), which is what the model
+    folder, the registry and the service call it."""
+
+    # Not CoFARS itself: the online service scores each CoFARS member from its own served per-user
+    # state and the others from the history (components/serve/scoring.py: served_nets, score_request).
     sequence = None
 
-    def __init__(self, members: dict, weights: dict[str, list[float]], cfg: CTRConfig, info: dict | None = None):
-        self.members, self.weights, self.cfg, self.info = members, weights, cfg, info or {}
+    def __init__(self, members: dict, weights: dict[str, list[float]], cfg: CTRConfig, info: dict | None = None,
+                 name: str = "ensemble"):
+        self.members, self.weights, self.cfg, self.info, self.name = members, weights, cfg, info or {}, name
 
     @property
     def use_text(self) -> bool:
@@ -136,8 +144,8 @@ class EnsembleModel:
         out_dir = Path(out_dir)
         metas = {name: families.save(m, out_dir / "members" / name) for name, m in self.members.items()}
         (out_dir / "ensemble.json").write_text(json.dumps(
-            {"members": list(self.members), "weights": self.weights, "metas": metas, "info": self.info},
-            indent=2, default=float))
+            {"name": self.name, "members": list(self.members), "weights": self.weights, "metas": metas,
+             "info": self.info}, indent=2, default=float))
 
     @classmethod
     def load(cls, model_dir, cfg: CTRConfig, device: str = "cpu") -> "EnsembleModel":
@@ -145,9 +153,9 @@ class EnsembleModel:
 
         model_dir = Path(model_dir)
         meta = json.loads((model_dir / "ensemble.json").read_text())
-        members = {name: families.load(name, meta["metas"][name], model_dir / "members" / name, cfg, device)
-                   for name in meta["members"]}
-        return cls(members, meta["weights"], cfg, meta["info"])
+        members = {key: families.load(member_family(key), meta["metas"][key], model_dir / "members" / key, cfg, device)
+                   for key in meta["members"]}
+        return cls(members, meta["weights"], cfg, meta["info"], meta.get("name", "ensemble"))
 
 
 def train_ensemble(ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path | None = None, log=None,
@@ -157,7 +165,7 @@ def train_ensemble(ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path
 
     t0 = time.perf_counter()
     members, infos = {}, {}
-    first_cfg = cfg.model_copy(update={"refit": False})  # the weights are chosen on out-of-sample scores
+    first_cfg = cfg.model_copy(update={"refit": False, "seed_bag": 1})  # weights chosen on out-of-sample scores
     for name in cfg.ensemble_members:
         member_log = None if log is None else (lambda row, step, n=name: log({f"{n}.{k}": v for k, v in row.items()},
                                                                             step))
@@ -175,13 +183,19 @@ def train_ensemble(ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path
         for name in members:
             members[name], infos[name] = families.refit(name, members[name], infos[name], ds, cfg, seed=seed,
                                                         progress=progress)  # ``model.members`` is this dict
+    if cfg.seed_bag > 1:  # each member becomes a bag of seeds; its weight is shared out among them
+        for name in list(members):
+            bagged, infos[name] = families.bag(name, members.pop(name), infos[name], ds, cfg, seed, progress)
+            members.update(bagged.members)
+        model.weights = {task: [w / cfg.seed_bag for w in ws for _ in range(cfg.seed_bag)]
+                         for task, ws in model.weights.items()}
     # The neural member's curve is the ensemble's training curve (the trees have none).
     curve = next((infos[n] for n in members if infos[n]["history"]), infos[next(iter(members))])
     info = {"history": curve["history"], "best_epoch": curve["best_epoch"], "epochs_run": curve["epochs_run"],
             "best_valid_auc_ctr": best["ctr"], "best_valid_auc_ctcvr": best["ctcvr"],
             "weights": model.weights, "members_valid_auc": alone,
             "members": {n: {k: i[k] for k in ("best_epoch", "epochs_run", "best_valid_auc_ctr", "seconds",
-                                              "parameters", "refit") if k in i} for n, i in infos.items()},
+                                              "parameters", "refit", "bag") if k in i} for n, i in infos.items()},
             "seconds": round(time.perf_counter() - t0, 2),
             "parameters": int(sum(i["parameters"] for i in infos.values()))}
     model.info = {k: info[k] for k in ("weights", "members_valid_auc", "members")}

@@ -1,6 +1,7 @@
 """A trained CTR model as a self-contained artefact, and the MLflow pyfunc that serves it.
 
-Folder layout (``save_model``): ``model.pt`` (weights), ``model.json`` (model name, ``ctr`` and
+Folder layout (``save_model``): ``model.pt`` (weights; an ensemble or a seed bag: ``ensemble.json``
+and ``members/<member>/``), ``model.json`` (model name, ``ctr`` and
 ``features`` sections, input shapes), ``encoder.json`` (vocabularies, normalisation) and
 ``serving/`` — the snapshot a request needs: the latest row of each feature view per key (what the
 online store holds), the PoI catalogue and its text embeddings, the per-feature scene embeddings and

@@ -34,7 +34,7 @@ class ServedModel:
     scene_ids: list
     scene_table: np.ndarray | None
     loaded_at: float
-    items: object = None  # CoFARS models: every catalogue PoI's item embedding (serve/cofars.item_table)
+    items: tuple = ()  # per served CoFARS network (served_nets): every catalogue PoI's item embedding (item_table)
 
     @classmethod
     def load(cls, name: str, version: str, tracking_uri: str | None = None) -> "ServedModel":
@@ -48,21 +48,18 @@ class ServedModel:
         if table is not None:
             py.scorer.model.use_scene_table(table)
             py.scorer._cached_table = table
-        items, net = None, served_net(py.scorer.model)
-        if net is not None:
-            from components.serve.cofars import item_table
+        from components.serve.cofars import item_table
 
-            items = item_table(net, poi_table)
+        items = tuple(item_table(net, poi_table) for net in served_nets(py.scorer.model))
         return cls(name, str(version), py.scorer, poi_table, ids, table, time.time(), items)
 
 
-def served_net(model):
-    """The CoFARS network that scores from a served per-user state: the model itself, or an ensemble's
-    CoFARS member (components/ctr/ensemble.py); None when the model has none."""
+def served_nets(model) -> list:
+    """The CoFARS networks that score from a served per-user state: the model itself, or each CoFARS
+    member of an ensemble or a seed bag (components/ctr/ensemble.py); empty when there is none."""
     if model.sequence == "cofars":
-        return model
-    members = getattr(model, "members", {})
-    return next((m for m in members.values() if getattr(m, "sequence", None) == "cofars"), None)
+        return [model]
+    return [m for m in getattr(model, "members", {}).values() if getattr(m, "sequence", None) == "cofars"]
 
 
 def history_from_rows(rows: pd.DataFrame, user_id: str, poi_table: PoiTable, scorer) -> History:
@@ -228,9 +225,9 @@ _EMPTY_HISTORY = History(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(
                          {}, {}, np.zeros(0, np.int64))
 
 
-def _served_cofars(model: ServedModel, net, data, state) -> dict:
-    """ctr / ctcvr of the request's candidates through components/serve/cofars.py (``net``:
-    ``served_net`` of the model), with the flat keys of ``train.predict``."""
+def _served_cofars(model: ServedModel, net, data, state, items) -> dict:
+    """ctr / ctcvr of the request's candidates through components/serve/cofars.py (``net``: one of
+    ``served_nets`` of the model, ``items`` its item table), with the flat keys of ``train.predict``."""
     from dataclasses import replace
 
     from components.ctr.data import make_batch, to_tensors
@@ -239,7 +236,7 @@ def _served_cofars(model: ServedModel, net, data, state) -> dict:
     none = np.zeros(1, np.int64)  # the state stands for the history
     b = make_batch(replace(data, hist_start=none, hist_end=none), np.array([0]), _EMPTY_HISTORY, model.poi_table, 1,
                    scene_table=model.scene_table if net.use_text else None)
-    out = served_forward(net, to_tensors(b), state, model.items)
+    out = served_forward(net, to_tensors(b), state, items)
     k = int(data.mask[0].sum())
     zeros = np.zeros(k, np.float32)
     return {"ctr": out["ctr"][0, :k].numpy(), "ctcvr": out["ctcvr"][0, :k].numpy(), "click": zeros, "order": zeros,
@@ -264,12 +261,12 @@ def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, st
     values = {**user_values, **context_values, **scene["numeric"]}
     newest = [t for t in (user_ts, context_ts, int(block.ts_ns[rows].max())) if t is not None and t >= 0]
     ts_ns = scene["ts_ns"]
-    net = served_net(scorer.model)
-    from_state = net is not None and states is not None
-    # The history the model reads; a CoFARS model served from its state reads none (an ensemble's
+    nets = served_nets(scorer.model)
+    from_state = bool(nets) and states is not None
+    # The history the model reads; CoFARS networks served from their states read none (an ensemble's
     # other members still do).
-    recent = None if from_state and net is scorer.model else behaviors.recent(req.user_id, scorer.cfg.max_history,
-                                                                            before_ns=ts_ns)
+    every = nets == [scorer.model] or len(nets) == len(getattr(scorer.model, "members", ()))
+    recent = None if from_state and every else behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
     if recent is not None and len(recent):
         newest.append(int(recent["ts"].iloc[-1]))
     history = _EMPTY_HISTORY if recent is None else history_from_rows(recent, req.user_id, model.poi_table, scorer)
@@ -281,18 +278,22 @@ def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, st
         if last_ts is not None:
             newest.append(last_ts)
 
-        def build():
+        window = []  # the user's behaviours, read once for every network whose state is missing
+
+        def build(net):
             from components.serve.cofars import build_state
 
-            window = recent if recent is not None else behaviors.recent(req.user_id, scorer.cfg.max_history,
-                                                                         before_ns=ts_ns)
-            return build_state(net, window_arrays(model, history_from_rows(window, req.user_id,
-                                                                          model.poi_table, scorer)))
+            if not window:
+                rows = recent if recent is not None else behaviors.recent(req.user_id, scorer.cfg.max_history,
+                                                                          before_ns=ts_ns)
+                window.append(window_arrays(model, history_from_rows(rows, req.user_id, model.poi_table, scorer)))
+            return build_state(net, window[0])
 
-        state = states.get((model.version, req.user_id, last_ts), build)
-        served = _served_cofars(model, net, data, state)
-        scores = served if net is scorer.model else scorer.score(  # an ensemble: the others from the history
-            data, model.poi_table, history, model.scene_table, served={id(net): served})
+        served = {id(net): _served_cofars(model, net, data, states.get((model.version, i, req.user_id, last_ts),
+                                                                       lambda net=net: build(net)), items)
+                  for i, (net, items) in enumerate(zip(nets, model.items))}
+        scores = served[id(scorer.model)] if nets == [scorer.model] else scorer.score(  # an ensemble or a bag:
+            data, model.poi_table, history, model.scene_table, served=served)          # the others from the history
     order = np.argsort(scores["slot"], kind="stable")  # one request: slot = position = input order
     ctr, ctcvr = scores["ctr"][order].astype(float), scores["ctcvr"][order].astype(float)
     freshest = max(newest) if newest else None

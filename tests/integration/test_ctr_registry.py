@@ -1,5 +1,7 @@
 """The CTR stage on a tiny project with the real Feast, MLflow registry and pyfunc: training and
 evaluation beside the oracle, champion / challenger by margin, manual promotion, rollback, audit."""
+import json
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -47,7 +49,13 @@ def test_training_reports_metrics_beside_the_oracle(project):
     assert "test.all.oracle_auc.ctr" in report
     roc = pd.read_csv(project.path("reports_dir") / "plots" / "ctr_roc.csv")
     assert {"fpr", "ctr", "ctcvr"} <= set(roc.columns) and len(roc) > 10
-    assert (project.path("ctr_dir") / "model" / "model.pt").exists()
+    model_dir = project.path("ctr_dir") / "model"
+    if project.ctr.seed_bag > 1:  # a seed bag: each network's weights in its own member folder
+        members = json.loads((model_dir / "ensemble.json").read_text())["members"]
+        assert members == [project.ctr.model] + [f"{project.ctr.model}.seed{i}" for i in range(1, project.ctr.seed_bag)]
+        assert all((model_dir / "members" / m / "model.pt").exists() for m in members)
+    else:
+        assert (model_dir / "model.pt").exists()
 
 
 def test_champion_challenger_promote_rollback(project):

@@ -137,14 +137,16 @@ def test_a_pushed_order_moves_that_pois_score_on_the_next_request(project, clien
 
 
 def test_served_cofars_equals_the_evaluation_path_on_the_same_state(project, client):
-    """The same request scored by served CoFARS (offline state) and by CTRScorer.score (the evaluation
-    path, the model over the window of the user's history) gives the same scores."""
+    """The same request scored by served CoFARS (offline states, one per network of the seed bag) and
+    by CTRScorer.score (the evaluation path, the model over the window of the user's history) gives
+    the same scores."""
     from components.serve.schema import parse_request
-    from components.serve.scoring import StateCache, score_request
+    from components.serve.scoring import StateCache, score_request, served_nets
 
     app = client.app
     model = app.state.holder.current
-    assert model.scorer.model.sequence == "cofars"
+    # params.yaml's seed bag: that many CoFARS networks, each served from its own state
+    assert len(served_nets(model.scorer.model)) == project.ctr.seed_bag
     from components.serve.online import OnlineFeatures, behavior_store
 
     online, store = OnlineFeatures(project), behavior_store(project)

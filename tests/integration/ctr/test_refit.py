@@ -48,7 +48,8 @@ def test_a_neural_refit_replays_the_schedule_on_train_and_valid(trained_ctr):
 def test_a_lightgbm_refit_keeps_the_variant_and_the_boosting_rounds(trained_ctr):
     pytest.importorskip("lightgbm")
     ds = trained_ctr.dataset
-    cfg = trained_ctr.params.ctr.model_copy(update={"gbdt_variants": ["tabular+history"], "refit": False})
+    cfg = trained_ctr.params.ctr.model_copy(update={"gbdt_variants": ["tabular+history"], "refit": False,
+                                                    "seed_bag": 1})  # the refit alone (tests/.../test_seed_bag.py)
     model, info = families.train("lightgbm", ds, cfg, seed=0)
     assert "refit" not in info  # ctr.refit off: the early-stopped fit alone
     new, again = families.refit("lightgbm", model, info, ds, cfg, seed=0)
@@ -66,7 +67,8 @@ def test_an_ensemble_chooses_its_weights_before_refitting_its_members(trained_ct
     ds = trained_ctr.dataset
     cfg = trained_ctr.params.ctr.model_copy(update={"model": "ensemble", "ensemble_members": ["cofars", "lightgbm"],
                                                     "gbdt_variants": ["tabular+history"], "epochs": 2,
-                                                    "ensemble_weight_step": 0.25, "refit": True})
+                                                    "ensemble_weight_step": 0.25, "refit": True,
+                                                    "seed_bag": 1})
     model, info = families.train("ensemble", ds, cfg, seed=0, progress=False)
     # The weights were chosen on out-of-sample validation scores: the members' own figures are those
     # of their first fits, and each member was then refit on train + valid.
