@@ -99,6 +99,13 @@ def member_family(key: str) -> str:
     return key.split(".", 1)[0]
 
 
+def _without_timings(d):
+    """``d`` with every ``seconds`` key left out, at any depth."""
+    if isinstance(d, dict):
+        return {k: _without_timings(v) for k, v in d.items() if k != "seconds"}
+    return d
+
+
 class EnsembleModel:
     """Trained members (key -> model) and their per-task weights; scores like a GBDTModel does.
     ``name``: ``ensemble``, or the family of a seed bag (``families.bag``), which is what the model
@@ -143,9 +150,11 @@ class EnsembleModel:
 
         out_dir = Path(out_dir)
         metas = {name: families.save(m, out_dir / "members" / name) for name, m in self.members.items()}
+        # No timings in the folder: the same model trained again on the same data is byte for byte
+        # the same folder, so the registry reuses its version (registry.artifact_fingerprint).
         (out_dir / "ensemble.json").write_text(json.dumps(
             {"name": self.name, "members": list(self.members), "weights": self.weights, "metas": metas,
-             "info": self.info}, indent=2, default=float))
+             "info": _without_timings(self.info)}, indent=2, default=float))
 
     @classmethod
     def load(cls, model_dir, cfg: CTRConfig, device: str = "cpu") -> "EnsembleModel":

@@ -47,7 +47,8 @@ def test_a_bag_averages_the_logits_of_networks_from_consecutive_seeds(trained_ct
 def test_a_bag_of_one_is_the_model_itself(trained_ctr):
     ds, info = trained_ctr.dataset, trained_ctr.info
     model = trained_ctr.scorer.model
-    same, same_info = families.bag(trained_ctr.params.ctr.model, model, info, ds, trained_ctr.params.ctr)
+    cfg = trained_ctr.params.ctr.model_copy(update={"seed_bag": 1})
+    same, same_info = families.bag(cfg.model, model, info, ds, cfg)
     assert same is model and same_info is info
 
 
