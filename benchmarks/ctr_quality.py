@@ -232,13 +232,15 @@ def parse_source(spec: str) -> tuple[str, set[str] | None]:
     return path, set(filter(None, models.split(","))) or None
 
 
-def combine(specs: list[str], out: Path, subject: str = FULL) -> int:
+def combine(specs: list[str], out: Path, subject: str = FULL, leave_out: list[str] = ()) -> int:
     """Merge several ctr_quality reports into one with the family average, and print it: runs split
     over processes (by world, or by seed of one world), or models measured in different runs — e.g.
     the peers of an earlier report beside ours retrained after a change, since the peers read nothing
     our settings change (``REPORT:lightgbm,deepctr_din`` takes only those models of REPORT). Runs of
     the same world and model from several reports are pooled (their seeds must differ). The first
-    report's settings (``ctr``, ``ctr_overrides``) head the result; ``sources`` says what came from where."""
+    report's settings (``ctr``, ``ctr_overrides``) head the result; ``sources`` says what came from where.
+    ``leave_out``: worlds left out of the result (e.g. the other generator's world, which is not in
+    the family, when one run measured it beside family worlds)."""
     import json
 
     from ctr_peers import PEERS
@@ -252,6 +254,8 @@ def combine(specs: list[str], out: Path, subject: str = FULL) -> int:
         first = first or d
         taken = set()
         for w, v in d["worlds"].items():
+            if w in leave_out:
+                continue
             runs_in = {m: rs for m, rs in v["runs"].items() if keep is None or m in keep}
             taken |= set(runs_in)
             if w not in worlds:
@@ -304,6 +308,8 @@ def main(argv=None) -> int:
     ap.add_argument("--combine", nargs="+", default=None, metavar="REPORT[:MODEL,...]",
                     help="train nothing: merge these reports (or only the named models of one) into --out "
                          "with the family average")
+    ap.add_argument("--leave-out", nargs="+", default=[], metavar="WORLD",
+                    help="with --combine: worlds of the reports left out of the result")
     ap.add_argument("--subject", default=FULL, help="the model the verdicts and the family margin are about "
                                                     "(e.g. ensemble; it must be among the models run or combined)")
     setup = ctr_benchmark_setup(ap, argv, "ctr_quality")
@@ -311,7 +317,7 @@ def main(argv=None) -> int:
         return 2
     args, params, cfg = setup
     if args.combine:
-        return combine(args.combine, Path(args.out), args.subject)
+        return combine(args.combine, Path(args.out), args.subject, args.leave_out)
     import importlib.util
 
     # Checked before hours of training, not when the first DeepCTR peer is reached.

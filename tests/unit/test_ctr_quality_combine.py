@@ -40,3 +40,14 @@ def test_overlapping_seeds_and_missing_models_are_refused(ctr_quality, tmp_path)
         ctr_quality.combine([ours, ours], tmp_path / "x.json")
     with pytest.raises(ValueError, match="no runs of \\['xgboost'\\]"):
         ctr_quality.combine([f"{PEERS_REPORT}:lightgbm,xgboost"], tmp_path / "y.json")
+
+
+def test_worlds_can_be_left_out_of_a_combination(ctr_quality, tmp_path):
+    ours = sorted(str(p) for p in SCREEN.glob("*.json"))
+    every = {w for p in ours for w in json.loads(open(p).read())["worlds"]}
+    gone = sorted(every)[0]
+    out = tmp_path / "without.json"
+    assert ctr_quality.combine(ours, out, leave_out=[gone]) == 0
+    d = json.loads(out.read_text())
+    assert set(d["worlds"]) == every - {gone}
+    assert set(d["summary"]["beats_best_peer_beyond_spread_on_every_world"]) == every - {gone}
