@@ -51,6 +51,7 @@ def test_training_reports_metrics_beside_the_oracle(project):
     assert {"fpr", "ctr", "ctcvr"} <= set(roc.columns) and len(roc) > 10
     model_dir = project.path("ctr_dir") / "model"
     if project.ctr.seed_bag > 1:  # a seed bag: each network's weights in its own member folder
+        assert summary["train.bag_members"] == project.ctr.seed_bag and summary["train.bag_seconds"] > 0
         members = json.loads((model_dir / "ensemble.json").read_text())["members"]
         assert members == [project.ctr.model] + [f"{project.ctr.model}.seed{i}" for i in range(1, project.ctr.seed_bag)]
         assert all((model_dir / "members" / m / "model.pt").exists() for m in members)
