@@ -193,11 +193,14 @@ def train_ensemble(ds: CTRDataset, cfg: CTRConfig, seed: int = 0, ckpt_dir: Path
             members[name], infos[name] = families.refit(name, members[name], infos[name], ds, cfg, seed=seed,
                                                         progress=progress)  # ``model.members`` is this dict
     if cfg.seed_bag > 1:  # each member becomes a bag of seeds; its weight is shared out among them
-        for name in list(members):
-            bagged, infos[name] = families.bag(name, members.pop(name), infos[name], ds, cfg, seed, progress)
-            members.update(bagged.members)
-        model.weights = {task: [w / cfg.seed_bag for w in ws for _ in range(cfg.seed_bag)]
+        bags = {}
+        for name in members:
+            bags[name], infos[name] = families.bag(name, members[name], infos[name], ds, cfg, seed, progress)
+        model.weights = {task: [w * bw for w, bag in zip(ws, bags.values()) for bw in bag.weights[task]]
                          for task, ws in model.weights.items()}
+        members.clear()  # ``model.members``: every bag's networks, in the members' order
+        for bag in bags.values():
+            members.update(bag.members)
     # The neural member's curve is the ensemble's training curve (the trees have none).
     curve = next((infos[n] for n in members if infos[n]["history"]), infos[next(iter(members))])
     info = {"history": curve["history"], "best_epoch": curve["best_epoch"], "epochs_run": curve["epochs_run"],

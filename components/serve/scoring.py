@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import pandas as pd
@@ -265,7 +265,7 @@ def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, st
     from_state = bool(nets) and states is not None
     # The history the model reads; CoFARS networks served from their states read none (an ensemble's
     # other members still do).
-    every = nets == [scorer.model] or len(nets) == len(getattr(scorer.model, "members", ()))
+    every = len(nets) == len(getattr(scorer.model, "members", None) or [scorer.model])
     recent = None if from_state and every else behaviors.recent(req.user_id, scorer.cfg.max_history, before_ns=ts_ns)
     if recent is not None and len(recent):
         newest.append(int(recent["ts"].iloc[-1]))
@@ -278,16 +278,16 @@ def score_request(model: ServedModel, req: ScoringRequest, online, behaviors, st
         if last_ts is not None:
             newest.append(last_ts)
 
-        window = []  # the user's behaviours, read once for every network whose state is missing
+        @cache  # the user's behaviours, read once for every network whose state is missing
+        def window():
+            rows = recent if recent is not None else behaviors.recent(req.user_id, scorer.cfg.max_history,
+                                                                      before_ns=ts_ns)
+            return window_arrays(model, history_from_rows(rows, req.user_id, model.poi_table, scorer))
 
         def build(net):
             from components.serve.cofars import build_state
 
-            if not window:
-                rows = recent if recent is not None else behaviors.recent(req.user_id, scorer.cfg.max_history,
-                                                                          before_ns=ts_ns)
-                window.append(window_arrays(model, history_from_rows(rows, req.user_id, model.poi_table, scorer)))
-            return build_state(net, window[0])
+            return build_state(net, window())
 
         served = {id(net): _served_cofars(model, net, data, states.get((model.version, i, req.user_id, last_ts),
                                                                        lambda net=net: build(net)), items)
