@@ -11,6 +11,8 @@ Generative model (and the property of real delivery / e-commerce logs that motiv
 * Low-rank affinity: users u ~ N(0, I_10) (+ an age-group offset), PoIs v = 0.5 * centroid(category)
   + 0.7 * noise; affinity = u.v standardised -- real preferences are collaborative, categories explain
   only part of them (two noodle shops can attract very different people).
+  ``affinity_scale`` (default 1) multiplies its weight in the click logit: markets differ in how much
+  personal taste decides (a cuisine market more, a convenience market less).
 * Popularity: log-popularity = -0.9 * log(rank) of a random ranking (power law), plus a linear trend
   (about a quarter of the PoIs rise, a fifth fade) -- real catalogues are head-heavy and drift.
 * Habit: decayed per-(user, PoI) counts of past clicks and orders (updated at the end of every
@@ -21,6 +23,9 @@ Generative model (and the property of real delivery / e-commerce logs that motiv
 * Scene: a category x meal-slot suitability table (breakfast, lunch, afternoon, dinner, late night),
   rain / snow favour hot and heavy food, temperature is a continuous slope on cold vs hot categories,
   holidays and weekends favour pricier PoIs -- demand in real logs follows the clock and the weather.
+* Meal times (``meal_shift``, default 0) move the hourly activity and the five meal slots by that many
+  hours together -- markets dine at different clocks (lunch at 12 in one country, at 14 in another), so a
+  model with slot edges fixed for one market reads another's meals in the wrong slots.
 * Location type is drawn from hour, weekday, holiday and occupation (office / school on working
   days, home in the evening, outdoor at weekends) -- the scene is correlated, not independent noise.
 * Examination: P(click) = P(examine | position) * P(attractive), P(examine) = 1 / (1 + pos)^0.7 --
@@ -214,10 +219,12 @@ def day_weather(rng: np.random.Generator, start: pd.Timestamp, days: int) -> tup
 
 
 def scene(rng: np.random.Generator, w: dict, d: int, users: np.ndarray, wstate: np.ndarray,
-          t_mean: np.ndarray) -> dict:
-    """Scene of n events of day d: timestamp, hour, location, location type, weather, temperature."""
+          t_mean: np.ndarray, meal_shift: int = 0) -> dict:
+    """Scene of n events of day d: timestamp, hour, location, location type, weather, temperature.
+    ``meal_shift``: the hourly activity and the meal slots happen that many hours later."""
     n, day0 = len(users), w["start"] + pd.Timedelta(days=d)
-    hour = rng.choice(24, n, p=HOUR_W / HOUR_W.sum())
+    hour_w = np.roll(HOUR_W, meal_shift)
+    hour = rng.choice(24, n, p=hour_w / hour_w.sum())
     ts = day0.value // 10**9 + hour * 3600 + rng.integers(0, 3600, n)
     holiday, weekend = day0.date() in HOLIDAYS, day0.dayofweek >= 5
     occ = w["occ"][users]
@@ -236,14 +243,16 @@ def scene(rng: np.random.Generator, w: dict, d: int, users: np.ndarray, wstate: 
     temp = (t_mean[d] + 4.5 * np.cos(2 * np.pi * (hour - 15) / 24) + rng.normal(0, 0.5, n)).round(1)
     ws = WEATHER_STATES[wstate[d]]
     weather = "snowy" if ws == "precip" and t_mean[d] < 0.5 else ("rainy" if ws == "precip" else ws)
-    slot = np.select([(hour >= 5) & (hour < 10), (hour >= 10) & (hour < 14), (hour >= 14) & (hour < 17),
-                      (hour >= 17) & (hour < 21)], [0, 1, 2, 3], 4)
+    meal_hour = (hour - meal_shift) % 24
+    slot = np.select([(meal_hour >= 5) & (meal_hour < 10), (meal_hour >= 10) & (meal_hour < 14),
+                      (meal_hour >= 14) & (meal_hour < 17), (meal_hour >= 17) & (meal_hour < 21)], [0, 1, 2, 3], 4)
     return dict(ts=ts, hour=hour, slot=slot, xy=xy, geohash=xy_to_geohash(xy), location_type=LOC_TYPES[lt],
                 weather=np.full(n, weather), temperature_c=np.clip(temp, -40, 50), is_holiday=np.full(n, holiday),
                 rain=weather == "rainy", snow=weather == "snowy", holiday=holiday, weekend=weekend)
 
 
-def logits(w: dict, users: np.ndarray, sc: dict, t_frac: float, Hc: np.ndarray, Ho: np.ndarray) -> tuple:
+def logits(w: dict, users: np.ndarray, sc: dict, t_frac: float, Hc: np.ndarray, Ho: np.ndarray,
+           affinity_scale: float = 1.0) -> tuple:
     """Attraction logit z, order logit o and distance (km), each (n events, n pois), before hidden noise."""
     cat = w["cat"]
     aff = w["U"][users] @ w["V"].T / np.sqrt(K * 0.74)
@@ -253,7 +262,7 @@ def logits(w: dict, users: np.ndarray, sc: dict, t_frac: float, Hc: np.ndarray, 
     rel_price = w["log_price"][None, :] - np.log(w["budget"][users])[:, None]
     temp = sc["temperature_c"][:, None]
     h_o, h_c = np.log1p(Ho[users]), np.log1p(Hc[users])
-    z = (-1.8 + 0.65 * aff + 0.55 * w["log_pop"] + w["trend"] * (t_frac - 0.5) + 0.3 * w["quality"]
+    z = (-1.8 + 0.65 * affinity_scale * aff + 0.55 * w["log_pop"] + w["trend"] * (t_frac - 0.5) + 0.3 * w["quality"]
          - 0.25 * dist * bad + 0.7 * SLOT_SUIT[cat][:, sc["slot"]].T
          + (0.6 * (sc["rain"] | sc["snow"]) * HOT[cat])
          + 0.05 * (temp - 8.0) * (COLD[cat] - 0.4 * HOT[cat])
@@ -267,7 +276,7 @@ def logits(w: dict, users: np.ndarray, sc: dict, t_frac: float, Hc: np.ndarray, 
 
 def generate_alt_batch(out_dir: Path, seed: int = 0, n_users: int = 1500, n_pois: int = 400,
                        n_requests: int = 15000, impressions_per_request: int = 10,
-                       days: int = 60) -> dict[str, int]:
+                       days: int = 60, meal_shift: int = 0, affinity_scale: float = 1.0) -> dict[str, int]:
     """Simulate the world and write pois, users, behaviors, impressions and truth/impressions as Parquet."""
     rng = np.random.default_rng(seed)
     w = make_world(rng, n_users, n_pois, days)
@@ -287,8 +296,8 @@ def generate_alt_batch(out_dir: Path, seed: int = 0, n_users: int = 1500, n_pois
         closed = w["p_day"] > d
         nr, ns = req_per_day[d], sess_per_day[d]
         users = rng.choice(elig_u, nr + ns, p=p_u)
-        sc = scene(rng, w, d, users, wstate, t_mean)
-        z, o, dist = logits(w, users, sc, (d + 0.5) / days, Hc, Ho)
+        sc = scene(rng, w, d, users, wstate, t_mean, meal_shift)
+        z, o, dist = logits(w, users, sc, (d + 0.5) / days, Hc, Ho, affinity_scale)
         z[:, closed] = -np.inf
         # --- page views from the legacy ranker (stale popularity, noisy user factors, distance)
         r = slice(0, nr)
@@ -400,9 +409,12 @@ def main() -> None:
     ap.add_argument("--n-requests", type=int, default=15000)
     ap.add_argument("--impressions-per-request", type=int, default=10)
     ap.add_argument("--days", type=int, default=60)
+    ap.add_argument("--meal-shift", type=int, default=0, help="hours later that activity and meal slots happen")
+    ap.add_argument("--affinity-scale", type=float, default=1.0, help="weight of the user x PoI affinity in the click logit")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    counts = generate_alt_batch(a.out, a.seed, a.n_users, a.n_pois, a.n_requests, a.impressions_per_request, a.days)
+    counts = generate_alt_batch(a.out, a.seed, a.n_users, a.n_pois, a.n_requests, a.impressions_per_request, a.days,
+                                a.meal_shift, a.affinity_scale)
     secs = time.perf_counter() - t0
     from sklearn.metrics import roc_auc_score
     imp = pd.read_parquet(a.out / "impressions.parquet")

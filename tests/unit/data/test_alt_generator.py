@@ -66,3 +66,33 @@ def test_truth_is_a_probability_the_labels_follow(batch):
                                                    suffixes=("", "_imp"))
     assert set(map(tuple, imp.loc[imp["click"] == 1, ["user_id", "poi_id"]].to_numpy())) <= set(
         map(tuple, clicks[["user_id", "poi_id"]].to_numpy()))
+
+
+def test_meal_shift_moves_the_busy_hours_and_the_meal_slots_together(alt):
+    """``meal_shift``: the world's activity and its meal slots happen that many hours later."""
+    rng = np.random.default_rng(0)
+    w = alt.make_world(rng, 300, 40, 10)
+    wstate, t_mean = alt.day_weather(rng, w["start"], 10)
+    users = rng.integers(0, 300, 20_000)
+    base = alt.scene(np.random.default_rng(1), w, 3, users, wstate, t_mean)
+    late = alt.scene(np.random.default_rng(1), w, 3, users, wstate, t_mean, meal_shift=2)
+    slot_of_hour = {int(h): int(s) for h, s in zip(base["hour"], base["slot"])}  # the unshifted slot edges
+    assert len(slot_of_hour) == 24
+    np.testing.assert_array_equal(late["slot"], [slot_of_hour[(h - 2) % 24] for h in late["hour"]])
+    assert np.argmax(np.bincount(late["hour"], minlength=24)) == (np.argmax(alt.HOUR_W) + 2) % 24
+    assert not np.array_equal(base["slot"], late["slot"])
+
+
+def test_affinity_scale_multiplies_the_affinity_term_alone(alt):
+    rng = np.random.default_rng(0)
+    w = alt.make_world(rng, 50, 30, 10)
+    wstate, t_mean = alt.day_weather(rng, w["start"], 10)
+    users = rng.integers(0, 50, 40)
+    sc = alt.scene(rng, w, 2, users, wstate, t_mean)
+    h = np.zeros((50, 30))
+    z1, o1, d1 = alt.logits(w, users, sc, 0.3, h, h)
+    z2, o2, d2 = alt.logits(w, users, sc, 0.3, h, h, affinity_scale=2.0)
+    aff = w["U"][users] @ w["V"].T / np.sqrt(alt.K * 0.74)
+    np.testing.assert_allclose(z2 - z1, 0.65 * aff, atol=1e-9)
+    np.testing.assert_array_equal(o2, o1)
+    np.testing.assert_array_equal(d2, d1)
