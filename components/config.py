@@ -388,7 +388,6 @@ class CTRConfig(Section):
     larr_dropout: float = Field(0.0, ge=0, lt=1)
     text_dropout: float = Field(0.0, ge=0, lt=1)  # share of PoI text embeddings hidden per batch in training
     page_context: bool = False  # also read the other candidates of the same page (their mean item embedding)
-    hour_embedding: bool = False  # the request's local hour of day as a scene ID too (no slot edges assumed)
     center_poi_text: bool = True  # PoI text embeddings centred on their training-period mean and renormalised
     collab_dim: int = Field(16, ge=2)
     alignment_weight: float = Field(0.1, ge=0)

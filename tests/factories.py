@@ -399,7 +399,6 @@ def make_ctr_batch(lengths, k=4, seed=0, cand_seed=None):
         "hist_text": g.normal(size=(r, n, 12)).astype(np.float32), "hist_mask": mask,
         "slot": g.integers(0, 6, r), "hist_slot": hist(6), "cand_logp": gc.normal(3.5, 0.5, (r, k)).astype(np.float32),
         "hist_logp": np.where(mask, g.normal(3.5, 0.5, (r, n)), 0).astype(np.float32),
-        "hour": g.integers(0, 25, r),
     }
     b["order"] = b["click"] * (gc.random((r, k)) < 0.5)
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}

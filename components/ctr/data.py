@@ -385,13 +385,6 @@ def time_slot_index(slots, cfg_features) -> np.ndarray:
     return np.fromiter((index.get(str(v), 0) for v in slots), dtype=np.int64, count=len(slots))
 
 
-def hour_index(hours) -> np.ndarray:
-    """Local hours of day (0-23, NaN unknown) -> 1..24 (0 = unknown): the ``hour`` of a RequestData."""
-    h = np.asarray(hours, dtype=np.float64)
-    ok = np.isfinite(h) & (h >= 0) & (h < 24)
-    return np.where(ok, np.nan_to_num(h, nan=-1.0).astype(np.int64) + 1, 0).astype(np.int64)
-
-
 def pois_category_index(pois: pd.DataFrame) -> np.ndarray:
     """Category of each PoI as an index into the sorted category vocabulary (same order as Feast's)."""
     cats = sorted(pois["category"].astype(str).unique())
@@ -518,7 +511,6 @@ class RequestData:
     cold_user: np.ndarray  # (R,) bool
     cold_poi: np.ndarray  # (R, K) bool
     slot: np.ndarray | None = None  # (R,) time slot of the request, 1.. (0 = unknown)
-    hour: np.ndarray | None = None  # (R,) local hour of the request + 1 (0 = unknown)
     p_click: np.ndarray | None = None  # oracle, when known
     p_order: np.ndarray | None = None
     scene_full: np.ndarray | None = None  # (R, D) LLM embedding of the whole scene text (benchmark only)
@@ -596,7 +588,7 @@ def encode_requests(frame: pd.DataFrame, enc: FeatureEncoder, pois: PoiTable, hi
         numeric=grid(enc.numeric_matrix(df), np.float32), distance=grid(dist, np.float32),
         click=grid(df["click"].to_numpy(np.float32), np.float32), order=grid(df["order"].to_numpy(np.float32), np.float32),
         mask=grid(np.ones(len(df), bool), bool, False), cold_user=cold_user, cold_poi=cold_poi,
-        slot=time_slot_index(sv["time_slot"], cfg_features), hour=hour_index(head["scene__hour"].to_numpy()),
+        slot=time_slot_index(sv["time_slot"], cfg_features),
     )
     if "p_click" in df and df["p_click"].notna().all():
         out.p_click = grid(df["p_click"].to_numpy(np.float64), np.float64)
@@ -676,7 +668,6 @@ def make_batch(data: RequestData, idx: np.ndarray, history: History, pois: PoiTa
         "hist_delivery": pois.delivery_band[h["hist_poi"]], "hist_behavior": h["hist_behavior"],
         "hist_context": h["hist_context"], "hist_mask": h["hist_mask"], "hist_slot": h["hist_slot"],
         "slot": d.slot if d.slot is not None else np.zeros(len(idx), np.int64),
-        "hour": d.hour if d.hour is not None else np.zeros(len(idx), np.int64),
     }
     # The batch's distinct history PoIs: the model embeds each once (CTRModel.history).
     item_row, hist_item = np.unique(h["hist_poi"], return_inverse=True)

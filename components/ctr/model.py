@@ -208,9 +208,7 @@ class CTRModel(nn.Module):
         self.position_emb = nn.Embedding(MAX_POSITION, d)
         self.scene_emb = nn.ModuleDict({f: nn.Embedding(n, d) for f, n in shapes.scene.items()})
         n_scene = len(shapes.scene)
-        # the local hour as one more collaborative scene ID: any meal-time pattern, whatever the slot edges
-        self.hour_emb = nn.Embedding(25, d) if cfg.hour_embedding else None
-        self.scene_collab = nn.Linear((n_scene + (1 if cfg.hour_embedding else 0)) * d, cfg.collab_dim)
+        self.scene_collab = nn.Linear(n_scene * d, cfg.collab_dim)
         self.numeric_proj = nn.Linear(shapes.n_numeric + shapes.n_flags, 2 * d)  # + missing flag per view
         self.ple = PiecewiseLinear(shapes.ple_edges, 2 * d) if shapes.ple_edges else None
         self.use_text = self.scene_mode in ("larr", "fulltext") and shapes.text_dim > 0
@@ -264,10 +262,8 @@ class CTRModel(nn.Module):
 
     def scene(self, b):
         """(collaborative scene embedding from IDs, LARR scene vector or None)."""
-        ids = [self.scene_emb[f](b["scene"][:, i]) for i, f in enumerate(self.shapes.scene)]
-        if self.hour_emb is not None:
-            ids.append(self.hour_emb(b["hour"]))
-        collab = self.scene_collab(torch.cat(ids, -1))
+        ids = torch.cat([self.scene_emb[f](b["scene"][:, i]) for i, f in enumerate(self.shapes.scene)], -1)
+        collab = self.scene_collab(ids)
         if not self.use_text:
             return collab, None
         if self.scene_mode == "fulltext":

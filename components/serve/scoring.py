@@ -17,7 +17,7 @@ from functools import cache, lru_cache
 import numpy as np
 import pandas as pd
 
-from components.ctr.data import History, PoiTable, RequestData, _BEHAVIOR_TYPES, hour_index, time_slot_index
+from components.ctr.data import History, PoiTable, RequestData, _BEHAVIOR_TYPES, time_slot_index
 from components.serve.schema import ScoringRequest
 
 _BEHAVIOR_INDEX = {k: i + 1 for i, k in enumerate(_BEHAVIOR_TYPES)}
@@ -179,7 +179,6 @@ def assemble_request(model: ServedModel, req: ScoringRequest, rows: np.ndarray, 
         numeric=numeric[None], distance=dist[None, :], click=np.zeros((1, k), np.float32),
         order=np.zeros((1, k), np.float32), mask=np.ones((1, k), bool), cold_user=np.zeros(1, bool),
         cold_poi=np.zeros((1, k), bool), slot=time_slot_index([scene["time_slot"]], model.scorer.features),
-        hour=hour_index([scene["numeric"]["scene__hour"]]),
     )
 
 

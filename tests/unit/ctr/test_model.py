@@ -488,27 +488,3 @@ def test_page_context_reads_the_other_real_candidates_of_the_page():
         assert not torch.allclose(on(other)["ctr"][0, 0], on(b)["ctr"][0, 0])
         assert torch.allclose(off.eval()(other)["ctr"][0, 0], off(b)["ctr"][0, 0])
         np.testing.assert_allclose(on(padded)["ctr"][:, :4].numpy(), on(b)["ctr"].numpy(), rtol=1e-5, atol=1e-6)
-
-
-def test_hour_embedding_reads_the_local_hour_as_a_scene_id():
-    """``ctr.hour_embedding``: the request's hour (1..24, 0 unknown, from ``hour_index``) is one more
-    collaborative scene ID; with it the same request at another hour scores differently, without it
-    the hour is not read (the scene's numbers and slot stay as they are)."""
-    from components.ctr.data import hour_index
-
-    np.testing.assert_array_equal(hour_index([0.0, 13.0, 23.0, np.nan, 24.0, -1.0]), [1, 14, 24, 0, 0, 0])
-    torch.manual_seed(0)
-    off = CTRModel("larr_cofars", CFG, SHAPES)
-    on = CTRModel("larr_cofars", CFG.model_copy(update={"hour_embedding": True}), SHAPES)
-    assert off.hour_emb is None and on.hour_emb.num_embeddings == 25
-    assert on.scene_collab.in_features == off.scene_collab.in_features + CFG.embed_dim
-    b = make_batch([3, 9, 0], k=4)
-    out = on(b)
-    on.loss(out, b)["loss"].backward()
-    assert on.hour_emb.weight.grad is not None and on.hour_emb.weight.grad.abs().sum() > 0
-    on.eval(), off.eval()
-    later = {**b, "hour": (b["hour"] % 24) + 1 + (b["hour"] == 0).long()}  # another known hour for every request
-    assert not torch.equal(later["hour"], b["hour"])
-    with torch.no_grad():
-        assert not torch.allclose(on(later)["ctr"], on(b)["ctr"])
-        assert torch.equal(off(later)["ctr"], off(b)["ctr"])
