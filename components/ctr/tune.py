@@ -34,6 +34,10 @@ SPACE = {
     # The other candidates of the page as an input: +0.0009 on factor_world, +0.0015 on sparse_clicks,
     # -0.0029 on the default world (README, "A world from another generator"): a per-dataset choice.
     "page_context": ("choice", [False, True]),
+    # The BPR warm start of the ID rows from the behaviour log: +0.0055 where personal taste decides most
+    # (taste_world), -0.0058 where logs are short and users new (young_platform): a per-dataset choice
+    # (README, "Two more worlds from the other generator").
+    "id_pretrain_epochs": ("choice", [0, 5]),
 }
 
 
