@@ -56,17 +56,16 @@ WORLDS: dict[str, dict] = {
 # model path is held against a latent structure none of our defaults were chosen on (low-rank
 # user-PoI factors, habit, popularity trends, examination position bias). Not in the family
 # average, on which the defaults are chosen: a world nothing was tuned on stays one.
+# 1 500 users, 400 PoIs, 15 000 page views x 10: the size of the independent batch of issue 14.
+_INDEPENDENT_SIZE = {"n_users": 1500, "n_pois": 400, "n_requests": 15000, "impressions_per_request": 10}
 OTHER_GENERATOR: dict[str, dict] = {
-    # 1 500 users, 400 PoIs, 15 000 page views x 10: the size of the independent batch of issue 14.
-    "factor_world": {"n_users": 1500, "n_pois": 400, "n_requests": 15000, "impressions_per_request": 10},
+    "factor_world": _INDEPENDENT_SIZE,
     # The same, in a market that eats two hours later (lunch 12-16, dinner 19-23): our features.time_slots
     # (breakfast 5, lunch 10, afternoon 14, dinner 17, late 21) put 10 of its 24 hours in the wrong meal.
-    "late_meals_world": {"n_users": 1500, "n_pois": 400, "n_requests": 15000, "impressions_per_request": 10,
-                         "meal_shift": 2},
+    "late_meals_world": {**_INDEPENDENT_SIZE, "meal_shift": 2},
     # The same, in a market where personal taste decides more (a cuisine market): the user x PoI affinity
     # weighs twice as much in the click logit (its std there 0.66 -> 1.3 utility units).
-    "taste_world": {"n_users": 1500, "n_pois": 400, "n_requests": 15000, "impressions_per_request": 10,
-                    "affinity_scale": 2.0},
+    "taste_world": {**_INDEPENDENT_SIZE, "affinity_scale": 2.0},
 }
 
 

@@ -61,10 +61,10 @@ def train_and_evaluate(params: Params, run_id: str | None = None, model_name: st
         "data.train_requests": len(ds.train), "data.valid_requests": len(ds.valid), "data.test_requests": len(ds.test),
         "headline": headline(metrics),
     }
-    if "refit" in info:  # ctr.refit: trained again on train + valid (the valid figure above is the first fit's)
-        summary.update({f"train.refit_{k}": v for k, v in info["refit"].items() if isinstance(v, (int, float))})
-    if "bag" in info:  # ctr.seed_bag: the other networks of the bag (train.seconds counts them too)
-        summary.update({f"train.bag_{k}": v for k, v in info["bag"].items() if isinstance(v, (int, float))})
+    # ctr.refit: trained again on train + valid (the valid figure above is the first fit's); ctr.seed_bag: the
+    # bag's other networks (train.seconds counts both). Their scalars only (the refit's per-epoch lr stays out).
+    for part in ("refit", "bag"):
+        summary.update({f"train.{part}_{k}": v for k, v in info.get(part, {}).items() if isinstance(v, (int, float))})
     plots["training"] = [{"epoch": h["epoch"], "train_loss": round(h.get("train_loss", float("nan")), 5),
                           "valid_auc_ctr": round(h["valid_auc_ctr"], 5), "valid_auc_ctcvr": round(h["valid_auc_ctcvr"], 5)}
                          for h in info["history"]]
