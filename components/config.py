@@ -382,6 +382,11 @@ class CTRConfig(Section):
     # (components/ctr/id_pretrain.py), epochs over the log (0 = off) and the rows' RMS after it.
     id_pretrain_epochs: int = Field(0, ge=0, le=100)
     id_pretrain_rms: float = Field(0.3, gt=0)
+    # The same log's PoI vectors as a frozen input instead (components/ctr/train.py ``log_bpr``):
+    # BPR over the behaviours before the validation split, RMS 1, read through a learnt linear map added to
+    # the item embedding (as the PoI text embedding is); their width (0 = off) and BPR epochs.
+    log_poi_dim: int = Field(0, ge=0, le=256)
+    log_poi_epochs: int = Field(5, ge=1, le=100)
     larr_d_model: int = Field(32, ge=4)
     larr_heads: int = Field(2, ge=1)
     larr_layers: int = Field(1, ge=1)

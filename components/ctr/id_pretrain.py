@@ -12,6 +12,9 @@ impression's click seconds after it, so a later behaviour would leak the labels)
 ``FeatureEncoder`` maps to the unknown ID (0) are left as initialised. The tables are rescaled to a
 fixed RMS (``ctr.id_pretrain_rms``) so that the CTR model's learning rate and weight decay see the
 same magnitudes in every world.
+
+The same BPR also gives the PoI vectors ``ctr.log_poi_dim`` feeds the model as a frozen input (read
+through a learnt map, as the PoI text embedding is) instead of as a starting point its ID rows leave.
 """
 from __future__ import annotations
 

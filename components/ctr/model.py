@@ -248,6 +248,14 @@ class CTRModel(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=cfg.embedding_init_std)
+        # ctr.log_poi_dim: the behaviour log's PoI vectors (train.build_model fills them; saved with the
+        # model, as the table the map reads), mapped into the item embedding by a map that starts small.
+        # Made last, so the other weights start as they do without it.
+        self.log_poi_proj = None
+        if cfg.log_poi_dim > 0:
+            self.register_buffer("log_poi_vec", torch.zeros(shapes.n_pois, cfg.log_poi_dim))
+            self.log_poi_proj = nn.Linear(cfg.log_poi_dim, d, bias=False)
+            nn.init.normal_(self.log_poi_proj.weight, std=cfg.embedding_init_std)
 
     # -- pieces ---------------------------------------------------------------------------------
     def item(self, vocab_id, text, cat, price, rating, delivery):
@@ -258,6 +266,8 @@ class CTRModel(nn.Module):
             if self.training and self.cfg.text_dropout > 0:  # hide whole texts, as id_dropout hides IDs
                 t = t * (torch.rand(t.shape[:-1] + (1,), device=t.device) >= self.cfg.text_dropout).to(t.dtype)
             e = e + t
+        if self.log_poi_proj is not None:
+            e = e + self.log_poi_proj(self.log_poi_vec[vocab_id])
         return e
 
     def scene(self, b):

@@ -24,8 +24,8 @@ from components.training import Recipe, cpu_threads, fingerprint, fit, make_acce
 
 
 def build_model(name: str, cfg: CTRConfig, ds: CTRDataset, seed: int, acc=None) -> CTRModel:
-    """A fresh model sized for the dataset's encoder (seeded); ``acc``: the accelerator a warm start
-    of the ID rows trains on (``ctr.id_pretrain_epochs``)."""
+    """A fresh model sized for the dataset's encoder (seeded); ``acc``: the accelerator the behaviour
+    log's BPR trains on (``ctr.id_pretrain_epochs``, ``ctr.log_poi_dim``)."""
     torch.manual_seed(seed)
     text = ds.pois.text_emb
     has_text = text is not None and ds.scene_table is not None
@@ -33,21 +33,37 @@ def build_model(name: str, cfg: CTRConfig, ds: CTRDataset, seed: int, acc=None) 
     model = CTRModel(name, cfg, shapes)
     if cfg.id_pretrain_epochs > 0:
         warm_start_ids(model, ds, cfg, seed, acc)
+    if cfg.log_poi_dim > 0:
+        _, p = log_bpr(model, ds, cfg, cfg.log_poi_dim, cfg.log_poi_epochs, seed, acc)
+        from components.ctr.id_pretrain import rescale
+
+        with torch.no_grad():
+            model.log_poi_vec.copy_(rescale(p, 1.0))
     return model
 
 
-def warm_start_ids(model: CTRModel, ds: CTRDataset, cfg: CTRConfig, seed: int, acc=None) -> None:
-    """The model's user and PoI ID rows from BPR on the training period's behaviour log
-    (components/ctr/id_pretrain.py); rows without behaviours keep their initialisation."""
-    from components.ctr.id_pretrain import behaviour_pairs, pretrain_id_embeddings, rescale
+def log_bpr(model: CTRModel, ds: CTRDataset, cfg: CTRConfig, dim: int, epochs: int, seed: int,
+            acc=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BPR user and PoI vectors (``dim`` wide, rows as the model's ID rows) from the behaviour log
+    before the validation split starts (components/ctr/id_pretrain.py). The cut stays there after
+    ``ctr.refit`` too: a behaviour in the validation period may be the click a refit trains on."""
+    from components.ctr.id_pretrain import behaviour_pairs, pretrain_id_embeddings
 
     h = ds.history
     user_rows = {int(u): (h.user_start[k], h.user_end[k])
                  for k, u in zip(h.user_start, ds.encoder.users.encode(list(h.user_start)))}
     users, pois, w = behaviour_pairs(user_rows, h.ts, ds.pois.vocab_id[h.poi_row], h.behavior,
                                      cfg.profile_behavior_weights, ds.valid_start_ns)
-    u, p = pretrain_id_embeddings(users, pois, w, model.user_emb.num_embeddings, model.poi_emb.num_embeddings,
-                                  model.user_emb.embedding_dim, cfg.id_pretrain_epochs, seed, acc)
+    return pretrain_id_embeddings(users, pois, w, model.user_emb.num_embeddings, model.poi_emb.num_embeddings,
+                                  dim, epochs, seed, acc)
+
+
+def warm_start_ids(model: CTRModel, ds: CTRDataset, cfg: CTRConfig, seed: int, acc=None) -> None:
+    """The model's user and PoI ID rows from BPR on the training period's behaviour log
+    (``log_bpr``); rows without behaviours keep their initialisation."""
+    from components.ctr.id_pretrain import rescale
+
+    u, p = log_bpr(model, ds, cfg, model.user_emb.embedding_dim, cfg.id_pretrain_epochs, seed, acc)
     with torch.no_grad():
         for emb, table in ((model.user_emb, u), (model.poi_emb, p)):
             rows = table.abs().sum(-1) > 0
