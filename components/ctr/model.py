@@ -120,17 +120,33 @@ def weight_on(hist_key: torch.Tensor, w: torch.Tensor, cand_key: torch.Tensor) -
     return torch.where(uniq[at] == ck, sums[at], w.new_zeros(())).view(r, k)
 
 
+def weighted_cosine(w: torch.Tensor, hist_vec: torch.Tensor, cand_vec: torch.Tensor,
+                    hist_item: torch.Tensor | None = None) -> torch.Tensor:
+    """(R, K): cosine of each candidate's vector (R, K, D) and the ``w``-weighted (R, n) mean of the
+    history's unit vectors: ``hist_vec`` (R, n, D), or with ``hist_item`` (R, n) one row (U, D) per
+    distinct PoI that it indexes. Zero where the scope is empty."""
+    if hist_item is None:
+        u = torch.einsum("rn,rnd->rd", w, F.normalize(hist_vec, dim=-1))
+    else:  # each request's weight per distinct PoI, then one product with their unit vectors
+        per_item = w.new_zeros(w.shape[0], hist_vec.shape[0]).scatter_add_(1, hist_item, w)
+        u = per_item @ F.normalize(hist_vec, dim=-1)
+    has = (w.sum(-1, keepdim=True) > 0).to(w.dtype)
+    return torch.einsum("rkd,rd->rk", F.normalize(cand_vec, dim=-1), F.normalize(u, dim=-1)) * has
+
+
 def history_profile(w: torch.Tensor, hist_row: torch.Tensor, cand_row: torch.Tensor, hist_cat: torch.Tensor,
                     cand_cat: torch.Tensor, hist_logp: torch.Tensor | None, cand_logp: torch.Tensor | None,
                     hist_text: torch.Tensor | None = None, cand_text: torch.Tensor | None = None,
-                    hist_item: torch.Tensor | None = None) -> torch.Tensor:
+                    hist_item: torch.Tensor | None = None, vectors: tuple = ()) -> torch.Tensor:
     """Candidate-relative statistics of a weighted history: w (R, n) behaviour weights (0 = not in
     the scope), rows/categories (R, n) against the candidates' (R, K). Returns (R, K, F): log1p of
     the weight on the candidate PoI, its share and its category's share (both smoothed by one
     pseudo-behaviour), the candidate's log price minus the history's weighted mean log price (and
     its absolute value), log1p total weight; with text, the cosine of the candidate's text embedding
-    and the weighted mean history text embedding. Empty scopes give zeros. With ``hist_item`` (R, n),
-    ``hist_text`` (U, D) holds one row per distinct PoI that it indexes (make_batch's ``item_text``)."""
+    and the weighted mean history text embedding (``weighted_cosine``), then the same for each
+    (history, candidates) pair of ``vectors``. Empty scopes give zeros. With ``hist_item`` (R, n),
+    ``hist_text`` and the history vectors hold one row per distinct PoI that it indexes (make_batch's
+    ``item_text``)."""
     tot = w.sum(-1, keepdim=True)  # (R, 1)
     poi_w = weight_on(hist_row, w, cand_row)
     cat_w = weight_on(hist_cat, w, cand_cat)
@@ -144,12 +160,9 @@ def history_profile(w: torch.Tensor, hist_row: torch.Tensor, cand_row: torch.Ten
         feats += [torch.zeros_like(poi_w), torch.zeros_like(poi_w)]
     feats.append(torch.log1p(tot).expand_as(poi_w))
     if hist_text is not None and cand_text is not None:
-        if hist_item is None:
-            u = torch.einsum("rn,rnd->rd", w, F.normalize(hist_text, dim=-1))
-        else:  # each request's weight per distinct PoI, then one product with their normalised texts
-            per_item = w.new_zeros(w.shape[0], hist_text.shape[0]).scatter_add_(1, hist_item, w)
-            u = per_item @ F.normalize(hist_text, dim=-1)
-        feats.append(torch.einsum("rkd,rd->rk", F.normalize(cand_text, dim=-1), F.normalize(u, dim=-1)) * has)
+        feats.append(weighted_cosine(w, hist_text, cand_text, hist_item))
+    for hist_vec, cand_vec in vectors:
+        feats.append(weighted_cosine(w, hist_vec, cand_vec, hist_item))
     return torch.stack(feats, -1)
 
 
@@ -233,7 +246,8 @@ class CTRModel(nn.Module):
         if self.sequence != "none" and cfg.history_profile:
             self.profile_scopes = 3 if self.sequence == "cofars" else 2
             self.register_buffer("behavior_weight", torch.tensor([0.0, *cfg.profile_behavior_weights]), persistent=False)
-        n_profile = self.profile_scopes * (PROFILE_STATS + (1 if self.use_text else 0))
+        self.log_profile = cfg.log_poi_profile and cfg.log_poi_dim > 0
+        n_profile = self.profile_scopes * (PROFILE_STATS + (1 if self.use_text else 0) + (1 if self.log_profile else 0))
         seq_dim += n_profile
         in_dim = (d + d + d + cfg.collab_dim * (2 if self.use_text else 1) + d + 2 * d + d + 1 + seq_dim
                   + (2 * d if cfg.page_context else 0))
@@ -360,8 +374,16 @@ class CTRModel(nn.Module):
             text, item = (b["item_text"], b.get("cand_text")), b["hist_item"]
         elif self.use_text:
             text = (b.get("hist_text"), b.get("cand_text"))
+        vectors = ()
+        if self.log_profile:  # ctr.log_poi_profile: the log's PoI vectors, compared as the texts are
+            if item is not None:  # one row per distinct PoI of the batch, as the texts
+                hist_poi = b["item_poi"]
+            else:
+                hist_poi = b["item_poi"][b["hist_item"]] if "hist_item" in b else b["hist_poi"]
+            vectors = ((self.log_poi_vec[hist_poi], self.log_poi_vec[b["cand_poi"]]),)
         return torch.cat([history_profile(sw, b["hist_row"], b["cand_row"], b["hist_category"], b["cand_category"],
-                                          b.get("hist_logp"), b.get("cand_logp"), *text, item) for sw in scopes], -1)
+                                          b.get("hist_logp"), b.get("cand_logp"), *text, item, vectors)
+                          for sw in scopes], -1)
 
     @torch.no_grad()
     def request_constants(self, b) -> dict[str, torch.Tensor]:

@@ -45,9 +45,11 @@ class Scope:
     total: float
     w_logp: float
     w_text: np.ndarray | None  # Σ w · normalize(text)
+    w_log: np.ndarray | None = None  # Σ w · normalize(the log's PoI vector) (ctr.log_poi_profile)
 
     @classmethod
-    def of(cls, w: np.ndarray, h: dict) -> "Scope":
+    def of(cls, w: np.ndarray, h: dict, log: np.ndarray | None = None) -> "Scope":
+        """``log``: (n, D) the behaviours' PoI vectors from the log (None: the model compares none)."""
         keep = w != 0
         rows, inv = np.unique(h["hist_row"][keep], return_inverse=True)
         cats, cinv = np.unique(h["hist_category"][keep], return_inverse=True)
@@ -58,8 +60,11 @@ class Scope:
             t = torch.as_tensor(text[keep])
             w_text = (F.normalize(t, dim=-1).double().numpy() * wk[:, None]).sum(0)
         logp = h.get("hist_logp")
+        w_log = None
+        if log is not None:
+            w_log = (F.normalize(torch.as_tensor(log[keep]), dim=-1).double().numpy() * wk[:, None]).sum(0)
         return cls(rows, np.bincount(inv, wk, len(rows)), cats, np.bincount(cinv, wk, len(cats)), float(wk.sum()),
-                   float((wk * logp[keep]).sum()) if logp is not None else 0.0, w_text)
+                   float((wk * logp[keep]).sum()) if logp is not None else 0.0, w_text, w_log)
 
     def lookup(self, keys: np.ndarray, which: str) -> np.ndarray:
         """Summed weight on each key (PoI rows or categories), 0 where the scope has none."""
@@ -80,9 +85,11 @@ def merge(scopes: list[Scope]) -> Scope:
     rows, inv = np.unique(np.concatenate([s.rows for s in scopes]), return_inverse=True)
     cats, cinv = np.unique(np.concatenate([s.cats for s in scopes]), return_inverse=True)
     texts = [s.w_text for s in scopes if s.w_text is not None]
+    logs = [s.w_log for s in scopes if s.w_log is not None]
     return Scope(rows, np.bincount(inv, np.concatenate([s.row_w for s in scopes]), len(rows)), cats,
                  np.bincount(cinv, np.concatenate([s.cat_w for s in scopes]), len(cats)),
-                 sum(s.total for s in scopes), sum(s.w_logp for s in scopes), sum(texts) if texts else None)
+                 sum(s.total for s in scopes), sum(s.w_logp for s in scopes), sum(texts) if texts else None,
+                 sum(logs) if logs else None)
 
 
 @dataclass
@@ -124,12 +131,16 @@ def build_state(model, h: dict) -> CoFARSState:
     short = np.arange(max(n - cfg.short_term, 0), n)
     keep = np.unique(np.concatenate([short, *node_keys])) if n else np.zeros(0, np.int64)
     hslot = np.asarray(h["hist_slot"])
+    log = None
+    if getattr(model, "log_profile", False):  # the behaviours' PoI vectors from the log, for their cosine
+        log = model.log_poi_vec[torch.as_tensor(np.asarray(h["hist_poi"], np.int64))].numpy()
     return CoFARSState(
         n=n, graph=graph, node_keys=node_keys,
         short=short, behaviours={k: np.asarray(v)[keep] for k, v in h.items() if v is not None} | {"_pos": keep},
-        whole=Scope.of(weight, h), per_slot={int(s): Scope.of(weight * (hslot == s), h) for s in np.unique(hslot) if s > 0},
-        per_node=[Scope.of(weight * (slot == i), h) for i in range(m)],
-        short_scope=Scope.of(weight * np.isin(np.arange(n), short), h),
+        whole=Scope.of(weight, h, log),
+        per_slot={int(s): Scope.of(weight * (hslot == s), h, log) for s in np.unique(hslot) if s > 0},
+        per_node=[Scope.of(weight * (slot == i), h, log) for i in range(m)],
+        short_scope=Scope.of(weight * np.isin(np.arange(n), short), h, log),
     )
 
 
@@ -142,9 +153,10 @@ def _embed(model, state: CoFARSState, positions: np.ndarray) -> torch.Tensor:
     return e + model.behavior_emb(g["hist_behavior"])
 
 
-def _profile(scope: Scope, b: dict, cand_unit: torch.Tensor | None) -> torch.Tensor:
+def _profile(scope: Scope, b: dict, cand_unit: torch.Tensor | None, cand_log: torch.Tensor | None = None) -> torch.Tensor:
     """``history_profile`` of one scope for the request's K candidates, from its aggregates: (K, F).
-    ``cand_unit``: the candidates' unit-length text vectors (None: the model reads no text)."""
+    ``cand_unit``: the candidates' unit-length text vectors (None: the model reads no text);
+    ``cand_log``: their unit-length log PoI vectors (None: the model compares none)."""
     rows, cats = b["cand_row"][0].numpy(), b["cand_category"][0].numpy()
     tot = scope.total
     poi_w, cat_w = scope.lookup(rows, "row"), scope.lookup(cats, "cat")
@@ -162,6 +174,12 @@ def _profile(scope: Scope, b: dict, cand_unit: torch.Tensor | None) -> torch.Ten
         else:
             u = F.normalize(torch.as_tensor(scope.w_text).float(), dim=-1)
             feats.append((cand_unit @ u).double().numpy() * has)
+    if cand_log is not None:
+        if scope.w_log is None:
+            feats.append(np.zeros_like(poi_w))
+        else:
+            u = F.normalize(torch.as_tensor(scope.w_log).float(), dim=-1)
+            feats.append((cand_log @ u).double().numpy() * has)
     return torch.as_tensor(np.stack(feats, -1), dtype=torch.float32)
 
 
@@ -216,7 +234,8 @@ def served_sequence_vector(model, b: dict, cand: torch.Tensor, state: CoFARSStat
         scopes = [state.whole, state.per_slot.get(slot, _EMPTY_SCOPE) if slot > 0 else _EMPTY_SCOPE, sel_scope]
         text = model.use_text and "cand_text" in b and "hist_text" in b
         unit = F.normalize(b["cand_text"][0], dim=-1) if text else None  # once for the three scopes
-        out.append(torch.cat([_profile(sc, b, unit) for sc in scopes], -1).unsqueeze(0))
+        log = F.normalize(model.log_poi_vec[b["cand_poi"][0]], dim=-1) if model.log_profile else None
+        out.append(torch.cat([_profile(sc, b, unit, log) for sc in scopes], -1).unsqueeze(0))
     return torch.cat(out, -1)
 
 

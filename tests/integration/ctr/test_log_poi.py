@@ -1,6 +1,7 @@
 """``ctr.log_poi_dim``: the behaviour log's BPR PoI vectors as a frozen input of the CTR model, on the
 world trained once per session (``trained_ctr``): computed point in time, read through the item
-embedding (served too), left as they are by training, saved and loaded with the model."""
+embedding (served too) and, with ``ctr.log_poi_profile``, compared with the history's in the profile;
+left as they are by training, saved and loaded with the model."""
 import dataclasses
 
 import numpy as np
@@ -52,9 +53,10 @@ def test_the_vectors_come_from_the_log_before_the_validation_split(trained_ctr):
             assert torch.equal(v, plain[k]), k
 
 
-def test_the_model_reads_them_trains_its_map_only_and_saves_them(trained_ctr, tmp_path):
+@pytest.mark.parametrize("profile", [False, True], ids=["input", "input+profile"])
+def test_the_model_reads_them_trains_its_map_only_and_saves_them(trained_ctr, tmp_path, profile):
     ds, seed = trained_ctr.dataset, trained_ctr.params.seed
-    cfg = _cfg(trained_ctr, epochs=1, patience=1)
+    cfg = _cfg(trained_ctr, epochs=1, patience=1, log_poi_profile=profile)
     before = build_model(cfg.model, cfg, ds, seed)
     model, _ = train_model(cfg.model, ds, cfg, seed=seed, progress=False)
     assert torch.equal(model.log_poi_vec, before.log_poi_vec)  # frozen: a buffer, not a weight
@@ -81,3 +83,5 @@ def test_log_poi_knobs_are_validated():
         CTRConfig(log_poi_dim=-1)
     with pytest.raises(ValueError, match="log_poi_epochs"):
         CTRConfig(log_poi_epochs=0)
+    with pytest.raises(ValueError, match="log_poi_profile .* needs log_poi_dim > 0"):
+        CTRConfig(log_poi_profile=True)

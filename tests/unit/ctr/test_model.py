@@ -7,7 +7,8 @@ import torch
 from components.ctr.cofars import (ContextPrototypes, attach_prototypes, pairwise_symmetric_kl, phase1_score,
                                    select_prototypes, selected_contexts, subsequence_mask, temporal_graph)
 from components.ctr.metrics import auc, gauc
-from components.ctr.model import MODEL_SPECS, CTRModel, ModelShapes, gather_selected, last_positions, page_others
+from components.ctr.model import (MODEL_SPECS, CTRModel, ModelShapes, gather_selected, last_positions, page_others,
+                                  weighted_cosine)
 from components.registry import decide
 from tests.factories import CTR_CFG as CFG, CTR_SHAPES as SHAPES, make_ctr_batch as make_batch
 
@@ -488,3 +489,20 @@ def test_page_context_reads_the_other_real_candidates_of_the_page():
         assert not torch.allclose(on(other)["ctr"][0, 0], on(b)["ctr"][0, 0])
         assert torch.allclose(off.eval()(other)["ctr"][0, 0], off(b)["ctr"][0, 0])
         np.testing.assert_allclose(on(padded)["ctr"][:, :4].numpy(), on(b)["ctr"].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_cosine_compares_each_candidate_with_the_scope_mean_of_unit_vectors():
+    g = torch.Generator().manual_seed(0)
+    vecs = torch.randn(5, 4, generator=g)
+    vecs[4] = 0  # a PoI without a vector
+    hist_item = torch.tensor([[0, 1, 1, 4], [2, 3, 0, 0]])
+    w = torch.tensor([[1.0, 2.0, 0.0, 3.0], [0.0, 0.0, 0.0, 0.0]])  # request 1: an empty scope
+    cand = vecs[torch.tensor([[2, 4], [1, 0]])]
+    got = weighted_cosine(w, vecs, cand, hist_item)
+    unit = torch.nn.functional.normalize(vecs, dim=-1)
+    mean = unit[0] * 1 + unit[1] * 2  # the zero vector adds nothing; weight 0 adds nothing
+    want = torch.nn.functional.cosine_similarity(vecs[2], mean, dim=0)
+    assert float(got[0, 0]) == pytest.approx(float(want), abs=1e-6)
+    assert float(got[0, 1]) == 0.0 and torch.all(got[1] == 0)
+    # The same from the per-behaviour vectors as from the per-PoI table.
+    assert torch.allclose(weighted_cosine(w, vecs[hist_item], cand), got, atol=1e-6)

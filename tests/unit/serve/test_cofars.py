@@ -21,12 +21,16 @@ def window(b1, length):
     return {k: b1[k][0, :length].numpy() for k in HIST_KEYS}
 
 
-@pytest.mark.parametrize(("name", "update"), [("cofars", {}), ("larr_cofars", {}), ("larr_cofars", {"page_context": True})],
-                         ids=["cofars", "larr_cofars", "larr_cofars-page_context"])
+@pytest.mark.parametrize(("name", "update"), [("cofars", {}), ("larr_cofars", {}), ("larr_cofars", {"page_context": True}),
+                                             ("larr_cofars", {"log_poi_dim": 8, "log_poi_profile": True})],
+                         ids=["cofars", "larr_cofars", "larr_cofars-page_context", "larr_cofars-log_poi_profile"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_served_cofars_scores_equal_the_model_forward(name, update, seed):
     torch.manual_seed(seed)
     model = CTRModel(name, CFG.model_copy(update=update), SHAPES).eval()
+    if update.get("log_poi_dim"):  # the log's PoI vectors (train.build_model fills them): some PoIs without any
+        with torch.no_grad():
+            model.log_poi_vec.normal_().mul_((torch.arange(SHAPES.n_pois) % 3 != 0).float().unsqueeze(1))
     lengths = [0, 1, 2, 3, 7, 40, 64]
     b = make_batch(lengths, k=5, seed=seed)
     for i, n in enumerate(lengths):
