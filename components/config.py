@@ -388,7 +388,7 @@ class CTRConfig(Section):
     log_poi_dim: int = Field(0, ge=0, le=256)
     log_poi_epochs: int = Field(5, ge=1, le=100)
     # ... and in the history profile: each scope's cosine of the candidate's log vector and the weighted
-    # mean of its behaviours' (as the PoI texts are compared); needs log_poi_dim > 0.
+    # mean of its behaviours' (as the PoI texts are compared); nothing while log_poi_dim is 0.
     log_poi_profile: bool = False
     larr_d_model: int = Field(32, ge=4)
     larr_heads: int = Field(2, ge=1)
@@ -480,8 +480,6 @@ class CTRConfig(Section):
         if len(w) != 4 or any(x < 0 for x in w) or sum(w) <= 0:
             raise ValueError(f"profile_behavior_weights must be 4 non-negative weights (view, click, favorite, "
                              f"order) with a positive sum, got {w}")
-        if self.log_poi_profile and self.log_poi_dim == 0:
-            raise ValueError("log_poi_profile compares the log's PoI vectors: it needs log_poi_dim > 0 (e.g. 16)")
         return self
 
 

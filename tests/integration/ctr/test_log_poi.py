@@ -47,7 +47,8 @@ def test_the_vectors_come_from_the_log_before_the_validation_split(trained_ctr):
     changed = dataclasses.replace(ds, history=dataclasses.replace(h, poi_row=moved))
     assert not torch.equal(build_model(cfg.model, cfg, changed, seed).log_poi_vec, vec)
     # The other weights start as they do without it.
-    plain = build_model(cfg.model, trained_ctr.params.ctr, ds, seed).state_dict()
+    plain = build_model(cfg.model, cfg.model_copy(update={"log_poi_dim": 0}), ds, seed).state_dict()
+    assert not any(k.startswith("log_poi") for k in plain)  # 0 turns it off, the profile's comparison too
     for k, v in model.state_dict().items():
         if not k.startswith("log_poi"):
             assert torch.equal(v, plain[k]), k
@@ -83,5 +84,3 @@ def test_log_poi_knobs_are_validated():
         CTRConfig(log_poi_dim=-1)
     with pytest.raises(ValueError, match="log_poi_epochs"):
         CTRConfig(log_poi_epochs=0)
-    with pytest.raises(ValueError, match="log_poi_profile .* needs log_poi_dim > 0"):
-        CTRConfig(log_poi_profile=True)
