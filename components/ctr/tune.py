@@ -39,7 +39,7 @@ SPACE = {
     # (README, "Two more worlds from the other generator").
     "id_pretrain_epochs": ("choice", [0, 5]),
     # The same log's PoI vectors as an input and in the history profile (on by default; README, "The
-    # behaviour log's PoI vectors"): family +0.0006, taste_world +0.0107, convenience_market -0.0011.
+    # behaviour log's PoI vectors"): family +0.0005, taste_world +0.0107, convenience_market -0.0011.
     "log_poi_dim": ("choice", [0, 16]),
 }
 
