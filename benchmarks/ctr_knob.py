@@ -76,7 +76,8 @@ def compare(with_runs: dict, without_runs: dict, peers: dict) -> dict:
                 margin = float(b.mean() - rivals[best].mean())
                 row[task]["best_peer"] = {"name": best, "mean": round(float(rivals[best].mean()), 4),
                                           "margin_with": round(margin, 4), "spread": round(spread, 4),
-                                          "beyond_spread": bool(len(seeds) > 1 and margin > spread)}
+                                          "beyond_spread": bool(len(seeds) > 1 and margin > spread),
+                                          "behind_beyond_spread": bool(len(seeds) > 1 and margin < -spread)}
         worlds[world] = row
     return worlds
 
@@ -113,8 +114,9 @@ def main(argv=None) -> int:
     for world, r in worlds.items():
         c, v = r["ctr"], r["ctcvr"]
         peer = c.get("best_peer")
-        vs = (f"   {peer['margin_with']:+.4f} vs {peer['name']} ({'beyond' if peer['beyond_spread'] else 'within'} "
-              f"{peer['spread']:.4f})") if peer else ""
+        where = "beyond" if peer and peer["beyond_spread"] else "behind, beyond" if peer and peer["behind_beyond_spread"] \
+            else "within"
+        vs = f"   {peer['margin_with']:+.4f} vs {peer['name']} ({where} {peer['spread']:.4f})" if peer else ""
         print(f"{world:<20}{','.join(map(str, r['seeds'])):<8}{c['without_mean']:>12.4f}{c['with_mean']:>8.4f}"
               f"{c['change']:>+9.4f}{c['gains_in']:>4}/{len(r['seeds'])}{v['change']:>+14.4f}{vs}")
     fam, other = average(worlds, WORLDS), average(worlds, OTHER_GENERATOR)

@@ -47,7 +47,7 @@ def test_changes_are_taken_seed_by_seed_on_the_seeds_both_sides_ran(ctr_knob, tm
     # the larger of the two seed spreads.
     peer = d["ctr"]["best_peer"]
     assert peer["name"] == "lightgbm" and peer["margin_with"] == pytest.approx(0.771 - 0.761, abs=1e-4)
-    assert peer["beyond_spread"]
+    assert peer["beyond_spread"] and not peer["behind_beyond_spread"]
     t = got["worlds"]["taste_world"]
     assert t["ctr"]["change"] == pytest.approx(0.006, abs=1e-4) and t["ctr"]["gains_in"] == 2
     # The family (default) and the other generator (taste_world) are averaged apart.
@@ -69,3 +69,17 @@ def test_no_common_world_and_seed_is_an_error(ctr_knob, tmp_path):
     a.write_text(json.dumps(_report({"default": [0.77]}, [0])))
     b.write_text(json.dumps(_report({"default": [0.77]}, [1])))
     assert ctr_knob.main(["--with", str(a), "--without", str(b)]) == 2
+
+
+def test_a_peer_ahead_by_more_than_the_spread_is_told_apart_from_a_tie(ctr_knob, tmp_path, capsys):
+    without = _report({"hot_market": [0.780, 0.781]}, [0, 1], peer={"hot_market": [0.790, 0.791]})
+    with_ = _report({"hot_market": [0.781, 0.782]}, [0, 1])
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(without))
+    b.write_text(json.dumps(with_))
+    out = tmp_path / "k.json"
+    assert ctr_knob.main(["--with", str(b), "--without", str(a), "--out", str(out)]) == 0
+    peer = json.loads(out.read_text())["worlds"]["hot_market"]["ctr"]["best_peer"]
+    assert peer["margin_with"] == pytest.approx(-0.009, abs=1e-4)
+    assert not peer["beyond_spread"] and peer["behind_beyond_spread"]
+    assert "behind, beyond" in capsys.readouterr().out
