@@ -62,7 +62,7 @@ def pretrain_id_embeddings(users: np.ndarray, pois: np.ndarray, weights: np.ndar
     the CPU, fp32). Draws come from a generator of its own seeded by ``seed`` (the caller's global
     random state is left as it was). Returns (n_users, dim) and (n_pois, dim) float tensors; row 0 and
     rows without pairs are zero."""
-    from components.training import Recipe, fit
+    from components.training import Recipe, cpu_threads, fit
 
     g = torch.Generator().manual_seed(seed)
     model = BPR(n_users, n_pois, dim, g)
@@ -90,8 +90,12 @@ def pretrain_id_embeddings(users: np.ndarray, pois: np.ndarray, weights: np.ndar
             from accelerate import Accelerator
 
             acc = Accelerator(cpu=True)
-        model = fit(acc, Recipe(model=model, optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
-                                batches=batches, loss=loss), epochs=epochs, progress=False, desc="id pretrain").model
+        # One CPU thread: the embedding gradients' sums then run in one order, so the same seed gives the
+        # same vectors bit for bit (a retrained model is the same model: the registry reuses its version);
+        # with several threads they differed in the fifth digit. A few seconds either way.
+        with cpu_threads(1):
+            model = fit(acc, Recipe(model=model, optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
+                                    batches=batches, loss=loss), epochs=epochs, progress=False, desc="id pretrain").model
     seen_u = torch.zeros(n_users, dtype=torch.bool)
     seen_p = torch.zeros(n_pois, dtype=torch.bool)
     seen_u[u_t] = True

@@ -264,7 +264,8 @@ class CTRModel(nn.Module):
                 nn.init.normal_(m.weight, std=cfg.embedding_init_std)
         # ctr.log_poi_dim: the behaviour log's PoI vectors (train.build_model fills them; saved with the
         # model, as the table the map reads), mapped into the item embedding by a map that starts small.
-        # Made last, so the other weights start as they do without it.
+        # Made last, so as an input alone it leaves the other weights' start as it is without it (the
+        # profile's comparison, ctr.log_poi_profile, widens the MLP's input).
         self.log_poi_proj = None
         if cfg.log_poi_dim > 0:
             self.register_buffer("log_poi_vec", torch.zeros(shapes.n_pois, cfg.log_poi_dim))

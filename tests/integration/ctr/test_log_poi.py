@@ -46,10 +46,12 @@ def test_the_vectors_come_from_the_log_before_the_validation_split(trained_ctr):
     moved[~later] = np.random.default_rng(0).permutation(moved[~later])
     changed = dataclasses.replace(ds, history=dataclasses.replace(h, poi_row=moved))
     assert not torch.equal(build_model(cfg.model, cfg, changed, seed).log_poi_vec, vec)
-    # The other weights start as they do without it.
+    # As an input alone it leaves every other weight's start as it is without it (the profile's
+    # comparison widens the MLP's input, so it cannot).
+    alone = cfg.model_copy(update={"log_poi_profile": False})
     plain = build_model(cfg.model, cfg.model_copy(update={"log_poi_dim": 0}), ds, seed).state_dict()
     assert not any(k.startswith("log_poi") for k in plain)  # 0 turns it off, the profile's comparison too
-    for k, v in model.state_dict().items():
+    for k, v in build_model(cfg.model, alone, ds, seed).state_dict().items():
         if not k.startswith("log_poi"):
             assert torch.equal(v, plain[k]), k
 
