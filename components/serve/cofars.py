@@ -54,15 +54,13 @@ class Scope:
         rows, inv = np.unique(h["hist_row"][keep], return_inverse=True)
         cats, cinv = np.unique(h["hist_category"][keep], return_inverse=True)
         wk = w[keep].astype(np.float64)
-        text = h.get("hist_text")
-        w_text = None
-        if text is not None:
-            t = torch.as_tensor(text[keep])
-            w_text = (F.normalize(t, dim=-1).double().numpy() * wk[:, None]).sum(0)
+        def unit_sum(vecs):  # Σ w · normalize(vector) over the scope, None without vectors
+            if vecs is None:
+                return None
+            return (F.normalize(torch.as_tensor(vecs[keep]), dim=-1).double().numpy() * wk[:, None]).sum(0)
+
+        w_text, w_log = unit_sum(h.get("hist_text")), unit_sum(log)
         logp = h.get("hist_logp")
-        w_log = None
-        if log is not None:
-            w_log = (F.normalize(torch.as_tensor(log[keep]), dim=-1).double().numpy() * wk[:, None]).sum(0)
         return cls(rows, np.bincount(inv, wk, len(rows)), cats, np.bincount(cinv, wk, len(cats)), float(wk.sum()),
                    float((wk * logp[keep]).sum()) if logp is not None else 0.0, w_text, w_log)
 
@@ -84,12 +82,14 @@ def merge(scopes: list[Scope]) -> Scope:
         return scopes[0]
     rows, inv = np.unique(np.concatenate([s.rows for s in scopes]), return_inverse=True)
     cats, cinv = np.unique(np.concatenate([s.cats for s in scopes]), return_inverse=True)
-    texts = [s.w_text for s in scopes if s.w_text is not None]
-    logs = [s.w_log for s in scopes if s.w_log is not None]
+    def total(field):  # a vector sum over the scopes that have one, None if none does
+        got = [getattr(s, field) for s in scopes if getattr(s, field) is not None]
+        return sum(got) if got else None
+
     return Scope(rows, np.bincount(inv, np.concatenate([s.row_w for s in scopes]), len(rows)), cats,
                  np.bincount(cinv, np.concatenate([s.cat_w for s in scopes]), len(cats)),
-                 sum(s.total for s in scopes), sum(s.w_logp for s in scopes), sum(texts) if texts else None,
-                 sum(logs) if logs else None)
+                 sum(s.total for s in scopes), sum(s.w_logp for s in scopes), total("w_text"),
+                 total("w_log"))
 
 
 @dataclass
@@ -168,18 +168,13 @@ def _profile(scope: Scope, b: dict, cand_unit: torch.Tensor | None, cand_log: to
     else:
         feats += [np.zeros_like(poi_w), np.zeros_like(poi_w)]
     feats.append(np.full_like(poi_w, np.log1p(tot)))
-    if cand_unit is not None:
-        if scope.w_text is None:  # an empty scope
+    for cand, w_sum in ((cand_unit, scope.w_text), (cand_log, scope.w_log)):
+        if cand is None:  # the model compares no such vectors
+            continue
+        if w_sum is None:  # an empty scope
             feats.append(np.zeros_like(poi_w))
         else:
-            u = F.normalize(torch.as_tensor(scope.w_text).float(), dim=-1)
-            feats.append((cand_unit @ u).double().numpy() * has)
-    if cand_log is not None:
-        if scope.w_log is None:
-            feats.append(np.zeros_like(poi_w))
-        else:
-            u = F.normalize(torch.as_tensor(scope.w_log).float(), dim=-1)
-            feats.append((cand_log @ u).double().numpy() * has)
+            feats.append((cand @ F.normalize(torch.as_tensor(w_sum).float(), dim=-1)).double().numpy() * has)
     return torch.as_tensor(np.stack(feats, -1), dtype=torch.float32)
 
 
