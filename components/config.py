@@ -387,6 +387,9 @@ class CTRConfig(Section):
     # the item embedding (as the PoI text embedding is); their width (0 = off) and BPR epochs.
     log_poi_dim: int = Field(0, ge=0, le=256)
     log_poi_epochs: int = Field(5, ge=1, le=100)
+    # Both BPRs leave out the log entries of a training impression's user and PoI logged within this many
+    # seconds after it: its own click / order, which would tell the model its training labels (0 = keep all).
+    log_feedback_window_s: float = Field(1800.0, ge=0)
     # ... and in the history profile: each scope's cosine of the candidate's log vector and the weighted
     # mean of its behaviours' (as the PoI texts are compared); nothing while log_poi_dim is 0.
     log_poi_profile: bool = False

@@ -514,6 +514,7 @@ class RequestData:
     p_click: np.ndarray | None = None  # oracle, when known
     p_order: np.ndarray | None = None
     scene_full: np.ndarray | None = None  # (R, D) LLM embedding of the whole scene text (benchmark only)
+    ts: np.ndarray | None = None  # (R,) request time, UTC ns
 
     def __len__(self) -> int:
         return len(self.user)
@@ -588,7 +589,7 @@ def encode_requests(frame: pd.DataFrame, enc: FeatureEncoder, pois: PoiTable, hi
         numeric=grid(enc.numeric_matrix(df), np.float32), distance=grid(dist, np.float32),
         click=grid(df["click"].to_numpy(np.float32), np.float32), order=grid(df["order"].to_numpy(np.float32), np.float32),
         mask=grid(np.ones(len(df), bool), bool, False), cold_user=cold_user, cold_poi=cold_poi,
-        slot=time_slot_index(sv["time_slot"], cfg_features),
+        slot=time_slot_index(sv["time_slot"], cfg_features), ts=ts_ns,
     )
     if "p_click" in df and df["p_click"].notna().all():
         out.p_click = grid(df["p_click"].to_numpy(np.float64), np.float64)

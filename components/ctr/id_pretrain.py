@@ -8,7 +8,12 @@ CTR model from the user-PoI affinities the log shows (the word2vec / matrix-fact
 start of industrial CTR models), and training refines them.
 
 Point in time: only behaviours before the validation split starts are read (the log holds every
-impression's click seconds after it, so a later behaviour would leak the labels). Rows that
+impression's click seconds after it, so a later behaviour would leak the labels). For the same reason
+the log entries that are a training impression's own feedback are left out too (``feedback_entries``):
+a real log records the click on an impression as a click behaviour, and a vector fitted on it would
+tell the model, on its training rows only, which impressions were clicked. Measured on factor_world
+(LightGBM with the BPR user-PoI score as one more column): with those entries the score cost 0.023 test
+CTR AUC (it learnt the training labels); without them it added 0.0013. Rows that
 ``FeatureEncoder`` maps to the unknown ID (0) are left as initialised. The tables are rescaled to a
 fixed RMS (``ctr.id_pretrain_rms``) so that the CTR model's learning rate and weight decay see the
 same magnitudes in every world.
@@ -19,6 +24,7 @@ through a learnt map, as the PoI text embedding is) instead of as a starting poi
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -42,6 +48,25 @@ def behaviour_pairs(user_rows: dict[int, tuple[int, int]], history_ts: np.ndarra
     if not users:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(users), np.concatenate(pois), np.concatenate(w)
+
+
+def feedback_entries(entry_user: np.ndarray, entry_poi: np.ndarray, entry_ts: np.ndarray, imp_user: np.ndarray,
+                     imp_poi: np.ndarray, imp_ts: np.ndarray, window_ns: int) -> np.ndarray:
+    """Bool mask over log entries: those of a (user, PoI) pair logged within ``window_ns`` at or after an
+    impression of that pair, whatever its label (a rule that reads labels would itself tell them).
+    Users and PoIs are any integer codes shared by both sides."""
+    out = np.zeros(len(entry_ts), bool)
+    if not len(entry_ts) or not len(imp_ts) or window_ns <= 0:
+        return out
+    n_poi = int(max(entry_poi.max(initial=0), imp_poi.max(initial=0))) + 1
+    log = pd.DataFrame({"pair": entry_user.astype(np.int64) * n_poi + entry_poi, "t": entry_ts.astype(np.int64),
+                        "i": np.arange(len(entry_ts))}).sort_values("t", kind="stable")
+    imp = pd.DataFrame({"pair": imp_user.astype(np.int64) * n_poi + imp_poi,
+                        "t_imp": imp_ts.astype(np.int64)}).sort_values("t_imp", kind="stable")
+    hit = pd.merge_asof(log, imp, left_on="t", right_on="t_imp", by="pair", direction="backward",
+                        tolerance=int(window_ns))
+    out[hit["i"].to_numpy()[hit["t_imp"].notna().to_numpy()]] = True
+    return out
 
 
 class BPR(torch.nn.Module):

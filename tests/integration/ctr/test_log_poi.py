@@ -56,6 +56,34 @@ def test_the_vectors_come_from_the_log_before_the_validation_split(trained_ctr):
             assert torch.equal(v, plain[k]), k
 
 
+def test_a_training_impression_s_own_feedback_does_not_reach_the_vectors(trained_ctr):
+    """The log holds every training click seconds after its impression: the BPR must not read it, or
+    the vectors tell the model its training labels (and only on its training rows)."""
+    from components.ctr.train import training_feedback
+
+    ds, seed = trained_ctr.dataset, trained_ctr.params.seed
+    cfg = _cfg(trained_ctr)
+    flagged = training_feedback(ds, cfg.log_feedback_window_s)
+    h = ds.history
+    clicks = int(ds.train.click[ds.train.mask].sum())
+    is_click = h.behavior == 2  # view, click, favourite, order = 1..4
+    assert (flagged & is_click & (h.ts < ds.valid_start_ns)).sum() >= 0.9 * clicks  # the clicks' log entries
+    assert flagged.mean() < 0.5  # ... and not the whole log
+    vec = build_model(cfg.model, cfg, ds, seed).log_poi_vec
+    # Removing the flagged entries from the log changes nothing: they were not read.
+    keep = ~flagged
+    kept = np.r_[0, np.cumsum(keep)]
+    starts = {u: int(kept[s]) for u, s in h.user_start.items()}
+    ends = {u: int(kept[e]) for u, e in h.user_end.items()}
+    fields = {f.name: getattr(h, f.name) for f in dataclasses.fields(h)}
+    pruned = dataclasses.replace(h, **{k: v[keep] for k, v in fields.items() if isinstance(v, np.ndarray)},
+                                 user_start=starts, user_end=ends)
+    assert torch.equal(build_model(cfg.model, cfg, dataclasses.replace(ds, history=pruned), seed).log_poi_vec, vec)
+    # ... while reading them (window 0) does.
+    leaky = cfg.model_copy(update={"log_feedback_window_s": 0.0})
+    assert not torch.equal(build_model(cfg.model, leaky, ds, seed).log_poi_vec, vec)
+
+
 @pytest.mark.parametrize("profile", [False, True], ids=["input", "input+profile"])
 def test_the_model_reads_them_trains_its_map_only_and_saves_them(trained_ctr, tmp_path, profile):
     ds, seed = trained_ctr.dataset, trained_ctr.params.seed

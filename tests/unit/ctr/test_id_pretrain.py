@@ -30,3 +30,18 @@ def test_bpr_puts_each_user_nearer_the_pois_of_their_own_taste():
     assert torch.equal(u, again)  # seeded
     scaled = rescale(u, 0.05)
     assert abs(float(scaled[1:].pow(2).mean().sqrt()) - 0.05) < 1e-6 and torch.all(scaled[0] == 0)
+
+
+def test_feedback_entries_are_a_pair_s_log_within_the_window_after_its_impression():
+    from components.ctr.id_pretrain import feedback_entries
+
+    # impressions: user 1 saw PoI 5 at t=100, user 2 saw PoI 5 at t=200
+    imp_user, imp_poi, imp_ts = np.array([1, 2]), np.array([5, 5]), np.array([100, 200])
+    entry_user = np.array([1, 1, 1, 1, 1, 2, 2, 3])
+    entry_poi = np.array([5, 5, 5, 5, 6, 5, 5, 5])
+    entry_ts = np.array([99, 100, 130, 161, 110, 150, 260, 120])
+    got = feedback_entries(entry_user, entry_poi, entry_ts, imp_user, imp_poi, imp_ts, window_ns=60)
+    # before the impression, after the window, another PoI, another user's: kept
+    assert got.tolist() == [False, True, True, False, False, False, True, False]
+    assert not feedback_entries(entry_user, entry_poi, entry_ts, imp_user, imp_poi, imp_ts, window_ns=0).any()
+    assert not feedback_entries(entry_user, entry_poi, entry_ts, imp_user[:0], imp_poi[:0], imp_ts[:0], 60).any()
