@@ -6,6 +6,7 @@ reports without it.
         --seeds 0 1 2 --set log_poi_dim=16 --out /tmp/knob/W.json          # per world
     python benchmarks/ctr_knob.py --with /tmp/knob/*.json --without reports/benchmarks/ctr_seed_bag/family.json \\
         --label log_poi_dim=16 --out reports/benchmarks/ctr_log_poi.json
+    # --without runs that trained no peer: --peers-from REPORT... reads the peers from other reports
 
 Per world it prints the model's CTR and CTCVR AUC without and with the knob (mean ± std over the
 seeds both sides ran), the change per seed and on average, and the margin over the best peer with
@@ -97,6 +98,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--with", nargs="+", required=True, dest="with_", metavar="REPORT", help="runs with the knob")
     ap.add_argument("--without", nargs="+", required=True, metavar="REPORT", help="runs without it (and the peers)")
+    ap.add_argument("--peers-from", nargs="+", default=None, metavar="REPORT",
+                    help="read the peers from these reports instead (when the --without runs trained none)")
     ap.add_argument("--model", default="larr_cofars")
     ap.add_argument("--label", default="the knob", help="what the --with reports changed, for the printout")
     ap.add_argument("--out", default=None)
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
     load = lambda ps: [json.loads(Path(p).read_text()) for p in ps]  # noqa: E731
     with_reps, without_reps = load(args.with_), load(args.without)
     worlds = compare(per_seed(with_reps, args.model), per_seed(without_reps, args.model),
-                     peers_of(without_reps, args.model))
+                     peers_of(load(args.peers_from) if args.peers_from else without_reps, args.model))
     if not worlds:
         print("no world and seed is in both the --with and the --without reports", file=sys.stderr)
         return 2

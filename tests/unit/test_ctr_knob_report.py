@@ -83,3 +83,21 @@ def test_a_peer_ahead_by_more_than_the_spread_is_told_apart_from_a_tie(ctr_knob,
     assert peer["margin_with"] == pytest.approx(-0.009, abs=1e-4)
     assert not peer["beyond_spread"] and peer["behind_beyond_spread"]
     assert "behind, beyond" in capsys.readouterr().out
+
+
+def test_peers_can_come_from_other_reports_than_the_runs_without(ctr_knob, tmp_path):
+    without = _report({"default": [0.770, 0.772]}, [0, 1])  # trained no peer
+    with_ = _report({"default": [0.775, 0.777]}, [0, 1])
+    peers = _report({"default": [0.700, 0.701]}, [0, 1], peer={"default": [0.760, 0.762]})
+    paths = {}
+    for name, rep in (("without", without), ("with", with_), ("peers", peers)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(rep))
+    out = tmp_path / "k.json"
+    args = ["--with", str(paths["with"]), "--without", str(paths["without"]), "--out", str(out)]
+    assert ctr_knob.main(args) == 0
+    assert "best_peer" not in json.loads(out.read_text())["worlds"]["default"]["ctr"]
+    assert ctr_knob.main(args + ["--peers-from", str(paths["peers"])]) == 0
+    d = json.loads(out.read_text())["worlds"]["default"]["ctr"]
+    assert d["without"] == [0.770, 0.772]  # the peers' report's own larr_cofars runs are not read
+    assert d["best_peer"]["name"] == "lightgbm" and d["best_peer"]["margin_with"] == pytest.approx(0.776 - 0.761, abs=1e-4)
