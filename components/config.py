@@ -390,6 +390,10 @@ class CTRConfig(Section):
     # Both BPRs leave out the log entries of a training impression's user and PoI logged within this many
     # seconds after it: its own click / order, which would tell the model its training labels (0 = keep all).
     log_feedback_window_s: float = Field(1800.0, ge=0)
+    # ... and stop early: this share of the log's pairs is held out, and the BPR stops once their AUC has
+    # not improved for log_bpr_patience epochs (the epochs above are then caps); 0 = run every epoch.
+    log_bpr_holdout: float = Field(0.0, ge=0, lt=0.5)
+    log_bpr_patience: int = Field(2, ge=1)
     # ... and in the history profile: each scope's cosine of the candidate's log vector and the weighted
     # mean of its behaviours' (as the PoI texts are compared); nothing while log_poi_dim is 0.
     log_poi_profile: bool = False

@@ -81,18 +81,45 @@ class BPR(torch.nn.Module):
 
 def pretrain_id_embeddings(users: np.ndarray, pois: np.ndarray, weights: np.ndarray, n_users: int, n_pois: int,
                            dim: int, epochs: int, seed: int, acc=None, lr: float = 0.05, l2: float = 1e-4,
-                           batch: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+                           batch: int = 4096, holdout: float = 0.0, patience: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """BPR over (user, PoI, weight) pairs with one uniform negative PoI each (rows 1..n_pois-1),
     trained by the project's one loop (components/training ``fit``) on accelerator ``acc`` (default:
     the CPU, fp32). Draws come from a generator of its own seeded by ``seed`` (the caller's global
     random state is left as it was). Returns (n_users, dim) and (n_pois, dim) float tensors; row 0 and
-    rows without pairs are zero."""
+    rows without pairs are zero.
+
+    ``holdout`` > 0: that share of the pairs (drawn from the same generator) is held out, and training
+    stops once their BPR AUC (each against one fixed uniform negative) has not improved for
+    ``patience`` epochs, keeping the best epoch's factors; ``epochs`` is then the cap. How long a log
+    supports fitting differs between worlds (a young platform's short logs are overfitted in epochs a
+    long log still gains from), so it is read from the log itself, not fixed."""
     from components.training import Recipe, cpu_threads, fit
 
     g = torch.Generator().manual_seed(seed)
     model = BPR(n_users, n_pois, dim, g)
     u_t, p_t = torch.as_tensor(users), torch.as_tensor(pois)
     w_t = torch.as_tensor(weights, dtype=torch.float32)
+    seen_u = torch.zeros(n_users, dtype=torch.bool)
+    seen_p = torch.zeros(n_pois, dtype=torch.bool)
+    seen_u[u_t] = True
+    seen_p[p_t] = True
+    seen_u[0] = seen_p[0] = False
+    evaluate, stop = None, {}
+    n_held = int(round(holdout * len(u_t))) if len(u_t) > 1 else 0
+    if n_held > 0:
+        perm = torch.randperm(len(u_t), generator=g)
+        held, kept = perm[:n_held], perm[n_held:]
+        hu, hp, hw = u_t[held], p_t[held], w_t[held]
+        hn = torch.randint(1, max(n_pois, 2), (n_held,), generator=g)
+        u_t, p_t, w_t = u_t[kept], p_t[kept], w_t[kept]
+
+        @torch.no_grad()
+        def evaluate(m: BPR) -> dict[str, float]:  # weighted share of held-out pairs ranked above their negative
+            ue = m.user[hu]
+            diff = (ue * (m.poi[hp] - m.poi[hn])).sum(-1) + m.bias[hp] - m.bias[hn]
+            return {"holdout_auc": float((hw * ((diff > 0).float() + 0.5 * (diff == 0).float())).sum() / hw.sum())}
+
+        stop = {"monitor": "holdout_auc", "mode": "max", "patience": patience, "restore_best": True}
     n = len(u_t)
 
     def batches(epoch: int) -> list[tuple[torch.Tensor, ...]]:  # each epoch's draws, in order, from g
@@ -120,12 +147,8 @@ def pretrain_id_embeddings(users: np.ndarray, pois: np.ndarray, weights: np.ndar
         # with several threads they differed in the fifth digit. A few seconds either way.
         with cpu_threads(1):
             model = fit(acc, Recipe(model=model, optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
-                                    batches=batches, loss=loss), epochs=epochs, progress=False, desc="id pretrain").model
-    seen_u = torch.zeros(n_users, dtype=torch.bool)
-    seen_p = torch.zeros(n_pois, dtype=torch.bool)
-    seen_u[u_t] = True
-    seen_p[p_t] = True
-    seen_u[0] = seen_p[0] = False
+                                    batches=batches, loss=loss, evaluate=evaluate), epochs=epochs, progress=False,
+                        desc="id pretrain", **stop).model
     return model.user.detach() * seen_u[:, None], model.poi.detach() * seen_p[:, None]
 
 

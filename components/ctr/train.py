@@ -57,7 +57,7 @@ def log_bpr(model: CTRModel, ds: CTRDataset, cfg: CTRConfig, dim: int, epochs: i
     users, pois, w = behaviour_pairs(user_rows, h.ts[keep], ds.pois.vocab_id[h.poi_row[keep]], h.behavior[keep],
                                      cfg.profile_behavior_weights, ds.valid_start_ns)
     return pretrain_id_embeddings(users, pois, w, model.user_emb.num_embeddings, model.poi_emb.num_embeddings,
-                                  dim, epochs, seed, acc)
+                                  dim, epochs, seed, acc, holdout=cfg.log_bpr_holdout, patience=cfg.log_bpr_patience)
 
 
 def training_feedback(ds: CTRDataset, window_s: float) -> np.ndarray:
