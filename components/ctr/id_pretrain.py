@@ -99,11 +99,6 @@ def pretrain_id_embeddings(users: np.ndarray, pois: np.ndarray, weights: np.ndar
     model = BPR(n_users, n_pois, dim, g)
     u_t, p_t = torch.as_tensor(users), torch.as_tensor(pois)
     w_t = torch.as_tensor(weights, dtype=torch.float32)
-    seen_u = torch.zeros(n_users, dtype=torch.bool)
-    seen_p = torch.zeros(n_pois, dtype=torch.bool)
-    seen_u[u_t] = True
-    seen_p[p_t] = True
-    seen_u[0] = seen_p[0] = False
     evaluate, stop = None, {}
     n_held = int(round(holdout * len(u_t))) if len(u_t) > 1 else 0
     if n_held > 0:
@@ -120,6 +115,12 @@ def pretrain_id_embeddings(users: np.ndarray, pois: np.ndarray, weights: np.ndar
             return {"holdout_auc": float((hw * ((diff > 0).float() + 0.5 * (diff == 0).float())).sum() / hw.sum())}
 
         stop = {"monitor": "holdout_auc", "mode": "max", "patience": patience, "restore_best": True}
+    # Rows the fit trains: a user or PoI whose pairs were all held out reads zeros, as an unlogged one does.
+    seen_u = torch.zeros(n_users, dtype=torch.bool)
+    seen_p = torch.zeros(n_pois, dtype=torch.bool)
+    seen_u[u_t] = True
+    seen_p[p_t] = True
+    seen_u[0] = seen_p[0] = False
     n = len(u_t)
 
     def batches(epoch: int) -> list[tuple[torch.Tensor, ...]]:  # each epoch's draws, in order, from g

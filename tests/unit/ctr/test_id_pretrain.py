@@ -65,3 +65,18 @@ def test_a_held_out_share_of_the_log_stops_the_bpr_when_it_stops_improving():
     u3, _ = pretrain_id_embeddings(users, pois, np.ones(3000, np.float32), epochs=40, n_users=n_users,
                                    n_pois=n_pois, dim=8, seed=0)
     assert not torch.equal(u, u3)
+
+
+def test_a_row_whose_pairs_are_all_held_out_reads_zeros():
+    users = np.array([1, 1, 2, 2, 3] * 40 + [4])  # user 4 and PoI 6 have one pair between them
+    pois = np.array([1, 2, 3, 4, 5] * 40 + [6])
+    for seed in range(40):
+        u, p = pretrain_id_embeddings(users, pois, np.ones(len(users), np.float32), 5, 7, dim=4, epochs=3,
+                                      seed=seed, holdout=0.2)
+        g = torch.Generator().manual_seed(seed)
+        torch.randn(5, 4, generator=g), torch.randn(7, 4, generator=g)  # the factors' draws come first
+        held = torch.randperm(len(users), generator=g)[:round(0.2 * len(users))]
+        if (held == len(users) - 1).any():  # the lone pair was held out: neither row was trained
+            assert torch.all(u[4] == 0) and torch.all(p[6] == 0)
+            return
+    raise AssertionError("no seed held the lone pair out")
