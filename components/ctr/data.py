@@ -488,6 +488,14 @@ class History:
                 end[i] = start[i] + np.searchsorted(self.ts[start[i]:uend[i]], ts_ns[i], side="left")
         return start, end
 
+    def without(self, drop: np.ndarray) -> "History":
+        """The same log without the entries ``drop`` marks (a bool mask over them); users keep their order."""
+        keep = ~drop
+        kept = np.r_[0, np.cumsum(keep)]  # entry index -> its index among the kept entries
+        arrays = {k: v[keep] for k, v in self.__dict__.items() if isinstance(v, np.ndarray)}
+        return replace(self, **arrays, user_start={u: int(kept[s]) for u, s in self.user_start.items()},
+                       user_end={u: int(kept[e]) for u, e in self.user_end.items()})
+
 
 @dataclass
 class RequestData:
@@ -514,7 +522,7 @@ class RequestData:
     p_click: np.ndarray | None = None  # oracle, when known
     p_order: np.ndarray | None = None
     scene_full: np.ndarray | None = None  # (R, D) LLM embedding of the whole scene text (benchmark only)
-    ts: np.ndarray | None = None  # (R,) request time, UTC ns
+    ts: np.ndarray | None = None  # (R,) request time, UTC ns (training only: serving needs none)
 
     def __len__(self) -> int:
         return len(self.user)

@@ -49,12 +49,10 @@ def log_bpr(model: CTRModel, ds: CTRDataset, cfg: CTRConfig, dim: int, epochs: i
     ``ctr.refit`` too: a behaviour in the validation period may be the click a refit trains on."""
     from components.ctr.id_pretrain import behaviour_pairs, pretrain_id_embeddings
 
-    h = ds.history
-    keep = ~training_feedback(ds, cfg.log_feedback_window_s)
-    kept = np.r_[0, np.cumsum(keep)]  # entry index -> index among the kept entries
-    user_rows = {int(u): (int(kept[h.user_start[k]]), int(kept[h.user_end[k]]))
+    h = ds.history.without(training_feedback(ds, cfg.log_feedback_window_s))
+    user_rows = {int(u): (h.user_start[k], h.user_end[k])
                  for k, u in zip(h.user_start, ds.encoder.users.encode(list(h.user_start)))}
-    users, pois, w = behaviour_pairs(user_rows, h.ts[keep], ds.pois.vocab_id[h.poi_row[keep]], h.behavior[keep],
+    users, pois, w = behaviour_pairs(user_rows, h.ts, ds.pois.vocab_id[h.poi_row], h.behavior,
                                      cfg.profile_behavior_weights, ds.valid_start_ns)
     return pretrain_id_embeddings(users, pois, w, model.user_emb.num_embeddings, model.poi_emb.num_embeddings,
                                   dim, epochs, seed, acc, holdout=cfg.log_bpr_holdout, patience=cfg.log_bpr_patience)
@@ -70,10 +68,8 @@ def training_feedback(ds: CTRDataset, window_s: float) -> np.ndarray:
     for uid, s in h.user_start.items():
         owner[s:h.user_end[uid]] = s + 1
     rr, kk = np.nonzero(tr.mask)
-    imp_user = np.array([h.user_start.get(str(u), -1) + 1 for u in tr.user_id], np.int64)[rr]
-    seen = imp_user > 0
-    return feedback_entries(owner, h.poi_row, h.ts, imp_user[seen], tr.poi_row[rr, kk][seen],
-                            tr.ts[rr][seen], int(window_s * 1e9))
+    imp_user = np.array([h.user_start.get(str(u), -1) + 1 for u in tr.user_id], np.int64)  # 0: no log, no match
+    return feedback_entries(owner, h.poi_row, h.ts, imp_user[rr], tr.poi_row[rr, kk], tr.ts[rr], int(window_s * 1e9))
 
 
 def warm_start_ids(model: CTRModel, ds: CTRDataset, cfg: CTRConfig, seed: int, acc=None) -> None:

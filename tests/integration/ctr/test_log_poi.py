@@ -71,13 +71,8 @@ def test_a_training_impression_s_own_feedback_does_not_reach_the_vectors(trained
     assert flagged.mean() < 0.5  # ... and not the whole log
     vec = build_model(cfg.model, cfg, ds, seed).log_poi_vec
     # Removing the flagged entries from the log changes nothing: they were not read.
-    keep = ~flagged
-    kept = np.r_[0, np.cumsum(keep)]
-    starts = {u: int(kept[s]) for u, s in h.user_start.items()}
-    ends = {u: int(kept[e]) for u, e in h.user_end.items()}
-    fields = {f.name: getattr(h, f.name) for f in dataclasses.fields(h)}
-    pruned = dataclasses.replace(h, **{k: v[keep] for k, v in fields.items() if isinstance(v, np.ndarray)},
-                                 user_start=starts, user_end=ends)
+    pruned = h.without(flagged)
+    assert len(pruned.ts) == len(h.ts) - flagged.sum()
     assert torch.equal(build_model(cfg.model, cfg, dataclasses.replace(ds, history=pruned), seed).log_poi_vec, vec)
     # ... while reading them (window 0) does.
     leaky = cfg.model_copy(update={"log_feedback_window_s": 0.0})

@@ -80,3 +80,15 @@ def test_a_row_whose_pairs_are_all_held_out_reads_zeros():
             assert torch.all(u[4] == 0) and torch.all(p[6] == 0)
             return
     raise AssertionError("no seed held the lone pair out")
+
+
+def test_a_history_without_some_entries_keeps_each_user_s_others_in_order():
+    from components.ctr.data import History
+
+    h = History(ts=np.array([1, 2, 3, 4, 5]), poi_row=np.array([10, 11, 12, 13, 14]), behavior=np.array([1, 2, 1, 4, 1]),
+                context=np.zeros(5, np.int64), user_start={"a": 0, "b": 3}, user_end={"a": 3, "b": 5},
+                slot=np.ones(5, np.int64))
+    got = h.without(np.array([False, True, False, True, False]))
+    assert got.poi_row.tolist() == [10, 12, 14] and got.ts.tolist() == [1, 3, 5] and got.slot.tolist() == [1, 1, 1]
+    assert got.user_start == {"a": 0, "b": 2} and got.user_end == {"a": 2, "b": 3}
+    assert h.poi_row.tolist() == [10, 11, 12, 13, 14]  # the original is left as it was
