@@ -522,7 +522,7 @@ class RequestData:
     p_click: np.ndarray | None = None  # oracle, when known
     p_order: np.ndarray | None = None
     scene_full: np.ndarray | None = None  # (R, D) LLM embedding of the whole scene text (benchmark only)
-    ts: np.ndarray | None = None  # (R,) request time, UTC ns (training only: serving needs none)
+    ts: np.ndarray | None = None  # (R,) request time, UTC ns
 
     def __len__(self) -> int:
         return len(self.user)

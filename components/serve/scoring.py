@@ -179,6 +179,7 @@ def assemble_request(model: ServedModel, req: ScoringRequest, rows: np.ndarray, 
         numeric=numeric[None], distance=dist[None, :], click=np.zeros((1, k), np.float32),
         order=np.zeros((1, k), np.float32), mask=np.ones((1, k), bool), cold_user=np.zeros(1, bool),
         cold_poi=np.zeros((1, k), bool), slot=time_slot_index([scene["time_slot"]], model.scorer.features),
+        ts=np.array([scene["ts_ns"]], np.int64),
     )
 
 
